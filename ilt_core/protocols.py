@@ -1,0 +1,147 @@
+"""The five component roles of an ILT model, as typed protocols.
+
+Every backbone or renderer a plugin supplies satisfies one of these. The core only ever talks to
+components through these methods and attributes, so any mix of plugins assembles into one model.
+
+Shapes use: N = number of units (words) in a flat batch, B = batch of texts, L = units per text,
+T = bytes (tokens) per unit sequence, D = a component's hidden width, V = byte vocabulary size,
+H / W = image height / width in pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+ROLES: tuple[str, ...] = (
+    "renderer",
+    "image_encoder",
+    "bytes_encoder",
+    "latent_transformer",
+    "bytes_decoder",
+)
+
+
+@runtime_checkable
+class Renderer(Protocol):
+    """Draws one unit of text as a grayscale image, black ink on white.
+
+    Constructed with at least ``height`` (pixels) and ``width_multiple`` (the image encoder's
+    patch size: the width of every image is rounded up to a multiple of it).
+    """
+
+    height: int
+    width_multiple: int
+
+    def render(self, unit: str) -> np.ndarray:
+        """Return a ``uint8`` array of shape ``(height, W)``, ``W % width_multiple == 0``, W >= 1 patch.
+
+        0 is ink and 255 is paper. Never raises for any ``str``: glyphs no font has become a box.
+        """
+        ...
+
+    def cache_key(self) -> tuple:
+        """A hashable summary of every setting that changes the pixels (fonts, sizes, versions)."""
+        ...
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    """Encodes a batch of word images that share one width into one vector each.
+
+    ``forward(pixel_values)``: ``pixel_values`` is ``(N, 3, H, W)`` float in ``[0, 1]`` (the
+    renderer's gray repeated on 3 channels; normalisation is the encoder's own business), and the
+    result is ``(N, hidden_size)``. The core groups images by width, so one call never mixes
+    widths and a word's vector never depends on its neighbours in the batch.
+    """
+
+    hidden_size: int
+    patch_size: int
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class BytesEncoder(Protocol):
+    """Encodes the byte ids of units into one vector each.
+
+    ``forward(input_ids, attention_mask)``: both ``(N, T)`` long, padding marked by mask 0;
+    returns ``(N, hidden_size)``. The vocabulary is the byte tokenizer's (``vocab_size``).
+    """
+
+    hidden_size: int
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class LatentOutput:
+    """What a latent transformer returns: ``hidden_states`` ``(B, L, D)`` and its KV cache."""
+
+    hidden_states: torch.Tensor
+    past_key_values: Any = None
+
+
+@runtime_checkable
+class LatentTransformer(Protocol):
+    """A causal transformer over unit embeddings (its own token embeddings removed).
+
+    ``forward(inputs_embeds, attention_mask, position_ids, past_key_values, use_cache)``:
+    ``inputs_embeds`` ``(B, L, D)``; ``attention_mask`` either ``(B, L_past + L)`` with 1 for real
+    units and 0 for padding, or a boolean ``(B, 1, L, L_past + L)`` mask (True = may attend) for
+    packed sequences; ``position_ids`` ``(B, L)`` long. Returns a :class:`LatentOutput` whose
+    ``hidden_states`` is ``(B, L, D)``. ``max_positions`` is the longest context it supports.
+    """
+
+    hidden_size: int
+    max_positions: int
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> LatentOutput: ...
+
+
+@runtime_checkable
+class BytesDecoder(Protocol):
+    """A small causal LM over bytes that reads a prefix embedding (no cross-attention).
+
+    ``embed(input_ids)``: ``(N, T)`` long -> ``(N, T, hidden_size)``.
+    ``forward(inputs_embeds, attention_mask, past_key_values, use_cache)``: ``(N, T, D)`` embeds
+    (the prefix vector first, then the embedded bytes) and ``(N, T_past + T)`` mask -> logits
+    ``(N, T, vocab_size)`` and the new cache.
+    ``generate(inputs_embeds, attention_mask, **generation_kwargs)``: transformers-style
+    generation from the prefix; returns the new ids ``(N, T_new)`` (or a ``GenerateOutput`` when
+    ``return_dict_in_generate=True``).
+    """
+
+    hidden_size: int
+    vocab_size: int
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, Any]: ...
+
+    def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any: ...
+
+
+PROTOCOL_OF_ROLE: dict[str, type] = {
+    "renderer": Renderer,
+    "image_encoder": ImageEncoder,
+    "bytes_encoder": BytesEncoder,
+    "latent_transformer": LatentTransformer,
+    "bytes_decoder": BytesDecoder,
+}

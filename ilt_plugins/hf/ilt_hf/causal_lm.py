@@ -1,0 +1,287 @@
+"""``hf:causal-lm``: a transformers causal LM as latent transformer, bytes decoder or bytes encoder.
+
+- latent_transformer: the base model (no LM head) with its token embeddings replaced by :class:`RemovedEmbedding`
+  (no parameters; it reads ``inputs_embeds``). Takes a 2-D padding mask or a boolean 4-D mask for packed sequences.
+- bytes_decoder: ``AutoModelForCausalLM`` whose vocabulary is the byte tokenizer's.
+- bytes_encoder: the base model over bytes, pooled at the last real byte (or the mean).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from ilt_core.errors import ILTError
+from ilt_core.protocols import LatentOutput
+from ilt_hf.loading import (
+    COMMON_ARGS,
+    build_model,
+    check_unknown_args,
+    make_config,
+    max_positions,
+    set_special_tokens,
+)
+
+
+def cache_argument(model: nn.Module) -> str:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns); use what the model takes."""
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache of a transformers output, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+class RemovedEmbedding(nn.Module):
+    """Stands where a latent transformer's token embeddings were: no parameters, never called.
+
+    The latent transformer reads unit embeddings (``inputs_embeds``), so a vocabulary table would only waste memory.
+    """
+
+    num_embeddings = 0
+
+    def __init__(self, embedding_dim: int) -> None:
+        super().__init__()
+        self.embedding_dim = embedding_dim
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        raise ILTError("this latent transformer has no token embeddings: pass inputs_embeds (B, L, D), not input_ids")
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask (True = may attend) -> additive float mask (0 / dtype min).
+
+    A float mask works for both SDPA and eager attention, and a row with no allowed key (a padding query) gets
+    uniform weights instead of SDPA's NaNs, which would leak into later layers through 0 * NaN.
+    """
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+class HFLatentTransformer(nn.Module):
+    """A transformers base model as ILT's latent transformer (see :class:`ilt_core.protocols.LatentTransformer`).
+
+    ``forward(inputs_embeds (B, L, D), attention_mask, position_ids (B, L), past_key_values, use_cache)`` ->
+    :class:`LatentOutput` with ``hidden_states`` (B, L, D) and the transformers ``Cache`` when ``use_cache``.
+    ``attention_mask`` is ``(B, L_past + L)`` with 1 for real units, or a boolean ``(B, 1, L, L_past + L)`` mask
+    (True = may attend) for packed sequences; with the 4-D mask pass ``position_ids`` that restart per text.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.hidden_size: int = int(cfg.hidden_size)
+        self.max_positions: int = max_positions(cfg)
+        self._cache_argument = cache_argument(model)
+        model.set_input_embeddings(RemovedEmbedding(self.hidden_size))
+        # Models with sliding-window layers (gemma3, ...) take a {layer_type: mask} mapping; give them the window
+        # on top of the caller's 4-D mask, or a long packed sequence would see past the window.
+        layer_types = list(getattr(cfg, "layer_types", None) or [])
+        try:
+            takes_mapping = "attention_mask, dict)" in inspect.getsource(type(model).forward)
+        except (OSError, TypeError):  # no source available (frozen or compiled install)
+            takes_mapping = False
+        self._sliding_window: int | None = None
+        self._sliding_layer: int | None = None
+        if takes_mapping and "sliding_attention" in layer_types and getattr(cfg, "sliding_window", None):
+            self._sliding_window = int(cfg.sliding_window)
+            self._sliding_layer = layer_types.index("sliding_attention")
+
+    def _mask_4d(self, mask: torch.Tensor, inputs_embeds: torch.Tensor, past_key_values: Any) -> Any:
+        batch, length = inputs_embeds.shape[:2]
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        expected = (batch, 1, length, past + length)
+        if mask.dtype != torch.bool:
+            raise ILTError(
+                f"latent transformer: a 4-D attention_mask must be boolean (True = may attend), got {mask.dtype}"
+            )
+        if mask.shape[0] not in (1, batch) or tuple(mask.shape[1:]) != expected[1:]:
+            raise ILTError(
+                f"latent transformer: 4-D attention_mask has shape {tuple(mask.shape)}, expected {expected} "
+                "(batch, 1, new units, cached + new units)"
+            )
+        full = _additive(mask, inputs_embeds.dtype)
+        if self._sliding_window is None:
+            return full
+        total = mask.shape[-1]
+        query_pos = torch.arange(total - length, total, device=mask.device)
+        key_pos = torch.arange(total, device=mask.device)
+        sliding = mask & ((query_pos[:, None] - key_pos[None, :]) < self._sliding_window)
+        if past_key_values is not None:
+            # a sliding-window cache layer keeps only its last keys: cut the mask to what that layer will hold
+            kv_length, _ = past_key_values.get_mask_sizes(length, self._sliding_layer)
+            sliding = sliding[..., total - kv_length :]
+        return {"full_attention": full, "sliding_attention": _additive(sliding, inputs_embeds.dtype)}
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> LatentOutput:
+        """Run the unit embeddings ``(B, L, D)`` through the transformer; see the class docstring."""
+        param = next(self.model.parameters())
+        inputs_embeds = inputs_embeds.to(dtype=param.dtype)
+        if use_cache and past_key_values is None:
+            # create the cache here so a 4-D mask can be sized against it (transformers would do the same)
+            from transformers import DynamicCache
+
+            past_key_values = DynamicCache(config=self.model.config)
+        mask: Any = attention_mask
+        if attention_mask is not None and attention_mask.ndim == 4:
+            mask = self._mask_4d(attention_mask, inputs_embeds, past_key_values)
+        elif attention_mask is not None and attention_mask.ndim != 2:
+            raise ILTError(
+                f"latent transformer: attention_mask must be (B, L_past + L) or (B, 1, L, L_past + L), "
+                f"got shape {tuple(attention_mask.shape)}"
+            )
+        out = self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            return_dict=True,
+            **{self._cache_argument: past_key_values},
+        )
+        return LatentOutput(
+            hidden_states=out.last_hidden_state, past_key_values=output_cache(out) if use_cache else None
+        )
+
+
+class HFBytesDecoder(nn.Module):
+    """A transformers causal LM over bytes that reads a prefix embedding (see ``protocols.BytesDecoder``).
+
+    ``embed(ids (N, T))`` -> ``(N, T, D)``; ``forward(inputs_embeds (N, T, D), attention_mask (N, T_past + T))``
+    -> ``(logits (N, T, V), cache)``; ``generate(inputs_embeds, attention_mask, **generation_kwargs)`` passes
+    through to ``transformers.GenerationMixin.generate`` (greedy, sampling, beams, repetition penalty, ...) and
+    returns only the new ids ``(N, T_new)``.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+        self.hidden_size: int = int(lm.config.hidden_size)
+        self.vocab_size: int = int(lm.get_output_embeddings().weight.shape[0])
+        self.max_positions: int = max_positions(lm.config)
+        self._cache_argument = cache_argument(lm)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Byte ids ``(N, T)`` -> the decoder's own input embeddings ``(N, T, hidden_size)``."""
+        return self.lm.get_input_embeddings()(input_ids)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, Any]:
+        """Logits ``(N, T, vocab_size)`` for every position, and the cache when ``use_cache``."""
+        param = next(self.lm.parameters())
+        out = self.lm(
+            inputs_embeds=inputs_embeds.to(dtype=param.dtype),
+            attention_mask=attention_mask,
+            use_cache=use_cache,
+            return_dict=True,
+            **{self._cache_argument: past_key_values},
+        )
+        return out.logits, (output_cache(out) if use_cache else None)
+
+    @torch.no_grad()
+    def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **generation_kwargs: Any) -> Any:
+        """transformers generation from the prefix embeddings ``(N, T0, D)``; returns the new ids ``(N, T_new)``.
+
+        With only ``inputs_embeds`` given, transformers returns just the generated ids (or a ``GenerateOutput``
+        holding them when ``return_dict_in_generate=True``).
+        """
+        param = next(self.lm.parameters())
+        return self.lm.generate(
+            inputs_embeds=inputs_embeds.to(dtype=param.dtype), attention_mask=attention_mask, **generation_kwargs
+        )
+
+
+class HFCausalBytesEncoder(nn.Module):
+    """A causal transformers model over bytes as a bytes encoder: ``(N, T)`` ids and mask -> ``(N, hidden_size)``.
+
+    ``pooling="last"`` takes the hidden state of the last real byte (the only one that has read the whole unit);
+    ``"mean"`` averages the real bytes.
+    """
+
+    def __init__(self, model: nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+        self.hidden_size: int = int(model.config.hidden_size)
+        self.vocab_size: int = int(model.get_input_embeddings().weight.shape[0])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+        mask = attention_mask.to(hidden.dtype)
+        if self.pooling == "mean":
+            return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        # index of the last 1 in each row (works for left or right padding)
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (attention_mask.bool() * (positions + 1)).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def build_causal_lm(
+    role: str,
+    context: Any,
+    *,
+    config: dict[str, Any] | None = None,
+    name_or_path: str | None = None,
+    pretrained: bool = False,
+    gguf_file: str | None = None,
+    attn_implementation: str | None = "sdpa",
+    dtype: str | None = None,
+    pooling: str = "last",
+    **unknown: Any,
+) -> nn.Module:
+    """Factory of ``hf:causal-lm`` (see the module docstring for what each role gets)."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    where = f"hf:causal-lm ({role})"
+    check_unknown_args(where, unknown, (*COMMON_ARGS, "pooling"))
+    if pooling not in ("last", "mean"):
+        raise ILTError(f"{where}: pooling must be 'last' or 'mean', got {pooling!r}")
+    cfg = make_config(where, config, name_or_path, pretrained, gguf_file)
+    common = dict(
+        where=where,
+        name_or_path=name_or_path,
+        pretrained=pretrained,
+        gguf_file=gguf_file,
+        attn_implementation=attn_implementation,
+        dtype=dtype,
+    )
+    if role == "latent_transformer":
+        if not pretrained:
+            # the token table is removed right after building: don't allocate a hub-sized one first
+            cfg.vocab_size = 1
+            cfg.pad_token_id = cfg.bos_token_id = cfg.eos_token_id = None
+        return HFLatentTransformer(build_model(AutoModel, cfg, **common))
+    if role not in ("bytes_decoder", "bytes_encoder"):
+        raise ILTError(f"{where}: hf:causal-lm cannot be a {role}")
+    if not pretrained:
+        # random weights: build the vocabulary at the byte tokenizer's size directly
+        cfg.vocab_size = context.vocab_size
+        set_special_tokens(cfg, context)
+    model = build_model(AutoModelForCausalLM if role == "bytes_decoder" else AutoModel, cfg, **common)
+    if pretrained:
+        model.resize_token_embeddings(context.vocab_size)
+        set_special_tokens(model.config, context)
+    if role == "bytes_encoder":
+        return HFCausalBytesEncoder(model, pooling)
+    generation = model.generation_config
+    generation.pad_token_id = context.pad_token_id
+    generation.bos_token_id = context.bos_token_id
+    generation.eos_token_id = context.eos_token_id
+    return HFBytesDecoder(model)

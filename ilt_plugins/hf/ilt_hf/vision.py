@@ -1,0 +1,134 @@
+"""``hf:vision``: a transformers vision tower (ViT, SwinV2, CLIP vision) as the word-image encoder.
+
+The vector of an image is the model's ``pooler_output`` when it has one (SwinV2: mean of the last stage after its
+layer norm; CLIP: the post-layer-normed CLS token), else the CLS token of ``last_hidden_state`` (ViT, built
+without its pooler, as ``ViTForImageClassification`` reads it).
+
+Word images are short and wide (``H = context.image_height``, e.g. 32). ViT and CLIP interpolate their position
+embeddings to the image's patch grid (``interpolate_pos_encoding=True``). SwinV2 keeps the window sizes of its
+config and pads each stage's feature map up to a whole number of windows itself (zero padding inside
+``Swinv2Layer.maybe_pad``; the padded tokens depend only on the image size, never on other images), so any height
+and width that are multiples of its total stride work; ``patch_size`` reports that stride
+(``patch_size * 2 ** (stages - 1)``, 32 for swinv2-tiny) so every patch merge is exact.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from ilt_core.errors import ILTError
+from ilt_hf.loading import COMMON_ARGS, accepts_kwarg, build_model, check_unknown_args, make_config
+
+
+def _three(where: str, name: str, value: Any) -> list[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)] * 3
+    if isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, (int, float)) for v in value):
+        return [float(v) for v in value]
+    raise ILTError(f"{where}: {name} must be a number or a list of 3 numbers (one per RGB channel), got {value!r}")
+
+
+def _processor_stats(name_or_path: str | None) -> tuple[Any, Any]:
+    """``image_mean`` / ``image_std`` from a local folder's ``preprocessor_config.json``, if there is one."""
+    if not name_or_path or not os.path.isdir(name_or_path):
+        return None, None
+    path = os.path.join(name_or_path, "preprocessor_config.json")
+    if not os.path.exists(path):
+        return None, None
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    return data.get("image_mean"), data.get("image_std")
+
+
+class HFVisionEncoder(nn.Module):
+    """Image encoder: ``forward(pixel_values (N, 3, H, W) in [0, 1])`` -> ``(N, hidden_size)``.
+
+    Pixels are normalised with the model's ``image_mean`` / ``image_std`` first. ``H`` and ``W`` must be multiples
+    of ``patch_size``.
+    """
+
+    def __init__(self, model: nn.Module, image_mean: list[float], image_std: list[float]) -> None:
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.hidden_size: int = int(cfg.hidden_size)
+        patch = cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0]
+        depths = getattr(cfg, "depths", None)
+        # hierarchical models (Swin) halve the grid at each stage: the stride of the last stage is the unit
+        self.patch_size: int = int(patch * 2 ** (len(depths) - 1)) if depths else int(patch)
+        self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
+        self._interpolate = "interpolate_pos_encoding" in inspect.signature(type(model).forward).parameters
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ILTError(f"hf:vision: pixel_values must be (N, 3, H, W), got shape {tuple(pixel_values.shape)}")
+        height, width = pixel_values.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ILTError(
+                f"hf:vision: image size {height}x{width} is not a multiple of patch_size {self.patch_size}; "
+                "the renderer's width_multiple and height must be multiples of it"
+            )
+        param = next(self.model.parameters())
+        pixels = ((pixel_values - self.image_mean) / self.image_std).to(dtype=param.dtype)
+        kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
+        out = self.model(pixel_values=pixels, return_dict=True, **kwargs)
+        pooled = getattr(out, "pooler_output", None)
+        return pooled if pooled is not None else out.last_hidden_state[:, 0]
+
+
+def build_vision(
+    role: str,
+    context: Any,
+    *,
+    config: dict[str, Any] | None = None,
+    name_or_path: str | None = None,
+    pretrained: bool = False,
+    gguf_file: str | None = None,
+    attn_implementation: str | None = "sdpa",
+    dtype: str | None = None,
+    image_mean: Any = None,
+    image_std: Any = None,
+    **unknown: Any,
+) -> HFVisionEncoder:
+    """Factory of ``hf:vision`` (``AutoModel``; CLIP via ``model_type: clip_vision_model``).
+
+    ``image_mean`` / ``image_std`` default to a local checkpoint's ``preprocessor_config.json`` when pretrained,
+    else 0.5 / 0.5.
+    """
+    from transformers import AutoModel
+
+    where = f"hf:vision ({role})"
+    check_unknown_args(where, unknown, (*COMMON_ARGS, "image_mean", "image_std"))
+    cfg = make_config(where, config, name_or_path, pretrained, gguf_file)
+    if getattr(cfg, "model_type", None) == "clip":
+        cfg = cfg.vision_config  # a whole CLIP config: keep only its vision tower
+    if not hasattr(cfg, "patch_size"):
+        raise ILTError(f"{where}: model_type {cfg.model_type!r} has no patch_size; use a patch-based vision model")
+    found_mean, found_std = _processor_stats(name_or_path) if pretrained else (None, None)
+    mean = _three(where, "image_mean", image_mean if image_mean is not None else (found_mean or 0.5))
+    std = _three(where, "image_std", image_std if image_std is not None else (found_std or 0.5))
+    # ViT's pooler is a dense + tanh over CLS that classification checkpoints never trained: drop it and read CLS.
+    # Hierarchical models (Swin: depths) keep theirs, a parameter-free average over the last stage.
+    hierarchical = getattr(cfg, "depths", None) is not None
+    extra = (
+        {} if hierarchical or not accepts_kwarg(AutoModel, cfg, "add_pooling_layer") else {"add_pooling_layer": False}
+    )
+    model = build_model(
+        AutoModel,
+        cfg,
+        where=where,
+        name_or_path=name_or_path,
+        pretrained=pretrained,
+        gguf_file=gguf_file,
+        attn_implementation=attn_implementation,
+        dtype=dtype,
+        model_kwargs=extra,
+    )
+    return HFVisionEncoder(model, mean, std)

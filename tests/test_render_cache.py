@@ -1,0 +1,218 @@
+"""RenderCache (LRU over any Renderer) and images_to_batches (grouping word images by width)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+from ilt_core.errors import ILTError
+from ilt_core.protocols import Renderer
+from ilt_core.render_cache import RenderCache, images_to_batches
+
+
+class CountingRenderer:
+    """A fake renderer: width 2 * (len(unit) + 1), pixels derived from the unit; counts its calls."""
+
+    def __init__(self, height: int = 4, width_multiple: int = 2) -> None:
+        self.height = height
+        self.width_multiple = width_multiple
+        self.key: tuple = ("fake", 1)
+        self.calls: Counter[str] = Counter()
+        self.buffer = np.zeros((height, 0), np.uint8)
+
+    def render(self, unit: str) -> np.ndarray:
+        self.calls[unit] += 1
+        width = self.width_multiple * (len(unit) + 1)
+        self.buffer = np.full((self.height, width), sum(map(ord, unit)) % 256, np.uint8)
+        self.buffer[0, 0] = self.key[1]  # the key's setting changes the pixels, as it should
+        return self.buffer  # deliberately the renderer's own buffer: the cache must copy it
+
+    def cache_key(self) -> tuple:
+        return self.key
+
+
+def test_fake_renderer_satisfies_protocol():
+    assert isinstance(CountingRenderer(), Renderer)
+
+
+def test_each_unit_is_rendered_once_however_often_asked():
+    renderer = CountingRenderer()
+    cache = RenderCache(renderer)
+    images = cache.render_many(["a", "bc", "a", "a", "bc"])
+    assert renderer.calls == {"a": 1, "bc": 1}
+    assert (cache.misses, cache.hits) == (2, 3)
+    assert images[0] is images[2] is images[3] and images[1] is images[4]
+    for _ in range(3):
+        assert cache.render("a") is images[0]
+    cache.render_many(["bc", "a"])
+    assert renderer.calls == {"a": 1, "bc": 1}
+    assert (cache.misses, cache.hits) == (2, 8)
+    assert len(cache) == 2
+
+
+def test_images_are_the_renderers_pixels_in_order():
+    renderer = CountingRenderer()
+    cache = RenderCache(renderer)
+    units = ["x", "hello", "", "x", "שלום"]
+    images = cache.render_many(units)
+    assert len(images) == len(units)
+    for unit, image in zip(units, images, strict=True):
+        expected = np.full((4, 2 * (len(unit) + 1)), sum(map(ord, unit)) % 256, np.uint8)
+        expected[0, 0] = 1
+        np.testing.assert_array_equal(image, expected)
+        assert image.dtype == np.uint8
+
+
+def test_lru_eviction_at_maxsize():
+    renderer = CountingRenderer()
+    cache = RenderCache(renderer, maxsize=2)
+    cache.render("a")
+    cache.render("b")
+    cache.render("a")  # now "b" is the least recently used
+    cache.render("c")  # evicts "b"
+    assert len(cache) == 2
+    cache.render("a")
+    assert renderer.calls["a"] == 1
+    cache.render("b")  # was evicted: rendered again, and evicts "c"
+    assert renderer.calls["b"] == 2
+    cache.render_many(["a", "b"])
+    assert renderer.calls == {"a": 1, "b": 2, "c": 1}
+    cache.render("c")
+    assert renderer.calls["c"] == 2
+
+
+def test_render_many_larger_than_maxsize_still_returns_every_image():
+    renderer = CountingRenderer()
+    cache = RenderCache(renderer, maxsize=3)
+    units = [str(i) for i in range(10)] * 2
+    images = cache.render_many(units)
+    assert [img.shape[1] for img in images] == [2 * (len(u) + 1) for u in units]
+    assert all(renderer.calls[str(i)] == 1 for i in range(10))  # once per call, despite evictions
+    assert len(cache) == 3
+
+
+def test_cache_key_change_misses():
+    renderer = CountingRenderer()
+    cache = RenderCache(renderer)
+    old = cache.render("a")
+    renderer.key = ("fake", 2)
+    new = cache.render("a")
+    assert renderer.calls["a"] == 2
+    assert cache.misses == 2 and cache.hits == 0
+    assert old[0, 0] == 1 and new[0, 0] == 2
+    renderer.key = ("fake", 1)
+    assert cache.render("a") is old  # the first key's entry is still there
+    assert renderer.calls["a"] == 2
+
+
+def test_arrays_are_read_only_and_private():
+    renderer = CountingRenderer()
+    cache = RenderCache(renderer)
+    image = cache.render("ab")
+    assert not image.flags.writeable
+    with pytest.raises(ValueError):
+        image[0, 0] = 7
+    before = image.copy()
+    renderer.buffer[:] = 99  # the renderer reusing its buffer must not reach the cache
+    np.testing.assert_array_equal(cache.render("ab"), before)
+    assert all(not img.flags.writeable for img in cache.render_many(["ab", "cd"]))
+
+
+def test_clear_resets_everything():
+    renderer = CountingRenderer()
+    cache = RenderCache(renderer)
+    cache.render_many(["a", "a", "b"])
+    cache.clear()
+    assert (len(cache), cache.hits, cache.misses) == (0, 0, 0)
+    cache.render("a")
+    assert renderer.calls["a"] == 2 and cache.misses == 1
+
+
+class BadRenderer(CountingRenderer):
+    def __init__(self, image: np.ndarray) -> None:
+        super().__init__()
+        self.image = image
+
+    def render(self, unit: str) -> np.ndarray:
+        return self.image
+
+
+@pytest.mark.parametrize(
+    "image, words",
+    [
+        (np.zeros((4, 4), np.float32), "uint8"),
+        (np.zeros((4, 4, 1), np.uint8), "uint8"),
+        (np.zeros((5, 4), np.uint8), "height"),
+        (np.zeros((4, 3), np.uint8), "width_multiple"),
+        (np.zeros((4, 0), np.uint8), "width_multiple"),
+    ],
+)
+def test_a_renderer_breaking_the_protocol_gets_a_clear_error(image, words):
+    cache = RenderCache(BadRenderer(image))
+    with pytest.raises(ILTError, match=words):
+        cache.render("x")
+    with pytest.raises(ILTError, match="BadRenderer"):
+        cache.render_many(["y"])
+
+
+@pytest.mark.parametrize("maxsize", [0, -1, 1.5, True])
+def test_bad_maxsize(maxsize):
+    with pytest.raises(ILTError, match="maxsize"):
+        RenderCache(CountingRenderer(), maxsize=maxsize)
+
+
+def _image(height: int, width: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
+
+
+def test_images_to_batches_groups_by_width():
+    widths = [4, 8, 4, 12, 8, 4]
+    images = [_image(3, w, i) for i, w in enumerate(widths)]
+    batches = images_to_batches(images)
+    assert [p.shape[-1] for _, p in batches] == [4, 8, 12]  # one group per width, increasing
+    assert [idx.tolist() for idx, _ in batches] == [[0, 2, 5], [1, 4], [3]]
+    for indices, pixels in batches:
+        assert indices.dtype == torch.long and pixels.dtype == torch.float32
+        assert pixels.shape == (len(indices), 3, 3, pixels.shape[-1]) and pixels.is_contiguous()
+        for j, i in enumerate(indices.tolist()):
+            expected = torch.from_numpy(images[i]).float() / 255
+            for channel in range(3):
+                torch.testing.assert_close(pixels[j, channel], expected, rtol=0, atol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=30))
+def test_images_to_batches_round_trips_indices(width_units):
+    images = [_image(2, 4 * w, i) for i, w in enumerate(width_units)]
+    batches = images_to_batches(images)
+    assert len(batches) == len(set(width_units))
+    seen = torch.cat([idx for idx, _ in batches]).sort().values
+    assert seen.tolist() == list(range(len(images)))  # every image in exactly one group
+    rebuilt: list[np.ndarray | None] = [None] * len(images)
+    for indices, pixels in batches:
+        assert pixels.min() >= 0 and pixels.max() <= 1
+        for j, i in enumerate(indices.tolist()):
+            rebuilt[i] = (pixels[j, 0] * 255).round().to(torch.uint8).numpy()
+    for original, back in zip(images, rebuilt, strict=True):
+        np.testing.assert_array_equal(original, back)
+
+
+def test_images_to_batches_edge_cases():
+    assert images_to_batches([]) == []
+    with pytest.raises(ILTError, match="height"):
+        images_to_batches([_image(3, 4, 0), _image(4, 4, 1)])
+    with pytest.raises(ILTError, match="2-d"):
+        images_to_batches([np.zeros((3, 4, 1), np.uint8)])
+
+
+def test_cache_feeds_images_to_batches():
+    cache = RenderCache(CountingRenderer())
+    units = ["a", "bb", "a", "cc"]
+    batches = images_to_batches(cache.render_many(units))
+    groups = {p.shape[-1]: idx.tolist() for idx, p in batches}
+    assert groups == {4: [0, 2], 6: [1, 3]}

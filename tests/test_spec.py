@@ -1,0 +1,118 @@
+"""Malformed specs: each gives one clear error line naming the field, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import tiny_spec
+
+from ilt_core.cli import main
+from ilt_core.errors import SpecError
+from ilt_core.spec import load_spec, parse_spec
+
+
+def _with(**changes):
+    spec = tiny_spec("full")
+    for key, value in changes.items():
+        path = key.split("__")
+        node = spec
+        for part in path[:-1]:
+            node = node[part]
+        if value is _DELETE:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+    return yaml.safe_dump(spec, allow_unicode=True)
+
+
+_DELETE = object()
+
+# (name, YAML text, what the one error line must contain)
+MALFORMED = [
+    (
+        "unknown component",
+        _with(latent_transformer__component="hf:no-such-model"),
+        ["latent_transformer.component", "hf:causal-lm"],
+    ),
+    ("unknown plugin", _with(bytes_decoder__component="nope:lm"), ["bytes_decoder.component", "no plugin 'nope'"]),
+    ("not plugin:name", _with(bytes_decoder__component="causal-lm"), ["bytes_decoder.component", "pattern"]),
+    ("missing role", _with(latent_transformer=_DELETE), ["latent_transformer", "required field is missing"]),
+    ("wrong type", _with(max_unit_bytes="many"), ["max_unit_bytes", "integer", "'many'"]),
+    ("negative size", _with(max_unit_bytes=-4), ["max_unit_bytes", "greater than or equal to 4", "-4"]),
+    ("dropout out of range", _with(modality_dropout=1.5), ["modality_dropout", "less than 1"]),
+    ("bad label mode", _with(labels="words"), ["labels", "'unit' or 'bytes'"]),
+    ("both encoders off", _with(image_encoder=False, bytes_encoder=False), ["both false"]),
+    ("image without renderer", _with(renderer=_DELETE), ["renderer is missing"]),
+    ("typo in a field", _with(latent_transfomer={"component": "hf:causal-lm"}), ["latent_transfomer", "unknown field"]),
+    ("role as a string", _with(bytes_decoder="hf:causal-lm"), ["bytes_decoder", "expected a block"]),
+    ("role set to true", _with(image_encoder=True), ["image_encoder", "got true"]),
+    (
+        "component in the wrong role",
+        _with(image_encoder__component="hf:causal-lm"),
+        ["image_encoder.component", "cannot be a image_encoder"],
+    ),
+    ("not a mapping", "- a\n- list\n", ["expected a mapping"]),
+    ("empty file", "", ["expected a mapping"]),
+    ("YAML syntax error", "renderer: {component: freetype:default\nlatent: [\n", ["YAML syntax error", "line"]),
+    (
+        "mismatched dimensions",
+        _with(latent_transformer__config__hidden_size=100, latent_transformer__config__num_attention_heads=3),
+        ["latent_transformer"],
+    ),
+    ("unknown component argument", _with(bytes_decoder__no_such_argument=1), ["bytes_decoder", "no_such_argument"]),
+    ("wrong height", _with(image_height=0), ["image_height", "greater than or equal to 8"]),
+]
+
+
+@pytest.mark.parametrize("name,text,needles", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_spec_gives_one_clear_line(tmp_path, capsys, name, text, needles):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    rc = main(["build", str(path)])
+    captured = capsys.readouterr()
+    assert rc == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("ilt: error: ")
+    assert "Traceback" not in captured.err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    if name not in (
+        "mismatched dimensions",
+        "unknown component argument",
+        "unknown component",
+        "unknown plugin",
+        "component in the wrong role",
+    ):
+        assert str(path) in lines[0]
+
+
+def test_missing_file_and_preset_names():
+    with pytest.raises(SpecError, match="presets: medium, small, tiny"):
+        load_spec("no-such-preset")
+
+
+def test_every_preset_validates():
+    for name in ("tiny", "small", "medium"):
+        spec = load_spec(name)
+        assert spec.name == name
+        assert spec.block("latent_transformer") is not None
+
+
+def test_component_args_pass_through():
+    spec = parse_spec(tiny_spec("full"))
+    block = spec.block("latent_transformer")
+    assert block.component == "hf:causal-lm"
+    assert "config" in block.args and "component" not in block.args
+
+
+@pytest.mark.slow
+def test_cli_never_prints_a_traceback(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(_with(max_unit_bytes=-1), encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "ilt_core.cli", "build", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1

@@ -132,7 +132,9 @@ class ILTModel(nn.Module):
         """Switch off ``"image"`` or ``"bytes"`` on a built or trained model (its vector becomes 0)."""
         if modality not in MODALITIES:
             raise ILTError(f"disable: expected one of {MODALITIES}, got {modality!r}")
-        enabled = {m for m, enc in zip(MODALITIES, (self.image_encoder, self.bytes_encoder)) if enc is not None}
+        enabled = {
+            m for m, enc in zip(MODALITIES, (self.image_encoder, self.bytes_encoder), strict=True) if enc is not None
+        }
         if not (enabled - self.disabled - {modality}):
             raise ILTError(f"disable({modality!r}) would leave no input modality on")
         self.disabled.add(modality)

@@ -108,7 +108,7 @@ def test_learns_to_prefer_the_training_texts(variant):
         texts[2]: ["שלום לכם חברות", "חברים לכם שלום"],
         texts[3]: ["one two three fours", "one two three five"],
     }
-    losses = _train(model, texts, steps=40)
+    losses = _train(model, texts, steps=80, lr=1e-3)
     assert losses[-1] < losses[0] / 3, losses
     for text, misses in near.items():
         for miss in misses:

@@ -42,11 +42,18 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix ilt_core ilt_plugins tests benchmarks
 	$(VENV)/bin/ruff format ilt_core ilt_plugins tests benchmarks
 
+# PASSIVE: torch's OpenMP threads sleep instead of spinning between ops (much faster on a shared 2-core machine)
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m pytest -q --durations=15
 
+# prepare he-news, train the tiny preset within a 10-minute budget, bits-per-byte before/after, save runs/demo-tiny,
+# continue a Hebrew prompt. PASSIVE: OpenMP threads sleep instead of spinning when the cores are shared.
 demo: $(STAMP)
-	$(VENV)/bin/ilt build tiny
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m ilt_core.demo
+
+# Compare every mix under benchmarks/mixes/ on he-news; writes benchmarks/results/he-news/.
+bench: $(STAMP)
+	$(VENV)/bin/ilt bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -186,6 +186,8 @@ class TokenRow:
 class TokenStream:
     """Texts in order -> ``[bos] text [eos] [bos] text [eos] ...`` cut into rows of ``block_size`` tokens.
 
+    (For BPE, whose start and end marker are the one ``<|endoftext|>``: ``[eot] text [eot] text [eot] ...``.)
+
     Rows overlap by one token (row k+1 starts with row k's last token), so every token of the stream
     is a target exactly once, nanoGPT style; attention crosses text boundaries, as in GPT pretraining.
     """
@@ -211,11 +213,12 @@ class TokenStream:
         for n in nbytes:
             units.append(sum(1 for s in range(offset, offset + n) if s in starts))
             offset += n
-        if not self._ids:
-            self._ids, self._bytes, self._units = [self.codec.bos_id], [0], [0]
-        self._ids += ids + [self.codec.eos_id]
-        self._bytes += nbytes + [0]
-        self._units += units + [0]
+        # every text starts with the start marker, as in scoring; when start and end are one token (BPE's
+        # <|endoftext|>) the previous text's end marker is the next one's start
+        start = [] if self._ids and self.codec.bos_id == self.codec.eos_id else [self.codec.bos_id]
+        self._ids += start + ids + [self.codec.eos_id]
+        self._bytes += [0] * len(start) + nbytes + [0]
+        self._units += [0] * len(start) + units + [0]
         self.texts_read += 1
 
     def next_batch(self, batch_size: int) -> TokenRow:
@@ -318,7 +321,9 @@ class BaselineLM:
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
             nll += float(
-                F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum")
+                F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+                )
             )
         if was_training:
             model.train()
@@ -326,11 +331,11 @@ class BaselineLM:
         return BitsPerByte(bits / max(n_bytes, 1), bits, n_bytes, n_units, n_texts)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        """Greedy continuations (exactly ``max_new_tokens`` tokens each, KV cache on) of ``prompts``.
+    def generate_ids(self, prompts: Sequence[str], max_new_tokens: int) -> torch.Tensor:
+        """Greedy continuations ``(N, max_new_tokens)`` of ``prompts`` (KV cache on).
 
-        Prompts are left-padded; end-of-text is suppressed (``min_new_tokens``) so every row writes
-        the same number of tokens, as the ILT speed protocol forces every word to its byte cap.
+        Prompts are left-padded; end-of-text is suppressed (``min_new_tokens``) so every row writes the
+        same number of tokens, as the ILT speed test suppresses the end of text.
         """
         device = next(self.model.parameters()).device
         encoded = [[self.codec.bos_id] + self.codec.encode(p) for p in prompts]
@@ -346,14 +351,24 @@ class BaselineLM:
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
             min_new_tokens=max_new_tokens,
+            # never pad / a start marker inside a continuation (they stand for no text)
+            suppress_tokens=sorted({self.codec.pad_id, self.codec.bos_id} - {self.codec.eos_id}) or None,
             do_sample=False,
             use_cache=True,
         )
-        return [self.codec.decode(row[width:].tolist()) for row in out.cpu()]
+        return out[:, width:].cpu()
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """The continuations of :meth:`generate_ids` as text."""
+        return [self.codec.decode(row.tolist()) for row in self.generate_ids(prompts, max_new_tokens)]
 
 
-def build_baseline(spec: BaselineSpec, block_size: int, train_texts: Sequence[str] | None = None,
-                   tokenizer_path: str | Path | None = None) -> BaselineLM:
+def build_baseline(
+    spec: BaselineSpec,
+    block_size: int,
+    train_texts: Sequence[str] | None = None,
+    tokenizer_path: str | Path | None = None,
+) -> BaselineLM:
     """A baseline model; for ``bpe`` the tokenizer is loaded from ``tokenizer_path`` or trained on ``train_texts``."""
     if spec.baseline == "bytes":
         codec: Any = ByteCodec()

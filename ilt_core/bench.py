@@ -30,6 +30,8 @@ from typing import Any
 from ilt_core.errors import ILTError
 
 DEFAULT_DATA = "he-news"
+#: The reference's generation protocol: greedy, batch 4, prompts of 16 words, 32 new words, each to 32 bytes.
+REFERENCE_GENERATION = {"batch_size": 4, "prompt_units": 16, "new_units": 32, "byte_cap": 32}
 PACKAGES = (
     "ilt-core",
     "ilt-hf",
@@ -149,6 +151,15 @@ def run_worker(job: dict[str, Any], timeout: float) -> dict[str, Any]:
     return {"name": mix["name"], "kind": mix["kind"], "status": "error", "error": error, "spec": mix["spec"]}
 
 
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that made this report, for the reader who wants to run it again."""
+    if getattr(args, "argv", None) is not None:
+        return " ".join(["ilt bench", *args.argv])
+    if Path(sys.argv[0]).name == "ilt":
+        return " ".join(["ilt", *sys.argv[1:]])
+    return "ilt bench (called from Python: see settings)"
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every selected mix and write the report; returns the report mapping."""
     import torch
@@ -173,7 +184,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     peak = {**measure_matmul_peak(device, args.matmul_size or None), "repeats": 5}
     print(f"bench: fp32 matmul peak {peak['flops_per_second'] / 1e9:.1f} GFLOP/s on {device} ({threads} threads)")
 
-    curve_every = args.curve_every or max(args.budget_seconds / 8.0, 1.0)
+    curve_every = args.curve_every or max(args.budget_seconds / 6.0, 1.0)
     settings = {
         "budget_seconds": args.budget_seconds,
         "budget_bytes": args.budget_bytes,
@@ -187,6 +198,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "gen_new_units": args.gen_new_units,
         "gen_prompt_units": args.gen_prompt_units,
         "gen_batches": [1, 8],
+        "reference_generation": dict(REFERENCE_GENERATION),
         "t2b_lines": args.t2b_lines,
         "render_units": args.render_units,
     }
@@ -209,7 +221,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         results.append(result)
 
     report = {
-        "command": " ".join(["ilt bench", *args.argv] if getattr(args, "argv", None) else ["ilt", *sys.argv[1:]]),
+        "command": _command_line(args),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - started,
         "data": data,
@@ -243,7 +255,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--train-file", help="training text, one text per line (with --eval-file)")
     p.add_argument("--eval-file", help="held-out text, one text per line (with --train-file)")
     p.add_argument("--eval-lines", type=int, default=200, help="cap on held-out texts (0: all)")
-    p.add_argument("--budget-seconds", type=float, default=120.0, help="training wall-clock time of each mix")
+    p.add_argument("--budget-seconds", type=float, default=100.0, help="training wall-clock time of each mix")
     p.add_argument("--budget-bytes", type=int, default=None, help="also stop after this many training UTF-8 bytes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=5e-4, help="AdamW peak learning rate (same for every mix)")

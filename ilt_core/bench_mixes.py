@@ -51,6 +51,9 @@ class BenchSettings(BaseModel):
     batch_size: int = Field(8, ge=1, le=4096, description="rows per training step")
     block_units: int = Field(64, ge=2, le=65536, description="ILT: units per row, start marker included")
     block_size: int = Field(512, ge=2, le=65536, description="baselines: tokens per row")
+    reference_protocol: bool = Field(
+        False, description="ILT: also time generation by the reference's protocol (batch 4, 32-byte cap)"
+    )
 
 
 @dataclass

@@ -37,7 +37,12 @@ REFERENCE: dict[str, Any] = {
         "this kind, reference-tiny configuration, batch 8 x 64 words, labels of up to 32 bytes; measured on "
         "another day, not in this run"
     ),
-    "train_with_images": {"words_per_second": 113, "text_bytes_per_second": 682, "step_seconds": 4.5, "peak_rss_gb": 3.3},
+    "train_with_images": {
+        "words_per_second": 113,
+        "text_bytes_per_second": 682,
+        "step_seconds": 4.5,
+        "peak_rss_gb": 3.3,
+    },
     "train_without_images": {"words_per_second": 202},
     "generation": {
         "protocol": "greedy, batch 4, prompts of 16 words, 32 new words, every word decoded to its 32-byte cap",
@@ -249,15 +254,31 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         return f"{1000 * g['seconds'] / max(g['steps'], 1):,.1f} ms, {g['units_per_second']:,.1f} words/s"
 
     rows = [
-        ("training words/s, with images", f"{ref['train_with_images']['words_per_second']}", cell(rt, "units_per_second")),
-        ("training text bytes/s, with images", f"{ref['train_with_images']['text_bytes_per_second']}", cell(rt, "bytes_per_second")),
-        ("training s/step, with images", f"{ref['train_with_images']['step_seconds']}", cell(rt, "step_seconds", fmt="{:.2f}")),
+        (
+            "training words/s, with images",
+            f"{ref['train_with_images']['words_per_second']}",
+            cell(rt, "units_per_second"),
+        ),
+        (
+            "training text bytes/s, with images",
+            f"{ref['train_with_images']['text_bytes_per_second']}",
+            cell(rt, "bytes_per_second"),
+        ),
+        (
+            "training s/step, with images",
+            f"{ref['train_with_images']['step_seconds']}",
+            cell(rt, "step_seconds", fmt="{:.2f}"),
+        ),
         (
             "peak RSS in training, with images",
             f"{ref['train_with_images']['peak_rss_gb']} GB",
             cell(rt, "peak_rss_train_bytes", 1e-9, "{:.2f} GB"),
         ),
-        ("training words/s, without images", f"{ref['train_without_images']['words_per_second']}", cell(rn, "units_per_second")),
+        (
+            "training words/s, without images",
+            f"{ref['train_without_images']['words_per_second']}",
+            cell(rn, "units_per_second"),
+        ),
         (
             "generation, with images (" + gen["protocol"] + ")",
             f"{gen['with_images']['step_ms']} ms a step, {gen['with_images']['words_per_second']} words/s",
@@ -268,8 +289,16 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             f"{gen['without_images']['step_ms']} ms a step, {gen['without_images']['words_per_second']} words/s",
             gen_ms(rn),
         ),
-        ("text to batch, cold, words/s", f"{ref['text_to_batch']['cold_words_per_second']:,}", cell(rt, "text_to_batch.cold_units_per_second")),
-        ("text to batch, warm, words/s", f"{ref['text_to_batch']['warm_words_per_second']:,}", cell(rt, "text_to_batch.warm_units_per_second")),
+        (
+            "text to batch, cold, words/s",
+            f"{ref['text_to_batch']['cold_words_per_second']:,}",
+            cell(rt, "text_to_batch.cold_units_per_second"),
+        ),
+        (
+            "text to batch, warm, words/s",
+            f"{ref['text_to_batch']['warm_words_per_second']:,}",
+            cell(rt, "text_to_batch.warm_units_per_second"),
+        ),
         (
             "rendering alone, words/s",
             f"{ref['text_to_batch']['render_words_per_second']:,} (Pango/cairo)",

@@ -10,7 +10,8 @@ permutation of the training lines, re-drawn each epoch), AdamW (betas 0.9/0.95, 
 gradient clipping 1.0) and the same schedule for every mix: linear warm-up over the first 10 steps,
 then cosine decay to 10% of the peak learning rate as the budget is used up (the budget share is
 ``max(train seconds / budget seconds, train bytes / budget bytes)``). Time spent on validation points
-is not training time: the clock stops while the curve is evaluated.
+is not training time: the clock stops while the curve is evaluated. Throughput, step time and the data
+share leave out the first step (one-time costs) when at least three steps ran.
 """
 
 from __future__ import annotations
@@ -88,6 +89,30 @@ def generation_prompts(texts: Sequence[str], segment: Any, prompt_units: int, co
     return ["".join(long_enough[i % len(long_enough)][:prompt_units]) for i in range(count)]
 
 
+def take_blocks(pending: list[Any], texts: Iterator[str], segment: Any, batch_size: int, block_units: int) -> list[Any]:
+    """The next texts of the stream, as :class:`~ilt_core.collator.TextUnits` blocks, that fill ``batch_size`` rows.
+
+    Rows are packed greedily in order (as ``collate(..., packing=True)`` packs them), each holding at most
+    ``block_units`` positions (a start marker per text block); a text longer than a row is cut into blocks
+    of ``block_units - 1`` units. ``pending`` carries the blocks of a text that did not fit to the next call.
+    """
+    from ilt_core.evaluate import text_blocks
+
+    chosen: list[Any] = []
+    rows = used = 0
+    while True:
+        if not pending:
+            pending.extend(text_blocks(segment(next(texts)), block_units - 1))
+        n = len(pending[0].units) + 1
+        if rows and used + n <= block_units:
+            used += n
+        elif rows < batch_size:
+            rows, used = rows + 1, n
+        else:
+            return chosen
+        chosen.append(pending.pop(0))
+
+
 # ---- the runners: one interface for ILT mixes and baselines -----------------------------------------
 
 
@@ -131,26 +156,9 @@ class ILTRunner:
     def train(self) -> None:
         self.model.train()
 
-    def _take_blocks(self, texts: Iterator[str]) -> list[Any]:
-        """Blocks of whole texts (long texts cut into blocks) that fill at most ``batch_size`` packed rows."""
-        from ilt_core.evaluate import text_blocks
-
-        chosen, rows, used = [], 0, 0
-        while True:
-            if not self._pending:
-                self._pending = text_blocks(self.processor.segment(next(texts)), self.block_units - 1)
-            n = len(self._pending[0].units) + 1
-            if rows and used + n <= self.block_units:
-                used += n
-            elif rows < self.batch_size:
-                rows, used = rows + 1, n
-            else:
-                return chosen
-            chosen.append(self._pending.pop(0))
-
     def next_batch(self, texts: Iterator[str]) -> tuple[Any, int, int]:
         """The next training batch from the shared stream, with its units and UTF-8 bytes of text."""
-        blocks = self._take_blocks(texts)
+        blocks = take_blocks(self._pending, texts, self.processor.segment, self.batch_size, self.block_units)
         batch = self.processor.collate(blocks, packing=True, max_units=self.block_units)
         units = sum(len(b.units) for b in blocks)
         nbytes = sum(len(u.encode("utf-8", "surrogatepass")) for b in blocks for u in b.units)
@@ -187,14 +195,21 @@ class ILTRunner:
 
         return bits_per_byte(self.model, texts, batch_size=8)
 
-    def generate(self, prompts: Sequence[str], new_units: int) -> int:
-        """Greedy generation with the KV cache; returns how many units were generated."""
+    def generate(self, prompts: Sequence[str], new_units: int, byte_cap: int | None = None) -> int:
+        """Greedy generation with the KV cache; returns how many units were generated.
+
+        End of text is suppressed (the decoder must write at least one byte, and never pad / bos), so every
+        row writes exactly ``new_units`` units, as the baselines' end-of-text token is suppressed. With
+        ``byte_cap`` every unit is decoded to exactly that many bytes (the reference's protocol).
+        """
+        from ilt_core.byte_tokenizer import BOS_ID, PAD_ID
         from ilt_core.generation import generate
 
-        self.model.eval()
-        with torch.no_grad():
-            result = generate(self.model, list(prompts), max_new_units=new_units, use_cache=True)
-        return count_generated_units(result, prompts, self.processor.segment)
+        options: dict[str, Any] = {"byte_suppress_tokens": [PAD_ID, BOS_ID], "byte_min_new_tokens": 1}
+        if byte_cap:
+            options.update(max_unit_bytes=byte_cap, byte_min_new_tokens=byte_cap)
+        texts = generate(self.model, list(prompts), max_new_units=new_units, use_cache=True, **options)
+        return sum(new_units for t in texts if t)
 
     def text_to_batch(self, texts: Sequence[str], render_limit: int) -> dict[str, float | None]:
         """Units/s of text -> batch with an empty render cache (cold), again (warm), and rendering alone."""
@@ -235,31 +250,16 @@ class ILTRunner:
         }
 
 
-def count_generated_units(result: Any, prompts: Sequence[str], segment: Any) -> int:
-    """Units in what :func:`ilt_core.generation.generate` returned (texts, unit lists, or an object holding them)."""
-    for attr in ("new_units", "units", "continuations", "texts", "sequences"):
-        if hasattr(result, attr) and not isinstance(result, (str, list, tuple)):
-            return count_generated_units(getattr(result, attr), prompts, segment)
-    if isinstance(result, str):
-        result = [result]
-    total = 0
-    for i, item in enumerate(result):
-        if isinstance(item, str):
-            prompt = prompts[i] if i < len(prompts) else ""
-            text = item[len(prompt) :] if prompt and item.startswith(prompt) else item
-            total += len(segment(text))
-        elif isinstance(item, (list, tuple)):
-            total += len(item)  # a list of units
-        else:
-            raise ILTError(f"bench: cannot count the units of a generation result of type {type(item).__name__}")
-    return total
-
-
 class BaselineRunner:
     """A :class:`~ilt_core.baselines.BaselineLM` fed by rows of ``block_size`` tokens from the shared stream."""
 
     def __init__(
-        self, mix: dict[str, Any], settings: dict[str, Any], device: torch.device, train_texts: Sequence[str]
+        self,
+        mix: dict[str, Any],
+        settings: dict[str, Any],
+        device: torch.device,
+        train_texts: Sequence[str],
+        eval_texts: Sequence[str],
     ) -> None:
         from ilt_core.baselines import BaselineSpec, TokenStream, build_baseline
         from ilt_core.bench_flops import FlopCounter
@@ -281,6 +281,8 @@ class BaselineRunner:
         self.flops = FlopCounter()
         counts = self.parameter_counts()
         self._part = self.flops.part("transformer", self.lm.model, params=counts["transformer"])
+        # generation writes new_units x this many tokens: as much text as new_units units of held-out text
+        self._tokens_per_unit = self.tokens_per_unit(eval_texts)
 
     def parameters(self) -> Any:
         return self.lm.model.parameters()
@@ -316,8 +318,8 @@ class BaselineRunner:
         units = sum(len(self._segment(t)) for t in texts)
         return tokens / max(units, 1)
 
-    def generate(self, prompts: Sequence[str], new_units: int) -> int:
-        """Greedy HF generation of ``new_units`` x tokens-per-unit tokens; returns the units it wrote."""
+    def generate(self, prompts: Sequence[str], new_units: int, byte_cap: int | None = None) -> int:
+        """Greedy HF generation of ``new_units`` x tokens-per-unit tokens; returns the units (words) it wrote."""
         new_tokens = max(1, math.ceil(new_units * self._tokens_per_unit))
         continuations = self.lm.generate(prompts, new_tokens)
         return sum(len(self._segment(c)) for c in continuations)
@@ -385,6 +387,7 @@ def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], cur
     train_s = data_s = 0.0
     steps = units = nbytes = 0
     loss_value = float("nan")
+    first: dict[str, float] = {}
     next_eval, next_report = every, 0.1
     while share(train_s, nbytes) < 1.0:
         for group in optimizer.param_groups:
@@ -405,6 +408,8 @@ def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], cur
         steps, units, nbytes = steps + 1, units + batch_units, nbytes + batch_bytes
         data_s += t1 - t0
         train_s += t2 - t0
+        if steps == 1:  # the first step pays one-time costs (allocator, kernels, a cold render cache)
+            first = {"seconds": t2 - t0, "units": units, "bytes": nbytes, "data_seconds": data_s}
         done = share(train_s, nbytes)
         if done >= next_report or done >= 1.0:
             say(
@@ -417,23 +422,36 @@ def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], cur
             curve.append(curve_point(train_s, steps, nbytes))
             next_eval += every
     curve.append(curve_point(train_s, steps, nbytes))
+    # steady-state figures leave the first step out when there are enough others to measure
+    if steps >= 3:
+        s_units, s_bytes, s_time = units - first["units"], nbytes - first["bytes"], train_s - first["seconds"]
+        s_data, s_steps = data_s - first["data_seconds"], steps - 1
+    else:
+        s_units, s_bytes, s_time, s_data, s_steps = units, nbytes, train_s, data_s, steps
     return {
         "steps": steps,
         "train_seconds": train_s,
         "train_units": units,
         "train_bytes": nbytes,
-        "units_per_second": units / train_s,
-        "bytes_per_second": nbytes / train_s,
-        "step_seconds": train_s / steps,
-        "data_seconds": data_s,
-        "data_share": data_s / train_s,
+        "first_step_seconds": first["seconds"],
+        "steady_steps": s_steps,
+        "units_per_second": s_units / s_time,
+        "bytes_per_second": s_bytes / s_time,
+        "step_seconds": s_time / s_steps,
+        "data_seconds": s_data,
+        "data_share": s_data / s_time,
         "final_loss": loss_value,
         "curve": curve,
     }
 
 
-def measure_generation(runner: Any, settings: dict[str, Any], eval_texts: Sequence[str]) -> dict:
-    """Units/s of greedy cached generation at batch 1 and 8 (after one short warm-up call per batch size)."""
+def measure_generation(
+    runner: Any, settings: dict[str, Any], eval_texts: Sequence[str], reference: bool = False
+) -> dict:
+    """Units/s of greedy cached generation at batch 1 and 8 (after one short warm-up call per batch size).
+
+    With ``reference`` (an ILT mix whose ``bench:`` block asks for it) also the reference's protocol.
+    """
     clock = Clock(runner.device)
     new_units = int(settings["gen_new_units"])
     out = {}
@@ -451,6 +469,23 @@ def measure_generation(runner: Any, settings: dict[str, Any], eval_texts: Sequen
             "units_per_second": generated / max(seconds, 1e-9),
         }
         say(settings, f"generate batch {batch}: {generated} units in {seconds:.2f} s")
+    protocol = settings.get("reference_generation")
+    if reference and protocol:
+        # the reference's protocol: every word decoded to its byte cap, time per step (one unit for every row)
+        prompts = generation_prompts(eval_texts, runner.segment, protocol["prompt_units"], protocol["batch_size"])
+        runner.generate(prompts, 1, byte_cap=protocol["byte_cap"])
+        start = clock()
+        generated = runner.generate(prompts, protocol["new_units"], byte_cap=protocol["byte_cap"])
+        seconds = clock() - start
+        out["reference_protocol"] = {
+            **protocol,
+            "units": generated,
+            "steps": protocol["new_units"],
+            "seconds": seconds,
+            "units_per_second": generated / max(seconds, 1e-9),
+            "bytes_per_unit": protocol["byte_cap"],
+        }
+        say(settings, f"generate (reference protocol): {1000 * seconds / protocol['new_units']:.0f} ms a step")
     return out
 
 
@@ -468,8 +503,7 @@ def run_mix(job: dict[str, Any]) -> dict[str, Any]:
     if mix["kind"] == "ilt":
         runner: Any = ILTRunner(mix, settings, device)
     else:
-        runner = BaselineRunner(mix, settings, device, train_lines)
-        runner._tokens_per_unit = runner.tokens_per_unit(eval_texts)
+        runner = BaselineRunner(mix, settings, device, train_lines, eval_texts)
     counts = runner.parameter_counts()
     # text -> batch first, while the render cache is still empty (the "cold" figure)
     t2b = runner.text_to_batch(eval_texts[: int(settings["t2b_lines"])], int(settings["render_units"]))
@@ -482,7 +516,8 @@ def run_mix(job: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     bpb = runner.bits_per_byte(eval_texts)
     eval_s = time.perf_counter() - start
-    generation = measure_generation(runner, settings, eval_texts)
+    reference = mix["kind"] == "ilt" and bool(mix["bench"].get("reference_protocol"))
+    generation = measure_generation(runner, settings, eval_texts, reference)
 
     peak_flops = float(settings["peak_flops"])
     flops_per_byte = runner.flops.flops_per_byte()

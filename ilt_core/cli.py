@@ -6,6 +6,10 @@
     ilt segment TEXT                  the units the model sees, as a JSON list
     ilt render TEXT -o out.png [--renderer freetype:default]
     ilt eval --model DIR --file FILE  bits-per-byte of a text file
+    ilt generate --model DIR --prompt TEXT [--stream] ...
+    ilt data list | ilt data prepare NAME
+    ilt train --model_spec tiny --train_file ... (run_clm.py-style arguments)
+    ilt bench [--mixes ...]           compare component mixes and baselines
 
 A mistake in the input prints one line (``ilt: error: ...``) and exits with status 2.
 """
@@ -167,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-lines", type=int, default=0)
     p.set_defaults(func=cmd_eval)
+
+    # each feature module adds its own subcommand
+    from ilt_core.bench import add_bench_parser
+    from ilt_core.generation import add_generate_parser
+    from ilt_core.training import add_data_parser, add_train_parser
+
+    add_generate_parser(sub)
+    add_data_parser(sub)
+    add_train_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

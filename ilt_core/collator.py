@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 
 from ilt_core.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -137,37 +138,42 @@ def collate_units(
             distinct.append(unit)
         return idx
 
-    unit_bytes = {}  # unit -> byte ids, computed once
+    unit_bytes: dict[str, list[int]] = {}  # unit -> byte ids, computed once
     row_len = max(sum(len(seqs[i].units) + 1 for i in row) for row in rows) if rows else 1
     B = len(rows)
-    unit_index = torch.zeros(B, row_len, dtype=torch.long)
-    attention_mask = torch.zeros(B, row_len, dtype=torch.long)
-    position_ids = torch.zeros(B, row_len, dtype=torch.long)
-    segment_ids = torch.full((B, row_len), -1, dtype=torch.long)
-    num_bytes = torch.zeros(B, dtype=torch.long)
-    row_labels: list[list[list[int] | None]] = []
+    # Built as Python lists and numpy arrays, then turned into tensors once: writing tensors one
+    # element at a time costs microseconds per write and dominated collation.
+    index_rows: list[list[int]] = []
+    mask_rows: list[list[int]] = []
+    position_rows: list[list[int]] = []
+    segment_rows: list[list[int]] = []
+    num_bytes_list: list[int] = []
+    row_labels: list[list[tuple[int, list[int]]]] = []  # per row: (position, label ids)
 
-    for b, row in enumerate(rows):
+    for row in rows:
         pos = 0
-        labels_b: list[list[int] | None] = [None] * row_len
+        index_b: list[int] = []
+        positions_b: list[int] = []
+        segments_b: list[int] = []
+        labels_b: list[tuple[int, list[int]]] = []
+        bytes_b = 0
         for seg, ti in enumerate(row):
             t = seqs[ti]
             ids_per_unit = []
             for u in t.units:
-                if u not in unit_bytes:
-                    unit_bytes[u] = encode_unit(u)
-                ids_per_unit.append(unit_bytes[u])
+                ids = unit_bytes.get(u)
+                if ids is None:
+                    ids = unit_bytes[u] = encode_unit(u)
+                ids_per_unit.append(ids)
             n = len(t.units) + 1
-            unit_index[b, pos] = 0
-            for j, u in enumerate(t.units):
-                unit_index[b, pos + 1 + j] = index_of(u)
-            attention_mask[b, pos : pos + n] = 1
-            position_ids[b, pos : pos + n] = torch.arange(n)
-            segment_ids[b, pos : pos + n] = seg
+            index_b.append(0)
+            index_b.extend(index_of(u) for u in t.units)
+            positions_b.extend(range(n))
+            segments_b.extend([seg] * n)
             if labels == "unit":
                 for j in range(n - 1):
-                    labels_b[pos + j] = ids_per_unit[j] + [EOS_ID]
-                    num_bytes[b] += len(ids_per_unit[j])
+                    labels_b.append((pos + j, ids_per_unit[j] + [EOS_ID]))
+                    bytes_b += len(ids_per_unit[j])
             else:
                 flat = [x for ids in ids_per_unit for x in ids]
                 offset = 0
@@ -175,31 +181,45 @@ def collate_units(
                     window = flat[offset : offset + label_bytes]
                     if len(window) < label_bytes and t.complete:
                         window = window + [EOS_ID]
-                    labels_b[pos + j] = window
+                    labels_b.append((pos + j, window))
                     offset += len(ids_per_unit[j])
-                num_bytes[b] += len(flat)
+                bytes_b += len(flat)
             if t.complete:
-                labels_b[pos + n - 1] = [EOS_ID]  # end of text: an empty unit
+                labels_b.append((pos + n - 1, [EOS_ID]))  # end of text: an empty unit
             pos += n
+        pad = row_len - pos
+        index_rows.append(index_b + [0] * pad)
+        mask_rows.append([1] * pos + [0] * pad)
+        position_rows.append(positions_b + [0] * pad)
+        segment_rows.append(segments_b + [-1] * pad)
+        num_bytes_list.append(bytes_b)
         row_labels.append(labels_b)
 
-    K = max((len(lab) for r in row_labels for lab in r if lab is not None), default=1)
-    label_tensor = torch.full((B, row_len, K), IGNORE_INDEX, dtype=torch.long)
+    unit_index = torch.tensor(index_rows, dtype=torch.long).view(B, row_len)
+    attention_mask = torch.tensor(mask_rows, dtype=torch.long).view(B, row_len)
+    position_ids = torch.tensor(position_rows, dtype=torch.long).view(B, row_len)
+    segment_ids = torch.tensor(segment_rows, dtype=torch.long).view(B, row_len)
+    num_bytes = torch.tensor(num_bytes_list, dtype=torch.long)
+
+    K = max((len(lab) for r in row_labels for _, lab in r), default=1)
+    label_array = np.full((B, row_len, K), IGNORE_INDEX, dtype=np.int64)
     for b, r in enumerate(row_labels):
-        for p, lab in enumerate(r):
-            if lab is not None:
-                label_tensor[b, p, : len(lab)] = torch.tensor(lab, dtype=torch.long)
+        for p, lab in r:
+            label_array[b, p, : len(lab)] = lab
+    label_tensor = torch.from_numpy(label_array)
 
     all_ids = [[BOS_ID]] + [unit_bytes[u] for u in distinct]
     T = max(1, max(len(x) for x in all_ids))
-    unit_input_ids = torch.full((len(all_ids), T), PAD_ID, dtype=torch.long)
-    unit_attention_mask = torch.zeros(len(all_ids), T, dtype=torch.long)
+    ids_array = np.full((len(all_ids), T), PAD_ID, dtype=np.int64)
+    mask_array = np.zeros((len(all_ids), T), dtype=np.int64)
     for i, ids in enumerate(all_ids):
         if ids:
-            unit_input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            unit_attention_mask[i, : len(ids)] = 1
+            ids_array[i, : len(ids)] = ids
+            mask_array[i, : len(ids)] = 1
         else:  # a unit with no bytes cannot occur from segmentation, but keep one real position
-            unit_attention_mask[i, 0] = 1
+            mask_array[i, 0] = 1
+    unit_input_ids = torch.from_numpy(ids_array)
+    unit_attention_mask = torch.from_numpy(mask_array)
 
     image_groups = render_units([""] + distinct) if render_units is not None else []
     return Batch(

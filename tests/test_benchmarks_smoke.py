@@ -1,0 +1,80 @@
+"""Smoke runs of the speed benchmarks (``--quick``): they run end to end and report usable figures.
+
+Each script runs in a subprocess, as a user runs it; the JSON it writes must hold finite, positive
+throughputs and memory figures. (Nothing here judges speed: timings are never asserted.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def run_script(name: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), "--quick", "--out", str(out), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[bench]" in done.stderr  # progress is printed
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+def test_bench_pipeline_quick(tmp_path):
+    data = run_script("bench_pipeline", tmp_path)
+    renderers = data["renderers"]
+    assert {"freetype:default", "cairo:default"} <= set(renderers)
+    for by_lang in renderers.values():
+        assert set(by_lang) == {"he", "en"}
+        for r in by_lang.values():
+            for key in ("render_each_units_per_s", "cold_cache_units_per_s", "warm_cache_units_per_s"):
+                assert positive(r[key]), key
+            p = r["processor"]
+            assert p["units"] == 2 * 16  # --quick: batch 2 x 16 units
+            for key in (
+                "cold_units_per_s",
+                "warm_units_per_s",
+                "stage_segment_units_per_s",
+                "stage_pixels_units_per_s",
+            ):
+                assert positive(p[key]), key
+    for goal in data["goals"].values():
+        assert positive(goal["freetype_over_cairo_cold_ratio"]) and isinstance(goal["warm_cache_above_200k"], bool)
+
+
+@pytest.mark.slow
+def test_bench_model_quick(tmp_path):
+    data = run_script("bench_model", tmp_path, "--configs", "tiny-full", "tiny-bytes-only")
+    assert set(data["configs"]) == {"tiny-full", "tiny-bytes-only"}
+    assert positive(data["calibration_gflop_per_s"])
+    for name, r in data["configs"].items():
+        for key in (
+            "step_s",
+            "units_per_s",
+            "bytes_per_s",
+            "peak_rss_mb",
+            "gflop_per_step",
+            "text_to_batch_cold_units_per_s",
+        ):
+            assert positive(r[key]), (name, key)
+        assert r["units_per_batch"] == 2 * 8  # --quick: 2 texts x 8 units, start markers not counted
+        assert math.isfinite(r["last_loss"])
+    # the image encoder costs FLOPs: the full model does more work per step than the bytes-only one
+    assert data["configs"]["tiny-full"]["gflop_per_step"] > data["configs"]["tiny-bytes-only"]["gflop_per_step"]

@@ -1,0 +1,418 @@
+"""The decoding loop: KV cache vs recompute, batch independence, strategies, streaming, seeds, bad input.
+
+Models are small custom specs (bytes-only, a few layers, random weights) so each test takes seconds. Random
+decoders rarely write ``eos``, so rows are made to finish at different steps with stop strings taken from their
+own greedy continuations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import pytest
+import torch
+from conftest import tiny_spec
+
+from ilt_core.byte_tokenizer import EOS_ID
+from ilt_core.errors import ILTError
+from ilt_core.generation import (
+    GenerationResult,
+    _beam_search,
+    _decode_ids,
+    _iter_plain,
+    _Session,
+    _setup,
+    _unit_of,
+    add_generate_parser,
+    generate,
+    stream_generate,
+)
+from ilt_core.model import build_model
+
+D = 64
+LATENTS = {
+    "llama": {
+        "model_type": "llama",
+        "hidden_size": D,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 12,
+        "vocab_size": 8,
+    },
+    "gpt_neox": {
+        "model_type": "gpt_neox",
+        "hidden_size": D,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "rotary_pct": 0.25,
+        "max_position_embeddings": 12,
+        "vocab_size": 8,
+    },
+    # a window shorter than the prompts, so the cache's sliding layer really drops units
+    "gemma3_text": {
+        "model_type": "gemma3_text",
+        "hidden_size": D,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "sliding_window": 3,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "max_position_embeddings": 12,
+        "vocab_size": 8,
+    },
+    "gpt2": {"model_type": "gpt2", "n_embd": D, "n_layer": 2, "n_head": 4, "n_positions": 12, "vocab_size": 8},
+}
+DECODER = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 64,
+    "vocab_size": 8,
+}
+# A context of 12 units (start marker included): the 10-unit prompt fills it after 3 new units, so rows of one
+# batch finish at different steps even though random decoders rarely write eos.
+PROMPTS = ["one", "the cat sat on the mat ", "a b c d e f g h i ", "", "שלום לכם "]
+
+
+def small_spec(latent: str = "gpt_neox", **overrides) -> dict:
+    spec = tiny_spec("bytes-only", max_unit_bytes=6)
+    spec["latent_transformer"] = {"component": "hf:causal-lm", "config": copy.deepcopy(LATENTS[latent])}
+    spec["bytes_decoder"] = {"component": "hf:causal-lm", "config": dict(DECODER)}
+    spec.update(overrides)
+    return spec
+
+
+_MODELS: dict = {}
+
+
+def small_model(latent: str = "gpt_neox"):
+    if latent not in _MODELS:
+        _MODELS[latent] = build_model(small_spec(latent), seed=0).eval()
+    return _MODELS[latent]
+
+
+def stops_for(model, prompts, n=5):
+    """Stop strings that each occur in one row's continuation only, so rows end at different steps."""
+    texts = [r.units for r in generate(model, prompts, n, return_scores=True)]
+    stops = []
+    for i, units in enumerate(texts):
+        k = 1 + i % (n - 1)  # stop inside unit k of row i
+        if len(units) <= k:
+            continue
+        others = "".join("".join(u) for j, u in enumerate(texts) if j != i) + "".join(units[:k])
+        pieces = [units[k][a : a + 2] for a in range(len(units[k]) - 1)] + [units[k]]
+        found = next((x for x in pieces if x and x not in others and not any(x in s for s in stops)), None)
+        if found is not None:
+            stops.append(found)
+    return stops
+
+
+# ---- the KV cache ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("latent", list(LATENTS))
+def test_cached_loop_gives_the_same_text_as_recomputing(latent):
+    model = small_model(latent)
+    compositions = [PROMPTS, [PROMPTS[2], PROMPTS[3], PROMPTS[0]]]
+    for prompts in compositions:
+        stop = stops_for(model, prompts, 5)  # may end some rows earlier still
+        cached = generate(model, prompts, 5, stop=stop, return_scores=True)
+        recomputed = generate(model, prompts, 5, stop=stop, use_cache=False, return_scores=True)
+        assert [r.text for r in cached] == [r.text for r in recomputed], (latent, prompts)
+        assert [r.finish_reason for r in cached] == [r.finish_reason for r in recomputed]
+        assert len({len(r.units) for r in cached}) > 1, [r.units for r in cached]  # rows finished apart
+
+
+def test_cache_grows_one_unit_per_step(monkeypatch):
+    """Each new unit costs one latent step over the cache: the latent sees one new position per call."""
+    model = small_model("llama")
+    lengths = []
+    original = model.latent_transformer.forward
+
+    def spy(inputs_embeds, *args, **kwargs):
+        lengths.append(inputs_embeds.shape[1])
+        return original(inputs_embeds, *args, **kwargs)
+
+    monkeypatch.setattr(model.latent_transformer, "forward", spy)
+    generate(model, ["the cat sat on the mat "], 5)
+    assert lengths == [7, 1, 1, 1, 1]
+    lengths.clear()
+    generate(model, ["the cat sat on the mat "], 5, use_cache=False)
+    assert lengths == [7, 8, 9, 10, 11]
+
+
+@pytest.mark.parametrize("latent", ["gpt_neox", "gpt2"])
+def test_continuation_is_the_same_alone_or_in_a_batch(latent):
+    model = small_model(latent)
+    alone = [generate(model, p, 5)[0] for p in PROMPTS]
+    assert generate(model, PROMPTS, 5) == alone
+    assert generate(model, PROMPTS[::-1], 5) == alone[::-1]
+
+
+def test_tiny_preset_batch_independence_and_cache(tiny_models):
+    model = tiny_models["full"]
+    prompts = ["the cat ", "שלום "]
+    alone = [generate(model, p, 2, max_unit_bytes=3)[0] for p in prompts]
+    assert generate(model, prompts, 2, max_unit_bytes=3) == alone
+    assert generate(model, prompts, 2, max_unit_bytes=3, use_cache=False) == alone
+
+
+# ---- word-level beam search --------------------------------------------------------------------------------------
+def test_word_beam_search_with_one_beam_equals_greedy():
+    model = small_model()
+    stop = stops_for(model, PROMPTS)
+    greedy = generate(model, PROMPTS, 5, stop=stop, return_scores=True)
+    hyps, opts = _setup(model, PROMPTS, 5, True, 1, False, 1.0, None, None, stop, 1.0, True, 8, None, {})
+    with _Session(model, None):
+        beams = _beam_search(model, hyps, opts)
+    assert [b.text for b in beams] == [g.text for g in greedy]
+    assert [b.score for b in beams] == pytest.approx([g.score for g in greedy], abs=1e-4)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_word_beam_search_is_never_worse_than_greedy(length_penalty):
+    model = small_model()
+    greedy = generate(model, PROMPTS, 4, return_scores=True, length_penalty=length_penalty)
+    improved = 0
+    for k in (2, 3) if length_penalty == 0.0 else (2,):
+        beams = generate(model, PROMPTS, 4, num_beams=k, return_scores=True, length_penalty=length_penalty)
+        for b, g in zip(beams, greedy, strict=True):
+            # every hypothesis here has 4 units, so the penalised and raw comparisons agree
+            assert b.score >= g.score - 1e-9, (k, b, g)
+            improved += b.score > g.score + 1e-6
+    assert improved > 0  # the search does find better-scored continuations than greedy
+
+
+def test_scores_are_summed_byte_log_probs():
+    model = small_model()
+    (r,) = generate(model, ["the cat "], 2, return_scores=True)
+    assert isinstance(r, GenerationResult) and r.finish_reason == "max_new_units" and len(r.units) == 2
+    # the same sum by hand: teacher-forced log-probs of each unit's bytes (+ eos when it was written)
+    batch = model.processor(["the cat " + r.units[0]])
+    with torch.no_grad():
+        latents = model(**batch.model_inputs()).hidden_states[0, -2:]  # after "cat ", after unit 0
+    total = 0.0
+    for latent, unit in zip(latents, r.units, strict=True):
+        ids = list(unit.encode())
+        if len(ids) < model.spec.max_unit_bytes:
+            ids.append(EOS_ID)
+        labels = torch.tensor([ids + [-100]])
+        with torch.no_grad():
+            logp = model.decode_logits(latent[None], labels).log_softmax(-1)
+        total += float(logp[0, torch.arange(len(ids)), torch.tensor(ids)].sum())
+    if all("\ufffd" not in u for u in r.units):  # bytes re-encode exactly only when they were valid UTF-8
+        assert r.score == pytest.approx(total, abs=1e-3)
+    assert r.score < 0
+
+
+# ---- sampling and seeds ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(do_sample=True),
+        dict(do_sample=True, temperature=0.7, top_k=4, unit_candidates=4),
+        dict(do_sample=True, top_p=0.9, unit_candidates=4),
+        dict(byte_do_sample=True, byte_temperature=0.8, repetition_penalty=1.2),
+    ],
+)
+def test_seeded_sampling_is_repeatable(options):
+    model = small_model()
+    prompts = PROMPTS[:3]
+    state = torch.get_rng_state()
+    a = generate(model, prompts, 3, seed=7, **options)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is left alone
+    b = generate(model, prompts, 3, seed=7, **options)
+    c = generate(model, prompts, 3, seed=8, **options)
+    assert a == b
+    assert a != c
+    assert a != generate(model, prompts, 3)  # it did sample
+
+
+def test_greedy_needs_no_seed_and_byte_beams_pass_through():
+    model = small_model()
+    assert generate(model, PROMPTS, 3) == generate(model, PROMPTS, 3)
+    beams = generate(model, PROMPTS, 3, byte_num_beams=3)
+    assert beams != generate(model, PROMPTS, 3) and all(beams)
+
+
+def test_word_sampling_at_low_temperature_picks_the_most_probable_candidate():
+    model = small_model()
+    results = generate(
+        model, PROMPTS[:2], 2, do_sample=True, temperature=1e-3, unit_candidates=6, seed=0, return_scores=True
+    )
+    assert all(len(r.units) == 2 for r in results)
+
+
+# ---- streaming and the command line ------------------------------------------------------------------------------
+def test_stream_yields_units_and_matches_generate():
+    model = small_model()
+    pieces = list(stream_generate(model, "the cat ", 4))
+    full = generate(model, "the cat ", 4, return_scores=True)[0]
+    assert pieces == full.units
+    stop = [full.units[2][:2]]
+    pieces = list(stream_generate(model, "the cat ", 4, stop=stop))
+    assert "".join(pieces) == generate(model, "the cat ", 4, stop=stop)[0]
+    assert stop[0] not in "".join(pieces)
+    assert "".join(stream_generate(model, "the cat ", 3, num_beams=2)) == generate(model, "the cat ", 3, num_beams=2)[0]
+    sampled = []
+    for piece in stream_generate(model, "the cat ", 3, do_sample=True, seed=1):
+        # between yields the caller's own state is in force: gradients on, no inference mode
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+        sampled.append(piece)
+        torch.rand(3)  # the caller drawing random numbers must not change the seeded stream
+    assert "".join(sampled) == generate(model, "the cat ", 3, do_sample=True, seed=1)[0]
+
+
+def test_cli_generate_prints_the_continuation(tmp_path, capsys):
+    model = small_model()
+    model.save_pretrained(tmp_path / "m")
+    parser = argparse.ArgumentParser()
+    add_generate_parser(parser.add_subparsers())
+    expected = generate(model, "the cat ", 3)[0]
+    args = parser.parse_args(
+        ["generate", "--model", str(tmp_path / "m"), "--prompt", "the cat ", "--max-new-units", "3"]
+    )
+    assert args.func(args) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    args = parser.parse_args(
+        ["generate", "--model", str(tmp_path / "m"), "--prompt", "the cat ", "--max-new-units", "3", "--stream"]
+    )
+    assert args.func(args) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    args = parser.parse_args(
+        ["generate", "--model", str(tmp_path / "m"), "--prompt", "a", "--do-sample", "--num-beams", "2"]
+    )
+    with pytest.raises(ILTError, match="num_beams=2 with do_sample=True"):
+        args.func(args)
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------------
+def test_empty_prompt_generates_from_the_start_marker():
+    model = small_model()
+    (text,) = generate(model, "", 3)
+    assert text and generate(model, ["", "x"], 3)[0] == text
+    # its first unit is what the decoder writes from the latent of the start marker alone
+    batch = model.processor([""])
+    hyps, opts = _setup(model, [""], 1, True, 1, False, 1.0, None, None, None, 1.0, False, 8, None, {})
+    with _Session(model, None):
+        latent = model(**batch.model_inputs()).hidden_states[:, 0]
+        first = _decode_ids(model, latent, opts)[0]
+    assert generate(model, "", 1)[0] == _unit_of(model, first, "unit")
+
+
+def test_zero_new_units_and_empty_batch():
+    model = small_model()
+    assert generate(model, ["a", "b c "], 0) == ["", ""]
+    assert generate(model, [], 3) == []
+    assert list(stream_generate(model, "a", 0)) == []
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error_and_a_full_context_stops():
+    spec = small_spec("llama")
+    spec["latent_transformer"]["config"]["max_position_embeddings"] = 8
+    model = build_model(spec, seed=0).eval()
+    assert model.max_units == 8
+    with pytest.raises(ILTError, match="prompts\\[1\\] has 9 units .* at most 8"):
+        generate(model, ["a", "1 2 3 4 5 6 7 8 9"], 2)
+    (r,) = generate(model, "1 2 3 4 5 ", 10, return_scores=True)  # 6 positions used, 2 more can be read back
+    assert r.finish_reason == "context_full" and len(r.units) == 3
+
+
+def test_a_decoder_without_eos_is_cut_at_the_byte_limit():
+    model = small_model()
+    hyps, opts = _setup(model, PROMPTS, 2, True, 1, False, 1.0, None, None, None, 1.0, False, 8, 5, {})
+    with _Session(model, None):
+        rows = _decode_ids(model, torch.randn(3, D), opts, suppress_tokens=[EOS_ID])
+    assert all(len(r) == 5 and EOS_ID not in r for r in rows)
+    results = generate(model, PROMPTS, 3, max_unit_bytes=5, suppress_tokens=[EOS_ID], return_scores=True)
+    assert all(len(r.units) == 3 and r.finish_reason == "max_new_units" for r in results)
+
+
+def test_eos_first_ends_the_text_and_invalid_utf8_becomes_replacement_characters():
+    model = small_model()
+    # a decoder pushed to write eos first: every row ends at once with an empty continuation
+    results = generate(model, PROMPTS, 4, sequence_bias={(EOS_ID,): 100.0}, return_scores=True)
+    assert all(r.text == "" and r.units == [] and r.finish_reason == "end_of_text" for r in results)
+    # a random decoder writes arbitrary bytes: invalid sequences are kept as U+FFFD, never an exception
+    texts = generate(model, PROMPTS, 4, max_unit_bytes=6)
+    assert any("\ufffd" in t for t in texts)
+    # a decoder barred from every ASCII byte must write multi-byte sequences or lone continuation bytes
+    texts = generate(model, ["x"], 2, suppress_tokens=list(range(128)))
+    assert isinstance(texts[0], str) and texts[0]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(num_beams=2, do_sample=True), "num_beams=2 with do_sample=True"),
+        (dict(temperature=0.5), "temperature=0.5 without do_sample=True"),
+        (dict(top_k=5), "top_k=5 without do_sample=True"),
+        (dict(do_sample=True, byte_do_sample=True), "byte_do_sample=True with word-level do_sample=True"),
+        (dict(num_beams=3, byte_num_beams=2), "byte_num_beams=2 with word-level num_beams=3"),
+        (dict(max_new_tokens=4), "max_new_tokens=4: not a byte-level option here"),
+        (dict(max_new_units=-1), "max_new_units=-1"),
+        (dict(do_sample=True, top_p=1.5), "top_p=1.5"),
+        (dict(do_sample=True, temperature=0), "temperature=0"),
+        (dict(stop="x"), "stop='x'"),
+    ],
+)
+def test_bad_options_are_clear_errors(options, message):
+    model = small_model()
+    max_new = options.pop("max_new_units", 2)
+    with pytest.raises(ILTError, match=message.replace("[", "\\[")):
+        generate(model, "a", max_new, **options)
+
+
+def test_generate_restores_training_mode():
+    model = build_model(small_spec(), seed=0)
+    model.train()
+    generate(model, "a", 1)
+    assert model.training
+
+
+def test_bytes_labels_model_generates_one_unit_per_step():
+    model = build_model(small_spec(labels="bytes", label_bytes=8), seed=0).eval()
+    results = generate(model, PROMPTS[:3], 3, return_scores=True)
+    for r in results:
+        assert len(r.units) == 3 or r.finish_reason == "end_of_text"
+        for u in r.units:  # each kept piece is one unit of the segmentation
+            assert model.processor.segment(u) == [u]
+
+
+# ---- learning ----------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_memorised_sentences_are_reproduced_from_their_first_words():
+    texts = ["the cat sat on the mat", "a dog ran in the park", "one two three four five", "שלום לכם חברים"]
+    model = build_model(tiny_spec("bytes-only"), seed=0)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = model.processor(texts)
+    model.train()
+    for _ in range(100):
+        loss = model(**batch.model_inputs()).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    prompts = [" ".join(t.split()[:2]) + " " for t in texts]
+    results = generate(model, prompts, 10, return_scores=True)
+    for text, prompt, r in zip(texts, prompts, results, strict=True):
+        assert prompt + r.text == text, (prompt, r)
+        assert r.finish_reason == "end_of_text"  # rows of different lengths each end on their own
+    assert generate(model, prompts, 10, use_cache=False) == [r.text for r in results]
+    assert [r.text for r in generate(model, prompts, 10, num_beams=3, return_scores=True)] == [r.text for r in results]
+
+
+def test_iter_plain_yields_prompt_indices():
+    model = small_model()
+    hyps, opts = _setup(model, ["a", "b "], 2, True, 1, False, 1.0, None, None, None, 1.0, False, 8, None, {})
+    with _Session(model, None):
+        events = list(_iter_plain(model, hyps, opts))
+    assert sorted(p for p, _ in events) == [0, 0, 1, 1]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import math
 import os
 import subprocess
@@ -79,12 +80,19 @@ def reference_spec(images: bool = True, **attn: str) -> dict[str, Any]:
     return spec
 
 
-def config_specs(reference: bool, quick: bool) -> dict[str, dict[str, Any]]:
-    specs = {f"tiny-{v}": tiny_spec(v) for v in TINY_VARIANTS}
-    if reference:
-        specs["reference"] = reference_spec(True)
-        specs["reference-no-images"] = reference_spec(False)
-    return specs
+def config_specs(reference: bool, only: list[str] | None) -> dict[str, dict[str, Any]]:
+    """The configurations to run: ``only`` when given, else the tiny variants (+ the reference ones)."""
+    every = {f"tiny-{v}": tiny_spec(v) for v in TINY_VARIANTS}
+    every["reference"] = reference_spec(True)
+    every["reference-no-images"] = reference_spec(False)
+    if only:
+        unknown = sorted(set(only) - set(every))
+        if unknown:
+            raise SystemExit(
+                f"bench_model: unknown --configs {', '.join(unknown)}; expected some of {', '.join(every)}"
+            )
+        return {name: every[name] for name in only}
+    return {name: spec for name, spec in every.items() if reference or name.startswith("tiny-")}
 
 
 # ---- one configuration -------------------------------------------------------------------------
@@ -197,6 +205,33 @@ def bench_config(name: str, spec: dict[str, Any], units: list[str], args: argpar
     del model, optimizer, batches
     gc.collect()
     return result
+
+
+def bench_config_isolated(name: str, argv: list[str]) -> dict[str, Any]:
+    """:func:`bench_config` in a fresh process, so its peak RSS holds only this configuration.
+
+    (In one process the allocator keeps memory freed by an earlier configuration resident.)
+    """
+    import tempfile
+
+    child_args: list[str] = []
+    dropping = False  # inside the values of --configs / --out
+    for arg in argv:
+        if arg.startswith("-"):
+            dropping = arg.split("=")[0] in ("--configs", "--out")
+            if dropping or arg in ("--experiments", "--reference"):
+                continue
+        elif dropping:
+            continue
+        child_args.append(arg)
+    with tempfile.TemporaryDirectory(prefix="ilt-bench-model-") as tmp:
+        out = Path(tmp) / "config.json"
+        command = [sys.executable, str(Path(__file__).resolve()), *child_args]
+        command += ["--no-isolate", "--configs", name, "--out", str(out)]
+        done = subprocess.run(command, stderr=None, stdout=subprocess.DEVNULL, check=False)
+        if done.returncode != 0 or not out.exists():
+            raise RuntimeError(f"bench_model: configuration {name!r} failed in its process (exit {done.returncode})")
+        return json.loads(out.read_text(encoding="utf-8"))["configs"][name]
 
 
 def matmul_gflops(repeats: int = 5, size: int = 1024) -> float:
@@ -370,14 +405,12 @@ def experiments(units: list[str], args: argparse.Namespace) -> dict[str, Any]:
         "bytes_encoder": part(lambda: model.bytes_encoder(batch.unit_input_ids, batch.unit_attention_mask)),
         "latent_transformer": part(lambda: model.latent_transformer(x, position_ids=batch.position_ids).hidden_states),
         "bytes_decoder": part(lambda: model.decode_logits(latents, label_ids)),
-        "optimizer_step": optimizers["default"].step,
+        "optimizer_step_fused": lambda: (_give_grads(params), optimizers["fused"].step()),
         "collation_warm": lambda: model.processor.collate(
             [TextUnits(p, complete=False) for p in common.chunk_texts(units, args.rows, args.length)],
             max_units=args.length + 1,
         ),
     }
-    for p in params:  # the optimizer needs gradients to step
-        p.grad = torch.zeros_like(p)
     t = common.interleaved(parts, reps)
     total = sum(common.median(v) for v in t.values())
     out["breakdown_s"] = {k: common.median(v) for k, v in t.items()}
@@ -451,6 +484,13 @@ def experiments(units: list[str], args: argparse.Namespace) -> dict[str, Any]:
     out["omp_wait_policy"] = omp_policy_experiment(reps)
     common.log(f"experiment omp: {out['omp_wait_policy']}")
     return out
+
+
+def _give_grads(params: list[torch.Tensor]) -> None:
+    """Small gradients on every parameter, so an optimizer step does its full work."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.full_like(p, 1e-6)
 
 
 PROBE = """
@@ -575,6 +615,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--exp-repeats", type=int, default=2, help="interleaved rounds per experiment")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--no-isolate", action="store_true", help="run every configuration in this process (peak RSS then accumulates)"
+    )
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one extra step each)")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 2x8, 1 step, no warm-up")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -595,11 +638,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "calibration_gflop_per_s": matmul_gflops(),
         "configs": {},
     }
-    specs = config_specs(args.reference, args.quick)
+    specs = config_specs(args.reference, args.configs)
     for name, spec in specs.items():
-        if args.configs and name not in args.configs:
-            continue
-        results["configs"][name] = bench_config(name, spec, units, args)
+        if args.no_isolate:
+            results["configs"][name] = bench_config(name, spec, units, args)
+        else:
+            results["configs"][name] = bench_config_isolated(name, argv if argv is not None else sys.argv[1:])
         common.write_json(args.out, results)  # after each configuration: a long run interrupted keeps them
     cmp_rows = comparison(results)
     if cmp_rows:

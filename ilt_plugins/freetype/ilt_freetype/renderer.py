@@ -127,7 +127,17 @@ class FreeTypeRenderer:
         )
 
     def cache_key(self) -> tuple:
-        """Every setting that changes pixels: sizes, layout, font files (sha256) and library versions."""
+        """Every setting that changes pixels: sizes, layout, font files (sha256) and library versions.
+
+        Computed once: the settings never change after construction, and the render cache asks for
+        the key on every lookup (package metadata reads would dominate a warm cache).
+        """
+        key = self.__dict__.get("_cache_key_memo")
+        if key is None:
+            key = self.__dict__["_cache_key_memo"] = self._compute_cache_key()
+        return key
+
+    def _compute_cache_key(self) -> tuple:
         import freetype
         from bidi import VERSION as bidi_version
 

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from ilt_core.errors import ILTError
+from ilt_core.errors import ILTError, run_user_command
 
 
 def _millions(n: int) -> str:
@@ -189,14 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "render" and args.renderer in ("freetype", "cairo"):
         args.renderer += ":default"
-    try:
-        return args.func(args)
-    except ILTError as exc:
-        print(f"ilt: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ilt: interrupted", file=sys.stderr)
-        return 130
+    return run_user_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

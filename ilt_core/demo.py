@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from ilt_core.errors import ILTError
+from ilt_core.errors import ILTError, run_user_command
 
 MARKER = ".ilt-demo"
 DEFAULT_PROMPT = "ראש הממשלה אמר אתמול כי"
@@ -180,15 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run_demo(args)
-    except ILTError as exc:
-        print(f"ilt demo: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ilt demo: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_user_command(lambda: run_demo(args) and 0, prog="ilt demo")
 
 
 if __name__ == "__main__":

@@ -14,3 +14,17 @@ class SpecError(ILTError):
 
 class CheckpointError(ILTError):
     """A checkpoint folder that is missing, truncated, corrupted or from another spec."""
+
+
+def run_user_command(call, prog: str = "ilt") -> int:
+    """Run a command's handler: a user's mistake prints one line and exits 2, Ctrl-C exits 130."""
+    import sys
+
+    try:
+        return int(call() or 0)
+    except ILTError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130

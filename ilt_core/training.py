@@ -72,7 +72,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ilt_core.errors import CheckpointError, ILTError
+from ilt_core.errors import CheckpointError, ILTError, run_user_command
 
 if TYPE_CHECKING:
     from ilt_core.model import ILTModel
@@ -700,14 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     add_train_parser(sub)
     add_data_parser(sub)
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ILTError as exc:
-        print(f"ilt: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ilt: interrupted", file=sys.stderr)
-        return 130
+    return run_user_command(lambda: args.func(args))
 
 
 __all__ = [

@@ -273,10 +273,15 @@ def _decode_ids(model: Any, latents: torch.Tensor, opts: _Options, **extra: Any)
     With ``num_return_sequences=R`` in ``extra`` the result has N * R rows, R per latent, in order.
     """
     prefix = model.decoder_mapping(latents)[:, None, :]  # (N, 1, Dd)
-    mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
     kwargs = {**opts.byte_kwargs, **extra}
-    out = model.bytes_decoder.generate(prefix, mask, max_new_tokens=opts.byte_limit, **kwargs)
-    ids = getattr(out, "sequences", out)  # (N * R, T_new)
+    decoder = model.bytes_decoder
+    if hasattr(decoder, "greedy") and set(kwargs) <= {"suppress_tokens"}:
+        # plain greedy: the decoder's own loop, without transformers.generate's per-step overhead
+        ids = decoder.greedy(prefix, opts.byte_limit, EOS_ID, PAD_ID, kwargs.get("suppress_tokens"))
+    else:
+        mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
+        out = decoder.generate(prefix, mask, max_new_tokens=opts.byte_limit, **kwargs)
+        ids = getattr(out, "sequences", out)  # (N * R, T_new)
     rows = []
     for row in ids.tolist():
         cut = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)

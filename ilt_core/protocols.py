@@ -120,6 +120,10 @@ class BytesDecoder(Protocol):
     ``generate(inputs_embeds, attention_mask, **generation_kwargs)``: transformers-style
     generation from the prefix; returns the new ids ``(N, T_new)`` (or a ``GenerateOutput`` when
     ``return_dict_in_generate=True``).
+
+    Optional, for speed: ``greedy(inputs_embeds, max_new_tokens, eos_token_id, pad_token_id,
+    suppress_tokens)`` -> ids ``(N, max_new_tokens)``, the same ids as greedy ``generate`` (``pad_token_id``
+    after ``eos``). The generation loop uses it for plain greedy decoding when a decoder has it.
     """
 
     hidden_size: int

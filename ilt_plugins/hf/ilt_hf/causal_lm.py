@@ -12,6 +12,7 @@ import inspect
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ilt_core.errors import ILTError
@@ -156,6 +157,22 @@ class HFLatentTransformer(nn.Module):
         )
 
 
+# generation_config fields that leave greedy decoding as it is (anything else sends greedy() to generate())
+_PLAIN_GENERATION_KEYS = {
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "transformers_version",
+    "_from_model_config",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "output_scores",
+    "output_logits",
+    "return_dict_in_generate",
+}
+
+
 class HFBytesDecoder(nn.Module):
     """A transformers causal LM over bytes that reads a prefix embedding (see ``protocols.BytesDecoder``).
 
@@ -172,6 +189,7 @@ class HFBytesDecoder(nn.Module):
         self.vocab_size: int = int(lm.get_output_embeddings().weight.shape[0])
         self.max_positions: int = max_positions(lm.config)
         self._cache_argument = cache_argument(lm)
+        self._fused: Any = None  # fused weights for greedy(), built on first use
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Byte ids ``(N, T)`` -> the decoder's own input embeddings ``(N, T, hidden_size)``."""
@@ -205,6 +223,43 @@ class HFBytesDecoder(nn.Module):
         param = next(self.lm.parameters())
         return self.lm.generate(
             inputs_embeds=inputs_embeds.to(dtype=param.dtype), attention_mask=attention_mask, **generation_kwargs
+        )
+
+    @torch.no_grad()
+    def greedy(
+        self,
+        inputs_embeds: torch.Tensor,
+        max_new_tokens: int,
+        eos_token_id: int,
+        pad_token_id: int,
+        suppress_tokens: list[int] | None = None,
+    ) -> torch.Tensor:
+        """Greedy ids ``(N, max_new_tokens)`` from the prefix ``(N, T0, D)`` without ``generate``'s overhead.
+
+        The same ids as ``generate(do_sample=False)``; after ``eos`` a row holds ``pad_token_id``. Llama-family
+        decoders run a fused step (see :mod:`ilt_hf.fast_greedy`), others their own forward in a loop.
+        """
+        from ilt_hf.fast_greedy import greedy_decode
+
+        extra = set(self.lm.generation_config.to_diff_dict()) - _PLAIN_GENERATION_KEYS
+        if extra:  # a hub generation_config.json that samples, penalises, ...: generate() honours it
+            mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
+            kwargs = {"suppress_tokens": suppress_tokens} if suppress_tokens else {}
+            ids = self.generate(inputs_embeds, mask, max_new_tokens=max_new_tokens, **kwargs)
+            return F.pad(ids, (0, max_new_tokens - ids.shape[1]), value=pad_token_id)
+        if self._fused is None:
+            from ilt_hf.fast_greedy import _FusedLlama
+
+            self._fused = _FusedLlama()
+        return greedy_decode(
+            self.lm,
+            inputs_embeds,
+            max_new_tokens,
+            eos_token_id,
+            pad_token_id,
+            suppress_tokens,
+            fused=self._fused,
+            cache_arg=self._cache_argument,
         )
 
 

@@ -1,0 +1,114 @@
+"""``HFBytesDecoder.greedy``: the generate-free greedy byte loop gives exactly ``generate(do_sample=False)``'s ids.
+
+Llama decoders take the fused step (q/k/v and gate/up in one matrix, a static KV cache, finished rows dropped);
+other architectures loop over their own forward. Shrunken configs with random weights; the ``eos`` row of the
+output head is scaled so that some rows end early and others run to the byte limit.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ilt_hf.fast_greedy import fused_llama_supported
+
+from ilt_core import BuildContext, get_registry
+
+CONTEXT = BuildContext()
+EOS, PAD = CONTEXT.eos_token_id, CONTEXT.pad_token_id
+D = 32
+CONFIGS = {
+    "llama": {  # grouped-query attention: 4 heads over 2 key/value heads
+        "model_type": "llama",
+        "hidden_size": D,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+    },
+    "llama-mha": {
+        "model_type": "llama",
+        "hidden_size": D,
+        "intermediate_size": 48,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+    },
+    "gpt_neox": {  # not a Llama: the plain loop over its own forward
+        "model_type": "gpt_neox",
+        "hidden_size": D,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "rotary_pct": 0.25,
+        "max_position_embeddings": 128,
+    },
+}
+
+
+def decoder(name: str, eos_scale: float = 2.0):
+    torch.manual_seed(0)
+    dec = get_registry().build("hf:causal-lm", "bytes_decoder", CONTEXT, {"config": CONFIGS[name]}).eval()
+    with torch.no_grad():
+        dec.lm.get_output_embeddings().weight[EOS] *= eos_scale
+    return dec
+
+
+def reference(dec, prefix: torch.Tensor, limit: int, **kwargs) -> torch.Tensor:
+    """transformers' greedy ids, padded to ``limit`` columns with ``PAD`` (generate stops when all rows end)."""
+    mask = torch.ones(prefix.shape[:2], dtype=torch.long)
+    ids = dec.generate(prefix, mask, max_new_tokens=limit, do_sample=False, **kwargs)
+    return torch.nn.functional.pad(ids, (0, limit - ids.shape[1]), value=PAD)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_greedy_equals_generate_with_rows_ending_at_different_steps(name):
+    dec = decoder(name)
+    assert fused_llama_supported(dec.lm.config) == name.startswith("llama")
+    torch.manual_seed(1)
+    prefix = torch.randn(8, 1, D)
+    expected = reference(dec, prefix, 24)
+    ends = [(row == EOS).nonzero()[0].item() if bool((row == EOS).any()) else None for row in expected]
+    assert None in ends and any(e is not None and e > 0 for e in ends)  # the batch really mixes lengths
+    got = dec.greedy(prefix, 24, EOS, PAD)
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_greedy_with_suppressed_eos_and_a_longer_prefix(name):
+    dec = decoder(name, eos_scale=4.0)
+    torch.manual_seed(2)
+    prefix = torch.randn(3, 2, D)  # two prefix vectors per row
+    expected = reference(dec, prefix, 12, suppress_tokens=[EOS])
+    got = dec.greedy(prefix, 12, EOS, PAD, suppress_tokens=[EOS])
+    assert not bool((got == EOS).any()) and torch.equal(got, expected)
+
+
+def test_fused_weights_follow_parameter_updates():
+    dec = decoder("llama")
+    prefix = torch.randn(4, 1, D)
+    before = dec.greedy(prefix, 10, EOS, PAD)
+    with torch.no_grad():  # as an optimizer step would: in place
+        for p in dec.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    after = dec.greedy(prefix, 10, EOS, PAD)
+    assert not torch.equal(before, after)
+    assert torch.equal(after, reference(dec, prefix, 10))
+
+
+def test_a_sampling_generation_config_is_honoured():
+    """A hub generation_config.json that changes decoding sends greedy() through generate()."""
+    dec = decoder("llama", eos_scale=1.0)
+    dec.lm.generation_config.repetition_penalty = 5.0
+    prefix = torch.randn(2, 1, D)
+    got = dec.greedy(prefix, 16, EOS, PAD)
+    assert torch.equal(got, reference(dec, prefix, 16))
+    dec.lm.generation_config.repetition_penalty = 1.0
+    plain = dec.greedy(prefix, 16, EOS, PAD)
+    assert not torch.equal(plain, got)  # the penalty really changed the ids
+
+
+def test_zero_new_tokens():
+    dec = decoder("llama")
+    assert dec.greedy(torch.randn(2, 1, D), 0, EOS, PAD).shape == (2, 0)

@@ -275,9 +275,11 @@ def _decode_ids(model: Any, latents: torch.Tensor, opts: _Options, **extra: Any)
     prefix = model.decoder_mapping(latents)[:, None, :]  # (N, 1, Dd)
     kwargs = {**opts.byte_kwargs, **extra}
     decoder = model.bytes_decoder
-    if hasattr(decoder, "greedy") and set(kwargs) <= {"suppress_tokens"}:
+    if hasattr(decoder, "greedy") and set(kwargs) <= {"suppress_tokens", "min_new_tokens"}:
         # plain greedy: the decoder's own loop, without transformers.generate's per-step overhead
-        ids = decoder.greedy(prefix, opts.byte_limit, EOS_ID, PAD_ID, kwargs.get("suppress_tokens"))
+        ids = decoder.greedy(
+            prefix, opts.byte_limit, EOS_ID, PAD_ID, kwargs.get("suppress_tokens"), kwargs.get("min_new_tokens") or 0
+        )
     else:
         mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
         out = decoder.generate(prefix, mask, max_new_tokens=opts.byte_limit, **kwargs)

@@ -122,8 +122,8 @@ class BytesDecoder(Protocol):
     ``return_dict_in_generate=True``).
 
     Optional, for speed: ``greedy(inputs_embeds, max_new_tokens, eos_token_id, pad_token_id,
-    suppress_tokens)`` -> ids ``(N, max_new_tokens)``, the same ids as greedy ``generate`` (``pad_token_id``
-    after ``eos``). The generation loop uses it for plain greedy decoding when a decoder has it.
+    suppress_tokens, min_new_tokens)`` -> ids ``(N, max_new_tokens)``, the same ids as greedy ``generate``
+    (``pad_token_id`` after ``eos``). The generation loop uses it for plain greedy decoding when a decoder has it.
     """
 
     hidden_size: int

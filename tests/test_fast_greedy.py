@@ -112,3 +112,14 @@ def test_a_sampling_generation_config_is_honoured():
 def test_zero_new_tokens():
     dec = decoder("llama")
     assert dec.greedy(torch.randn(2, 1, D), 0, EOS, PAD).shape == (2, 0)
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt_neox"])
+def test_min_new_tokens_bars_eos_until_then(name):
+    dec = decoder(name, eos_scale=4.0)  # eos wins early in most rows
+    torch.manual_seed(3)
+    prefix = torch.randn(6, 1, D)
+    expected = reference(dec, prefix, 16, min_new_tokens=5, suppress_tokens=[PAD])
+    got = dec.greedy(prefix, 16, EOS, PAD, suppress_tokens=[PAD], min_new_tokens=5)
+    assert torch.equal(got, expected)
+    assert not bool((got[:, :5] == EOS).any()) and bool((got[:, 5:] == EOS).any())

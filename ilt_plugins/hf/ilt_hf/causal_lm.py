@@ -233,6 +233,7 @@ class HFBytesDecoder(nn.Module):
         eos_token_id: int,
         pad_token_id: int,
         suppress_tokens: list[int] | None = None,
+        min_new_tokens: int = 0,
     ) -> torch.Tensor:
         """Greedy ids ``(N, max_new_tokens)`` from the prefix ``(N, T0, D)`` without ``generate``'s overhead.
 
@@ -244,7 +245,9 @@ class HFBytesDecoder(nn.Module):
         extra = set(self.lm.generation_config.to_diff_dict()) - _PLAIN_GENERATION_KEYS
         if extra:  # a hub generation_config.json that samples, penalises, ...: generate() honours it
             mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-            kwargs = {"suppress_tokens": suppress_tokens} if suppress_tokens else {}
+            kwargs: dict[str, Any] = {"suppress_tokens": suppress_tokens} if suppress_tokens else {}
+            if min_new_tokens:
+                kwargs["min_new_tokens"] = min_new_tokens
             ids = self.generate(inputs_embeds, mask, max_new_tokens=max_new_tokens, **kwargs)
             return F.pad(ids, (0, max_new_tokens - ids.shape[1]), value=pad_token_id)
         if self._fused is None:
@@ -258,6 +261,7 @@ class HFBytesDecoder(nn.Module):
             eos_token_id,
             pad_token_id,
             suppress_tokens,
+            min_new_tokens,
             fused=self._fused,
             cache_arg=self._cache_argument,
         )

@@ -73,9 +73,24 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _suppress(logits: torch.Tensor, suppress: list[int], eos_id: int, before_min: bool) -> None:
+    """Bar ``suppress`` (and ``eos`` before ``min_new_tokens``) in place, as transformers' processors do."""
+    if suppress:
+        logits[:, suppress] = float("-inf")
+    if before_min:
+        logits[:, eos_id] = float("-inf")
+
+
 @torch.no_grad()
 def _fused_llama_greedy(
-    lm: Any, fused: _FusedLlama, embeds: torch.Tensor, max_new_tokens: int, eos_id: int, pad_id: int, suppress: list
+    lm: Any,
+    fused: _FusedLlama,
+    embeds: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    suppress: list,
+    min_new_tokens: int,
 ) -> torch.Tensor:
     cfg = lm.config
     fused.refresh(lm)
@@ -118,8 +133,7 @@ def _fused_llama_greedy(
             gate, up = F.linear(F.rms_norm(x, (D,), w_post, eps), w_gu).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, w_down)
         logits = F.linear(F.rms_norm(x[:, -1], (D,), norm_w, eps), head_w).float()
-        if suppress:
-            logits[:, suppress] = float("-inf")
+        _suppress(logits, suppress, eos_id, t < min_new_tokens)
         token = logits.argmax(-1)  # (n,)
         out[rows, t] = token
         start += L
@@ -137,7 +151,14 @@ def _fused_llama_greedy(
 
 @torch.no_grad()
 def _loop_greedy(
-    lm: Any, embeds: torch.Tensor, max_new_tokens: int, eos_id: int, pad_id: int, suppress: list, cache_arg: str
+    lm: Any,
+    embeds: torch.Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    suppress: list,
+    min_new_tokens: int,
+    cache_arg: str,
 ) -> torch.Tensor:
     from transformers import DynamicCache
 
@@ -148,8 +169,7 @@ def _loop_greedy(
     result = lm(inputs_embeds=embeds, use_cache=True, return_dict=True, **{cache_arg: cache})
     for t in range(max_new_tokens):
         logits = result.logits[:, -1].float()
-        if suppress:
-            logits[:, suppress] = float("-inf")
+        _suppress(logits, suppress, eos_id, t < min_new_tokens)
         token = logits.argmax(-1).masked_fill(done, pad_id)
         out[:, t] = token
         done |= token == eos_id
@@ -166,17 +186,19 @@ def greedy_decode(
     eos_id: int,
     pad_id: int,
     suppress_tokens: list[int] | None = None,
+    min_new_tokens: int = 0,
     fused: _FusedLlama | None = None,
     cache_arg: str = "past_key_values",
 ) -> torch.Tensor:
     """Greedy ids ``(N, max_new_tokens)`` from prefix embeddings ``(N, T0, D)``; after ``eos`` a row holds ``pad_id``.
 
-    The same ids as ``lm.generate(inputs_embeds=embeds, do_sample=False, ...)`` (float rounding of the fused
-    matrices aside); the prefix is all real (no padding mask).
+    The same ids as ``lm.generate(inputs_embeds=embeds, do_sample=False, suppress_tokens=..., min_new_tokens=...)``
+    (float rounding of the fused matrices aside); the prefix is all real (no padding mask).
     """
     suppress = list(suppress_tokens or [])
+    min_new = int(min_new_tokens or 0)
     if max_new_tokens <= 0:
         return torch.empty(embeds.shape[0], 0, dtype=torch.long, device=embeds.device)
     if fused is not None and fused_llama_supported(lm.config):
-        return _fused_llama_greedy(lm, fused, embeds, max_new_tokens, eos_id, pad_id, suppress)
-    return _loop_greedy(lm, embeds, max_new_tokens, eos_id, pad_id, suppress, cache_arg)
+        return _fused_llama_greedy(lm, fused, embeds, max_new_tokens, eos_id, pad_id, suppress, min_new)
+    return _loop_greedy(lm, embeds, max_new_tokens, eos_id, pad_id, suppress, min_new, cache_arg)

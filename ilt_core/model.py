@@ -126,6 +126,48 @@ class ILTModel(nn.Module):
             max_units=self.max_units,
         )
         self.disabled: set[str] = set()
+        if spec.activation_checkpointing:
+            self.activation_checkpointing_enable()
+
+    # ---- memory ------------------------------------------------------------------------
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+    ) -> list[str]:
+        """Recompute each component's layers in the backward pass instead of keeping their activations.
+
+        The roles whose backbone supports it (transformers models, timm and open_clip towers) switch it on;
+        returns them. transformers' ``Trainer`` calls this for ``--activation_checkpointing`` (or the older
+        ``--gradient_checkpointing``); the spec field ``activation_checkpointing: true`` does it at build time.
+        Only active in training mode. ``every_n_layers`` and ``offload`` reach transformers backbones only.
+        """
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        return self._set_checkpointing(True, kwargs, every_n_layers, offload)
+
+    def activation_checkpointing_disable(self) -> list[str]:
+        """Undo :meth:`activation_checkpointing_enable`."""
+        return self._set_checkpointing(False, {}, 1, False)
+
+    def _set_checkpointing(self, on: bool, kwargs: dict, every_n_layers: int, offload: bool) -> list[str]:
+        roles = []
+        for role in ("image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder"):
+            component = getattr(self, role)
+            if component is None:
+                continue
+            for module in component.modules():  # the first backbone inside the plugin's wrapper
+                if hasattr(module, "activation_checkpointing_enable") and getattr(
+                    module, "supports_gradient_checkpointing", False
+                ):
+                    if on:
+                        module.activation_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)
+                    else:
+                        module.activation_checkpointing_disable()
+                    roles.append(role)
+                    break
+                if hasattr(module, "set_grad_checkpointing"):
+                    module.set_grad_checkpointing(on)
+                    roles.append(role)
+                    break
+        return roles
 
     # ---- modality switches -------------------------------------------------------------
     def disable(self, modality: str) -> None:

@@ -64,6 +64,9 @@ class ModelSpec(BaseModel):
         "unit", description="'unit': the next unit's bytes; 'bytes': the next label_bytes bytes of text"
     )
     label_bytes: int = Field(32, ge=1, le=4096, description="how many bytes each latent predicts when labels: bytes")
+    activation_checkpointing: bool = Field(
+        False, description="recompute each component's layers in the backward pass: far less memory, ~1/3 more time"
+    )
 
     @model_validator(mode="after")
     def _check_modalities(self) -> ModelSpec:

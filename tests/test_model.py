@@ -192,3 +192,48 @@ def test_truncated_text_has_no_end_of_text_label(tiny_models):
     batch = model.processor.collate([TextUnits(["a ", "b ", "c ", "d"])], max_units=3)
     assert batch.unit_index.shape == (1, 3)
     assert int((batch.labels[0, :, 0] != -100).sum()) == 2  # predicts "a ", "b "; the cut text does not end
+
+
+def _saved_bytes_and_grads(model, batch):
+    """Bytes of the tensors autograd keeps for backward, and the gradients of one forward + backward."""
+    seen, total = set(), 0
+
+    def pack(t):
+        nonlocal total
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+        return t
+
+    model.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(**batch.model_inputs())
+    out.loss.backward()
+    return total, out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_activation_checkpointing_same_gradients_far_less_kept():
+    spec = tiny_spec("full", labels="bytes", label_bytes=16)
+    for role in ("bytes_encoder",):  # dropout off: the two passes must see identical computations
+        spec[role]["config"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    plain = build_model(spec, seed=5).train()
+    checkpointed = build_model({**spec, "activation_checkpointing": True}, seed=5).train()
+    assert checkpointed.activation_checkpointing_enable() == [
+        "image_encoder",
+        "bytes_encoder",
+        "latent_transformer",
+        "bytes_decoder",
+    ]
+    texts = ["שלום עולם, מה שלומך היום? " * 3, "a second text with other words in it"]
+    batch = plain.processor(texts)
+    kept_plain, loss_plain, grads_plain = _saved_bytes_and_grads(plain, batch)
+    kept_ckpt, loss_ckpt, grads_ckpt = _saved_bytes_and_grads(checkpointed, batch)
+    torch.testing.assert_close(loss_ckpt, loss_plain, rtol=0, atol=1e-6)
+    assert grads_ckpt.keys() == grads_plain.keys() and len(grads_plain) > 50
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert kept_ckpt < 0.5 * kept_plain, (kept_ckpt, kept_plain)
+    # off again: the same activations are kept as without it
+    checkpointed.activation_checkpointing_disable()
+    assert _saved_bytes_and_grads(checkpointed, batch)[0] == kept_plain

@@ -8,6 +8,9 @@ encoding and prefill are left out and a busy machine's spikes count little. unit
 Random weights rarely write ``eos``, so every unit is forced to exactly ``--unit-bytes`` bytes
 (``max_unit_bytes=--unit-bytes`` and ``suppress_tokens=[eos]``): each configuration does the same decoder work.
 
+``--decoder`` first times the bytes decoder alone, per byte: ``transformers.generate`` against the plugin's
+``greedy`` loop (same ids), for the preset's decoder and a 2-layer one (the reference setup's), batch 1 and 8.
+
 Goals checked at the end: with the cache, time per new unit at 256 units of context <= 1.5x the time at 16; at 256
 units of context the cached loop >= 5x faster than recomputing.
 """
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ilt_core.byte_tokenizer import EOS_ID
+from ilt_core.byte_tokenizer import EOS_ID, PAD_ID
 from ilt_core.generation import _iter_plain, _Session, _setup
 from ilt_core.model import build_model
 
@@ -64,6 +67,52 @@ def step_times(model, prompts: list[str], units: int, use_cache: bool, unit_byte
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
+def decoder_per_byte(preset: str, batches: list[int], byte_count: int, repeats: int) -> list[dict]:
+    """Milliseconds per byte of ``generate`` and of ``greedy`` (eos barred: every row writes ``byte_count``)."""
+    from ilt_core.spec import load_spec
+
+    rows = []
+    spec = load_spec(preset).to_dict()
+    layers = spec["bytes_decoder"]["config"]["num_hidden_layers"]
+    for n_layers in dict.fromkeys([layers, 2]):
+        spec["bytes_decoder"]["config"]["num_hidden_layers"] = n_layers
+        decoder = build_model(spec, seed=0).eval().bytes_decoder
+        width = decoder.hidden_size
+        for batch in batches:
+            prefix = torch.randn(batch, 1, width, generator=torch.Generator().manual_seed(batch))
+            mask = torch.ones(batch, 1, dtype=torch.long)
+            runs = {
+                "generate": lambda p=prefix, m=mask, d=decoder: d.generate(
+                    p, m, max_new_tokens=byte_count, do_sample=False, suppress_tokens=[EOS_ID]
+                ),
+                "greedy": lambda p=prefix, d=decoder: d.greedy(p, byte_count, EOS_ID, PAD_ID, [EOS_ID]),
+            }
+            best = {}
+            for name, run in runs.items():
+                run()  # warm-up
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    run()
+                    times.append(time.perf_counter() - start)
+                best[name] = 1000 * min(times) / byte_count
+            rows.append(
+                dict(
+                    decoder_layers=n_layers,
+                    batch=batch,
+                    generate_ms_per_byte=best["generate"],
+                    greedy_ms_per_byte=best["greedy"],
+                    speedup=best["generate"] / best["greedy"],
+                )
+            )
+            print(
+                f"decoder {n_layers} layers, batch {batch}: generate {best['generate']:.2f} ms/byte, "
+                f"greedy {best['greedy']:.2f} ms/byte ({best['generate'] / best['greedy']:.2f}x)",
+                flush=True,
+            )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
@@ -75,9 +124,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--decoder", action="store_true", help="also time the bytes decoder alone (see above)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    decoder_rows = decoder_per_byte(args.preset, args.batches, 32, 3 * args.repeats) if args.decoder else []
 
     model = build_model(args.preset, seed=0).to(args.device).eval()
     rows = []
@@ -135,6 +186,7 @@ def main() -> int:
         unit_bytes=args.unit_bytes,
         new_units=args.new_units,
         rows=rows,
+        decoder=decoder_rows,
         goals=goals,
         note="fastest (and median) time per decoding step (one unit per row), prefill excluded; every unit forced to unit_bytes bytes",
     )

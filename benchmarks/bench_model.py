@@ -11,6 +11,7 @@ Configurations (batch 8 texts x 64 units of he-news, consecutive words of the te
 - ``--reference`` adds ``reference`` and ``reference-no-images``, the setup of the reference
   implementation: bytes encoder BERT 2 x 128, image encoder ViT 12 x 192 patch 16, latent GPT-NeoX
   6 x 512, bytes decoder Llama 2 x 256, labels = the next 32 bytes, modality dropout 0.
+- ``--configs reference reference-checkpointed``: the reference setup without and with activation checkpointing.
 
 Per configuration: median step seconds, units (words) and UTF-8 bytes per second, text -> batch
 units/s (cold and warm render cache), FLOPs of one step (``torch.utils.flop_counter``) and the
@@ -85,6 +86,8 @@ def config_specs(reference: bool, only: list[str] | None) -> dict[str, dict[str,
     every = {f"tiny-{v}": tiny_spec(v) for v in TINY_VARIANTS}
     every["reference"] = reference_spec(True)
     every["reference-no-images"] = reference_spec(False)
+    # the same setup with activation checkpointing: the memory / time trade (run it with --configs)
+    every["reference-checkpointed"] = {**reference_spec(True), "activation_checkpointing": True}
     if only:
         unknown = sorted(set(only) - set(every))
         if unknown:
@@ -92,7 +95,11 @@ def config_specs(reference: bool, only: list[str] | None) -> dict[str, dict[str,
                 f"bench_model: unknown --configs {', '.join(unknown)}; expected some of {', '.join(every)}"
             )
         return {name: every[name] for name in only}
-    return {name: spec for name, spec in every.items() if reference or name.startswith("tiny-")}
+    return {
+        name: spec
+        for name, spec in every.items()
+        if (reference and name != "reference-checkpointed") or name.startswith("tiny-")
+    }
 
 
 # ---- one configuration -------------------------------------------------------------------------

@@ -180,6 +180,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     started = time.perf_counter()
+    started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"bench: {len(mixes)} mixes on {data['name']}, {args.budget_seconds} s each; measuring the matmul peak")
     peak = {**measure_matmul_peak(device, args.matmul_size or None), "repeats": 5}
     print(f"bench: fp32 matmul peak {peak['flops_per_second'] / 1e9:.1f} GFLOP/s on {device} ({threads} threads)")
@@ -222,7 +223,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     report = {
         "command": _command_line(args),
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started": started_at,
         "wall_seconds": time.perf_counter() - started,
         "data": data,
         "settings": settings,

@@ -319,6 +319,19 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 f"| {c['mix']} | {c['goal']} | {_num(c['ours'])}{unit}{extra} | {_num(c['reference'])} | "
                 f"{c['ratio']:.2f}x | {'yes' if c['met'] else 'no'} |"
             )
+        rt_ok = rt if rt and rt.get("units_per_second") else None
+        if rt_ok:
+            ref_train = ref["train_with_images"]
+            ref_bpw = ref_train["text_bytes_per_second"] / ref_train["words_per_second"]
+            ours_bpw = rt_ok["bytes_per_second"] / rt_ok["units_per_second"]
+            lines += [
+                "",
+                f"Words are not the same size in the two measurements: the reference's figures give "
+                f"{ref_train['text_bytes_per_second']} / {ref_train['words_per_second']} = {ref_bpw:.1f} UTF-8 bytes "
+                f"a word, this run's text {ours_bpw:.1f} (Hebrew letters take 2 bytes). In text bytes/s, "
+                f"reference-tiny trained at {rt_ok['bytes_per_second'] / ref_train['text_bytes_per_second']:.2f}x "
+                "the reference.",
+            ]
     else:
         lines += ["", "(the reference-tiny mixes were not in this run: no goal was checked)"]
 

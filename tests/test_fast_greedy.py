@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from ilt_hf.fast_greedy import fused_llama_supported
+from test_hf_plugin import LATENT_CONFIGS
 
 from ilt_core import BuildContext, get_registry
 
@@ -17,33 +18,14 @@ CONTEXT = BuildContext()
 EOS, PAD = CONTEXT.eos_token_id, CONTEXT.pad_token_id
 D = 32
 CONFIGS = {
-    "llama": {  # grouped-query attention: 4 heads over 2 key/value heads
-        "model_type": "llama",
-        "hidden_size": D,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 128,
-    },
+    "llama": LATENT_CONFIGS["llama"],  # grouped-query attention: 4 heads over 2 key/value heads
     "llama-mha": {
-        "model_type": "llama",
-        "hidden_size": D,
-        "intermediate_size": 48,
+        **LATENT_CONFIGS["llama"],
         "num_hidden_layers": 3,
         "num_attention_heads": 2,
         "num_key_value_heads": 2,
-        "max_position_embeddings": 128,
     },
-    "gpt_neox": {  # not a Llama: the plain loop over its own forward
-        "model_type": "gpt_neox",
-        "hidden_size": D,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "rotary_pct": 0.25,
-        "max_position_embeddings": 128,
-    },
+    "gpt_neox": LATENT_CONFIGS["gpt_neox"],  # not a Llama: the plain loop over its own forward
 }
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from ilt_core.errors import ILTError
 from ilt_core.protocols import LatentOutput
+from ilt_hf.fast_greedy import FusedLlamaWeights, greedy_decode
 from ilt_hf.loading import (
     COMMON_ARGS,
     build_model,
@@ -189,7 +190,7 @@ class HFBytesDecoder(nn.Module):
         self.vocab_size: int = int(lm.get_output_embeddings().weight.shape[0])
         self.max_positions: int = max_positions(lm.config)
         self._cache_argument = cache_argument(lm)
-        self._fused: Any = None  # fused weights for greedy(), built on first use
+        self._fused = FusedLlamaWeights()  # greedy()'s fused weights, filled on first use (Llama decoders only)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Byte ids ``(N, T)`` -> the decoder's own input embeddings ``(N, T, hidden_size)``."""
@@ -240,8 +241,6 @@ class HFBytesDecoder(nn.Module):
         The same ids as ``generate(do_sample=False)``; after ``eos`` a row holds ``pad_token_id``. Llama-family
         decoders run a fused step (see :mod:`ilt_hf.fast_greedy`), others their own forward in a loop.
         """
-        from ilt_hf.fast_greedy import greedy_decode
-
         extra = set(self.lm.generation_config.to_diff_dict()) - _PLAIN_GENERATION_KEYS
         if extra:  # a hub generation_config.json that samples, penalises, ...: generate() honours it
             mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
@@ -250,10 +249,6 @@ class HFBytesDecoder(nn.Module):
                 kwargs["min_new_tokens"] = min_new_tokens
             ids = self.generate(inputs_embeds, mask, max_new_tokens=max_new_tokens, **kwargs)
             return F.pad(ids, (0, max_new_tokens - ids.shape[1]), value=pad_token_id)
-        if self._fused is None:
-            from ilt_hf.fast_greedy import _FusedLlama
-
-            self._fused = _FusedLlama()
         return greedy_decode(
             self.lm,
             inputs_embeds,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["greedy_decode", "fused_llama_supported"]
+__all__ = ["greedy_decode", "fused_llama_supported", "FusedLlamaWeights"]
 
 
 def fused_llama_supported(config: Any) -> bool:
@@ -38,7 +38,7 @@ def fused_llama_supported(config: Any) -> bool:
     )
 
 
-class _FusedLlama:
+class FusedLlamaWeights:
     """Fused weights of a Llama model, rebuilt only when a parameter changes (training moves them)."""
 
     def __init__(self) -> None:
@@ -84,7 +84,7 @@ def _suppress(logits: torch.Tensor, suppress: list[int], eos_id: int, before_min
 @torch.no_grad()
 def _fused_llama_greedy(
     lm: Any,
-    fused: _FusedLlama,
+    fused: FusedLlamaWeights,
     embeds: torch.Tensor,
     max_new_tokens: int,
     eos_id: int,
@@ -92,6 +92,8 @@ def _fused_llama_greedy(
     suppress: list,
     min_new_tokens: int,
 ) -> torch.Tensor:
+    """The fused Llama loop: ids ``(N, max_new_tokens)``; keys/values ``(n, Hkv, T0 + max_new_tokens, hd)``
+    preallocated per layer, ``n`` the rows still writing (finished rows are dropped from every tensor)."""
     cfg = lm.config
     fused.refresh(lm)
     N, T0, D = embeds.shape
@@ -187,7 +189,7 @@ def greedy_decode(
     pad_id: int,
     suppress_tokens: list[int] | None = None,
     min_new_tokens: int = 0,
-    fused: _FusedLlama | None = None,
+    fused: FusedLlamaWeights | None = None,
     cache_arg: str = "past_key_values",
 ) -> torch.Tensor:
     """Greedy ids ``(N, max_new_tokens)`` from prefix embeddings ``(N, T0, D)``; after ``eos`` a row holds ``pad_id``.

@@ -10,6 +10,11 @@ Random weights rarely write ``eos``, so every unit is forced to exactly ``--unit
 
 ``--decoder`` first times the bytes decoder alone, per byte: ``transformers.generate`` against the plugin's
 ``greedy`` loop (same ids), for the preset's decoder and a 2-layer one (the reference setup's), batch 1 and 8.
+``--vit`` times the image encoder on the new units' word images: the transformers ViT forward against the fused
+inference step (:mod:`ilt_hf.fast_vit`). ``--parts`` splits one step at the longest context into what both loops
+share (encoding the new units, decoding their bytes) and the latent's part (one cached step, or the recomputation),
+and prints the cache speed-up those parts allow: (recompute + shared) / (cached + shared), and its ceiling with a
+free cached step, (recompute + shared) / shared.
 
 Goals checked at the end: with the cache, time per new unit at 256 units of context <= 1.5x the time at 16; at 256
 units of context the cached loop >= 5x faster than recomputing.
@@ -113,6 +118,111 @@ def decoder_per_byte(preset: str, batches: list[int], byte_count: int, repeats: 
     return rows
 
 
+def best_ms(run, repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls of ``run`` (after one warm-up call), in milliseconds."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
+def vit_per_image(model, batches: list[int], repeats: int) -> list[dict]:
+    """Milliseconds of the image encoder on ``batch`` new word images: transformers forward vs the fused step."""
+    encoder = model.image_encoder
+    if getattr(encoder, "_fused", None) is None:
+        print("vit: the preset's image encoder has no fused step; skipped")
+        return []
+    rows = []
+    for batch in batches:
+        units = [f"q{i:03d} " for i in range(batch)]  # 4-byte units, as the decoding steps write
+        groups = model.processor.render_units(units)
+
+        def run(fused: bool, groups=groups) -> None:
+            saved = encoder._fused
+            encoder._fused = saved if fused else None
+            try:
+                with torch.inference_mode():
+                    for _, pixels in groups:
+                        encoder(pixels)
+            finally:
+                encoder._fused = saved
+
+        hf, fused = best_ms(lambda: run(False), repeats), best_ms(lambda: run(True), repeats)
+        rows.append(dict(batch=batch, transformers_ms=hf, fused_ms=fused, speedup=hf / fused))
+        print(f"vit, batch {batch}: transformers {hf:.2f} ms, fused {fused:.2f} ms ({hf / fused:.2f}x)", flush=True)
+    return rows
+
+
+def parts_of_step(model, context: int, batch: int, unit_bytes: int, repeats: int) -> dict[str, float]:
+    """Milliseconds of each part of one decoding step for ``batch`` prompts of ``context`` units (fastest runs)."""
+    from ilt_core.generation import _decode_ids, _Latent, _UnitEmbeddings
+
+    prompts = [prompt_of(context, r) for r in range(batch)]
+    hyps, opts = _setup(
+        model,
+        prompts,
+        8,
+        True,
+        1,
+        False,
+        1.0,
+        None,
+        None,
+        None,
+        1.0,
+        False,
+        8,
+        unit_bytes,
+        {"suppress_tokens": [EOS_ID]},
+    )
+    fresh = iter(range(10**6))
+
+    def new_units() -> list[str]:  # never seen before: each is rendered and encoded
+        n = next(fresh)
+        return [f"n{n:04d}r{r} " for r in range(batch)]
+
+    with torch.inference_mode():
+        embed = _UnitEmbeddings(model)
+        cached, recomputed = _Latent(model, embed, True), _Latent(model, embed, False)
+        latents = cached.start([h.context for h in hyps])
+        recomputed.start([h.context for h in hyps])
+
+        def latent_ms(latent) -> float:
+            units = new_units()
+            embed(units)  # encoded outside the timing: the latent's part alone
+            start = time.perf_counter()
+            latent.step(units)
+            return 1000 * (time.perf_counter() - start)
+
+        return {
+            "encode_new_units": best_ms(lambda: embed(new_units()), repeats),
+            "decode_unit_bytes": best_ms(lambda: _decode_ids(model, latents, opts), repeats),
+            "latent_cached_step": min(latent_ms(cached) for _ in range(repeats + 1)),
+            "latent_recomputed": min(latent_ms(recomputed) for _ in range(repeats + 1)),
+        }
+
+
+def step_parts(model, context: int, batches: list[int], unit_bytes: int, repeats: int) -> list[dict]:
+    """The parts of one step at ``context`` units per batch size, and the cache speed-up they allow."""
+    rows = []
+    for batch in batches:
+        times = parts_of_step(model, context, batch, unit_bytes, repeats)
+        shared = times["encode_new_units"] + times["decode_unit_bytes"]
+        allowed = (times["latent_recomputed"] + shared) / (times["latent_cached_step"] + shared)
+        ceiling = (times["latent_recomputed"] + shared) / shared
+        rows.append(dict(context=context, batch=batch, **times, speedup_allowed=allowed, speedup_ceiling=ceiling))
+        print(
+            f"parts at {context} units, batch {batch}: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items())
+            + f"; cache speed-up these allow {allowed:.2f}x, ceiling with a free cached step {ceiling:.2f}x",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
@@ -125,12 +235,18 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--decoder", action="store_true", help="also time the bytes decoder alone (see above)")
+    parser.add_argument("--vit", action="store_true", help="also time the image encoder: transformers vs fused")
+    parser.add_argument("--parts", action="store_true", help="also split one step into its parts (see above)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     decoder_rows = decoder_per_byte(args.preset, args.batches, 32, 3 * args.repeats) if args.decoder else []
 
     model = build_model(args.preset, seed=0).to(args.device).eval()
+    vit_rows = vit_per_image(model, args.batches, 5 * args.repeats) if args.vit else []
+    part_rows = (
+        step_parts(model, max(args.contexts), args.batches, args.unit_bytes, 3 * args.repeats) if args.parts else []
+    )
     rows = []
     header = f"{'context':>8} {'batch':>6} {'cache':>6} {'s/step(min)':>12} {'s/step(med)':>12} {'units/s':>10}"
     print(header)
@@ -187,6 +303,8 @@ def main() -> int:
         new_units=args.new_units,
         rows=rows,
         decoder=decoder_rows,
+        vit=vit_rows,
+        parts=part_rows,
         goals=goals,
         note="fastest (and median) time per decoding step (one unit per row), prefill excluded; every unit forced to unit_bytes bytes",
     )

@@ -79,3 +79,31 @@ def test_bench_model_quick(tmp_path):
         assert math.isfinite(r["last_loss"])
     # the image encoder costs FLOPs: the full model does more work per step than the bytes-only one
     assert data["configs"]["tiny-full"]["gflop_per_step"] > data["configs"]["tiny-bytes-only"]["gflop_per_step"]
+
+
+@pytest.mark.slow
+def test_bench_generation_small(tmp_path):
+    out = tmp_path / "gen.json"
+    argv = ["--contexts", "4", "12", "--batches", "1", "2", "--new-units", "2", "--repeats", "1"]
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench_generation.py"), *argv, "--decoder", "--vit", "--parts", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert {(r["context"], r["batch"], r["use_cache"]) for r in data["rows"]} == {
+        (c, b, k) for c in (4, 12) for b in (1, 2) for k in (True, False)
+    }
+    assert all(positive(r["units_per_second"]) for r in data["rows"])
+    assert {(r["decoder_layers"], r["batch"]) for r in data["decoder"]} == {(4, 1), (4, 2), (2, 1), (2, 2)}
+    assert all(positive(r["greedy_ms_per_byte"]) and positive(r["generate_ms_per_byte"]) for r in data["decoder"])
+    assert [r["batch"] for r in data["vit"]] == [1, 2] and all(positive(r["fused_ms"]) for r in data["vit"])
+    for part in data["parts"]:
+        assert part["context"] == 12
+        shared = part["encode_new_units"] + part["decode_unit_bytes"]
+        assert math.isclose(part["speedup_ceiling"], (part["latent_recomputed"] + shared) / shared)
+        assert 0 < part["speedup_allowed"] < part["speedup_ceiling"]
+    assert set(data["goals"]) == {"batch1", "batch2"}

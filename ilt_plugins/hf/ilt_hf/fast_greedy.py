@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ilt_hf.fused_weights import FusedWeights
+
 __all__ = ["greedy_decode", "fused_llama_supported", "FusedLlamaWeights"]
 
 
@@ -38,18 +40,10 @@ def fused_llama_supported(config: Any) -> bool:
     )
 
 
-class FusedLlamaWeights:
-    """Fused weights of a Llama model, rebuilt only when a parameter changes (training moves them)."""
+class FusedLlamaWeights(FusedWeights):
+    """Per layer: input norm, q/k/v in one matrix, o, post-attention norm, gate/up in one matrix, down."""
 
-    def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.layers: list[tuple[torch.Tensor, ...]] = []
-
-    def refresh(self, lm: Any) -> None:
-        params = list(lm.parameters())
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        if key == self.key:
-            return
+    def build(self, lm: Any) -> None:
         layers = []
         for layer in lm.model.layers:
             a, m = layer.self_attn, layer.mlp
@@ -65,7 +59,7 @@ class FusedLlamaWeights:
                     m.down_proj.weight.detach(),
                 )
             )
-        self.layers, self.key = layers, key
+        self.layers = layers
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ilt_core.errors import ILTError
+from ilt_hf.fast_vit import FusedViTWeights, fused_vit_forward, fused_vit_supported
 from ilt_hf.loading import COMMON_ARGS, accepts_kwarg, build_model, check_unknown_args, make_config
 
 
@@ -50,7 +51,7 @@ class HFVisionEncoder(nn.Module):
     """Image encoder: ``forward(pixel_values (N, 3, H, W) in [0, 1])`` -> ``(N, hidden_size)``.
 
     Pixels are normalised with the model's ``image_mean`` / ``image_std`` first. ``H`` and ``W`` must be multiples
-    of ``patch_size``.
+    of ``patch_size``. A ViT in eval mode with gradients off runs the fused step of :mod:`ilt_hf.fast_vit`.
     """
 
     def __init__(self, model: nn.Module, image_mean: list[float], image_std: list[float]) -> None:
@@ -65,6 +66,8 @@ class HFVisionEncoder(nn.Module):
         self.register_buffer("image_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
         self._interpolate = "interpolate_pos_encoding" in inspect.signature(type(model).forward).parameters
+        # eval with gradients off (generation, evaluation): ViT takes the fused step of ilt_hf.fast_vit
+        self._fused = FusedViTWeights() if fused_vit_supported(model) else None
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
@@ -77,6 +80,8 @@ class HFVisionEncoder(nn.Module):
             )
         param = next(self.model.parameters())
         pixels = ((pixel_values - self.image_mean) / self.image_std).to(dtype=param.dtype)
+        if self._fused is not None and not self.training and not torch.is_grad_enabled():
+            return fused_vit_forward(self.model, self._fused, pixels, self._interpolate)
         kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
         out = self.model(pixel_values=pixels, return_dict=True, **kwargs)
         pooled = getattr(out, "pooler_output", None)

@@ -1,0 +1,100 @@
+"""``ilt_hf.fast_vit``: the fused ViT step gives the transformers forward's CLS vector, and only runs for inference.
+
+A 3-layer ViT with random weights (biases included) reads word images of several widths; the fused path must equal
+the transformers path (float rounding aside), follow in-place weight updates, and leave training untouched.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ilt_hf import fast_vit
+from test_hf_plugin import VISION_CONFIGS
+
+from ilt_core import BuildContext, get_registry
+
+CONTEXT = BuildContext()
+CONFIG = {**VISION_CONFIGS["vit"], "num_hidden_layers": 3, "layer_norm_eps": 1e-6}
+
+
+def encoder():
+    torch.manual_seed(0)
+    enc = get_registry().build("hf:vision", "image_encoder", CONTEXT, {"config": CONFIG}).eval()
+    with torch.no_grad():  # random biases and norms, so that a dropped term shows
+        for name, p in enc.model.named_parameters():
+            if name.endswith("bias") or "layernorm" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    return enc
+
+
+def transformers_path(enc, pixels: torch.Tensor) -> torch.Tensor:
+    """The CLS vector through the transformers modules (the fused step switched off)."""
+    fused, enc._fused = enc._fused, None
+    try:
+        with torch.no_grad():
+            return enc(pixels)
+    finally:
+        enc._fused = fused
+
+
+def calls_fused(monkeypatch) -> list[int]:
+    calls = []
+    real = fast_vit.fused_vit_forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("ilt_hf.vision.fused_vit_forward", counting)
+    return calls
+
+
+@pytest.mark.parametrize("widths", [(32,), (64, 160), (16, 48, 96)])
+def test_fused_vit_equals_transformers_for_word_images(widths, monkeypatch):
+    enc = encoder()
+    calls = calls_fused(monkeypatch)
+    torch.manual_seed(1)
+    for width in widths:
+        pixels = torch.rand(3, 3, CONTEXT.image_height, width)
+        expected = transformers_path(enc, pixels)
+        with torch.no_grad():
+            got = enc(pixels)
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+        assert not torch.allclose(got[0], got[1])
+    assert len(calls) == len(widths)  # the fused step really ran
+    assert len(enc._fused.positions) == len(widths)  # one interpolated position table per image size
+
+
+def test_fused_vit_follows_in_place_weight_updates():
+    enc = encoder()
+    pixels = torch.rand(2, 3, CONTEXT.image_height, 64)
+    with torch.no_grad():
+        before = enc(pixels)
+        enc.model.layers[1].mlp.fc2.weight.mul_(3.0)  # as an optimizer step would, in place
+        enc.model.embeddings.position_embeddings.add_(1.0)
+        after = enc(pixels)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, transformers_path(enc, pixels), atol=2e-5, rtol=2e-5)
+
+
+def test_training_and_gradients_keep_the_transformers_path(monkeypatch):
+    enc = encoder()
+    calls = calls_fused(monkeypatch)
+    pixels = torch.rand(2, 3, CONTEXT.image_height, 32, requires_grad=True)
+    enc(pixels).sum().backward()  # eval mode, gradients on
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+    enc.train()
+    with torch.no_grad():
+        enc(pixels)  # train mode, gradients off
+    assert calls == []
+
+
+def test_other_vision_models_are_not_fused():
+    assert fast_vit.fused_vit_supported(encoder().model)
+    for model_type in ("swinv2", "clip_vision_model"):
+        enc = get_registry().build("hf:vision", "image_encoder", CONTEXT, {"config": VISION_CONFIGS[model_type]})
+        assert enc._fused is None
+    gelu_tanh = get_registry().build(
+        "hf:vision", "image_encoder", CONTEXT, {"config": {**CONFIG, "hidden_act": "gelu_pytorch_tanh"}}
+    )
+    assert gelu_tanh._fused is None

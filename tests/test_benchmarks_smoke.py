@@ -107,3 +107,23 @@ def test_bench_generation_small(tmp_path):
         assert math.isclose(part["speedup_ceiling"], (part["latent_recomputed"] + shared) / shared)
         assert 0 < part["speedup_allowed"] < part["speedup_ceiling"]
     assert set(data["goals"]) == {"batch1", "batch2"}
+
+
+@pytest.mark.slow
+def test_bench_bounds_quick(tmp_path):
+    data = run_script("bench_bounds", tmp_path)
+    assert set(data["setups"]) == {"with images", "without images"} and positive(data["peak_gflop_per_s"])
+    with_images, without = data["setups"]["with images"], data["setups"]["without images"]
+    for r in (with_images, without):
+        train, gen = r["training_step_products"], r["generation_step_products"]
+        assert train["products"] > 100 and gen["products"] > 10
+        assert train["best_s"] <= min(train["torch_s"], train["numpy_s"]) + 1e-12
+        assert math.isclose(
+            r["training_words_per_s_bound"] / r["reference_training_words_per_s"], r["training_speedup_bound"]
+        )
+        assert math.isclose(
+            r["generation_speedup_bound"] * r["generation_ms_per_step_bound"], r["reference_generation_ms_per_step"]
+        )
+    # the word images add products: the ViT's
+    assert with_images["training_step_products"]["gflop"] > without["training_step_products"]["gflop"]
+    assert positive(with_images["memory_floor_mb"]) and "memory_floor_mb" not in without

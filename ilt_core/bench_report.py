@@ -27,6 +27,8 @@ FIGURES: tuple[str, ...] = (
     "parameters_total",
     "generation.batch_1.units_per_second",
     "generation.batch_8.units_per_second",
+    "generation.batch_1.bytes_per_second",
+    "generation.batch_8.bytes_per_second",
     "text_to_batch.cold_units_per_second",
     "text_to_batch.warm_units_per_second",
 )
@@ -180,7 +182,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "the text their tokens stand for.",
         "",
         "| mix | bits/byte | units/s | bytes/s | s/step | data share | FLOPs/byte | MFU | peak RSS | params | "
-        "gen b1 units/s | gen b8 units/s | text->batch cold/warm units/s |",
+        "gen b1 units/s (bytes/s) | gen b8 units/s (bytes/s) | text->batch cold/warm units/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -202,8 +204,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                     f"{r['mfu']:.1%}",
                     f"{r['peak_rss_bytes'] / 1e9:.2f} GB",
                     _millions(r["parameters_total"]),
-                    _num(figure(r, "generation.batch_1.units_per_second")),
-                    _num(figure(r, "generation.batch_8.units_per_second")),
+                    f"{_num(figure(r, 'generation.batch_1.units_per_second'))} "
+                    f"({_num(figure(r, 'generation.batch_1.bytes_per_second'))})",
+                    f"{_num(figure(r, 'generation.batch_8.units_per_second'))} "
+                    f"({_num(figure(r, 'generation.batch_8.bytes_per_second'))})",
                     f"{_num(t2b['cold_units_per_second'])} / {_num(t2b['warm_units_per_second'])}",
                 ]
             )

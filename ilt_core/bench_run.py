@@ -38,6 +38,10 @@ MIN_LR_SHARE = 0.1
 # ---- small helpers -----------------------------------------------------------------------------
 
 
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def read_lines(path: str | Path, limit: int | None = None) -> list[str]:
     """Non-blank lines of a UTF-8 text file (one text per line), at most ``limit``."""
     lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -195,8 +199,8 @@ class ILTRunner:
 
         return bits_per_byte(self.model, texts, batch_size=8)
 
-    def generate(self, prompts: Sequence[str], new_units: int, byte_cap: int | None = None) -> int:
-        """Greedy generation with the KV cache; returns how many units were generated.
+    def generate(self, prompts: Sequence[str], new_units: int, byte_cap: int | None = None) -> tuple[int, int]:
+        """Greedy generation with the KV cache; returns how many units, and UTF-8 bytes, were generated.
 
         End of text is suppressed (the decoder must write at least one byte, and never pad / bos), so every
         row writes exactly ``new_units`` units, as the baselines' end-of-text token is suppressed. With
@@ -209,7 +213,7 @@ class ILTRunner:
         if byte_cap:
             options.update(max_unit_bytes=byte_cap, byte_min_new_tokens=byte_cap)
         texts = generate(self.model, list(prompts), max_new_units=new_units, use_cache=True, **options)
-        return sum(new_units for t in texts if t)
+        return sum(new_units for t in texts if t), sum(_utf8_len(t) for t in texts)
 
     def text_to_batch(self, texts: Sequence[str], render_limit: int) -> dict[str, float | None]:
         """Units/s of text -> batch with an empty render cache (cold), again (warm), and rendering alone."""
@@ -318,11 +322,12 @@ class BaselineRunner:
         units = sum(len(self._segment(t)) for t in texts)
         return tokens / max(units, 1)
 
-    def generate(self, prompts: Sequence[str], new_units: int, byte_cap: int | None = None) -> int:
-        """Greedy HF generation of ``new_units`` x tokens-per-unit tokens; returns the units (words) it wrote."""
+    def generate(self, prompts: Sequence[str], new_units: int, byte_cap: int | None = None) -> tuple[int, int]:
+        """Greedy HF generation of ``new_units`` x tokens-per-unit tokens; returns the units (words) and UTF-8
+        bytes it wrote."""
         new_tokens = max(1, math.ceil(new_units * self._tokens_per_unit))
         continuations = self.lm.generate(prompts, new_tokens)
-        return sum(len(self._segment(c)) for c in continuations)
+        return sum(len(self._segment(c)) for c in continuations), sum(_utf8_len(c) for c in continuations)
 
     def text_to_batch(self, texts: Sequence[str], render_limit: int) -> dict[str, float | None]:
         """Units/s of text -> token rows (cold: first pass, warm: second pass; no renderer)."""
@@ -459,14 +464,17 @@ def measure_generation(
         prompts = generation_prompts(eval_texts, runner.segment, int(settings["gen_prompt_units"]), batch)
         runner.generate(prompts, 1)  # warm-up: kernels, caches
         start = clock()
-        generated = runner.generate(prompts, new_units)
+        generated, nbytes = runner.generate(prompts, new_units)
         seconds = clock() - start
         out[f"batch_{batch}"] = {
             "batch_size": batch,
             "max_new_units": new_units,
             "units": generated,
+            "bytes": nbytes,
             "seconds": seconds,
             "units_per_second": generated / max(seconds, 1e-9),
+            # mixes write units of different lengths: bytes/s compares them on the same footing
+            "bytes_per_second": nbytes / max(seconds, 1e-9),
         }
         say(settings, f"generate batch {batch}: {generated} units in {seconds:.2f} s")
     protocol = settings.get("reference_generation")
@@ -475,7 +483,7 @@ def measure_generation(
         prompts = generation_prompts(eval_texts, runner.segment, protocol["prompt_units"], protocol["batch_size"])
         runner.generate(prompts, 1, byte_cap=protocol["byte_cap"])
         start = clock()
-        generated = runner.generate(prompts, protocol["new_units"], byte_cap=protocol["byte_cap"])
+        generated, _ = runner.generate(prompts, protocol["new_units"], byte_cap=protocol["byte_cap"])
         seconds = clock() - start
         out["reference_protocol"] = {
             **protocol,

@@ -299,6 +299,9 @@ def test_bench_end_to_end_writes_every_figure_for_every_mix(tmp_path):
     ilt, base = report["results"]
     assert set(ilt["parameters"]) == {"bytes_encoder", "latent_transformer", "bytes_decoder", "mappings"}
     assert ilt["generation"]["batch_8"]["units"] == 8  # one unit for each of 8 rows, end of text suppressed
+    for r in report["results"]:  # bytes/s: what the units written weigh, so that mixes compare
+        g = r["generation"]["batch_8"]
+        assert g["bytes"] >= g["units"] and g["bytes_per_second"] == pytest.approx(g["bytes"] / g["seconds"])
     assert set(ilt["flops_parts"]) >= {"bytes_encoder", "latent_transformer", "bytes_decoder"}
     assert base["parameters"] == {"transformer": base["parameters_total"]}
     # both mixes read the same stream: the same first texts
@@ -306,6 +309,7 @@ def test_bench_end_to_end_writes_every_figure_for_every_mix(tmp_path):
 
     markdown = (out / "results.md").read_text(encoding="utf-8")
     assert "| small-ilt |" in markdown and "| small-bytes |" in markdown
+    assert "gen b1 units/s (bytes/s)" in markdown
     assert "113" in markdown and "another day" in markdown  # the reference figures beside ours
     for png in ("bpb_vs_time.png", "throughput.png"):
         data = (out / png).read_bytes()

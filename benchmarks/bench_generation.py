@@ -42,25 +42,17 @@ def prompt_of(n_units: int, row: int) -> str:
     return "".join(f"w{row}x{i} " for i in range(n_units))
 
 
+def forced_setup(model, prompts: list[str], units: int, use_cache: bool, unit_bytes: int):
+    """Greedy hypotheses and options for ``prompts``, every unit forced to ``unit_bytes`` bytes (eos barred)."""
+    # positional: units, cache, beams 1, no sampling, temperature 1, no top-k / top-p / stop, length penalty 1,
+    # no scores, 8 unit candidates, the unit byte limit, the byte-level options
+    args = (1, False, 1.0, None, None, None, 1.0, False, 8, unit_bytes, {"suppress_tokens": [EOS_ID]})
+    return _setup(model, prompts, units, use_cache, *args)
+
+
 def step_times(model, prompts: list[str], units: int, use_cache: bool, unit_bytes: int) -> list[float]:
     """Seconds between consecutive decoding steps (each step gives every row one unit), prefill left out."""
-    hyps, opts = _setup(
-        model,
-        prompts,
-        units,
-        use_cache,
-        1,
-        False,
-        1.0,
-        None,
-        None,
-        None,
-        1.0,
-        False,
-        8,
-        unit_bytes,
-        {"suppress_tokens": [EOS_ID]},
-    )
+    hyps, opts = forced_setup(model, prompts, units, use_cache, unit_bytes)
     cuda = model.encoder_mapping.weight.is_cuda
     stamps = []
     with _Session(model, None):
@@ -161,23 +153,7 @@ def parts_of_step(model, context: int, batch: int, unit_bytes: int, repeats: int
     from ilt_core.generation import _decode_ids, _Latent, _UnitEmbeddings
 
     prompts = [prompt_of(context, r) for r in range(batch)]
-    hyps, opts = _setup(
-        model,
-        prompts,
-        8,
-        True,
-        1,
-        False,
-        1.0,
-        None,
-        None,
-        None,
-        1.0,
-        False,
-        8,
-        unit_bytes,
-        {"suppress_tokens": [EOS_ID]},
-    )
+    hyps, opts = forced_setup(model, prompts, 8, True, unit_bytes)
     fresh = iter(range(10**6))
 
     def new_units() -> list[str]:  # never seen before: each is rendered and encoded

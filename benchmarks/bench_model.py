@@ -59,16 +59,10 @@ TINY_VARIANTS = ("full", "image-only", "bytes-only")
 
 
 def tiny_spec(variant: str) -> dict[str, Any]:
-    """The tiny preset, one modality off for the one-modality variants (as tests/conftest.py)."""
-    from ilt_core.spec import load_spec
+    """The tiny preset, one modality off for the one-modality variants, no modality dropout (as tests/conftest.py)."""
+    from ilt_core.spec import spec_variant
 
-    spec = load_spec("tiny").to_dict()
-    if variant == "image-only":
-        spec["bytes_encoder"] = False
-    elif variant == "bytes-only":
-        spec["image_encoder"] = False
-    spec["modality_dropout"] = 0.0
-    return spec
+    return spec_variant("tiny", variant, modality_dropout=0.0)
 
 
 def reference_spec(images: bool = True, **attn: str) -> dict[str, Any]:

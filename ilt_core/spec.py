@@ -169,6 +169,24 @@ def load_spec(spec: str | Path | dict | ModelSpec) -> ModelSpec:
     return parse_spec(data, source)
 
 
+#: One-modality variants of a spec: the variant's name -> the encoder block it switches off.
+VARIANTS = {"full": None, "image-only": "bytes_encoder", "bytes-only": "image_encoder"}
+
+
+def spec_variant(spec: str | Path | dict | ModelSpec, variant: str = "full", **overrides: Any) -> dict[str, Any]:
+    """A spec (preset name, file, mapping) as a plain mapping with one modality off and fields overridden.
+
+    ``variant``: ``"full"``, ``"image-only"`` (no bytes encoder) or ``"bytes-only"`` (no image encoder).
+    """
+    if variant not in VARIANTS:
+        raise SpecError(f"variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+    data = load_spec(spec).to_dict()
+    if VARIANTS[variant]:
+        data[VARIANTS[variant]] = False
+    data.update(overrides)
+    return data
+
+
 def check_components(spec: ModelSpec, registry: Any, source: str = "<spec>") -> None:
     """Check that every block names a component that exists for its role; raise one clear line."""
     for role in ROLES:

@@ -116,3 +116,18 @@ def test_cli_never_prints_a_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ilt_core.cli", "build", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_spec_variant_switches_one_modality_off_and_overrides_fields():
+    from ilt_core.spec import VARIANTS, spec_variant
+
+    assert tuple(VARIANTS) == ("full", "image-only", "bytes-only")
+    full = spec_variant("tiny")
+    assert full["image_encoder"] and full["bytes_encoder"]
+    image_only = spec_variant("tiny", "image-only", max_unit_bytes=8)
+    assert image_only["bytes_encoder"] is False and image_only["image_encoder"] == full["image_encoder"]
+    assert image_only["max_unit_bytes"] == 8 and full["max_unit_bytes"] != 8
+    assert spec_variant("tiny", "bytes-only")["image_encoder"] is False
+    parse_spec(image_only)  # still a valid spec
+    with pytest.raises(SpecError, match="variant 'text-only': expected one of full, image-only, bytes-only"):
+        spec_variant("tiny", "text-only")

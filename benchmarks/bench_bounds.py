@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -74,17 +73,6 @@ class MatmulRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def fastest(run: Any, repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls after one warm-up call, in seconds."""
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def layouts(batch: int, m: int, k: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Random float32 operands ``(M, K) @ (K, N)`` in every memory layout a product meets: each side stored as is
     or transposed (a linear layer's forward reads its weight transposed, its backward reads activations so)."""
@@ -107,8 +95,8 @@ def time_shape(shape: Shape, repeats: int) -> dict[str, float]:
     best = {"torch_s": float("inf"), "numpy_s": float("inf")}
     for a, b in layouts(batch, m, k, n):
         a_np, b_np = a.numpy(), b.numpy()
-        best["torch_s"] = min(best["torch_s"], fastest(lambda a=a, b=b: torch.matmul(a, b), reps))
-        best["numpy_s"] = min(best["numpy_s"], fastest(lambda a=a_np, b=b_np: a @ b, reps))
+        best["torch_s"] = min(best["torch_s"], common.fastest(lambda a=a, b=b: torch.matmul(a, b), reps))
+        best["numpy_s"] = min(best["numpy_s"], common.fastest(lambda a=a_np, b=b_np: a @ b, reps))
     return best
 
 

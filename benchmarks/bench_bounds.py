@@ -122,8 +122,8 @@ def record_training(model: Any, batch: Any) -> Counter[Shape]:
 
 
 def record_generation(model: Any, prompts: list[str], new_units: int) -> Counter[Shape]:
-    from ilt_core.byte_tokenizer import BOS_ID, PAD_ID
-    from ilt_core.generation import generate
+    from ilt_core.generation.loop import generate
+    from ilt_core.text.byte_tokenizer import BOS_ID, PAD_ID
 
     cap = PROTOCOL["byte_cap"]
     options = dict(byte_suppress_tokens=[PAD_ID, BOS_ID], byte_min_new_tokens=cap, max_unit_bytes=cap)
@@ -137,7 +137,7 @@ def record_generation(model: Any, prompts: list[str], new_units: int) -> Counter
 def record_setup(images: bool, memory: bool) -> dict[str, Any]:
     """Build one reference setup; its training step's and generation step's products, its words per step, and
     (``memory``: the first model this process builds, so that its RSS is the model's) the memory floor."""
-    from ilt_core.model import build_model
+    from ilt_core.modeling.model import build_model
 
     gc.collect()
     rss_before = common.rss_mb()

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-from ilt_core.byte_tokenizer import EOS_ID, PAD_ID
-from ilt_core.generation import _iter_plain, _Session, _setup
-from ilt_core.model import build_model
+from ilt_core.generation.loop import _iter_plain, _Session, _setup
+from ilt_core.modeling.model import build_model
+from ilt_core.text.byte_tokenizer import EOS_ID, PAD_ID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (the benchmarks' shared helpers)
@@ -70,7 +70,7 @@ def step_times(model, prompts: list[str], units: int, use_cache: bool, unit_byte
 
 def decoder_per_byte(preset: str, batches: list[int], byte_count: int, repeats: int) -> list[dict]:
     """Milliseconds per byte of ``generate`` and of ``greedy`` (eos barred: every row writes ``byte_count``)."""
-    from ilt_core.spec import load_spec
+    from ilt_core.specs.spec import load_spec
 
     rows = []
     spec = load_spec(preset).to_dict()
@@ -140,7 +140,7 @@ def vit_per_image(model, batches: list[int], repeats: int) -> list[dict]:
 
 def parts_of_step(model, context: int, batch: int, unit_bytes: int, repeats: int) -> dict[str, float]:
     """Milliseconds of each part of one decoding step for ``batch`` prompts of ``context`` units (fastest runs)."""
-    from ilt_core.generation import _decode_ids, _Latent, _UnitEmbeddings
+    from ilt_core.generation.loop import _decode_ids, _Latent, _UnitEmbeddings
 
     prompts = [prompt_of(context, r) for r in range(batch)]
     hyps, opts = forced_setup(model, prompts, 8, True, unit_bytes)

@@ -60,7 +60,7 @@ TINY_VARIANTS = ("full", "image-only", "bytes-only")
 
 def tiny_spec(variant: str) -> dict[str, Any]:
     """The tiny preset, one modality off for the one-modality variants, no modality dropout (as tests/conftest.py)."""
-    from ilt_core.spec import spec_variant
+    from ilt_core.specs.spec import spec_variant
 
     return spec_variant("tiny", variant, modality_dropout=0.0)
 
@@ -101,7 +101,7 @@ def config_specs(reference: bool, only: list[str] | None) -> dict[str, dict[str,
 
 def make_batches(model: Any, units: list[str], rows: int, length: int, count: int) -> list[Any]:
     """``count`` collated batches of ``rows`` consecutive ``length``-unit pieces (cut: no end label)."""
-    from ilt_core.collator import TextUnits
+    from ilt_core.text.collator import TextUnits
 
     pieces = common.chunk_texts(units, rows * count, length)
     return [
@@ -158,7 +158,7 @@ def step_flops(model: Any, batch: Any) -> int:
 
 def bench_config(name: str, spec: dict[str, Any], units: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Build, warm up, and time ``args.steps`` training steps of one configuration."""
-    from ilt_core.model import build_model
+    from ilt_core.modeling.model import build_model
 
     gc.collect()
     common.reset_peak_rss()
@@ -269,8 +269,8 @@ def decode_loss_bucketed(model: Any, latents: torch.Tensor, label_ids: torch.Ten
 
 def experiments(units: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """Candidate speed-ups, each timed interleaved against its baseline; ratios > 1 mean faster."""
-    from ilt_core.collator import IGNORE_INDEX, TextUnits
-    from ilt_core.model import build_model
+    from ilt_core.modeling.model import build_model
+    from ilt_core.text.collator import IGNORE_INDEX, TextUnits
 
     out: dict[str, Any] = {}
     reps = args.exp_repeats
@@ -355,7 +355,7 @@ def experiments(units: list[str], args: argparse.Namespace) -> dict[str, Any]:
     # 4. pixels: 3-channel float copy vs a 1-channel tensor expanded to 3 (collation and image encoder)
     import numpy as np
 
-    from ilt_core.render_cache import images_to_batches
+    from ilt_core.text.render_cache import images_to_batches
 
     images = model.processor.cache.render_many([""] + batch.units[1:])
 
@@ -628,7 +628,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from ilt_core.segmentation import segment
+    from ilt_core.text.segmentation import segment
 
     units = common.load_text("he", max(args.rows * args.length * args.batches, 64), segment)
     results: dict[str, Any] = {

@@ -8,7 +8,7 @@ For each renderer (``freetype:default``, ``cairo:default``) on the same Hebrew (
 shared machine hit both alike:
 
 - ``render_each``: ``renderer.render`` on every unit, no cache (what rendering alone costs);
-- ``cold_cache``: a fresh :class:`~ilt_core.render_cache.RenderCache` over the words (each distinct
+- ``cold_cache``: a fresh :class:`~ilt_core.text.render_cache.RenderCache` over the words (each distinct
   unit rendered once, repeats served from memory: what a first epoch sees);
 - ``warm_cache``: the same words again from the filled cache (goal: > 200,000 units/s);
 - ``processor``: raw texts -> collated batch of 8 x 64 units (segment, bytes, render, pixels), cold
@@ -39,7 +39,7 @@ PATCHED = "freetype:default+memoized-cache_key"
 def build_renderer(address: str) -> Any:
     """A renderer from the registry at the tiny preset's geometry (height 32, patch 16)."""
     from ilt_core import get_registry
-    from ilt_core.registry import BuildContext
+    from ilt_core.plugins.registry import BuildContext
 
     return get_registry().build(address, "renderer", BuildContext(image_height=32, width_multiple=16), {})
 
@@ -66,7 +66,7 @@ class MemoizedKeyRenderer:
 
 def bench_rendering(renderer: Any, units: list[str], repeats: int) -> dict[str, float]:
     """Units per second of ``render_each``, ``cold_cache``, ``warm_cache`` (medians of ``repeats``)."""
-    from ilt_core.render_cache import RenderCache
+    from ilt_core.text.render_cache import RenderCache
 
     each, cold, warm = [], [], []
     for _ in range(repeats):
@@ -93,9 +93,9 @@ def bench_processor(renderer: Any, units: list[str], rows: int, length: int, rep
     The words are cut into consecutive texts of ``length`` units, ``rows`` per batch; texts are
     given to the processor as raw strings (so segmentation is timed too).
     """
-    from ilt_core.collator import TextUnits, collate_units
-    from ilt_core.processor import ILTProcessor
-    from ilt_core.render_cache import images_to_batches
+    from ilt_core.text.collator import TextUnits, collate_units
+    from ilt_core.text.processor import ILTProcessor
+    from ilt_core.text.render_cache import images_to_batches
 
     per_batch = rows * length
     n_batches = max(1, -(-len(units) // per_batch))
@@ -146,7 +146,7 @@ def profile_cold(renderer: Any, units: list[str], top: int = 15) -> str:
     import io
     import pstats
 
-    from ilt_core.processor import ILTProcessor
+    from ilt_core.text.processor import ILTProcessor
 
     processor = ILTProcessor(renderer, max_units=65)
     raw = ["".join(t) for t in common.chunk_texts(units, 8, 64)]
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.words, args.repeats, args.rows, args.length = 200, 1, 2, 16
 
-    from ilt_core.segmentation import segment
+    from ilt_core.text.segmentation import segment
 
     common.log(f"loading {args.words} words of {', '.join(common.TEXTS[lang][0] for lang in LANGS)}")
     texts = {lang: common.load_text(lang, args.words, segment) for lang in LANGS}

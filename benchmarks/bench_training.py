@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_training.py --quick            # smoke run (a few steps)
 
 Each configuration (packing on, packing off) trains the preset (default ``tiny``) on the he-news
-training split (:mod:`ilt_core.data_recipes`) through :func:`ilt_core.training.run_training`, the
+training split (:mod:`ilt_data.recipes`) through :func:`ilt_core.training.run.run_training`, the
 code ``ilt train`` runs (Trainer, the unit collator, AdamW), in a process of its own so that its
 peak resident memory is its own. Before the first step every word of the training blocks is
 rendered once (the render cache is then warm, as from the second epoch on); the first
@@ -46,10 +46,10 @@ DATA_SHARE_GOAL = 0.20
 def run_one(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     """Train in this process and measure; returns the figures of one configuration."""
     import torch
+    from ilt_data.recipes import prepare
     from transformers import TrainerCallback
 
-    from ilt_core.data_recipes import prepare
-    from ilt_core.training import run_training
+    from ilt_core.training.run import run_training
 
     if args.threads:
         torch.set_num_threads(args.threads)

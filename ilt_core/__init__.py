@@ -1,9 +1,19 @@
-"""ILT core: protocols, registry, specs, text pipeline, model assembly and decoding."""
+"""ILT core: the public API (build a model, segment text, generate, score) and what plugins need.
+
+Subpackages follow the data flow: ``plugins`` (roles, hooks, registry) -> ``specs`` -> ``text``
+(units, bytes, images, batches) -> ``modeling`` -> ``generation`` / ``evaluation`` / ``training``
+-> ``cli``.
+"""
 
 from ilt_core.errors import CheckpointError, ILTError, SpecError
-from ilt_core.hookspecs import hookimpl
-from ilt_core.protocols import ROLES
-from ilt_core.registry import BuildContext, Component, get_registry
+from ilt_core.evaluation import bits_per_byte
+from ilt_core.generation.loop import generate, stream_generate
+from ilt_core.modeling.model import ILTModel, build_model
+from ilt_core.plugins.hookspecs import hookimpl
+from ilt_core.plugins.protocols import ROLES
+from ilt_core.plugins.registry import BuildContext, Component, get_registry
+from ilt_core.specs.spec import load_spec
+from ilt_core.text.segmentation import segment
 
 __all__ = [
     "ROLES",
@@ -11,7 +21,14 @@ __all__ = [
     "CheckpointError",
     "Component",
     "ILTError",
+    "ILTModel",
     "SpecError",
+    "bits_per_byte",
+    "build_model",
+    "generate",
     "get_registry",
     "hookimpl",
+    "load_spec",
+    "segment",
+    "stream_generate",
 ]

@@ -10,12 +10,12 @@ import torch
 # Two cores: keep torch from oversubscribing them when tests run beside other work.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-VARIANTS = ("full", "image-only", "bytes-only")  # ilt_core.spec.VARIANTS, in this order
+VARIANTS = ("full", "image-only", "bytes-only")  # ilt_core.specs.spec.VARIANTS, in this order
 
 
 def tiny_spec(variant: str = "full", **overrides) -> dict:
     """The tiny preset as a mapping, one modality off for the variants, no modality dropout."""
-    from ilt_core.spec import spec_variant
+    from ilt_core.specs.spec import spec_variant
 
     return spec_variant("tiny", variant, **{"modality_dropout": 0.0, **overrides})
 
@@ -23,7 +23,7 @@ def tiny_spec(variant: str = "full", **overrides) -> dict:
 @pytest.fixture(scope="session")
 def tiny_models():
     """One eval-mode tiny model per variant, built once per session (seed 0)."""
-    from ilt_core.model import build_model
+    from ilt_core.modeling.model import build_model
 
     models = {}
     for variant in VARIANTS:

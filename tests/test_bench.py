@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from ilt_bench.baselines import BaselineLM, BaselineSpec, ByteCodec, TokenStream, train_bpe
+from ilt_bench.harness import add_bench_parser
+from ilt_bench.mixes import load_mix, merge_spec, resolve_mixes
+from ilt_bench.report import FIGURES, goal_checks, missing_figures
+from ilt_bench.run import lr_at, take_blocks, text_stream
 
-from ilt_core.baselines import BaselineLM, BaselineSpec, ByteCodec, TokenStream, train_bpe
-from ilt_core.bench import add_bench_parser
-from ilt_core.bench_flops import FlopCounter, PartWork, attention_shape
-from ilt_core.bench_mixes import load_mix, merge_spec, resolve_mixes
-from ilt_core.bench_report import FIGURES, goal_checks, missing_figures
-from ilt_core.bench_run import lr_at, take_blocks, text_stream
 from ilt_core.errors import ILTError
-from ilt_core.segmentation import segment
+from ilt_core.modeling.flops import FlopCounter, PartWork, attention_shape
+from ilt_core.text.segmentation import segment
 
 REPO = Path(__file__).resolve().parents[1]
 MIX_DIR = REPO / "benchmarks" / "mixes"
@@ -69,8 +69,8 @@ def small_baseline(block_size: int = 16) -> BaselineLM:
 
 
 def test_shipped_mixes_load_and_name_registered_components():
-    from ilt_core.registry import get_registry
-    from ilt_core.spec import check_components, parse_spec
+    from ilt_core.plugins.registry import get_registry
+    from ilt_core.specs.spec import check_components, parse_spec
 
     mixes = {m.name: m for m in resolve_mixes(None, MIX_DIR)}
     required = {"tiny", "tiny-no-images", "tiny-no-bytes", "tiny-timm", "tiny-clip", "reference-tiny"}
@@ -195,7 +195,7 @@ def test_generation_of_a_baseline_writes_exactly_the_tokens_asked():
 
 
 def test_take_blocks_fills_at_most_batch_size_rows_in_stream_order():
-    from ilt_core.collator import pack_rows
+    from ilt_core.text.collator import pack_rows
 
     texts = text_stream(TEXTS, seed=0)
     pending: list = []

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ilt_core.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, ByteTokenizer, decode_utf8
 from ilt_core.errors import ILTError
+from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, ByteTokenizer, decode_utf8
 
 TOK = ByteTokenizer()
 SETTINGS = settings(max_examples=150, deadline=None)

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 
 from ilt_core import BuildContext, ILTError, get_registry
-from ilt_core.protocols import Renderer
-from ilt_core.render_cache import RenderCache
+from ilt_core.plugins.protocols import Renderer
+from ilt_core.text.render_cache import RenderCache
 
 
 def build(**args):

@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import tiny_spec
 
-from ilt_core.checkpoint import SPEC_NAME, WEIGHTS_NAME
-from ilt_core.cli import main
+from ilt_core.cli.main import main
 from ilt_core.errors import CheckpointError
-from ilt_core.model import ILTModel, build_model
+from ilt_core.modeling.checkpoint import SPEC_NAME, WEIGHTS_NAME
+from ilt_core.modeling.model import ILTModel, build_model
 
 TEXTS = ["שלום עולם", "hello there, world"]
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from ilt_core.cli import main
+from ilt_core.cli.main import main
 
 
 def test_segment_prints_the_units_as_json(capsys):

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ilt_core import BuildContext, Component, ILTError, get_registry, hookimpl
-from ilt_core.protocols import ImageEncoder
-from ilt_core.registry import Registry
+from ilt_core.plugins.protocols import ImageEncoder
+from ilt_core.plugins.registry import Registry
 
 TINY_TOWER = {"vision_cfg": {"layers": 2, "width": 64, "head_width": 32, "patch_size": 16}, "embed_dim": 48}
 

@@ -16,8 +16,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from ilt_data import recipes as dr
 
-from ilt_core import data_recipes as dr
 from ilt_core.errors import ILTError
 
 HEBREW = re.compile(r"[\u05d0-\u05ea]")

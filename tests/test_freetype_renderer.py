@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from ilt_freetype.renderer import FreeTypeRenderer
 
 from ilt_core import BuildContext, ILTError, get_registry
-from ilt_core.protocols import Renderer
+from ilt_core.plugins.protocols import Renderer
 
 GOLDEN_PATH = Path(__file__).parent / "golden" / "freetype_hashes.json"
 

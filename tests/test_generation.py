@@ -14,9 +14,8 @@ import pytest
 import torch
 from conftest import tiny_spec
 
-from ilt_core.byte_tokenizer import EOS_ID
 from ilt_core.errors import ILTError
-from ilt_core.generation import (
+from ilt_core.generation.loop import (
     GenerationResult,
     _beam_search,
     _decode_ids,
@@ -28,7 +27,8 @@ from ilt_core.generation import (
     generate,
     stream_generate,
 )
-from ilt_core.model import build_model
+from ilt_core.modeling.model import build_model
+from ilt_core.text.byte_tokenizer import EOS_ID
 
 D = 64
 LATENTS = {

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ilt_core import BuildContext, ILTError, get_registry
-from ilt_core.parameters import count_parameters
+from ilt_core.modeling.parameters import count_parameters
 
 CONTEXT = BuildContext()
 V = CONTEXT.vocab_size

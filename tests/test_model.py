@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import VARIANTS, tiny_spec
 
-from ilt_core.collator import TextUnits
-from ilt_core.model import build_model
+from ilt_core.modeling.model import build_model
+from ilt_core.text.collator import TextUnits
 
 ATOL = 1e-5
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ilt_core.parameters import component_parameter_counts, count_parameters
-from ilt_core.spec import PRESET_DIR, list_presets, load_spec
+from ilt_core.modeling.parameters import component_parameter_counts, count_parameters
+from ilt_core.specs.spec import PRESET_DIR, list_presets, load_spec
 
 # Embedding-free parameters per role, in millions, from the original implementation's README table
 # (bytes encoder / image encoder / latent transformer / bytes decoder).
@@ -67,7 +67,7 @@ def test_counting_happens_on_the_meta_device_and_skips_the_renderer():
     """Counting the medium preset (1.7b parameters) must not allocate: every tensor is on the meta device."""
     import torch
 
-    from ilt_core.registry import BuildContext, get_registry
+    from ilt_core.plugins.registry import BuildContext, get_registry
 
     block = load_spec("medium").block("latent_transformer")
     with torch.device("meta"):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ilt_core import BuildContext, Component, ILTError, get_registry, hookimpl
-from ilt_core.cli import main
-from ilt_core.registry import Registry
+from ilt_core.cli.main import main
+from ilt_core.plugins.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILT_IN = ["hf:causal-lm", "hf:encoder", "hf:vision", "timm:model", "clip:visual", "freetype:default", "cairo:default"]

@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 
 from ilt_core.errors import ILTError
-from ilt_core.protocols import Renderer
-from ilt_core.render_cache import RenderCache, images_to_batches
+from ilt_core.plugins.protocols import Renderer
+from ilt_core.text.render_cache import RenderCache, images_to_batches
 
 
 class CountingRenderer:

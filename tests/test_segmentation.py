@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ilt_core.errors import ILTError
-from ilt_core.segmentation import WHITESPACE, segment, utf8_len
+from ilt_core.text.segmentation import WHITESPACE, segment, utf8_len
 
 BUDGETS = [4, 5, 7, 16, 32, 64]
 

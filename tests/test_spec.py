@@ -9,9 +9,9 @@ import pytest
 import yaml
 from conftest import tiny_spec
 
-from ilt_core.cli import main
+from ilt_core.cli.main import main
 from ilt_core.errors import SpecError
-from ilt_core.spec import load_spec, parse_spec
+from ilt_core.specs.spec import load_spec, parse_spec
 
 
 def _with(**changes):
@@ -119,7 +119,7 @@ def test_cli_never_prints_a_traceback(tmp_path):
 
 
 def test_spec_variant_switches_one_modality_off_and_overrides_fields():
-    from ilt_core.spec import VARIANTS, spec_variant
+    from ilt_core.specs.spec import VARIANTS, spec_variant
 
     assert tuple(VARIANTS) == ("full", "image-only", "bytes-only")
     full = spec_variant("tiny")

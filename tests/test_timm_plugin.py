@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ilt_core import BuildContext, Component, ILTError, get_registry, hookimpl
-from ilt_core.protocols import ImageEncoder
-from ilt_core.registry import Registry
+from ilt_core.plugins.protocols import ImageEncoder
+from ilt_core.plugins.registry import Registry
 
 TINY_VIT = {"model_name": "vit_tiny_patch16_224", "depth": 2}
 

@@ -18,14 +18,11 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_spec
+from ilt_data.cli import add_data_parser
 
 from ilt_core.errors import CheckpointError, ILTError
-from ilt_core.training import (
-    add_data_parser,
-    add_train_parser,
-    last_complete_checkpoint,
-    run_training,
-)
+from ilt_core.training.resume import last_complete_checkpoint
+from ilt_core.training.run import add_train_parser, run_training
 
 SUBJECTS = ["הילד", "המורה", "השכנה", "הרופא", "הנהג", "הסטודנטית"]
 VERBS = ["קורא", "כותב", "מחפש", "רואה", "אוהב", "שומע"]
@@ -97,9 +94,9 @@ def losses(log_history: list[dict]) -> dict[int, float]:
 
 
 def test_train_lowers_validation_loss_and_writes_loadable_checkpoints(corpus, tmp_path) -> None:
-    from ilt_core.cli import main as ilt_main
-    from ilt_core.evaluate import bits_per_byte
-    from ilt_core.model import ILTModel
+    from ilt_core.cli.main import main as ilt_main
+    from ilt_core.evaluation import bits_per_byte
+    from ilt_core.modeling.model import ILTModel
 
     out = tmp_path / "run"
     result = run_training(
@@ -117,7 +114,7 @@ def test_train_lowers_validation_loss_and_writes_loadable_checkpoints(corpus, tm
     assert sum(b.complete for b in blocks) == 37  # 36 sentences and the long text, each ending once
     assert len(blocks) >= 37 + 3 and max(len(b.units) for b in blocks) <= 23
 
-    # the final folder and each checkpoint-N load as ILT models; eval's figure matches ilt_core.evaluate
+    # the final folder and each checkpoint-N load as ILT models; eval's figure matches ilt_core.evaluation
     assert (out / "checkpoint-5" / "model.safetensors").is_file()
     model = ILTModel.from_pretrained(out)
     again = ILTModel.from_pretrained(out / "checkpoint-10")
@@ -157,7 +154,7 @@ def test_interrupt_then_resume_continues_the_same_loss_curve(corpus, tmp_path) -
 
 
 def test_resume_from_a_checkpoint_of_another_spec_is_one_clear_error(corpus, tmp_path) -> None:
-    from ilt_core.model import build_model
+    from ilt_core.modeling.model import build_model
 
     other = micro_spec()
     other["latent_transformer"]["config"]["num_hidden_layers"] = 1
@@ -183,7 +180,7 @@ def test_resume_from_a_checkpoint_of_another_spec_is_one_clear_error(corpus, tmp
 
 
 def test_packed_rows_fit_their_batches_and_keep_texts_apart(tiny_models) -> None:
-    from ilt_core.training_data import UnitCollator, make_blocks, make_rows
+    from ilt_core.training.data import UnitCollator, make_blocks, make_rows
 
     processor = tiny_models["bytes-only"].processor
     texts = hebrew_sentences(20) + [" ".join(hebrew_sentences(6))]
@@ -215,7 +212,7 @@ def test_packed_rows_fit_their_batches_and_keep_texts_apart(tiny_models) -> None
 def test_freeze_warmup_trains_only_new_layers_then_everything(corpus, tmp_path) -> None:
     from transformers import TrainerCallback
 
-    from ilt_core.training_trainer import new_parameter_names
+    from ilt_core.training.trainer import new_parameter_names
 
     snapshots: dict[int, dict[str, torch.Tensor]] = {}
     new: set[str] = set()
@@ -307,7 +304,7 @@ def test_train_parser_passes_every_argument_through(capsys) -> None:
     args = cli_parser().parse_args(["train", "--model_spec", "tiny", "--max_steps=3", "--no_packing", "-h"])
     assert args.train_args == ["--model_spec", "tiny", "--max_steps=3", "--no_packing", "-h"]
     assert args.func.__name__ == "cmd_train"
-    from ilt_core.training import parse_train_args
+    from ilt_core.training.run import parse_train_args
 
     margs, data, ilt, training = parse_train_args(
         ["--model_spec", "tiny", "--block_size", "64", "--no_packing", "--max_steps", "3", "--output_dir", "x"]
@@ -323,7 +320,7 @@ def test_train_parser_passes_every_argument_through(capsys) -> None:
 
 
 def test_data_list_and_prepare_wiring(tmp_path, monkeypatch, capsys) -> None:
-    from ilt_core import data_recipes
+    from ilt_data import recipes as data_recipes
 
     parser = cli_parser()
     args = parser.parse_args(["data", "list"])
@@ -352,7 +349,7 @@ def test_data_list_and_prepare_wiring(tmp_path, monkeypatch, capsys) -> None:
     assert "train" in printed and "(3 texts)" in printed and "(2 texts)" in printed
 
     # --data_recipe in `ilt train` goes through the same prepare()
-    from ilt_core.training import DataTrainingArguments, read_texts
+    from ilt_core.training.run import DataTrainingArguments, read_texts
 
     monkeypatch.setenv("ILT_DATA_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(
@@ -363,7 +360,7 @@ def test_data_list_and_prepare_wiring(tmp_path, monkeypatch, capsys) -> None:
 
 
 def test_unknown_recipe_is_one_clear_line(capsys) -> None:
-    from ilt_core.training import main
+    from ilt_core.cli.main import main
 
     assert main(["data", "prepare", "he-nope", "--out", "/nonexistent"]) == 2
     err = capsys.readouterr().err
@@ -382,7 +379,7 @@ def test_two_processes_keep_identical_weights_and_learn(corpus, tmp_path) -> Non
     argv += ["--per_device_train_batch_size", "2", "--freeze_pretrained_steps", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "ilt_core.training", "train", *argv]
+    command += ["-m", "ilt_core.cli", "train", *argv]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     replicas = json.loads((out / "replicas.json").read_text())

@@ -34,7 +34,7 @@ from ilt_cairo.pango_ctypes import (
     load,
 )
 from ilt_core.errors import ILTError
-from ilt_core.registry import BuildContext
+from ilt_core.plugins.registry import BuildContext
 
 RENDER_VERSION = 1  # bump when the drawing code changes pixels: it is part of cache_key()
 GENERIC_FAMILIES = {"sans", "sans-serif", "serif", "monospace", "mono", "system-ui", "cursive", "fantasy", "emoji"}

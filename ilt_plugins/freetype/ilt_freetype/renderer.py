@@ -22,7 +22,7 @@ import numpy as np
 import uharfbuzz as hb
 
 from ilt_core.errors import ILTError
-from ilt_core.registry import BuildContext
+from ilt_core.plugins.registry import BuildContext
 from ilt_freetype import marks
 from ilt_freetype.bidi_levels import bidi_flags, embedding_levels, fast_levels, visual_order
 from ilt_freetype.fonts import LoadedFont, dist_version, file_sha256, font_paths, load_font

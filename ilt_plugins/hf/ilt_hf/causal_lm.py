@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ilt_core.errors import ILTError
-from ilt_core.protocols import LatentOutput
+from ilt_core.plugins.protocols import LatentOutput
 from ilt_hf.fast_greedy import FusedLlamaWeights, greedy_decode
 from ilt_hf.loading import (
     COMMON_ARGS,
@@ -66,7 +66,7 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class HFLatentTransformer(nn.Module):
-    """A transformers base model as ILT's latent transformer (see :class:`ilt_core.protocols.LatentTransformer`).
+    """A transformers base model as ILT's latent transformer (see :class:`ilt_core.plugins.protocols.LatentTransformer`).
 
     ``forward(inputs_embeds (B, L, D), attention_mask, position_ids (B, L), past_key_values, use_cache)`` ->
     :class:`LatentOutput` with ``hidden_states`` (B, L, D) and the transformers ``Cache`` when ``use_cache``.

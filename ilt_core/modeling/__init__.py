@@ -1,0 +1,1 @@
+"""The assembled model, its loss, parameter and FLOP counts, and its checkpoints."""

@@ -1,0 +1,134 @@
+"""Model FLOPs per byte: an analytic count over the tokens each part of a model actually processed.
+
+The formula (Kaplan et al. 2020 for the weights, PaLM appendix B for attention), for training
+(forward + backward = 3 x forward, 2 FLOPs per multiply-add)::
+
+    FLOPs = sum over parts p of  6 * N_p * tokens_p  +  12 * layers_p * width_p * sum_over_sequences(S^2)
+
+- ``N_p``: the part's parameters without embedding tables (:func:`ilt_core.modeling.parameters.count_parameters`:
+  token tables and vocabulary heads are excluded, position tables are counted).
+- ``tokens_p``: tokens the part processed: the bytes encoder's real bytes of every distinct unit of a
+  batch (each distinct unit is encoded once), the image encoder's patches (+1 class token) of every
+  distinct unit image, the latent transformer's real positions (units and start markers), the bytes
+  decoder's label bytes (prefix + bytes, one per label byte), the two mappings one token per distinct
+  unit / labelled position. A baseline is one part: every token of every row.
+- ``S``: the length of each attended sequence (a unit's bytes, an image's patches, a text's units inside
+  a packed row, a decoder's label window, a baseline's row). Queries are counted against every key of the
+  sequence (no causal halving), as PaLM counts them.
+
+FLOPs per byte = FLOPs / UTF-8 bytes of training text. Model-FLOPs utilisation (MFU) = FLOPs per byte x
+training bytes per second / the measured peak FLOP/s of one large fp32 matmul on the same machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ilt_core.modeling.parameters import count_parameters
+
+FORMULA = (
+    "FLOPs/byte = sum over parts [6 x non-embedding params x tokens + 12 x layers x width x sum(S^2)] / text bytes; "
+    "tokens and sequence lengths S are those each part processed in training (see ilt_core/bench_flops.py)"
+)
+
+
+def attention_shape(module: nn.Module | None) -> tuple[int, int] | None:
+    """``(layers, width)`` of the transformer inside ``module`` (transformers, timm ViT, open_clip), or None."""
+    if module is None:
+        return None
+    for sub in module.modules():
+        cfg = getattr(sub, "config", None)
+        layers, width = getattr(cfg, "num_hidden_layers", None), getattr(cfg, "hidden_size", None)
+        if isinstance(layers, int) and isinstance(width, int):
+            return layers, width
+        blocks, embed_dim = getattr(sub, "blocks", None), getattr(sub, "embed_dim", None)  # timm ViT
+        if isinstance(blocks, nn.Sequential) and isinstance(embed_dim, int):
+            return len(blocks), embed_dim
+        tower = getattr(sub, "transformer", None)  # open_clip VisionTransformer
+        if tower is not None and hasattr(tower, "resblocks") and isinstance(getattr(tower, "width", None), int):
+            return len(tower.resblocks), int(tower.width)
+    return None
+
+
+@dataclass
+class PartWork:
+    """The work of one part: its size and the tokens / squared sequence lengths it processed."""
+
+    params: int
+    layers: int = 0
+    width: int = 0
+    tokens: int = 0
+    sum_sq: int = 0  # sum over processed sequences of length^2
+
+    def add(self, lengths: torch.Tensor | list[int]) -> None:
+        """Count sequences of the given lengths (each a tensor element or int)."""
+        lengths = torch.as_tensor(lengths, dtype=torch.long)
+        self.tokens += int(lengths.sum())
+        self.sum_sq += int((lengths * lengths).sum())
+
+    def add_tokens(self, n: int) -> None:
+        """Count tokens that pass through weights only (no attention: the mappings)."""
+        self.tokens += int(n)
+
+    def flops(self) -> float:
+        return 6.0 * self.params * self.tokens + 12.0 * self.layers * self.width * self.sum_sq
+
+
+@dataclass
+class FlopCounter:
+    """Per-part work over a training run and the UTF-8 bytes of text it covered."""
+
+    parts: dict[str, PartWork] = field(default_factory=dict)
+    num_bytes: int = 0
+
+    def part(self, name: str, module: nn.Module, params: int | None = None) -> PartWork:
+        """Register a part (its params counted without embedding tables, its attention shape read)."""
+        shape = attention_shape(module) or (0, 0)
+        n = count_parameters(module) if params is None else params
+        self.parts[name] = PartWork(params=n, layers=shape[0], width=shape[1])
+        return self.parts[name]
+
+    def flops_per_byte(self) -> float:
+        return sum(p.flops() for p in self.parts.values()) / max(self.num_bytes, 1)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per part: params, layers, width, tokens per byte, FLOPs per byte."""
+        n = max(self.num_bytes, 1)
+        return {
+            name: {**asdict(p), "tokens_per_byte": p.tokens / n, "flops_per_byte": p.flops() / n}
+            for name, p in self.parts.items()
+        }
+
+
+def image_sequence_length(encoder: nn.Module, height: int, width: int) -> int:
+    """Tokens a patch encoder sees for one ``height x width`` image: its patches plus a class token."""
+    pw = int(getattr(encoder, "patch_size", 16) or 16)
+    ph = int(getattr(encoder, "_patch_height", pw) or pw)
+    return -(-height // ph) * -(-width // pw) + 1
+
+
+def measure_matmul_peak(device: torch.device | str = "cpu", size: int | None = None, repeats: int = 5) -> dict:
+    """Best FLOP/s of an fp32 ``size x size`` matmul (2 * size^3 FLOPs) over ``repeats`` timed runs."""
+    import time
+
+    device = torch.device(device)
+    size = size or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    torch.matmul(a, b)  # warm up: thread pool, kernels
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return {"size": size, "dtype": "float32", "seconds": best, "flops_per_second": 2.0 * size**3 / best}

@@ -1,0 +1,1 @@
+"""Specs: YAML component specs validated with pydantic, and the named presets under ``presets/``."""

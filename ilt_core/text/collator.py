@@ -1,0 +1,236 @@
+"""Texts to one padded batch: units, byte ids, word images and labels, each unit worked once.
+
+Layout of a :class:`Batch` (U = distinct units in the batch, B = rows, L = units per row,
+T = bytes per unit, K = label bytes per position):
+
+- ``unit_input_ids`` / ``unit_attention_mask`` ``(U, T)``: the bytes of each distinct unit; row 0
+  is always the text-start marker (a lone ``bos``).
+- ``image_groups``: ``[(indices (G,), pixels (G, 3, H, W))]``, the distinct units' images grouped
+  by width (one width per group, so no image is padded).
+- ``unit_index`` ``(B, L)``: which distinct unit sits at each position (0 at padding).
+- ``attention_mask`` ``(B, L)``: 1 for real positions. Rows are right-padded.
+- ``position_ids`` ``(B, L)``: restart at 0 at every text (packing puts several texts in a row).
+- ``segment_ids`` ``(B, L)``: which text of its row a position belongs to, -1 at padding.
+- ``labels`` ``(B, L, K)``: what the latent at each position must make the decoder write: the
+  bytes of the next unit then ``eos`` (``labels: unit``), or the next ``label_bytes`` bytes of text
+  (``labels: bytes``); after a text's last unit, a lone ``eos`` (end of text); -100 is ignored.
+- ``num_bytes`` ``(B,)``: UTF-8 bytes of text each row is scored on (for bits-per-byte).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from ilt_core.errors import ILTError
+from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TextUnits:
+    """One text's units (without the start marker) and whether the text ends after them."""
+
+    units: list[str]
+    complete: bool = True
+
+
+@dataclass
+class Batch:
+    """A collated batch; see the module docstring for shapes."""
+
+    unit_input_ids: torch.Tensor
+    unit_attention_mask: torch.Tensor
+    unit_index: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    segment_ids: torch.Tensor
+    labels: torch.Tensor
+    num_bytes: torch.Tensor
+    image_groups: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)
+
+    @property
+    def packed(self) -> bool:
+        """True when some row holds more than one text (needs a block-diagonal mask)."""
+        return bool((self.segment_ids > 0).any())
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                value = value.to(device)
+            elif f.name == "image_groups":
+                value = [(i.to(device), p.to(device)) for i, p in value]
+            moved[f.name] = value
+        return Batch(**moved)
+
+    def model_inputs(self) -> dict[str, Any]:
+        """Keyword arguments for :meth:`ILTModel.forward`."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "units"}
+
+    # Trainer and accelerate treat a batch as a mapping.
+    def keys(self):
+        return self.model_inputs().keys()
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Greedy in-order packing: indices of texts per row, each row's total length <= capacity."""
+    rows: list[list[int]] = []
+    used = 0
+    for i, n in enumerate(lengths):
+        if rows and used + n <= capacity:
+            rows[-1].append(i)
+            used += n
+        else:
+            rows.append([i])
+            used = n
+    return rows
+
+
+def collate_units(
+    texts: Sequence[TextUnits],
+    encode_unit: Any,
+    render_units: Any | None,
+    *,
+    labels: str = "unit",
+    label_bytes: int = 32,
+    max_units: int | None = None,
+    packing: bool = False,
+) -> Batch:
+    """Collate already-segmented texts.
+
+    ``encode_unit(unit) -> list[int]`` gives a unit's byte ids (no specials);
+    ``render_units(units) -> list[(indices, pixels)]`` renders distinct units grouped by width
+    (None when the model has no image encoder). ``max_units`` bounds a row's length including the
+    start marker: a longer text is cut (and then not marked complete), a packed row holds
+    several texts up to it.
+    """
+    if labels not in ("unit", "bytes"):
+        raise ILTError(f"labels: expected 'unit' or 'bytes', got {labels!r}")
+    seqs: list[TextUnits] = []
+    for t in texts:
+        if max_units is not None and len(t.units) + 1 > max_units:
+            t = TextUnits(t.units[: max_units - 1], complete=False)
+        seqs.append(t)
+
+    rows = (
+        pack_rows([len(t.units) + 1 for t in seqs], max_units or 10**9) if packing else [[i] for i in range(len(seqs))]
+    )
+
+    # distinct units: 0 is the start marker, then units in first-seen order
+    table: dict[str, int] = {}
+    distinct: list[str] = []
+
+    def index_of(unit: str) -> int:
+        idx = table.get(unit)
+        if idx is None:
+            idx = table[unit] = len(distinct) + 1
+            distinct.append(unit)
+        return idx
+
+    unit_bytes: dict[str, list[int]] = {}  # unit -> byte ids, computed once
+    row_len = max(sum(len(seqs[i].units) + 1 for i in row) for row in rows) if rows else 1
+    B = len(rows)
+    # Built as Python lists and numpy arrays, then turned into tensors once: writing tensors one
+    # element at a time costs microseconds per write and dominated collation.
+    index_rows: list[list[int]] = []
+    mask_rows: list[list[int]] = []
+    position_rows: list[list[int]] = []
+    segment_rows: list[list[int]] = []
+    num_bytes_list: list[int] = []
+    row_labels: list[list[tuple[int, list[int]]]] = []  # per row: (position, label ids)
+
+    for row in rows:
+        pos = 0
+        index_b: list[int] = []
+        positions_b: list[int] = []
+        segments_b: list[int] = []
+        labels_b: list[tuple[int, list[int]]] = []
+        bytes_b = 0
+        for seg, ti in enumerate(row):
+            t = seqs[ti]
+            ids_per_unit = []
+            for u in t.units:
+                ids = unit_bytes.get(u)
+                if ids is None:
+                    ids = unit_bytes[u] = encode_unit(u)
+                ids_per_unit.append(ids)
+            n = len(t.units) + 1
+            index_b.append(0)
+            index_b.extend(index_of(u) for u in t.units)
+            positions_b.extend(range(n))
+            segments_b.extend([seg] * n)
+            if labels == "unit":
+                for j in range(n - 1):
+                    labels_b.append((pos + j, ids_per_unit[j] + [EOS_ID]))
+                    bytes_b += len(ids_per_unit[j])
+            else:
+                flat = [x for ids in ids_per_unit for x in ids]
+                offset = 0
+                for j in range(n - 1):
+                    window = flat[offset : offset + label_bytes]
+                    if len(window) < label_bytes and t.complete:
+                        window = window + [EOS_ID]
+                    labels_b.append((pos + j, window))
+                    offset += len(ids_per_unit[j])
+                bytes_b += len(flat)
+            if t.complete:
+                labels_b.append((pos + n - 1, [EOS_ID]))  # end of text: an empty unit
+            pos += n
+        pad = row_len - pos
+        index_rows.append(index_b + [0] * pad)
+        mask_rows.append([1] * pos + [0] * pad)
+        position_rows.append(positions_b + [0] * pad)
+        segment_rows.append(segments_b + [-1] * pad)
+        num_bytes_list.append(bytes_b)
+        row_labels.append(labels_b)
+
+    unit_index = torch.tensor(index_rows, dtype=torch.long).view(B, row_len)
+    attention_mask = torch.tensor(mask_rows, dtype=torch.long).view(B, row_len)
+    position_ids = torch.tensor(position_rows, dtype=torch.long).view(B, row_len)
+    segment_ids = torch.tensor(segment_rows, dtype=torch.long).view(B, row_len)
+    num_bytes = torch.tensor(num_bytes_list, dtype=torch.long)
+
+    K = max((len(lab) for r in row_labels for _, lab in r), default=1)
+    label_array = np.full((B, row_len, K), IGNORE_INDEX, dtype=np.int64)
+    for b, r in enumerate(row_labels):
+        for p, lab in r:
+            label_array[b, p, : len(lab)] = lab
+    label_tensor = torch.from_numpy(label_array)
+
+    all_ids = [[BOS_ID]] + [unit_bytes[u] for u in distinct]
+    T = max(1, max(len(x) for x in all_ids))
+    ids_array = np.full((len(all_ids), T), PAD_ID, dtype=np.int64)
+    mask_array = np.zeros((len(all_ids), T), dtype=np.int64)
+    for i, ids in enumerate(all_ids):
+        if ids:
+            ids_array[i, : len(ids)] = ids
+            mask_array[i, : len(ids)] = 1
+        else:  # a unit with no bytes cannot occur from segmentation, but keep one real position
+            mask_array[i, 0] = 1
+    unit_input_ids = torch.from_numpy(ids_array)
+    unit_attention_mask = torch.from_numpy(mask_array)
+
+    image_groups = render_units([""] + distinct) if render_units is not None else []
+    return Batch(
+        unit_input_ids=unit_input_ids,
+        unit_attention_mask=unit_attention_mask,
+        unit_index=unit_index,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        segment_ids=segment_ids,
+        labels=label_tensor,
+        num_bytes=num_bytes,
+        image_groups=image_groups,
+        units=["<start>"] + distinct,
+    )

@@ -1,0 +1,86 @@
+"""The processor: raw text(s) to a collated :class:`~ilt_core.text.collator.Batch`.
+
+It owns the three text-side steps of the data flow, each done once per distinct unit:
+segmentation (:func:`ilt_core.text.segmentation.segment`), UTF-8 byte ids
+(:class:`ilt_core.text.byte_tokenizer.ByteTokenizer`) and rendering through an LRU
+:class:`ilt_core.text.render_cache.RenderCache`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ilt_core.text.byte_tokenizer import ByteTokenizer
+from ilt_core.text.collator import Batch, TextUnits, collate_units
+from ilt_core.text.render_cache import RenderCache, images_to_batches
+from ilt_core.text.segmentation import segment
+
+
+class ILTProcessor:
+    """Turns text into model inputs, like a Hugging Face processor.
+
+    ``renderer`` may be None for a model without an image encoder. ``max_units`` (including the
+    start marker) is the default row length; longer texts are cut unless the caller splits them.
+    """
+
+    def __init__(
+        self,
+        renderer: Any | None = None,
+        *,
+        max_unit_bytes: int = 32,
+        labels: str = "unit",
+        label_bytes: int = 32,
+        max_units: int | None = None,
+        cache_size: int = 200_000,
+    ) -> None:
+        self.tokenizer = ByteTokenizer()
+        self.renderer = renderer
+        self.cache = RenderCache(renderer, maxsize=cache_size) if renderer is not None else None
+        self.max_unit_bytes = max_unit_bytes
+        self.labels = labels
+        self.label_bytes = label_bytes
+        self.max_units = max_units
+
+    def segment(self, text: str) -> list[str]:
+        """The units of ``text`` (no start marker); ``"".join`` gives ``text`` back."""
+        return segment(text, self.max_unit_bytes)
+
+    def encode_unit(self, unit: str) -> list[int]:
+        """A unit's byte ids, without specials."""
+        return self.tokenizer.encode(unit)
+
+    def render_units(self, units: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Images of distinct ``units`` grouped by width: ``[(indices (G,), pixels (G, 3, H, W))]``."""
+        assert self.cache is not None
+        return images_to_batches(self.cache.render_many(units))
+
+    def collate(
+        self,
+        texts: Sequence[TextUnits],
+        *,
+        packing: bool = False,
+        max_units: int | None = None,
+        labels: str | None = None,
+    ) -> Batch:
+        """Collate already-segmented texts (see :func:`ilt_core.text.collator.collate_units`).
+
+        ``labels`` overrides the processor's label mode (bits-per-byte always scores ``"unit"``).
+        """
+        return collate_units(
+            texts,
+            self.encode_unit,
+            self.render_units if self.cache is not None else None,
+            labels=labels or self.labels,
+            label_bytes=self.label_bytes,
+            max_units=max_units or self.max_units,
+            packing=packing,
+        )
+
+    def __call__(self, texts: str | Sequence[str], *, packing: bool = False, max_units: int | None = None) -> Batch:
+        """Segment, tokenize, render and collate ``texts`` into one batch."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.collate([TextUnits(self.segment(t)) for t in texts], packing=packing, max_units=max_units)

@@ -1,0 +1,157 @@
+"""An LRU cache of rendered word images, and their grouping into same-width batches.
+
+Rendering is the slowest text-side step (a font layout per unit), while natural text repeats
+the same units constantly (Zipf), so every unit is rendered once and then served from memory.
+The cached arrays are shared between all callers, hence read-only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ilt_core.errors import ILTError
+
+
+class RenderCache:
+    """Wraps any :class:`ilt_core.plugins.protocols.Renderer` with an LRU cache of its images.
+
+    Entries are keyed by ``(renderer.cache_key(), unit)``, so changing a setting that changes the
+    pixels (the key changes) never serves a stale image. Images are ``uint8`` ``(height, W)``
+    arrays with ``writeable=False``: copy one before changing it.
+
+    ``hits`` and ``misses`` count lookups (each requested unit is one lookup; a miss is one call
+    to ``renderer.render``). Safe to share between threads.
+    """
+
+    def __init__(self, renderer: Any, maxsize: int = 200_000) -> None:
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
+            raise ILTError(f"RenderCache: maxsize={maxsize!r} is invalid; expected an integer >= 1")
+        self.renderer = renderer
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        # Keys are (small int standing for a cache_key, unit): hashing a long settings tuple per
+        # lookup would cost more than the lookup itself.
+        self._key_ids: dict[Hashable, int] = {}
+        self._images: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def _key_id(self) -> int:
+        key = self.renderer.cache_key()
+        key_id = self._key_ids.get(key)
+        if key_id is None:
+            key_id = self._key_ids[key] = len(self._key_ids)
+        return key_id
+
+    def _render_new(self, unit: str) -> np.ndarray:
+        """Render one unit, check it against the Renderer protocol, and freeze a private copy."""
+        image = self.renderer.render(unit)
+        name = type(self.renderer).__name__
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 2:
+            got = (
+                f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            )
+            raise ILTError(f"renderer {name}: render({unit[:20]!r}) returned {got}; expected a uint8 (height, W) array")
+        height, width_multiple = getattr(self.renderer, "height", None), getattr(self.renderer, "width_multiple", None)
+        if height is not None and image.shape[0] != height:
+            raise ILTError(
+                f"renderer {name}: render({unit[:20]!r}) returned height {image.shape[0]}; expected height={height}"
+            )
+        if width_multiple and (image.shape[1] == 0 or image.shape[1] % width_multiple):
+            raise ILTError(
+                f"renderer {name}: render({unit[:20]!r}) returned width {image.shape[1]}; "
+                f"expected a positive multiple of width_multiple={width_multiple}"
+            )
+        # Copy: the renderer may reuse its buffer, and callers must never see a cached image change.
+        image = np.array(image, dtype=np.uint8, order="C", copy=True)
+        image.flags.writeable = False
+        return image
+
+    def render(self, unit: str) -> np.ndarray:
+        """The image of ``unit``: ``uint8`` ``(height, W)``, read-only, rendered at most once."""
+        with self._lock:
+            key = (self._key_id(), unit)
+            image = self._images.get(key)
+            if image is not None:
+                self._images.move_to_end(key)
+                self.hits += 1
+                return image
+            image = self._render_new(unit)
+            self.misses += 1
+            self._store(key, image)
+            return image
+
+    def render_many(self, units: Sequence[str]) -> list[np.ndarray]:
+        """Images of ``units``, in order; each distinct unit is looked up (and rendered) once.
+
+        Repeated units share one array object. Returns ``len(units)`` read-only ``uint8``
+        ``(height, W_i)`` arrays.
+        """
+        with self._lock:
+            key_id = self._key_id()
+            images = self._images
+            found: dict[str, np.ndarray] = {}
+            misses_before = self.misses
+            for unit in dict.fromkeys(units):  # distinct units, first-seen order
+                key = (key_id, unit)
+                image = images.get(key)
+                if image is None:
+                    image = self._render_new(unit)
+                    self.misses += 1
+                    self._store(key, image)
+                else:
+                    images.move_to_end(key)
+                found[unit] = image
+            self.hits += len(units) - (self.misses - misses_before)
+            return [found[unit] for unit in units]
+
+    def _store(self, key: tuple[int, str], image: np.ndarray) -> None:
+        self._images[key] = image
+        if len(self._images) > self.maxsize:
+            self._images.popitem(last=False)  # least recently used
+
+    def clear(self) -> None:
+        """Drop every cached image and reset the counters."""
+        with self._lock:
+            self._images.clear()
+            self._key_ids.clear()
+            self.hits = 0
+            self.misses = 0
+
+
+def images_to_batches(images: Sequence[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Group word images by size, for image encoders that take one width per call.
+
+    ``images``: N ``uint8`` ``(H, W_i)`` arrays (0 ink, 255 paper) that share ``H``.
+    Returns one ``(indices, pixels)`` pair per distinct width, by increasing width:
+    ``indices`` is a ``LongTensor (G,)`` of positions in ``images`` (increasing), ``pixels`` a
+    ``FloatTensor (G, 3, H, W)`` in ``[0, 1]`` (one gray channel viewed 3 times: ``expand``, not copied), where
+    ``pixels[j]`` is ``images[indices[j]]``. Every index appears in exactly one group.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        if image.ndim != 2:
+            raise ILTError(f"images_to_batches: image {i} has shape {image.shape}; expected a 2-d (H, W) array")
+        groups.setdefault(image.shape, []).append(i)
+    heights = {shape[0] for shape in groups}
+    if len(heights) > 1:
+        raise ILTError(f"images_to_batches: images have heights {sorted(heights)}; expected one height")
+    batches = []
+    for shape in sorted(groups, key=lambda s: s[1]):
+        indices = groups[shape]
+        stacked = np.stack([images[i] for i in indices])  # (G, H, W) uint8
+        # one numpy pass (faster than torch's convert/divide chain); the 3 channels are a view, not 3 copies
+        gray = np.empty((len(indices), 1, *shape), dtype=np.float32)
+        np.divide(stacked[:, None], np.float32(255), out=gray)
+        pixels = torch.from_numpy(gray).expand(-1, 3, -1, -1)
+        batches.append((torch.tensor(indices, dtype=torch.long), pixels))
+    return batches

@@ -1,0 +1,1 @@
+"""Training: run_clm.py-style arguments, training data, the Trainer subclass and the run itself."""

@@ -1,0 +1,148 @@
+"""The ``ilt train`` arguments: model, data and ILT-only groups beside transformers' ``TrainingArguments``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ilt_core.errors import ILTError
+
+DEFAULT_BLOCK_SIZE = 256
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train: a spec (from scratch) or a checkpoint folder (continue)."""
+
+    model_spec: str | None = field(
+        default=None,
+        metadata={"help": "a preset name (tiny, small, medium) or a YAML spec: build a new model"},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "an ILT checkpoint folder (save_pretrained or checkpoint-N): continue from its weights"},
+    )
+    spec_overrides: list[str] = field(
+        default_factory=list,
+        metadata={
+            "aliases": ["--set"],
+            "help": "with --model_spec: override spec fields, e.g. --set latent_transformer.config.num_hidden_layers=4 "
+            "bytes_decoder.config.hidden_size=128 (values read as YAML, validated like the file)",
+        },
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    """What to train and evaluate on (run_clm.py's data arguments, with block_size in units)."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "a dataset on the hub (datasets.load_dataset), e.g. HuggingFaceFW/fineweb-2"}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "its configuration, e.g. heb_Hebr"})
+    train_file: str | None = field(
+        default=None, metadata={"help": "training texts: .txt (one per line), .jsonl/.json or .csv/.tsv"}
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "validation texts, same formats"})
+    data_recipe: str | None = field(
+        default=None, metadata={"help": "prepare and use an ilt data recipe (ilt data list), e.g. he-news"}
+    )
+    text_column_name: str | None = field(
+        default=None, metadata={"help": "column or field holding the text (json, csv, hub datasets); default 'text'"}
+    )
+    block_size: int | None = field(
+        default=None,
+        metadata={
+            "help": f"units per sequence, start markers included (default min({DEFAULT_BLOCK_SIZE}, the latent "
+            "transformer's context)); longer texts are split into blocks"
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "keep the first N training blocks"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "keep the first N validation blocks"})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "processes that segment the texts into units"}
+    )
+    validation_split_percentage: int = field(
+        default=5, metadata={"help": "without validation data, hold out this %% of the training texts"}
+    )
+    streaming: bool = field(default=False, metadata={"help": "stream a hub dataset (needs --max_train_samples)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "passed to datasets.load_dataset"})
+
+
+@dataclass
+class ILTArguments:
+    """Options ``run_clm.py`` does not have."""
+
+    packing: bool = field(
+        default=True,
+        metadata={"help": "several texts per sequence (block-diagonal attention, positions per text)"},
+    )
+    freeze_pretrained_steps: int = field(
+        default=0,
+        metadata={
+            "help": "train only the new layers (the two mappings, the bytes models' byte embeddings and heads) "
+            "for the first N optimizer steps, then everything"
+        },
+    )
+    max_train_minutes: float | None = field(
+        default=None, metadata={"help": "stop training (and save) after this many minutes of wall-clock time"}
+    )
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, ILTArguments)
+
+
+def _argument_parser() -> Any:
+    from transformers import HfArgumentParser, TrainingArguments
+
+    return HfArgumentParser((*ARGUMENT_CLASSES, TrainingArguments), prog="ilt train")
+
+
+def _has_accelerator() -> bool:
+    """A GPU (CUDA, ROCm), Apple MPS or Intel XPU that Trainer would use."""
+    if torch.cuda.is_available():
+        return True
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return bool((mps is not None and mps.is_available()) or (xpu is not None and xpu.is_available()))
+
+
+def is_config_file(argv: list[str] | None) -> bool:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml"))
+
+
+def parse_train_args(
+    argv: list[str] | None,
+) -> tuple[ModelArguments, DataTrainingArguments, ILTArguments, Any]:
+    """Parse ``ilt train`` arguments (or one .json / .yaml file of them) into the four dataclasses."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _argument_parser()
+    # Under torchrun on a machine without an accelerator, Trainer runs DDP over gloo only with use_cpu
+    # (otherwise every process trains alone on all the data); set it before TrainingArguments picks devices.
+    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_accelerator()
+    try:
+        if is_config_file(argv):
+            path = Path(argv[0])
+            if not path.is_file():
+                raise ILTError(f"ilt train {path}: no such arguments file")
+            text = path.read_text(encoding="utf-8")
+            import yaml
+
+            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            if cpu_ddp:
+                values.setdefault("use_cpu", True)
+            parsed = parser.parse_dict(values)
+        else:
+            if cpu_ddp and not any(a.split("=")[0] == "--use_cpu" for a in argv):
+                argv += ["--use_cpu", "true"]
+            parsed = parser.parse_args_into_dataclasses(args=argv)
+    except (ValueError, TypeError) as exc:  # TrainingArguments.__post_init__ checks combinations
+        raise ILTError(f"ilt train: {str(exc).strip().splitlines()[0]}") from None
+    return parsed  # type: ignore[return-value]

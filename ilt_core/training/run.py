@@ -1,0 +1,452 @@
+"""``ilt train``: language-model training in the manner of transformers' ``run_clm.py``, on ``Trainer``.
+
+    ilt train --model_spec tiny --train_file train.txt --validation_file dev.txt \\
+        --output_dir runs/tiny --max_steps 1000 --per_device_train_batch_size 8 --block_size 128
+    ilt train --model_spec small --dataset_name HuggingFaceFW/fineweb-2 --dataset_config_name heb_Hebr \\
+        --streaming --max_train_samples 200000 --output_dir runs/small-he ...
+    ilt train --model_name_or_path runs/tiny --data_recipe he-news ...       # continue from a checkpoint
+    torchrun --nproc_per_node 2 -m ilt_core.cli.main train ...                    # DistributedDataParallel
+
+The arguments are three groups parsed by ``HfArgumentParser`` (``ilt train --help`` lists them all):
+:class:`ModelArguments`, :class:`DataTrainingArguments` (with the ILT-only options of
+:class:`ILTArguments`) and transformers' own ``TrainingArguments`` (every flag of it works: logging,
+evaluation, saving, ``--resume_from_checkpoint``, ``--fsdp``, ``--deepspeed``, ...). As in run_clm.py
+a single ``.json`` or ``.yaml`` file of arguments may stand for the command line.
+
+Where ``ilt train`` differs from run_clm.py:
+
+- **Model.** ``--model_spec PRESET_OR_YAML`` builds a model from an ILT spec (random weights unless
+  the spec loads pretrained backbones); ``--model_name_or_path DIR`` continues from an ILT checkpoint
+  folder (a ``save_pretrained`` folder or a Trainer ``checkpoint-N`` folder). There is no tokenizer:
+  ``--tokenizer_name``, ``--use_fast_tokenizer``, ``--config_overrides``, ``--model_type`` and
+  ``--torch_dtype`` do not exist (use the spec's ``dtype`` per block instead).
+- **Units, not tokens.** ``--block_size`` counts *units* (words with their trailing whitespace) per
+  sequence, start markers included (default ``min(256, model.max_units)``; larger than the latent
+  transformer's context is an error). Texts are never concatenated across their ends: each text is
+  its own sequence (a long one split into blocks of ``block_size - 1`` units, only the last of which
+  ends with an end-of-text label), and ``--packing`` (on by default) puts several texts in one row
+  with a block-diagonal attention mask and positions restarting at each text. ``--no_packing`` gives
+  one text (block) per row.
+- **Samples.** ``--max_train_samples`` / ``--max_eval_samples`` count blocks (texts, or pieces of
+  long texts), taken before packing.
+- **Files.** ``.txt`` is one text per line (blank lines are skipped; ``--keep_linebreaks`` does not
+  exist); ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` read ``--text_column_name`` (default ``text``).
+  ``--data_recipe NAME`` prepares one of :mod:`ilt_data.recipes` (train / validation splits).
+  Without validation data, the first ``--validation_split_percentage`` % of the training texts is
+  held out (run_clm's rule).
+- **Metrics.** ``eval_loss`` is the mean cross-entropy (nats) per label byte (each unit's bytes plus
+  its closing ``eos`` and each text's end-of-text ``eos``), weighted by bytes across batches;
+  ``eval_bits_per_byte`` is the figure :func:`ilt_core.evaluation.bits_per_byte` and ``ilt eval``
+  report. No ``perplexity`` (a per-byte perplexity would be misleading beside token perplexities).
+- **Defaults.** Without ``--do_train`` / ``--do_eval``, ``ilt train`` trains, and evaluates when it
+  has validation data. ``remove_unused_columns`` is always off (the collator makes the model's inputs).
+- **Checkpoints.** Every ``checkpoint-N`` folder (and the final ``--output_dir``) is an ILT
+  checkpoint (``model.safetensors`` with its spec; no pickle) that ``ilt eval --model DIR``,
+  ``ilt generate --model DIR`` and ``ILTModel.from_pretrained`` load, plus Trainer's optimizer,
+  scheduler, RNG and ``trainer_state.json`` for ``--resume_from_checkpoint DIR``
+  (``--resume_from_checkpoint last`` takes the newest complete one in ``--output_dir``). The
+  training arguments are written as ``training_args.json`` (not Trainer's pickled ``.bin``).
+- **ILT-only options.** ``--freeze_pretrained_steps N`` trains only the layers a spec adds around
+  its backbones (the two mappings and the bytes models' byte embeddings and output heads) for the
+  first N optimizer steps, then everything. ``--max_train_minutes M`` stops training (and saves)
+  after M minutes of wall-clock time.
+- **Several processes.** ``torchrun --nproc_per_node N -m ilt_core.cli.main train ...`` trains with
+  DistributedDataParallel through Trainer (gloo on CPUs, NCCL on GPUs); at the end every rank
+  hashes its weights and ``replicas.json`` in ``--output_dir`` records whether they agree. FSDP
+  and DeepSpeed go through Trainer's own flags (``--fsdp "full_shard auto_wrap"`` with
+  ``--fsdp_config`` naming the backbone layer classes to wrap, e.g. ``GPTNeoXLayer``, and
+  ``state_dict_type: FULL_STATE_DICT``; ``--deepspeed ds_config.json``): saves gather the full
+  state dict and write an ILT checkpoint; resuming under FSDP or DeepSpeed is not tested here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ilt_core.errors import ILTError
+from ilt_core.modeling.model import ILTModel, build_model
+from ilt_core.plugins.registry import get_registry
+from ilt_core.specs.spec import load_spec
+from ilt_core.training import data as td
+from ilt_core.training.arguments import (
+    DEFAULT_BLOCK_SIZE,
+    DataTrainingArguments,
+    ILTArguments,
+    ModelArguments,
+    is_config_file,
+    parse_train_args,
+)
+from ilt_core.training.data import UnitCollator
+from ilt_core.training.resume import check_compatible, last_complete_checkpoint, resolve_resume
+
+REPLICAS_NAME = "replicas.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Texts:
+    """Training and validation texts (blank ones dropped) and what reading them found."""
+
+    train: list[str] | None
+    validation: list[str] | None
+    summary: list[str]
+
+
+@dataclass
+class PreparedData:
+    """The datasets (:class:`~ilt_core.training.data.RowDataset`) and what preparing them found."""
+
+    train: Any | None
+    validation: Any | None
+    summary: list[str]
+
+
+def _hold_out(texts: list[str], percent: int) -> tuple[list[str], list[str]]:
+    cut = max(1, len(texts) * percent // 100) if len(texts) > 1 else 0
+    return texts[cut:], texts[:cut]
+
+
+def read_texts(data: DataTrainingArguments, need_train: bool, need_eval: bool) -> Texts:
+    """Read the train / validation texts from the one source the arguments name; blank texts skipped."""
+    sources = [s for s in ("dataset_name", "train_file", "data_recipe") if getattr(data, s)]
+    if len(sources) > 1:
+        raise ILTError(f"--{sources[0]} and --{sources[1]}: pass one source of training texts")
+    if not sources and not data.validation_file:
+        raise ILTError("no training data: pass --train_file FILE, --data_recipe NAME or --dataset_name NAME")
+    if data.validation_split_percentage < 0 or data.validation_split_percentage >= 100:
+        raise ILTError(f"--validation_split_percentage {data.validation_split_percentage}: expected 0..99")
+    for flag in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data, flag)
+        if value is not None and value < 1:
+            raise ILTError(f"--{flag} {value}: expected a positive number of blocks")
+
+    train_texts: list[str] | None = None
+    eval_texts: list[str] | None = None
+    notes: list[str] = []
+    if data.dataset_name:
+        train_texts, eval_texts, tstats, vstats = td.read_hub_dataset(
+            data.dataset_name,
+            data.dataset_config_name,
+            data.text_column_name,
+            validation_split_percentage=data.validation_split_percentage,
+            streaming=data.streaming,
+            max_train_samples=data.max_train_samples,
+            max_eval_samples=data.max_eval_samples,
+            trust_remote_code=data.trust_remote_code,
+        )
+        notes.append(f"train: {tstats.source}: {tstats.texts} texts ({tstats.blank} blank skipped)")
+    else:
+        train_path: str | None = data.train_file
+        validation_path: str | None = data.validation_file
+        if data.data_recipe:
+            files = get_registry().data_recipe(data.data_recipe).prepare(progress=True)
+            train_path = str(files["train"])
+            validation_path = validation_path or str(files["validation"])
+        if train_path:
+            # read only what --max_train_samples keeps, unless validation texts are to be held out of them
+            held_out = need_eval and not validation_path and data.validation_split_percentage > 0
+            limit = None if held_out else (data.max_train_samples if need_train else 1)
+            train_texts, tstats = td.read_text_file(train_path, data.text_column_name, "--train_file", limit=limit)
+            notes.append(f"train: {train_path}: {tstats.texts} texts ({tstats.blank} blank lines skipped)")
+        if validation_path and need_eval:
+            eval_texts, vstats = td.read_text_file(
+                validation_path, data.text_column_name, "--validation_file", limit=data.max_eval_samples
+            )
+            notes.append(f"validation: {validation_path}: {vstats.texts} texts ({vstats.blank} blank lines skipped)")
+    if need_eval and eval_texts is None and train_texts is not None and data.validation_split_percentage > 0:
+        train_texts, eval_texts = _hold_out(train_texts, data.validation_split_percentage)
+        notes.append(f"validation: the first {data.validation_split_percentage}% of the training texts held out")
+    if need_train and not train_texts:
+        raise ILTError("no training texts: --train_file / --data_recipe / --dataset_name gave none")
+    if need_eval and not eval_texts:
+        raise ILTError("--do_eval: no validation texts (pass --validation_file or --validation_split_percentage > 0)")
+    return Texts(train_texts if need_train else None, eval_texts if need_eval else None, notes)
+
+
+def build_datasets(
+    texts: Texts, max_unit_bytes: int, block_size: int, data: DataTrainingArguments, ilt: ILTArguments
+) -> PreparedData:
+    """Segment, block and pack the texts into row datasets (see :mod:`ilt_core.training.data`)."""
+    notes = list(texts.summary)
+
+    def build(texts: list[str], limit: int | None, name: str) -> Any:
+        if limit is not None:
+            texts = texts[:limit]  # a text gives at least one block: never more texts than blocks are needed
+        units = td.segment_texts(texts, max_unit_bytes, data.preprocessing_num_workers)
+        blocks, stats = td.make_blocks(units, block_size)
+        if limit is not None:
+            blocks = blocks[:limit]
+        rows = td.make_rows(blocks, block_size, ilt.packing)
+        dataset = td.RowDataset(rows)
+        split = f", {stats.split_texts} long texts split into blocks" if stats.split_texts else ""
+        notes.append(
+            f"{name}: {stats.texts} texts, {stats.units} units -> {len(blocks)} blocks of <= {block_size - 1} units"
+            f"{split} -> {len(rows)} {'packed rows' if ilt.packing else 'rows'} of <= {block_size} positions"
+        )
+        return dataset
+
+    train = build(texts.train, data.max_train_samples, "train") if texts.train else None
+    validation = build(texts.validation, data.max_eval_samples, "validation") if texts.validation else None
+    return PreparedData(train, validation, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (name, shape, dtype, bytes), for comparing replicas."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(name.encode() + str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_replicas(model: torch.nn.Module, collator: Any, training_args: Any, say: Any) -> dict | None:
+    """Under several processes: gather every rank's weights digest and a fingerprint of the training
+    data it saw (ranks see different batches, yet must end with equal weights); rank 0 writes
+    ``replicas.json``."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    mine = (weights_digest(model), collator.data_fingerprint, int(collator.stats["units"]))
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    digests = [g[0] for g in gathered]
+    report = {
+        "world_size": len(gathered),
+        "trainer_world_size": training_args.world_size,
+        "parallel_mode": str(training_args.parallel_mode.value),
+        "digests": digests,
+        "data_digests": [g[1] for g in gathered],
+        "units_seen": [g[2] for g in gathered],
+        "in_sync": len(set(digests)) == 1,
+    }
+    if training_args.process_index == 0:
+        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(training_args.output_dir) / REPLICAS_NAME).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    say(f"replicas: {len(digests)} processes, weights {'identical' if report['in_sync'] else 'DIFFER'}")
+    return report
+
+
+def _build_model(margs: ModelArguments, seed: int) -> ILTModel:
+    if margs.model_spec:
+        return build_model(load_spec(margs.model_spec, margs.spec_overrides), seed=seed)
+    path = Path(margs.model_name_or_path)
+    if not path.is_dir():
+        raise ILTError(
+            f"--model_name_or_path {path}: no such folder (expected an ILT checkpoint folder; for a new model "
+            f"use --model_spec PRESET_OR_YAML)"
+        )
+    return ILTModel.from_pretrained(path)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`run_training` returns (metrics as Trainer reports them)."""
+
+    output_dir: str
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    log_history: list[dict] = field(default_factory=list)
+    replicas: dict | None = None
+    trainer: Any = None
+
+
+def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = None) -> TrainResult:
+    """``ilt train`` with the given arguments; every input check runs before the first step."""
+    import transformers
+    from transformers import set_seed
+
+    margs, data, ilt, training_args = parse_train_args(argv)
+
+    def say(message: str) -> None:
+        if training_args.process_index == 0:
+            print(f"[ilt train] {message}", flush=True)
+
+    training_args.remove_unused_columns = False  # the collator builds exactly the model's inputs
+    # run_clm.py does only what --do_train / --do_eval ask; `ilt train` trains unless only --do_eval is given,
+    # and then also evaluates when it has validation data.
+    flags = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
+    eval_optional = False
+    if "--do_train" not in flags and "--do_eval" not in flags and not is_config_file(argv):
+        eval_optional = not training_args.do_eval
+        training_args.do_train = training_args.do_eval = True
+    if not training_args.do_train and not training_args.do_eval:
+        raise ILTError("--do_train false and --do_eval false: nothing to do")
+    if ilt.freeze_pretrained_steps < 0:
+        raise ILTError(f"--freeze_pretrained_steps {ilt.freeze_pretrained_steps}: expected 0 or more steps")
+    if ilt.max_train_minutes is not None and ilt.max_train_minutes <= 0:
+        raise ILTError(f"--max_train_minutes {ilt.max_train_minutes}: expected a positive number of minutes")
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    if bool(margs.model_spec) == bool(margs.model_name_or_path):
+        raise ILTError(
+            "pass exactly one of --model_spec PRESET_OR_YAML (a new model) or --model_name_or_path DIR "
+            "(continue from a checkpoint folder)"
+        )
+    if data.block_size is not None and data.block_size < 2:
+        raise ILTError(f"--block_size {data.block_size}: expected at least 2 (a start marker and one unit)")
+
+    # the texts first: a missing or empty file fails before a model is built
+    has_eval_source = bool(
+        data.validation_file or data.data_recipe or data.dataset_name or data.validation_split_percentage > 0
+    )
+    need_eval = training_args.do_eval and (has_eval_source or not eval_optional)
+    with training_args.main_process_first(desc="reading texts"):  # one process downloads / prepares
+        texts = read_texts(data, training_args.do_train, need_eval)
+
+    set_seed(training_args.seed)
+    model = _build_model(margs, training_args.seed)
+    model.train()
+
+    block_size = data.block_size if data.block_size is not None else min(DEFAULT_BLOCK_SIZE, model.max_units)
+    if block_size > model.max_units:
+        raise ILTError(
+            f"--block_size {block_size}: larger than the latent transformer's context ({model.max_units} units); "
+            f"pass --block_size {model.max_units} or less"
+        )
+
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    if resume is not None:
+        check_compatible(model, resume, "--resume_from_checkpoint")
+        training_args.resume_from_checkpoint = str(resume)
+
+    prepared = build_datasets(texts, model.spec.max_unit_bytes, block_size, data, ilt)
+    for line in prepared.summary:
+        say(line)
+    if prepared.validation is None:
+        training_args.do_eval = False
+
+    if (
+        ilt.freeze_pretrained_steps
+        and training_args.world_size > 1
+        and training_args.ddp_find_unused_parameters is None
+    ):
+        # frozen parameters get no gradient during warm-up: DDP must not wait for them
+        training_args.ddp_find_unused_parameters = True
+
+    # transformers' Trainer takes seconds to import: only when a run starts
+    from ilt_core.training.trainer import (
+        FreezePretrainedCallback,
+        ILTTrainer,
+        TimeBudgetCallback,
+        new_parameter_names,
+    )
+
+    collator = UnitCollator(model.processor, block_size, ilt.packing)
+    all_callbacks = list(callbacks or [])
+    if ilt.freeze_pretrained_steps:
+        freeze = FreezePretrainedCallback(model, ilt.freeze_pretrained_steps)
+        all_callbacks.append(freeze)
+        say(
+            f"freeze: steps 0..{ilt.freeze_pretrained_steps - 1} train {len(new_parameter_names(model))} new "
+            f"parameter tensors only, then all"
+        )
+    budget = TimeBudgetCallback(ilt.max_train_minutes) if ilt.max_train_minutes else None
+    if budget is not None:
+        all_callbacks.append(budget)
+
+    trainer = ILTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=prepared.train,
+        eval_dataset=prepared.validation if training_args.do_eval else None,
+        data_collator=collator,
+        callbacks=all_callbacks,
+    )
+    result = TrainResult(output_dir=training_args.output_dir, trainer=trainer)
+    rows = training_args.per_device_train_batch_size
+    say(
+        f"model {model.spec.name}: block_size {block_size} units, packing {'on' if ilt.packing else 'off'}, "
+        f"{rows} rows per device batch x {training_args.world_size} process(es) x "
+        f"{training_args.gradient_accumulation_steps} accumulation"
+    )
+
+    if training_args.do_train:
+        try:
+            train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        except KeyboardInterrupt:
+            last = last_complete_checkpoint(training_args.output_dir)
+            hint = (
+                f"last complete checkpoint: {last} (loadable; resume with --resume_from_checkpoint {last})"
+                if last
+                else "no checkpoint was saved yet"
+            )
+            say(f"interrupted; {hint}")
+            raise
+        trainer.save_model()
+        metrics = dict(train_output.metrics)
+        metrics["train_samples"] = len(prepared.train)
+        if budget is not None and budget.stopped_at is not None:
+            say(f"time budget of {ilt.max_train_minutes} min reached at step {budget.stopped_at}")
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        result.train_metrics = metrics
+        say(f"saved {training_args.output_dir}")
+
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        metrics["eval_samples"] = len(prepared.validation)
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        result.eval_metrics = metrics
+
+    result.replicas = _check_replicas(model, collator, training_args, say)
+    result.log_history = list(trainer.state.log_history)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Handler of ``ilt train``: everything after ``train`` goes to ``HfArgumentParser``."""
+    run_training(list(args.train_args))
+    return 0
+
+
+def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``ilt train``. Its arguments are parsed by ``HfArgumentParser`` in the handler (so that
+    transformers loads only when training), hence the pass-through parser here."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a model with transformers' Trainer (run_clm.py-style arguments; `ilt train --help` lists them)",
+        description="Train an ILT model; `ilt train --help` lists every argument.",
+        add_help=False,
+        prefix_chars="\0",  # no options of its own: every flag passes through to HfArgumentParser
+    )
+    p.add_argument("train_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+__all__ = [
+    "DataTrainingArguments",
+    "ILTArguments",
+    "ModelArguments",
+    "TrainResult",
+    "add_train_parser",
+    "check_compatible",
+    "last_complete_checkpoint",
+    "parse_train_args",
+    "run_training",
+    "weights_digest",
+]

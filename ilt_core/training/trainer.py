@@ -1,0 +1,222 @@
+"""The Trainer side of ``ilt train``: :class:`ILTTrainer` and the callbacks it runs with.
+
+Imported only when training starts (transformers' Trainer is slow to import), from
+:mod:`ilt_core.training.run`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+
+from ilt_core.training.resume import TRAINING_ARGS_JSON, check_compatible
+
+if TYPE_CHECKING:
+    from ilt_core.modeling.model import ILTModel
+
+
+class _StateView:
+    """What :func:`ilt_core.modeling.checkpoint.save_checkpoint` reads from a model, with a given state dict
+    (FSDP / DeepSpeed hand Trainer a gathered state dict rather than the module's own)."""
+
+    def __init__(self, model: ILTModel, state: dict[str, torch.Tensor]) -> None:
+        self.spec, self.disabled, self._state = model.spec, model.disabled, state
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+
+# ---------------------------------------------------------------------------------------------
+# New layers, freezing, time budget
+# ---------------------------------------------------------------------------------------------
+
+
+def new_parameter_names(model: ILTModel) -> list[str]:
+    """Parameters a spec adds around its backbones: the two mappings, and the byte-vocabulary
+    embeddings and output heads of the bytes encoder and decoder (resized to the byte tokenizer's
+    259 ids, so new even when the backbone is pretrained)."""
+    from ilt_core.text.byte_tokenizer import VOCAB_SIZE
+
+    owners: list[tuple[str, nn.Module]] = [("encoder_mapping", model.encoder_mapping)]
+    owners.append(("decoder_mapping", model.decoder_mapping))
+    for part in ("bytes_encoder", "bytes_decoder"):
+        module = getattr(model, part, None)
+        if module is None:
+            continue
+        for name, sub in module.named_modules():
+            vocab_table = isinstance(sub, nn.Embedding) and sub.num_embeddings == VOCAB_SIZE
+            vocab_head = isinstance(sub, nn.Linear) and sub.out_features == VOCAB_SIZE
+            if vocab_table or vocab_head:
+                owners.append((f"{part}.{name}", sub))
+    wanted = {id(p) for _, m in owners for p in m.parameters()}
+    return [n for n, p in model.named_parameters() if id(p) in wanted]
+
+
+class FreezePretrainedCallback(TrainerCallback):
+    """Freeze everything but :func:`new_parameter_names` while ``state.global_step < steps``.
+
+    The optimizer is built before training begins with every parameter, so unfreezing later needs no
+    new optimizer; a frozen parameter has no gradient, so AdamW leaves it (and its state) untouched.
+    The decision is taken at every step from ``global_step``, so a resumed run freezes correctly.
+    """
+
+    def __init__(self, model: ILTModel, steps: int) -> None:
+        self.model, self.steps = model, int(steps)
+        keep = set(new_parameter_names(model))
+        self.frozen_params = [p for n, p in model.named_parameters() if n not in keep and p.requires_grad]
+        self.frozen = False
+
+    def _apply(self, state: Any) -> None:
+        want = state.global_step < self.steps
+        if want != self.frozen:
+            for p in self.frozen_params:
+                p.requires_grad_(not want)
+            self.frozen = want
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._apply(state)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._apply(state)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        for p in self.frozen_params:  # leave the model as it came
+            p.requires_grad_(True)
+        self.frozen = False
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stop (and save) once ``minutes`` of wall-clock time have passed since training began.
+
+    Under several processes the ranks agree (max over ranks) so that none waits for the others.
+    """
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = float(minutes) * 60.0
+        self.start = time.monotonic()
+        self.stopped_at: int | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start = time.monotonic()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        over = torch.tensor([float(time.monotonic() - self.start >= self.seconds)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            over = over.to(args.device)
+            torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
+        if bool(over.item()):
+            control.should_training_stop = True
+            control.should_save = True
+            self.stopped_at = state.global_step
+
+
+# ---------------------------------------------------------------------------------------------
+# The Trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class ILTTrainer(Trainer):
+    """``Trainer`` for :class:`~ilt_core.modeling.model.ILTModel`.
+
+    - loss: the sum of every label byte's cross-entropy over the global number of label bytes in the
+      (accumulated, all-process) batch, so gradient accumulation and several processes weigh every
+      byte equally;
+    - evaluation: ``eval_loss`` (nats per label byte) and ``eval_bits_per_byte``, summed exactly
+      over the validation blocks;
+    - saving: ``model.save_pretrained`` (an ILT checkpoint), loading: the ILT checkpoint reader with a
+      spec check.
+    """
+
+    loss_is_scaled_for_ga = None  # decided per step from num_items_in_batch, as for transformers models
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if num_items_in_batch is not None:
+            # sum of nats over this micro-batch / label bytes in the whole accumulated (global) batch
+            loss = outputs.unit_losses.sum() / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, None, None]:
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            out = model(**inputs)
+        sums = torch.tensor(
+            [float(out.unit_losses.double().sum()), float(out.num_label_tokens), float(inputs["num_bytes"].sum())],
+            dtype=torch.float64,
+        )
+        self._eval_sums = getattr(self, "_eval_sums", torch.zeros(3, dtype=torch.float64)) + sums
+        return out.loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader: Any, description: str, *args: Any, **kwargs: Any) -> Any:
+        self._eval_sums = torch.zeros(3, dtype=torch.float64)
+        output = super().evaluation_loop(dataloader, description, *args, **kwargs)
+        sums = self._eval_sums
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            sums = sums.to(self.args.device)
+            torch.distributed.all_reduce(sums)
+            sums = sums.cpu()
+        nll, label_bytes, text_bytes = (float(x) for x in sums)
+        prefix = kwargs.get("metric_key_prefix", args[2] if len(args) > 2 else "eval")
+        if label_bytes:
+            output.metrics[f"{prefix}_loss"] = nll / label_bytes
+            output.metrics[f"{prefix}_bits_per_byte"] = nll / math.log(2) / max(text_bytes, 1.0)
+            output.metrics[f"{prefix}_bytes"] = int(text_bytes)
+        return output
+
+    # ---- saving and loading -------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        from ilt_core.modeling.checkpoint import save_checkpoint
+
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if state_dict is None:
+            model.save_pretrained(output_dir)
+        else:
+            save_checkpoint(_StateView(model, state_dict), output_dir)
+        # the arguments as JSON, not Trainer's pickled training_args.bin: a checkpoint holds no pickle of ours
+        (Path(output_dir) / TRAINING_ARGS_JSON).write_text(self.args.to_json_string(), encoding="utf-8")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from ilt_core.modeling.checkpoint import WEIGHTS_NAME, load_state, read_checkpoint
+
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        check_compatible(target, resume_from_checkpoint, "--resume_from_checkpoint")
+        _, tensors, _ = read_checkpoint(resume_from_checkpoint)
+        device = next(target.parameters()).device
+        load_state(
+            target, {k: v.to(device) for k, v in tensors.items()}, str(Path(resume_from_checkpoint) / WEIGHTS_NAME)
+        )
+
+    def _load_best_model(self) -> None:
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_best_model()
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+__all__ = ["FreezePretrainedCallback", "ILTTrainer", "TimeBudgetCallback", "new_parameter_names"]

@@ -1,0 +1,584 @@
+"""One benchmark mix in its own process: build, train for the budget, measure, write one JSON file.
+
+    python -m ilt_bench.run JOB.json        (``ilt bench`` starts one of these per mix)
+
+``JOB.json`` holds ``{"mix": Mix.to_dict(), "settings": {...}, "result": "path/to/result.json"}``. A
+fresh process per mix keeps peak-memory figures apart (``ru_maxrss`` is per process).
+
+The training loop is in plain sight (:func:`train`): the same seed, the same data order (one seeded
+permutation of the training lines, re-drawn each epoch), AdamW (betas 0.9/0.95, weight decay 0.1,
+gradient clipping 1.0) and the same schedule for every mix: linear warm-up over the first 10 steps,
+then cosine decay to 10% of the peak learning rate as the budget is used up (the budget share is
+``max(train seconds / budget seconds, train bytes / budget bytes)``). Time spent on validation points
+is not training time: the clock stops while the curve is evaluated. Throughput, step time and the data
+share leave out the first step (one-time costs) when at least three steps ran.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ilt_core.errors import ILTError
+from ilt_core.text.segmentation import utf8_len
+
+WARMUP_STEPS = 10
+MIN_LR_SHARE = 0.1
+
+
+# ---- small helpers -----------------------------------------------------------------------------
+
+
+def read_lines(path: str | Path, limit: int | None = None) -> list[str]:
+    """Non-blank lines of a UTF-8 text file (one text per line), at most ``limit``."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return lines[:limit] if limit else lines
+
+
+def text_stream(lines: Sequence[str], seed: int) -> Iterator[str]:
+    """The shared data order: epoch e is ``lines`` shuffled by ``random.Random(seed + e)``."""
+    epoch = 0
+    while True:
+        order = list(range(len(lines)))
+        random.Random(seed + epoch).shuffle(order)
+        for i in order:
+            yield lines[i]
+        epoch += 1
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def lr_at(step: int, share: float, peak: float) -> float:
+    """The schedule: linear warm-up over WARMUP_STEPS steps, cosine to MIN_LR_SHARE x peak at share 1."""
+    warm = min(1.0, (step + 1) / WARMUP_STEPS)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(max(share, 0.0), 1.0)))
+    return peak * warm * (MIN_LR_SHARE + (1.0 - MIN_LR_SHARE) * cosine)
+
+
+class Clock:
+    """Wall-clock timer that waits for the accelerator before reading the time."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+def generation_prompts(texts: Sequence[str], segment: Any, prompt_units: int, count: int) -> list[str]:
+    """``count`` prompts of ``prompt_units`` units from the held-out texts (the longest ones first if short)."""
+    units = [segment(t) for t in texts]
+    long_enough = [u for u in units if len(u) >= prompt_units] or sorted(units, key=len, reverse=True)[:count]
+    if not long_enough:
+        raise ILTError("bench: the held-out texts are empty; generation needs prompts")
+    return ["".join(long_enough[i % len(long_enough)][:prompt_units]) for i in range(count)]
+
+
+def take_blocks(pending: list[Any], texts: Iterator[str], segment: Any, batch_size: int, block_units: int) -> list[Any]:
+    """The next texts of the stream, as :class:`~ilt_core.text.collator.TextUnits` blocks, that fill ``batch_size`` rows.
+
+    Rows are packed greedily in order (as ``collate(..., packing=True)`` packs them), each holding at most
+    ``block_units`` positions (a start marker per text block); a text longer than a row is cut into blocks
+    of ``block_units - 1`` units. ``pending`` carries the blocks of a text that did not fit to the next call.
+    """
+    from ilt_core.evaluation import text_blocks
+
+    chosen: list[Any] = []
+    rows = used = 0
+    while True:
+        if not pending:
+            pending.extend(text_blocks(segment(next(texts)), block_units - 1))
+        n = len(pending[0].units) + 1
+        if rows and used + n <= block_units:
+            used += n
+        elif rows < batch_size:
+            rows, used = rows + 1, n
+        else:
+            return chosen
+        chosen.append(pending.pop(0))
+
+
+# ---- the runners: one interface for ILT mixes and baselines -----------------------------------------
+
+
+class ILTRunner:
+    """An :class:`~ilt_core.modeling.model.ILTModel` fed by packed rows of ``block_units`` units."""
+
+    def __init__(self, mix: dict[str, Any], settings: dict[str, Any], device: torch.device) -> None:
+        from ilt_core.modeling.flops import FlopCounter
+        from ilt_core.modeling.model import build_model
+
+        self.device = device
+        self.model = build_model(mix["spec"], seed=settings["seed"]).to(device)
+        self.processor = self.model.processor
+        self.batch_size = int(mix["bench"]["batch_size"])
+        self.block_units = min(int(mix["bench"]["block_units"]), self.model.max_units)
+        self._pending: list[Any] = []
+        self.flops = FlopCounter()
+        m = self.model
+        self._parts = {
+            name: self.flops.part(name, module)
+            for name, module in (
+                ("image_encoder", m.image_encoder),
+                ("bytes_encoder", m.bytes_encoder),
+                ("latent_transformer", m.latent_transformer),
+                ("bytes_decoder", m.bytes_decoder),
+            )
+            if module is not None
+        }
+        self._enc_map = self.flops.part("encoder_mapping", m.encoder_mapping)
+        self._dec_map = self.flops.part("decoder_mapping", m.decoder_mapping)
+
+    def parameters(self) -> Any:
+        return self.model.parameters()
+
+    def parameter_counts(self) -> dict[str, int]:
+        return self.model.parameter_counts()
+
+    def segment(self, text: str) -> list[str]:
+        return self.processor.segment(text)
+
+    def train(self) -> None:
+        self.model.train()
+
+    def next_batch(self, texts: Iterator[str]) -> tuple[Any, int, int]:
+        """The next training batch from the shared stream, with its units and UTF-8 bytes of text."""
+        blocks = take_blocks(self._pending, texts, self.processor.segment, self.batch_size, self.block_units)
+        batch = self.processor.collate(blocks, packing=True, max_units=self.block_units)
+        units = sum(len(b.units) for b in blocks)
+        nbytes = sum(utf8_len(u) for b in blocks for u in b.units)
+        return batch, units, nbytes
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        return self.model(**batch.to(self.device).model_inputs()).loss
+
+    def count_flops(self, batch: Any, nbytes: int) -> None:
+        """Add the batch's tokens and sequence lengths per part (see :mod:`ilt_core.modeling.flops`)."""
+        m, parts = self.model, self._parts
+        num_distinct = batch.unit_input_ids.shape[0]
+        if "bytes_encoder" in parts:
+            parts["bytes_encoder"].add(batch.unit_attention_mask.sum(1))
+        if "image_encoder" in parts:
+            from ilt_core.modeling.flops import image_sequence_length
+
+            for idx, pixels in batch.image_groups:
+                s = image_sequence_length(m.image_encoder, pixels.shape[-2], pixels.shape[-1])
+                parts["image_encoder"].add([s] * int(idx.numel()))
+        # one attended sequence per text inside a packed row
+        seg = batch.segment_ids
+        lengths = [int((seg[b] == s).sum()) for b in range(seg.shape[0]) for s in range(int(seg[b].max()) + 1)]
+        parts["latent_transformer"].add(lengths)
+        label_len = (batch.labels != -100).sum(-1)
+        label_len = label_len[label_len > 0]
+        parts["bytes_decoder"].add(label_len)
+        self._enc_map.add_tokens(num_distinct)
+        self._dec_map.add_tokens(int(label_len.numel()))
+        self.flops.num_bytes += nbytes
+
+    def bits_per_byte(self, texts: Sequence[str]) -> Any:
+        from ilt_core.evaluation import bits_per_byte
+
+        return bits_per_byte(self.model, texts, batch_size=8)
+
+    def generate(self, prompts: Sequence[str], new_units: int, byte_cap: int | None = None) -> tuple[int, int]:
+        """Greedy generation with the KV cache; returns how many units, and UTF-8 bytes, were generated.
+
+        End of text is suppressed (the decoder must write at least one byte, and never pad / bos), so every
+        row writes exactly ``new_units`` units, as the baselines' end-of-text token is suppressed. With
+        ``byte_cap`` every unit is decoded to exactly that many bytes (the reference's protocol).
+        """
+        from ilt_core.generation.loop import generate
+        from ilt_core.text.byte_tokenizer import BOS_ID, PAD_ID
+
+        options: dict[str, Any] = {"byte_suppress_tokens": [PAD_ID, BOS_ID], "byte_min_new_tokens": 1}
+        if byte_cap:
+            options.update(max_unit_bytes=byte_cap, byte_min_new_tokens=byte_cap)
+        texts = generate(self.model, list(prompts), max_new_units=new_units, use_cache=True, **options)
+        return sum(new_units for t in texts if t), sum(utf8_len(t) for t in texts)
+
+    def text_to_batch(self, texts: Sequence[str], render_limit: int) -> dict[str, float | None]:
+        """Units/s of text -> batch with an empty render cache (cold), again (warm), and rendering alone."""
+        from ilt_core.text.collator import TextUnits
+        from ilt_core.text.processor import ILTProcessor
+
+        p = self.processor
+        fresh = ILTProcessor(
+            self.model.renderer,
+            max_unit_bytes=p.max_unit_bytes,
+            labels=p.labels,
+            label_bytes=p.label_bytes,
+            max_units=p.max_units,
+        )
+
+        def one_pass() -> tuple[float, int]:
+            start, units = time.perf_counter(), 0
+            for i in range(0, len(texts), self.batch_size):
+                segmented = [TextUnits(fresh.segment(t)) for t in texts[i : i + self.batch_size]]
+                units += sum(len(s.units) for s in segmented)
+                fresh.collate(segmented, packing=True, max_units=self.block_units)
+            return time.perf_counter() - start, units
+
+        cold_s, units = one_pass()
+        warm_s, _ = one_pass()
+        render = None
+        if self.model.renderer is not None:
+            words = [u for t in texts for u in fresh.segment(t)][:render_limit]
+            start = time.perf_counter()
+            for u in words:
+                self.model.renderer.render(u)  # no cache: the renderer's own speed
+            render = len(words) / max(time.perf_counter() - start, 1e-9)
+        return {
+            "units": units,
+            "cold_units_per_second": units / max(cold_s, 1e-9),
+            "warm_units_per_second": units / max(warm_s, 1e-9),
+            "render_units_per_second": render,
+        }
+
+
+class BaselineRunner:
+    """A :class:`~ilt_bench.baselines.BaselineLM` fed by rows of ``block_size`` tokens from the shared stream."""
+
+    def __init__(
+        self,
+        mix: dict[str, Any],
+        settings: dict[str, Any],
+        device: torch.device,
+        train_texts: Sequence[str],
+        eval_texts: Sequence[str],
+    ) -> None:
+        from ilt_bench.baselines import BaselineSpec, TokenStream, build_baseline
+        from ilt_core.modeling.flops import FlopCounter
+        from ilt_core.text.segmentation import segment
+
+        self.device = device
+        self.spec = BaselineSpec.model_validate(mix["spec"])
+        self.batch_size = int(mix["bench"]["batch_size"])
+        self.block_size = int(mix["bench"]["block_size"])
+        tokenizer_path = settings.get("tokenizer_dir")
+        if tokenizer_path and self.spec.baseline == "bpe":
+            tokenizer_path = Path(tokenizer_path) / f"bpe-{self.spec.vocab_size}-{settings['train_sha256'][:12]}.json"
+        torch.manual_seed(settings["seed"])
+        self.lm = build_baseline(self.spec, self.block_size, train_texts, tokenizer_path)
+        self.lm.model.to(device)
+        self._segment = lambda text: segment(text, self.spec.max_unit_bytes)
+        self._stream: TokenStream | None = None
+        self._stream_cls = TokenStream
+        self.flops = FlopCounter()
+        counts = self.parameter_counts()
+        self._part = self.flops.part("transformer", self.lm.model, params=counts["transformer"])
+        # generation writes new_units x this many tokens: as much text as new_units units of held-out text
+        self._tokens_per_unit = self.tokens_per_unit(eval_texts)
+
+    def parameters(self) -> Any:
+        return self.lm.model.parameters()
+
+    def parameter_counts(self) -> dict[str, int]:
+        return self.lm.parameter_counts()
+
+    def segment(self, text: str) -> list[str]:
+        return self._segment(text)
+
+    def train(self) -> None:
+        self.lm.model.train()
+
+    def next_batch(self, texts: Iterator[str]) -> tuple[Any, int, int]:
+        if self._stream is None:
+            self._stream = self._stream_cls(texts, self.lm.codec, self.block_size, self.spec.max_unit_bytes)
+        batch = self._stream.next_batch(self.batch_size)
+        return batch, batch.num_units, batch.num_bytes
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        return self.lm.training_loss(batch, self.device)
+
+    def count_flops(self, batch: Any, nbytes: int) -> None:
+        rows, width = batch.input_ids.shape
+        self._part.add([width] * rows)
+        self.flops.num_bytes += nbytes
+
+    def bits_per_byte(self, texts: Sequence[str]) -> Any:
+        return self.lm.bits_per_byte(texts, batch_size=8)
+
+    def tokens_per_unit(self, texts: Sequence[str]) -> float:
+        tokens = sum(len(self.lm.codec.encode(t)) for t in texts)
+        units = sum(len(self._segment(t)) for t in texts)
+        return tokens / max(units, 1)
+
+    def generate(self, prompts: Sequence[str], new_units: int, byte_cap: int | None = None) -> tuple[int, int]:
+        """Greedy HF generation of ``new_units`` x tokens-per-unit tokens; returns the units (words) and UTF-8
+        bytes it wrote."""
+        new_tokens = max(1, math.ceil(new_units * self._tokens_per_unit))
+        continuations = self.lm.generate(prompts, new_tokens)
+        return sum(len(self._segment(c)) for c in continuations), sum(utf8_len(c) for c in continuations)
+
+    def text_to_batch(self, texts: Sequence[str], render_limit: int) -> dict[str, float | None]:
+        """Units/s of text -> token rows (cold: first pass, warm: second pass; no renderer)."""
+
+        def one_pass() -> tuple[float, int]:
+            start = time.perf_counter()
+            stream = self._stream_cls(iter(texts), self.lm.codec, self.block_size, self.spec.max_unit_bytes)
+            units = 0
+            for t in texts:
+                stream._append_text(t)  # tokenize and lay out, as the training stream does
+            units = sum(stream._units)
+            return time.perf_counter() - start, units
+
+        cold_s, units = one_pass()
+        warm_s, _ = one_pass()
+        return {
+            "units": units,
+            "cold_units_per_second": units / max(cold_s, 1e-9),
+            "warm_units_per_second": units / max(warm_s, 1e-9),
+            "render_units_per_second": None,
+        }
+
+
+# ---- the measurements ----------------------------------------------------------------------------------
+
+
+def say(settings: dict[str, Any], message: str) -> None:
+    print(f"[{settings['label']}] {message}", flush=True)
+
+
+def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], curve_texts: Sequence[str]) -> dict:
+    """The training loop; returns throughput, data share, FLOPs, the validation curve and the last loss."""
+    device = runner.device
+    clock = Clock(device)
+    budget_s = float(settings["budget_seconds"] or 0)
+    budget_b = int(settings.get("budget_bytes") or 0)
+    every = float(settings["curve_every"])
+    texts = text_stream(train_lines, settings["seed"])
+    torch.manual_seed(settings["seed"])
+    optimizer = torch.optim.AdamW(
+        [p for p in runner.parameters() if p.requires_grad],
+        lr=settings["lr"],
+        betas=(0.9, 0.95),
+        weight_decay=0.1,
+    )
+
+    def share(seconds: float, nbytes: int) -> float:
+        parts = []
+        if budget_s > 0:
+            parts.append(seconds / budget_s)
+        if budget_b > 0:
+            parts.append(nbytes / budget_b)
+        return max(parts)
+
+    def curve_point(seconds: float, step: int, nbytes: int) -> dict:
+        result = runner.bits_per_byte(curve_texts)
+        runner.train()
+        return {"train_seconds": seconds, "step": step, "train_bytes": nbytes, "bits_per_byte": result.bits_per_byte}
+
+    curve = [curve_point(0.0, 0, 0)]
+    runner.train()
+    train_s = data_s = 0.0
+    steps = units = nbytes = 0
+    loss_value = float("nan")
+    first: dict[str, float] = {}
+    next_eval, next_report = every, 0.1
+    while share(train_s, nbytes) < 1.0:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(steps, share(train_s, nbytes), settings["lr"])
+        t0 = clock()
+        batch, batch_units, batch_bytes = runner.next_batch(texts)
+        t1 = clock()
+        loss = runner.loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in runner.parameters() if p.grad is not None], 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t2 = clock()
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise ILTError(f"bench: the training loss became {loss_value} at step {steps}; lower --lr")
+        runner.count_flops(batch, batch_bytes)
+        steps, units, nbytes = steps + 1, units + batch_units, nbytes + batch_bytes
+        data_s += t1 - t0
+        train_s += t2 - t0
+        if steps == 1:  # the first step pays one-time costs (allocator, kernels, a cold render cache)
+            first = {"seconds": t2 - t0, "units": units, "bytes": nbytes, "data_seconds": data_s}
+        done = share(train_s, nbytes)
+        if done >= next_report or done >= 1.0:
+            say(
+                settings,
+                f"train {min(done, 1.0):4.0%} | step {steps} | loss {loss_value:.3f} | "
+                f"{units / train_s:.0f} units/s | {nbytes / train_s:.0f} bytes/s | {(t2 - t0):.2f} s/step",
+            )
+            next_report = math.floor(done * 10 + 1) / 10
+        if train_s >= next_eval and done < 1.0:
+            curve.append(curve_point(train_s, steps, nbytes))
+            next_eval += every
+    curve.append(curve_point(train_s, steps, nbytes))
+    # steady-state figures leave the first step out when there are enough others to measure
+    if steps >= 3:
+        s_units, s_bytes, s_time = units - first["units"], nbytes - first["bytes"], train_s - first["seconds"]
+        s_data, s_steps = data_s - first["data_seconds"], steps - 1
+    else:
+        s_units, s_bytes, s_time, s_data, s_steps = units, nbytes, train_s, data_s, steps
+    return {
+        "steps": steps,
+        "train_seconds": train_s,
+        "train_units": units,
+        "train_bytes": nbytes,
+        "first_step_seconds": first["seconds"],
+        "steady_steps": s_steps,
+        "units_per_second": s_units / s_time,
+        "bytes_per_second": s_bytes / s_time,
+        "step_seconds": s_time / s_steps,
+        "data_seconds": s_data,
+        "data_share": s_data / s_time,
+        "final_loss": loss_value,
+        "curve": curve,
+    }
+
+
+def measure_generation(
+    runner: Any, settings: dict[str, Any], eval_texts: Sequence[str], reference: bool = False
+) -> dict:
+    """Units/s of greedy cached generation at batch 1 and 8 (after one short warm-up call per batch size).
+
+    With ``reference`` (an ILT mix whose ``bench:`` block asks for it) also the reference's protocol.
+    """
+    clock = Clock(runner.device)
+    new_units = int(settings["gen_new_units"])
+    out = {}
+    for batch in settings["gen_batches"]:
+        prompts = generation_prompts(eval_texts, runner.segment, int(settings["gen_prompt_units"]), batch)
+        runner.generate(prompts, 1)  # warm-up: kernels, caches
+        start = clock()
+        generated, nbytes = runner.generate(prompts, new_units)
+        seconds = clock() - start
+        out[f"batch_{batch}"] = {
+            "batch_size": batch,
+            "max_new_units": new_units,
+            "units": generated,
+            "bytes": nbytes,
+            "seconds": seconds,
+            "units_per_second": generated / max(seconds, 1e-9),
+            # mixes write units of different lengths: bytes/s compares them on the same footing
+            "bytes_per_second": nbytes / max(seconds, 1e-9),
+        }
+        say(settings, f"generate batch {batch}: {generated} units in {seconds:.2f} s")
+    protocol = settings.get("reference_generation")
+    if reference and protocol:
+        # the reference's protocol: every word decoded to its byte cap, time per step (one unit for every row)
+        prompts = generation_prompts(eval_texts, runner.segment, protocol["prompt_units"], protocol["batch_size"])
+        runner.generate(prompts, 1, byte_cap=protocol["byte_cap"])
+        start = clock()
+        generated, _ = runner.generate(prompts, protocol["new_units"], byte_cap=protocol["byte_cap"])
+        seconds = clock() - start
+        out["reference_protocol"] = {
+            **protocol,
+            "units": generated,
+            "steps": protocol["new_units"],
+            "seconds": seconds,
+            "units_per_second": generated / max(seconds, 1e-9),
+            "bytes_per_unit": protocol["byte_cap"],
+        }
+        say(settings, f"generate (reference protocol): {1000 * seconds / protocol['new_units']:.0f} ms a step")
+    return out
+
+
+def run_mix(job: dict[str, Any]) -> dict[str, Any]:
+    """Everything for one mix; see the module docstring."""
+    mix, settings = job["mix"], job["settings"]
+    torch.set_num_threads(int(settings["threads"]))
+    device = torch.device(settings["device"])
+    train_lines = read_lines(settings["train_file"])
+    eval_texts = read_lines(settings["eval_file"], settings.get("eval_lines") or None)
+    curve_texts = eval_texts[: int(settings["curve_lines"])]
+    started = time.perf_counter()
+
+    say(settings, f"building {mix['name']} ({mix['kind']})")
+    if mix["kind"] == "ilt":
+        runner: Any = ILTRunner(mix, settings, device)
+    else:
+        runner = BaselineRunner(mix, settings, device, train_lines, eval_texts)
+    counts = runner.parameter_counts()
+    # text -> batch first, while the render cache is still empty (the "cold" figure)
+    t2b = runner.text_to_batch(eval_texts[: int(settings["t2b_lines"])], int(settings["render_units"]))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    trained = train(runner, settings, train_lines, curve_texts)
+    peak_train = peak_rss_bytes()
+    say(settings, f"held-out bits-per-byte on {len(eval_texts)} texts")
+    start = time.perf_counter()
+    bpb = runner.bits_per_byte(eval_texts)
+    eval_s = time.perf_counter() - start
+    reference = mix["kind"] == "ilt" and bool(mix["bench"].get("reference_protocol"))
+    generation = measure_generation(runner, settings, eval_texts, reference)
+
+    peak_flops = float(settings["peak_flops"])
+    flops_per_byte = runner.flops.flops_per_byte()
+    achieved = flops_per_byte * trained["bytes_per_second"]
+    result = {
+        "name": mix["name"],
+        "kind": mix["kind"],
+        "description": mix["spec"].get("description", ""),
+        "status": "ok",
+        "spec": mix["spec"],
+        "bench": mix["bench"],
+        **{k: v for k, v in trained.items() if k != "curve"},
+        "bits_per_byte": bpb.bits_per_byte,
+        "eval": {**bpb.__dict__, "seconds": eval_s},
+        "flops_per_byte": flops_per_byte,
+        "flops_parts": runner.flops.summary(),
+        "achieved_flops_per_second": achieved,
+        "mfu": achieved / peak_flops,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_train_bytes": peak_train,
+        "parameters": counts,
+        "parameters_total": sum(counts.values()),
+        "generation": generation,
+        "text_to_batch": t2b,
+        "curve": trained["curve"],
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if device.type == "cuda":
+        result["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    say(settings, f"done: {bpb.bits_per_byte:.3f} bits/byte, {trained['units_per_second']:.0f} units/s")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m ilt_bench.run JOB.json", file=sys.stderr)
+        return 2
+    job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    out = Path(job["result"])
+    try:
+        result = run_mix(job)
+    except Exception as exc:  # the parent reports the mix as failed and goes on with the others
+        traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        result = {
+            "name": job["mix"]["name"],
+            "kind": job["mix"]["kind"],
+            "status": "error",
+            "error": f"{type(exc).__name__}: {first}",
+            "spec": job["mix"]["spec"],
+            "bench": job["mix"]["bench"],
+        }
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

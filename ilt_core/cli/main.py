@@ -24,6 +24,7 @@ from pathlib import Path
 from ilt_core.errors import ILTError, run_user_command
 from ilt_core.generation.loop import add_generate_parser
 from ilt_core.plugins.registry import get_registry
+from ilt_core.text.lines import read_text_lines
 from ilt_core.training.run import add_train_parser
 
 
@@ -127,13 +128,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ilt_core.modeling.model import ILTModel
 
     path = Path(args.file)
-    if not path.is_file():
-        raise ILTError(f"--file {path}: no such file")
-    texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    read = read_text_lines(path, "--file", replace=args.replace_invalid, limit=args.max_lines)
+    if read.replaced:
+        lines = ", ".join(map(str, read.replaced_lines[:5])) + (" ..." if len(read.replaced_lines) > 5 else "")
+        print(
+            f"ilt eval: {path}: {read.replaced} invalid byte(s) or NUL(s) read as U+FFFD (lines {lines})",
+            file=sys.stderr,
+        )
+    texts = read.texts
     if not texts:
         raise ILTError(f"--file {path}: no text in it (every line is blank)")
-    if args.max_lines:
-        texts = texts[: args.max_lines]
     model = ILTModel.from_pretrained(args.model)
     result = bits_per_byte(model, texts, batch_size=args.batch_size)
     print(json.dumps({"file": str(path), **result.__dict__}, indent=2))
@@ -179,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", required=True)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-lines", type=int, default=0)
+    p.add_argument(
+        "--replace-invalid",
+        action="store_true",
+        help="read invalid UTF-8 and NUL characters as U+FFFD and print how many (default: one-line error naming the line)",
+    )
     p.set_defaults(func=cmd_eval)
 
     add_generate_parser(sub)

@@ -33,18 +33,43 @@ def _millions(n: int) -> str:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    """``ilt plugins [NAME] [--verbose]``: every plugin and component; imports each available factory.
+
+    Exit status 1 when a plugin failed to load or a factory does not import (the line says why).
+    """
     registry = get_registry()
     if not registry.plugins:
         print("no ILT plugins installed: pip install ilt-hf ilt-freetype (or `make install` in the repository)")
         return 0
+    wanted = args.name
+    if wanted and wanted not in registry.plugins and wanted not in [c.address for c in registry.components()]:
+        known = ", ".join([*sorted(registry.plugins), *(c.address for c in registry.components())])
+        raise ILTError(f"ilt plugins {wanted}: no such plugin or component; known: {known}")
+    verbose = args.verbose or bool(wanted)
+    broken = 0
     for name, info in sorted(registry.plugins.items()):
+        chosen = [c for c in info.components if not wanted or wanted in (name, c.address)]
+        if wanted and not chosen and wanted != name:
+            continue
         print(f"{name}  ({info.distribution} {info.version})")
         if info.error:
+            broken += 1
             print(f"  ! failed to load: {info.error}")
-        for c in info.components:
-            status = "ok" if c.available else f"unavailable: missing {', '.join(c.missing)}; fix: {c.install}"
+        for c in chosen:
+            problem = "" if c.missing else c.check()
+            broken += bool(problem)
+            if c.missing:
+                status = f"unavailable: missing {', '.join(c.missing)}; fix: {c.install}"
+            else:
+                status = f"BROKEN: {problem}" if problem else "ok"
             print(f"  {c.address:<24} {'/'.join(c.roles):<48} {status}")
-    return 0
+            if verbose:
+                print(f"      {c.description}")
+                if not c.missing and not problem:
+                    print(*(f"      - {line}" for line in c.arguments()), sep="\n")
+                    if wanted:
+                        print(*(f"      {line}".rstrip() for line in c.documentation().splitlines()[1:]), sep="\n")
+    return 1 if broken else 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -148,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ilt", description="Image Latent Transformer: language models over words.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("plugins", help="list installed plugins and their components").set_defaults(func=cmd_plugins)
+    p = sub.add_parser("plugins", help="list installed plugins and their components; check every factory imports")
+    p.add_argument("name", nargs="?", help="one plugin or component (plugin:name): show its factories' arguments")
+    p.add_argument("--verbose", "-v", action="store_true", help="show every factory's arguments")
+    p.set_defaults(func=cmd_plugins)
     sub.add_parser("presets", help="list presets and their parameter counts").set_defaults(func=cmd_presets)
 
     p = sub.add_parser("build", help="build a model offline from a preset or YAML spec")

@@ -1,7 +1,9 @@
-"""The ILT plugin hook specifications (pluggy, project name ``ilt``).
+"""The ILT plugin hook specifications (pluggy, project name ``ilt``): what a plugin can supply.
 
 A plugin is a module named by an entry point in the group ``ilt``; it implements one or more of
-these hooks with ``@ilt_core.hookimpl``. Built-in plugins are registered the same way.
+these hooks with ``@ilt_core.hookimpl``. The registry (:mod:`ilt_core.plugins.registry`) calls them
+through ``manager.hook``. Every hook must stay light: heavy dependencies are imported only when a
+component is built or a command runs.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ hookimpl = pluggy.HookimplMarker("ilt")
 def ilt_components() -> list:
     """Return the :class:`ilt_core.plugins.registry.Component` entries this plugin provides.
 
-    Must not import heavy optional dependencies: each component names its ``factory`` as a
-    ``"module:function"`` string that is imported only when the component is built, and lists the
-    import names it ``requires`` so a missing dependency is reported instead of failing.
+    Declare each factory with ``@component(name, roles=..., requires=..., install=...)`` and return
+    ``components_in("<plugin>", "<package>.<module>", ...)``: the declarations are read from the
+    modules' source, not imported, and each component lists the import names it ``requires`` so a
+    missing dependency is reported instead of failing.
     """
 
 
@@ -36,4 +39,13 @@ def ilt_cli_commands(subparsers) -> None:
 
     Each subcommand sets its handler with ``set_defaults(func=handler)``; the handler takes the parsed
     ``argparse.Namespace`` and returns the exit status. Import heavy modules inside the handler.
+    """
+
+
+@hookspec
+def ilt_bench_mixes() -> list:
+    """Return folders or files (``str`` or ``Path``) of benchmark mix YAML that this plugin contributes.
+
+    ``ilt bench`` offers every ``*.yaml`` in a returned folder, and every returned file, by its file
+    name (without ``.yaml``), beside the mixes of ``--mix-dir``; see :mod:`ilt_bench.mixes`.
     """

@@ -1,18 +1,39 @@
-"""The component registry: plugins found through the ``ilt`` entry-point group, on pluggy.
+"""The component registry: plugins found through the ``ilt`` entry-point group, called through pluggy.
 
 A component is addressed as ``plugin:name`` (``hf:causal-lm``, ``freetype:default``). The core
 never imports a plugin module; it asks the registry to build a component from a spec block.
+
+A plugin author declares a component with one decorator on its factory, the way timm's
+``register_model`` does::
+
+    @component("mean-bytes", roles=("bytes_encoder",), requires=("torch",), install="pip install ilt-example")
+    def build(role: str, context: BuildContext, hidden_size: int = 64) -> nn.Module:
+        '''Learned byte embeddings, mean-pooled over a unit's bytes.'''
+
+and lists the modules that hold its factories in its ``ilt_components`` hook implementation::
+
+    @hookimpl
+    def ilt_components() -> list[Component]:
+        return components_in("example", "ilt_example.encoder")
+
+:func:`components_in` reads the decorators from the modules' source without importing them, so
+listing plugins never imports a heavy dependency (transformers, timm, open_clip); the factory's
+module is imported when the component is built, or checked by ``ilt plugins``.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pluggy
 
@@ -21,6 +42,10 @@ from ilt_core.plugins import hookspecs
 from ilt_core.plugins.protocols import ROLES
 
 ENTRY_POINT_GROUP = "ilt"
+#: The attribute :func:`component` sets on a factory: the declaration as a dict.
+DECLARATION = "__ilt_component__"
+
+Factory = TypeVar("Factory", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -38,6 +63,29 @@ class BuildContext:
     eos_token_id: int = 258
     image_height: int = 32
     width_multiple: int = 16
+
+
+def component(
+    name: str, *, roles: tuple[str, ...], requires: tuple[str, ...] = (), install: str = ""
+) -> Callable[[Factory], Factory]:
+    """Declare the decorated function as the factory of component ``name`` of its plugin.
+
+    ``roles``: the roles it can fill (see :data:`ilt_core.plugins.protocols.ROLES`); ``requires``:
+    import names it needs beyond the plugin's own (a missing one is reported with ``install``, the
+    command that installs them). The factory is called as ``factory(role=..., context=BuildContext,
+    **args)``; its typed keyword arguments and docstring are the component's documentation
+    (``ilt plugins --verbose``). Write the arguments of this decorator as literals (or names of
+    module-level literal constants): :func:`components_in` reads them without importing the module.
+    """
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise ILTError(f"component {name!r}: unknown role(s) {', '.join(unknown)}; roles are: {', '.join(ROLES)}")
+
+    def mark(factory: Factory) -> Factory:
+        setattr(factory, DECLARATION, {"name": name, "roles": tuple(roles), "requires": tuple(requires)})
+        return factory
+
+    return mark
 
 
 @dataclass(frozen=True)
@@ -70,8 +118,160 @@ class Component:
         return not self.missing
 
     def load_factory(self) -> Callable[..., Any]:
+        """Import the factory's module and return the function (import errors propagate)."""
         module_name, _, attr = self.factory.partition(":")
         return getattr(importlib.import_module(module_name), attr)
+
+    def arguments(self) -> list[str]:
+        """The factory's arguments, one ``name: type = default`` line each (imports the factory)."""
+        return describe_arguments(self.load_factory())
+
+    def documentation(self) -> str:
+        """The factory's whole docstring (imports the factory)."""
+        return inspect.getdoc(self.load_factory()) or ""
+
+    def check(self) -> str:
+        """Import the factory: ``""`` when it imports and carries this declaration, else what is wrong."""
+        try:
+            factory = self.load_factory()
+        except Exception as exc:  # any import-time failure is the report, never fatal here
+            return f"factory {self.factory} does not import: {type(exc).__name__}: {exc}"
+        declared = getattr(factory, DECLARATION, None)
+        if declared is not None and (declared["name"], declared["roles"]) != (self.name, self.roles):
+            return f"factory {self.factory} declares {declared['name']!r} {declared['roles']}, not {self.name!r}"
+        return ""
+
+
+def _literal(node: ast.expr, constants: dict[str, Any], where: str) -> Any:
+    """The value of a decorator argument: a literal, or the name of a module-level literal constant."""
+    if isinstance(node, ast.Name) and node.id in constants:
+        return constants[node.id]
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise ILTError(
+            f"{where}: @component argument {ast.unparse(node)!r} is not a literal; write the value itself "
+            "(or a module-level constant), so that plugins can be listed without importing their modules"
+        ) from None
+
+
+def _is_component_call(node: ast.expr) -> bool:
+    func = node.func if isinstance(node, ast.Call) else None
+    return (isinstance(func, ast.Name) and func.id == "component") or (
+        isinstance(func, ast.Attribute) and func.attr == "component"
+    )
+
+
+def components_in(plugin: str, *modules: str) -> list[Component]:
+    """The components declared with :func:`component` in ``modules`` (dotted names), for ``plugin``.
+
+    Reads each module's source (its package is imported, the module itself is not), so an
+    ``ilt_components`` hook implementation stays light. Each component's description is the first
+    line of its factory's docstring.
+    """
+    found: list[Component] = []
+    for module in modules:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            raise ILTError(f"plugin {plugin!r}: factory module {module!r} is not an importable .py file")
+        path = Path(spec.origin)
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        constants: dict[str, Any] = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                try:
+                    constants[node.targets[0].id] = ast.literal_eval(node.value)
+                except ValueError:
+                    pass
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for decorator in node.decorator_list:
+                if not _is_component_call(decorator):
+                    continue
+                where = f"{path}:{decorator.lineno}"
+                args = [_literal(a, constants, where) for a in decorator.args]
+                kwargs = {k.arg: _literal(k.value, constants, where) for k in decorator.keywords if k.arg}
+                if len(args) != 1 or "roles" not in kwargs:
+                    raise ILTError(f"{where}: write @component(NAME, roles=(...), requires=(...), install=...)")
+                doc = (ast.get_docstring(node) or "").strip()
+                found.append(
+                    Component(
+                        plugin=plugin,
+                        name=args[0],
+                        roles=tuple(kwargs["roles"]),
+                        factory=f"{module}:{node.name}",
+                        requires=tuple(kwargs.get("requires", ())),
+                        install=kwargs.get("install", ""),
+                        description=doc.splitlines()[0] if doc else "",
+                    )
+                )
+    return found
+
+
+def _typed_dict_fields(annotation: Any) -> dict[str, Any] | None:
+    """The fields of ``Unpack[SomeTypedDict]`` (PEP 692 ``**kwargs``), else None."""
+    if typing.get_origin(annotation) is not typing.Unpack:
+        return None
+    (inner,) = typing.get_args(annotation)
+    return typing.get_type_hints(inner) if typing.is_typeddict(inner) else None
+
+
+def _hints(factory: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(factory, include_extras=True)
+    except Exception:  # an annotation that does not resolve: fall back to the raw strings
+        return {}
+
+
+def accepted_arguments(factory: Callable[..., Any]) -> tuple[str, ...] | None:
+    """The argument names a spec block may give ``factory``; None when it takes any (plain ``**kwargs``)."""
+    hints = _hints(factory)
+    names: list[str] = []
+    for param in inspect.signature(factory).parameters.values():
+        if param.name in ("role", "context") or param.kind is param.VAR_POSITIONAL:
+            continue
+        if param.kind is param.VAR_KEYWORD:
+            fields = _typed_dict_fields(hints.get(param.name))
+            if fields is None:
+                return None
+            names += fields
+            continue
+        names.append(param.name)
+    return tuple(names)
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty:
+        return ""
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def describe_arguments(factory: Callable[..., Any]) -> list[str]:
+    """One line per argument a spec block may give ``factory``: ``name: type = default``.
+
+    From the signature (``role`` and ``context`` are the core's); a PEP 692 ``**kwargs:
+    Unpack[TypedDict]`` is expanded into its fields, a plain ``**kwargs`` is shown as passed on.
+    """
+    hints = _hints(factory)
+    lines: list[str] = []
+    for param in inspect.signature(factory).parameters.values():
+        if param.name in ("role", "context") or param.kind is param.VAR_POSITIONAL:
+            continue
+        annotation = hints.get(param.name, param.annotation)
+        if param.kind is param.VAR_KEYWORD:
+            fields = _typed_dict_fields(annotation)
+            if fields is None:
+                lines.append(f"**{param.name}: any other argument is passed on")
+            else:
+                lines += [f"{key}: {_type_name(value)}" for key, value in fields.items()]
+            continue
+        text = f"{param.name}: {_type_name(annotation)}".rstrip(": ")
+        if param.default is not param.empty:
+            text += f" = {param.default!r}"
+        lines.append(text)
+    return lines
 
 
 @dataclass(frozen=True)
@@ -98,12 +298,25 @@ class PluginInfo:
     error: str = ""
 
 
+def _manager() -> pluggy.PluginManager:
+    """A pluggy manager for the ``ilt`` project with its hook specifications."""
+    manager = pluggy.PluginManager("ilt")
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
 class Registry:
-    """All components of all installed plugins; see :func:`get_registry`."""
+    """All components of all registered plugins; see :func:`get_registry`.
+
+    Every plugin goes through :meth:`register` (pluggy's ``register``), then the registry asks it
+    through the hooks of :mod:`ilt_core.plugins.hookspecs`. The core has no built-in plugin of its
+    own: the project's plugins (``ilt_plugins/*``) are distributions found, like a third party's,
+    through the entry-point group ``ilt``. ``Registry(load_entry_points=False)`` starts empty (tests
+    register modules themselves).
+    """
 
     def __init__(self, load_entry_points: bool = True) -> None:
-        self.manager = pluggy.PluginManager("ilt")
-        self.manager.add_hookspecs(hookspecs)
+        self.manager = _manager()
         self.plugins: dict[str, PluginInfo] = {}
         if load_entry_points:
             self._load_entry_points()
@@ -112,6 +325,8 @@ class Registry:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist.name if ep.dist else "?"
             version = ep.dist.version if ep.dist else "?"
+            if ep.name in self.plugins:
+                continue  # one distribution seen twice on sys.path (an editable install and a copy)
             try:
                 module = ep.load()
             except Exception as exc:  # a broken plugin is reported, never fatal
@@ -120,18 +335,27 @@ class Registry:
             self.register(module, ep.name, dist, version)
 
     def register(self, module: Any, name: str, distribution: str = "?", version: str = "?") -> None:
-        """Register a plugin module (or object) with hook implementations under ``name``."""
+        """Register a plugin module (or object) with hook implementations under ``name``.
+
+        Its components are collected at once through the ``ilt_components`` hook of a manager that
+        holds this plugin alone, so that each component is known to come from the plugin that
+        declared it (the other hooks are called on the registry's manager, over every plugin).
+        """
         if self.manager.has_plugin(name):
             return
         self.manager.register(module, name=name)
         info = PluginInfo(name, distribution, version)
-        impl = getattr(module, "ilt_components", None)
-        if impl is not None:
-            for component in impl():
-                if component.plugin != name:
-                    info.error = f"component {component.address} does not belong to plugin {name!r}"
-                    continue
-                info.components.append(component)
+        alone = _manager()
+        alone.register(module, name=name)
+        try:
+            found = alone.hook.ilt_components()
+        except Exception as exc:  # a broken declaration is reported, never fatal
+            found, info.error = [], f"{type(exc).__name__}: {exc}"
+        for component in (c for batch in found for c in batch):
+            if component.plugin != name:
+                info.error = f"component {component.address} does not belong to plugin {name!r}"
+                continue
+            info.components.append(component)
         self.plugins[name] = info
 
     def data_recipes(self) -> dict[str, DataRecipe]:
@@ -145,6 +369,10 @@ class Registry:
             known = ", ".join(sorted(recipes)) or "none (pip install ilt-data)"
             raise ILTError(f"data recipe {name!r} is unknown; known recipes: {known}")
         return recipes[name]
+
+    def bench_mix_paths(self) -> list[Path]:
+        """Folders and files of benchmark mix YAML that plugins contribute (``ilt_bench_mixes`` hook)."""
+        return [Path(p) for found in self.manager.hook.ilt_bench_mixes() for p in found]
 
     def add_cli_commands(self, subparsers: Any) -> None:
         """Let every plugin add its ``ilt`` subcommands (``ilt_cli_commands`` hook)."""
@@ -181,17 +409,29 @@ class Registry:
         raise ILTError(f"{at}unknown component {address!r}; choose one of: {choices}")
 
     def build(self, address: str, role: str, context: BuildContext, args: dict[str, Any], where: str = "") -> Any:
-        """Build the component at ``address`` for ``role`` with the user's ``args``."""
+        """Build the component at ``address`` for ``role`` with the user's ``args``.
+
+        ``args`` are checked against the factory's signature first: a name it does not take is an
+        error that lists the ones it does (unless it takes a plain ``**kwargs``, passed on).
+        """
         if role not in ROLES:
             raise ILTError(f"unknown role {role!r}; roles are: {', '.join(ROLES)}")
         component = self.get(address, role, where)
+        at = f"{where}: " if where else ""
         if component.missing:
-            at = f"{where}: " if where else ""
             raise ILTError(
                 f"{at}component {address!r} needs {', '.join(component.missing)}, which is not installed; "
                 f"run: {component.install}"
             )
-        return component.load_factory()(role=role, context=context, **args)
+        factory = component.load_factory()
+        known = accepted_arguments(factory)
+        unknown = sorted(set(args) - set(known)) if known is not None else []
+        if unknown:
+            raise ILTError(
+                f"{at}{address} ({role}): unknown argument(s) {', '.join(unknown)}; "
+                f"expected some of: {', '.join(known or ()) or 'none'}"
+            )
+        return factory(role=role, context=context, **args)
 
 
 @lru_cache(maxsize=1)

@@ -34,7 +34,7 @@ from ilt_cairo.pango_ctypes import (
     load,
 )
 from ilt_core.errors import ILTError
-from ilt_core.plugins.registry import BuildContext
+from ilt_core.plugins.registry import BuildContext, component
 
 RENDER_VERSION = 1  # bump when the drawing code changes pixels: it is part of cache_key()
 GENERIC_FAMILIES = {"sans", "sans-serif", "serif", "monospace", "mono", "system-ui", "cursive", "fantasy", "emoji"}
@@ -262,6 +262,15 @@ class CairoRenderer:
             pass
 
 
+@component(
+    "default",
+    roles=("renderer",),
+    requires=("cairo",),
+    install=(
+        "pip install pycairo  (it builds from source: first apt-get install libcairo2-dev libpango1.0-dev "
+        "pkg-config, or your system's cairo and pango development packages)"
+    ),
+)
 def build_cairo_renderer(
     role: str,
     context: BuildContext,
@@ -271,14 +280,14 @@ def build_cairo_renderer(
     font_family: str = "sans-serif",
     font_size: float | None = None,
     max_width: int = 512,
-    **unknown: Any,
 ) -> CairoRenderer:
-    """The ``cairo:default`` factory: ``height``/``width_multiple`` default to the build context's."""
-    if unknown:
-        raise ILTError(
-            f"cairo:default renderer: unknown argument(s) {', '.join(sorted(unknown))}; "
-            "expected some of: font_family, font_size, max_width, height, width_multiple"
-        )
+    """Pango layout and cairo pixels with the system's fonts (machine-dependent pixels).
+
+    Shaping, bidi and font fallback over every font fontconfig knows; the pixels depend on the installed
+    fonts, fontconfig's settings and the Pango/cairo versions (all part of ``cache_key()``). For pixels
+    that are the same on every machine use ``freetype:default``. ``height``/``width_multiple`` default
+    to the build context's.
+    """
     return CairoRenderer(
         height=context.image_height if height is None else height,
         width_multiple=context.width_multiple if width_multiple is None else width_multiple,

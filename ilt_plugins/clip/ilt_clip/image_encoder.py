@@ -28,22 +28,14 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from ilt_core import BuildContext, ILTError
+from ilt_core.plugins.images import pad_to_multiple
+from ilt_core.plugins.registry import component
 
 DEFAULT_MODEL = "ViT-B-32"
 
 # A throwaway text tower: create_model always builds one, and we keep only `.visual`. Used only
 # when no checkpoint is loaded (a checkpoint must match the full model).
 _TINY_TEXT_CFG: dict[str, Any] = {"context_length": 2, "vocab_size": 2, "width": 8, "heads": 1, "layers": 1}
-
-
-def pad_to_multiple(pixel_values: torch.Tensor, multiple_h: int, multiple_w: int, value: float = 1.0) -> torch.Tensor:
-    """Pad ``(N, C, H, W)`` on the bottom/right with ``value`` so H, W are multiples of the patch size."""
-    height, width = pixel_values.shape[-2:]
-    pad_h = (-height) % multiple_h
-    pad_w = (-width) % multiple_w
-    if pad_h == 0 and pad_w == 0:
-        return pixel_values
-    return F.pad(pixel_values, (0, pad_w, 0, pad_h), value=value)
 
 
 def resample_position_table(table: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> torch.Tensor:
@@ -138,6 +130,7 @@ def _base_config(model_name: str) -> dict[str, Any]:
     return copy.deepcopy(config)
 
 
+@component("visual", roles=("image_encoder",), requires=("open_clip",), install="pip install open-clip-torch")
 def build_clip_visual_encoder(
     role: str,
     context: BuildContext,
@@ -147,7 +140,10 @@ def build_clip_visual_encoder(
     embed_dim: int | None = None,
     max_width: int = 512,
 ) -> ClipVisualEncoder:
-    """Build ``clip:visual``: ``open_clip.create_model(model_name, pretrained)``'s ``.visual``.
+    """An open_clip ViT vision tower (default ViT-B-32, random weights) for word images of any width.
+
+    ``open_clip.create_model(model_name, pretrained)``'s ``.visual``, its position table resampled to
+    each word image's patch grid.
 
     ``pretrained``: ``None``/``false`` for random weights (offline, the default); an open_clip tag
     (``"laion2b_s34b_b79k"``) or a checkpoint file path; ``true`` for a ``local-dir:``/``hf-hub:``

@@ -22,7 +22,7 @@ import numpy as np
 import uharfbuzz as hb
 
 from ilt_core.errors import ILTError
-from ilt_core.plugins.registry import BuildContext
+from ilt_core.plugins.registry import BuildContext, component
 from ilt_freetype import marks
 from ilt_freetype.bidi_levels import bidi_flags, embedding_levels, fast_levels, visual_order
 from ilt_freetype.fonts import LoadedFont, dist_version, file_sha256, font_paths, load_font
@@ -34,6 +34,12 @@ RENDER_VERSION = 1
 _MARK, _MISSING, _ATTACH, _LETTER, _OTHER = range(5)
 _ATTACH_CATEGORIES = frozenset({"Mn", "Me", "Mc", "Cf"})
 _LANGUAGE = "und"  # fixed: HarfBuzz would otherwise take the process locale's language
+
+#: The command ``ilt plugins`` prints when a dependency is missing.
+INSTALL = (
+    "pip install -e ilt_plugins/freetype  (or: pip install freetype-py==2.5.1 uharfbuzz==0.57.0 "
+    "python-bidi==0.6.12 fontpkg-noto-sans==2.15 justmytype-intl-rtl==0.1.0 justmytype-intl-sea==0.1.0)"
+)
 
 
 class FreeTypeRenderer:
@@ -308,28 +314,39 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise ILTError(f"renderer arg {name}={value!r} is invalid; expected an integer >= {minimum}")
 
 
+@component(
+    "default",
+    roles=("renderer",),
+    requires=("freetype", "uharfbuzz", "bidi", "fontpkg_noto_sans", "justmytype_intl_rtl", "justmytype_intl_sea"),
+    install=INSTALL,
+)
 def build_renderer(
     role: str,
     context: BuildContext,
     height: int | None = None,
     width_multiple: int | None = None,
-    **args: Any,
+    font_size: float | None = None,
+    max_width: int = 512,
+    padding: int = 2,
+    baseline: int | None = None,
+    weight: float = 400.0,
+    cjk: bool | None = None,
 ) -> FreeTypeRenderer:
-    """Factory of ``freetype:default``: height and width multiple from ``context`` unless given in ``args``.
+    """Word images drawn with FreeType at HarfBuzz-shaped positions, bidi-reordered, from pinned PyPI fonts.
 
-    Accepted args: height, width_multiple, font_size, max_width, padding, baseline, weight, cjk.
+    The same pixels on every machine (Noto fonts for Latin, Greek, Cyrillic, Devanagari, Hebrew, Arabic,
+    Thai, Lao, Khmer, Myanmar; CJK with the ``[cjk]`` extra). ``height`` and ``width_multiple`` default to
+    the build context's; the other arguments are :class:`FreeTypeRenderer`'s.
     """
     if role != "renderer":
         raise ILTError(f"component 'freetype:default' cannot be a {role}; it is a renderer")
-    allowed = {"font_size", "max_width", "padding", "baseline", "weight", "cjk"}
-    unknown = sorted(set(args) - allowed)
-    if unknown:
-        raise ILTError(
-            f"freetype:default: unknown renderer arg(s) {', '.join(unknown)}; expected some of: "
-            f"height, width_multiple, {', '.join(sorted(allowed))}"
-        )
     return FreeTypeRenderer(
         height=context.image_height if height is None else height,
         width_multiple=context.width_multiple if width_multiple is None else width_multiple,
-        **args,
+        font_size=font_size,
+        max_width=max_width,
+        padding=padding,
+        baseline=baseline,
+        weight=weight,
+        cjk=cjk,
     )

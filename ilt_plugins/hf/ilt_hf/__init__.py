@@ -1,55 +1,24 @@
 """ILT plugin ``hf``: Hugging Face transformers backbones for every model role.
 
-Components:
+Components (each declared with ``@component`` beside its factory):
 
-- ``hf:causal-lm`` — any ``AutoModelForCausalLM`` architecture (llama, gpt_neox, gemma3_text, gpt2, ...) as the
-  latent transformer (token embeddings removed, reads ``inputs_embeds``), the bytes decoder (vocabulary = the
-  byte tokenizer's) or a bytes encoder (last real token pooled).
-- ``hf:encoder`` — bidirectional text encoders (BERT, ModernBERT, DeBERTa-v2/v3) as bytes encoders, mean or CLS
-  pooled.
-- ``hf:vision`` — vision towers (ViT, SwinV2, CLIP's vision model) as word-image encoders.
+- ``hf:causal-lm`` (:mod:`ilt_hf.causal_lm`) — any ``AutoModelForCausalLM`` architecture as the latent
+  transformer, the bytes decoder or a bytes encoder.
+- ``hf:encoder`` (:mod:`ilt_hf.encoder`) — bidirectional text encoders (BERT, ModernBERT, DeBERTa) as
+  bytes encoders.
+- ``hf:vision`` (:mod:`ilt_hf.vision`) — vision towers (ViT, SwinV2, CLIP's) as word-image encoders.
 
-Every component takes ``config`` (an inline transformers config with ``model_type``), ``name_or_path`` (a hub name
-or a local folder) and ``pretrained`` (load weights from ``name_or_path``). This module stays light: transformers
-is imported only when a component is built.
+Every component takes ``config``, ``name_or_path`` and ``pretrained`` (:class:`ilt_hf.loading.SourceArgs`).
+This module stays light: transformers is imported only when a component is built.
 """
 
 from __future__ import annotations
 
 from ilt_core import Component, hookimpl
-
-INSTALL = "pip install ilt-hf  (or: pip install transformers)"
+from ilt_core.plugins.registry import components_in
 
 
 @hookimpl
 def ilt_components() -> list[Component]:
-    """The components this plugin provides (factories are imported lazily)."""
-    return [
-        Component(
-            plugin="hf",
-            name="causal-lm",
-            roles=("latent_transformer", "bytes_decoder", "bytes_encoder"),
-            factory="ilt_hf.causal_lm:build_causal_lm",
-            requires=("transformers",),
-            install=INSTALL,
-            description="a transformers causal LM: latent transformer (no token embeddings), bytes decoder or bytes encoder",
-        ),
-        Component(
-            plugin="hf",
-            name="encoder",
-            roles=("bytes_encoder",),
-            factory="ilt_hf.encoder:build_encoder",
-            requires=("transformers",),
-            install=INSTALL,
-            description="a bidirectional transformers text encoder (BERT, ModernBERT, DeBERTa), mean or CLS pooled",
-        ),
-        Component(
-            plugin="hf",
-            name="vision",
-            roles=("image_encoder",),
-            factory="ilt_hf.vision:build_vision",
-            requires=("transformers",),
-            install=INSTALL,
-            description="a transformers vision tower (ViT, SwinV2, CLIP vision) encoding each word image to one vector",
-        ),
-    ]
+    """The components declared in the factory modules (read, not imported)."""
+    return components_in("hf", "ilt_hf.causal_lm", "ilt_hf.encoder", "ilt_hf.vision")

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -17,15 +17,9 @@ from torch import nn
 
 from ilt_core.errors import ILTError
 from ilt_core.plugins.protocols import LatentOutput
+from ilt_core.plugins.registry import BuildContext, component
 from ilt_hf.fast_greedy import FusedLlamaWeights, greedy_decode
-from ilt_hf.loading import (
-    COMMON_ARGS,
-    build_model,
-    check_unknown_args,
-    make_config,
-    max_positions,
-    set_special_tokens,
-)
+from ilt_hf.loading import Source, SourceArgs, max_positions, set_special_tokens
 
 
 def cache_argument(model: nn.Module) -> str:
@@ -287,49 +281,43 @@ class HFCausalBytesEncoder(nn.Module):
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+
+@component(
+    "causal-lm",
+    roles=("latent_transformer", "bytes_decoder", "bytes_encoder"),
+    requires=("transformers",),
+    install="pip install ilt-hf  (or: pip install transformers)",
+)
 def build_causal_lm(
-    role: str,
-    context: Any,
-    *,
-    config: dict[str, Any] | None = None,
-    name_or_path: str | None = None,
-    pretrained: bool = False,
-    gguf_file: str | None = None,
-    attn_implementation: str | None = "sdpa",
-    dtype: str | None = None,
-    pooling: str = "last",
-    **unknown: Any,
+    role: str, context: BuildContext, *, pooling: str = "last", **source: Unpack[SourceArgs]
 ) -> nn.Module:
-    """Factory of ``hf:causal-lm`` (see the module docstring for what each role gets)."""
-    from transformers import AutoModel, AutoModelForCausalLM
+    """A transformers causal LM: latent transformer (no token embeddings), bytes decoder or bytes encoder.
+
+    Any ``AutoModelForCausalLM`` architecture (llama, gpt_neox, gemma3_text, gpt2, ...); see the module
+    docstring for what each role gets. ``pooling``: ``last`` (the last real byte) or ``mean``, for a
+    bytes encoder.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM  # heavy: imported when a component is built
 
     where = f"hf:causal-lm ({role})"
-    check_unknown_args(where, unknown, (*COMMON_ARGS, "pooling"))
     if pooling not in ("last", "mean"):
         raise ILTError(f"{where}: pooling must be 'last' or 'mean', got {pooling!r}")
-    cfg = make_config(where, config, name_or_path, pretrained, gguf_file)
-    common = dict(
-        where=where,
-        name_or_path=name_or_path,
-        pretrained=pretrained,
-        gguf_file=gguf_file,
-        attn_implementation=attn_implementation,
-        dtype=dtype,
-    )
+    hf = Source(where, **source)
+    cfg = hf.make_config()
     if role == "latent_transformer":
-        if not pretrained:
+        if not hf.pretrained:
             # the token table is removed right after building: don't allocate a hub-sized one first
             cfg.vocab_size = 1
             cfg.pad_token_id = cfg.bos_token_id = cfg.eos_token_id = None
-        return HFLatentTransformer(build_model(AutoModel, cfg, **common))
+        return HFLatentTransformer(hf.build(AutoModel, cfg))
     if role not in ("bytes_decoder", "bytes_encoder"):
         raise ILTError(f"{where}: hf:causal-lm cannot be a {role}")
-    if not pretrained:
+    if not hf.pretrained:
         # random weights: build the vocabulary at the byte tokenizer's size directly
         cfg.vocab_size = context.vocab_size
         set_special_tokens(cfg, context)
-    model = build_model(AutoModelForCausalLM if role == "bytes_decoder" else AutoModel, cfg, **common)
-    if pretrained:
+    model = hf.build(AutoModelForCausalLM if role == "bytes_decoder" else AutoModel, cfg)
+    if hf.pretrained:
         model.resize_token_embeddings(context.vocab_size)
         set_special_tokens(model.config, context)
     if role == "bytes_encoder":

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import nn
 
 from ilt_core.errors import ILTError
-from ilt_hf.loading import (
-    COMMON_ARGS,
-    accepts_kwarg,
-    build_model,
-    check_unknown_args,
-    make_config,
-    set_special_tokens,
-)
+from ilt_core.plugins.registry import BuildContext, component
+from ilt_hf.loading import Source, SourceArgs, accepts_kwarg, set_special_tokens
 
 POOLINGS = ("mean", "cls")
 
@@ -41,44 +35,34 @@ class HFTextEncoder(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
+
+@component(
+    "encoder",
+    roles=("bytes_encoder",),
+    requires=("transformers",),
+    install="pip install ilt-hf  (or: pip install transformers)",
+)
 def build_encoder(
-    role: str,
-    context: Any,
-    *,
-    config: dict[str, Any] | None = None,
-    name_or_path: str | None = None,
-    pretrained: bool = False,
-    gguf_file: str | None = None,
-    attn_implementation: str | None = "sdpa",
-    dtype: str | None = None,
-    pooling: str = "mean",
-    **unknown: Any,
+    role: str, context: BuildContext, *, pooling: str = "mean", **source: Unpack[SourceArgs]
 ) -> HFTextEncoder:
-    """Factory of ``hf:encoder``: ``AutoModel`` with the byte vocabulary (``context.vocab_size``)."""
-    from transformers import AutoModel
+    """A bidirectional transformers text encoder (BERT, ModernBERT, DeBERTa), mean or CLS pooled.
+
+    ``AutoModel`` with the byte vocabulary (``context.vocab_size``); ``pooling``: ``mean`` or ``cls``.
+    """
+    from transformers import AutoModel  # heavy: imported when a component is built
 
     where = f"hf:encoder ({role})"
-    check_unknown_args(where, unknown, (*COMMON_ARGS, "pooling"))
     if pooling not in POOLINGS:
         raise ILTError(f"{where}: pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    cfg = make_config(where, config, name_or_path, pretrained, gguf_file)
-    if not pretrained:
+    hf = Source(where, **source)
+    cfg = hf.make_config()
+    if not hf.pretrained:
         cfg.vocab_size = context.vocab_size
         set_special_tokens(cfg, context)
     # BERT's pooler (dense + tanh over CLS) is unused by mean pooling and untrained in most checkpoints
     extra = {"add_pooling_layer": False} if accepts_kwarg(AutoModel, cfg, "add_pooling_layer") else {}
-    model = build_model(
-        AutoModel,
-        cfg,
-        where=where,
-        name_or_path=name_or_path,
-        pretrained=pretrained,
-        gguf_file=gguf_file,
-        attn_implementation=attn_implementation,
-        dtype=dtype,
-        model_kwargs=extra,
-    )
-    if pretrained:
+    model = hf.build(AutoModel, cfg, model_kwargs=extra)
+    if hf.pretrained:
         model.resize_token_embeddings(context.vocab_size)
         set_special_tokens(model.config, context)
     return HFTextEncoder(model, pooling)

@@ -14,21 +14,61 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import torch
 
 from ilt_core.errors import ILTError
 
-# Arguments every hf factory understands; component-specific ones are added per factory.
-COMMON_ARGS = ("config", "name_or_path", "pretrained", "gguf_file", "attn_implementation", "dtype")
+
+class SourceArgs(TypedDict, total=False):
+    """The arguments every ``hf:*`` component takes: where its config and weights come from.
+
+    ``config``: an inline transformers config with its ``model_type`` (random weights);
+    ``name_or_path``: a hub name or a local folder; ``pretrained`` (default false): load the weights
+    from ``name_or_path``; ``gguf_file``: a GGUF file inside it; ``attn_implementation`` (default
+    ``"sdpa"``, ``"eager"`` where a model has none); ``dtype``: ``float32`` (default), ``bfloat16``, ...
+    """
+
+    config: dict[str, Any] | None
+    name_or_path: str | None
+    pretrained: bool
+    gguf_file: str | None
+    attn_implementation: str | None
+    dtype: str | None
 
 
-def check_unknown_args(where: str, unknown: dict[str, Any], known: tuple[str, ...]) -> None:
-    """Reject arguments the factory does not take, listing the ones it does."""
-    if unknown:
-        names = ", ".join(sorted(unknown))
-        raise ILTError(f"{where}: unknown argument(s) {names}; expected some of: {', '.join(known)}")
+@dataclass(frozen=True)
+class Source:
+    """A factory's :class:`SourceArgs` with their defaults, and ``where`` (``"hf:encoder (bytes_encoder)"``)
+    for error messages: the prologue every hf factory shares."""
+
+    where: str
+    config: dict[str, Any] | None = None
+    name_or_path: str | None = None
+    pretrained: bool = False
+    gguf_file: str | None = None
+    attn_implementation: str | None = "sdpa"
+    dtype: str | None = None
+
+    def make_config(self) -> Any:
+        """The transformers config of this block (see the module docstring for the rules)."""
+        return make_config(self.where, self.config, self.name_or_path, self.pretrained, self.gguf_file)
+
+    def build(self, auto_cls: Any, cfg: Any, model_kwargs: dict[str, Any] | None = None) -> Any:
+        """``auto_cls`` built from ``cfg`` or loaded from ``name_or_path`` (:func:`build_model`)."""
+        return build_model(
+            auto_cls,
+            cfg,
+            where=self.where,
+            name_or_path=self.name_or_path,
+            pretrained=self.pretrained,
+            gguf_file=self.gguf_file,
+            attn_implementation=self.attn_implementation,
+            dtype=self.dtype,
+            model_kwargs=model_kwargs,
+        )
 
 
 def _first_line(exc: BaseException) -> str:

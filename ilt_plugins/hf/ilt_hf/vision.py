@@ -17,14 +17,15 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from typing import Any
+from typing import Any, Unpack
 
 import torch
 from torch import nn
 
 from ilt_core.errors import ILTError
+from ilt_core.plugins.registry import BuildContext, component
 from ilt_hf.fast_vit import FusedViTWeights, fused_vit_forward, fused_vit_supported
-from ilt_hf.loading import COMMON_ARGS, accepts_kwarg, build_model, check_unknown_args, make_config
+from ilt_hf.loading import Source, SourceArgs, accepts_kwarg
 
 
 def _three(where: str, name: str, value: Any) -> list[float]:
@@ -88,35 +89,55 @@ class HFVisionEncoder(nn.Module):
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
 
 
+    def set_fused_inference(self, enabled: bool) -> bool:
+        """Let inference (eval mode, gradients off) take the fused ViT step of :mod:`ilt_hf.fast_vit`.
+
+        On by default for a ViT the step reproduces; ``False`` sends every call through the transformers forward
+        (the fused weights are kept for when it is switched back on). Returns whether the fused step is in use.
+        """
+        if not enabled:
+            self._fused_off = self._fused or getattr(self, "_fused_off", None)
+            self._fused = None
+        elif self._fused is None and fused_vit_supported(self.model):
+            self._fused = getattr(self, "_fused_off", None) or FusedViTWeights()
+        return self._fused is not None
+
+    @property
+    def fused_weights(self) -> FusedViTWeights | None:
+        """The fused step's weights (rebuilt when a parameter changes), or None when the step is off."""
+        return self._fused
+
+
+@component(
+    "vision",
+    roles=("image_encoder",),
+    requires=("transformers",),
+    install="pip install ilt-hf  (or: pip install transformers)",
+)
 def build_vision(
     role: str,
-    context: Any,
+    context: BuildContext,
     *,
-    config: dict[str, Any] | None = None,
-    name_or_path: str | None = None,
-    pretrained: bool = False,
-    gguf_file: str | None = None,
-    attn_implementation: str | None = "sdpa",
-    dtype: str | None = None,
-    image_mean: Any = None,
-    image_std: Any = None,
-    **unknown: Any,
+    image_mean: float | list[float] | None = None,
+    image_std: float | list[float] | None = None,
+    **source: Unpack[SourceArgs],
 ) -> HFVisionEncoder:
-    """Factory of ``hf:vision`` (``AutoModel``; CLIP via ``model_type: clip_vision_model``).
+    """A transformers vision tower (ViT, SwinV2, CLIP vision) encoding each word image to one vector.
 
-    ``image_mean`` / ``image_std`` default to a local checkpoint's ``preprocessor_config.json`` when pretrained,
+    ``AutoModel``; CLIP via ``model_type: clip_vision_model``. ``image_mean`` / ``image_std`` (one
+    value or three) default to a local checkpoint's ``preprocessor_config.json`` when pretrained,
     else 0.5 / 0.5.
     """
-    from transformers import AutoModel
+    from transformers import AutoModel  # heavy: imported when a component is built
 
     where = f"hf:vision ({role})"
-    check_unknown_args(where, unknown, (*COMMON_ARGS, "image_mean", "image_std"))
-    cfg = make_config(where, config, name_or_path, pretrained, gguf_file)
+    hf = Source(where, **source)
+    cfg = hf.make_config()
     if getattr(cfg, "model_type", None) == "clip":
         cfg = cfg.vision_config  # a whole CLIP config: keep only its vision tower
     if not hasattr(cfg, "patch_size"):
         raise ILTError(f"{where}: model_type {cfg.model_type!r} has no patch_size; use a patch-based vision model")
-    found_mean, found_std = _processor_stats(name_or_path) if pretrained else (None, None)
+    found_mean, found_std = _processor_stats(hf.name_or_path) if hf.pretrained else (None, None)
     mean = _three(where, "image_mean", image_mean if image_mean is not None else (found_mean or 0.5))
     std = _three(where, "image_std", image_std if image_std is not None else (found_std or 0.5))
     # ViT's pooler is a dense + tanh over CLS that classification checkpoints never trained: drop it and read CLS.
@@ -125,15 +146,4 @@ def build_vision(
     extra = (
         {} if hierarchical or not accepts_kwarg(AutoModel, cfg, "add_pooling_layer") else {"add_pooling_layer": False}
     )
-    model = build_model(
-        AutoModel,
-        cfg,
-        where=where,
-        name_or_path=name_or_path,
-        pretrained=pretrained,
-        gguf_file=gguf_file,
-        attn_implementation=attn_implementation,
-        dtype=dtype,
-        model_kwargs=extra,
-    )
-    return HFVisionEncoder(model, mean, std)
+    return HFVisionEncoder(hf.build(AutoModel, cfg, model_kwargs=extra), mean, std)

@@ -1,6 +1,6 @@
 """ILT plugin ``timm``: timm image models as word-image encoders.
 
-Components:
+Components (declared with ``@component`` in :mod:`ilt_timm.image_encoder`):
 
 - ``timm:model`` — any ``timm.create_model`` model (ViTs get ``dynamic_img_size``; conv nets take any
   size), pooled to one vector per word image.
@@ -12,30 +12,10 @@ This module stays light: timm is imported only when a component is built.
 from __future__ import annotations
 
 from ilt_core import Component, hookimpl
-
-INSTALL = "pip install timm"
+from ilt_core.plugins.registry import components_in
 
 
 @hookimpl
 def ilt_components() -> list[Component]:
-    """The image encoders this plugin provides (factories are imported lazily)."""
-    return [
-        Component(
-            plugin="timm",
-            name="model",
-            roles=("image_encoder",),
-            factory="ilt_timm.image_encoder:build_timm_image_encoder",
-            requires=("timm",),
-            install=INSTALL,
-            description="any timm model (default vit_tiny_patch16_224, random weights) pooled to one vector per word image",
-        ),
-        Component(
-            plugin="timm",
-            name="vit",
-            roles=("image_encoder",),
-            factory="ilt_timm.image_encoder:build_timm_vit_encoder",
-            requires=("timm",),
-            install=INSTALL,
-            description="a timm ViT with dynamic image size (default vit_tiny_patch16_224, random weights)",
-        ),
-    ]
+    """The image encoders declared in :mod:`ilt_timm.image_encoder` (read, not imported)."""
+    return components_in("timm", "ilt_timm.image_encoder")

@@ -20,23 +20,14 @@ from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from timm.data import resolve_model_data_config
 from torch import nn
 
 from ilt_core import BuildContext, ILTError
+from ilt_core.plugins.images import pad_to_multiple
+from ilt_core.plugins.registry import component
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
-
-
-def pad_to_multiple(pixel_values: torch.Tensor, multiple_h: int, multiple_w: int, value: float = 1.0) -> torch.Tensor:
-    """Pad ``(N, C, H, W)`` on the bottom/right with ``value`` so H, W are multiples of the patch size."""
-    height, width = pixel_values.shape[-2:]
-    pad_h = (-height) % multiple_h
-    pad_w = (-width) % multiple_w
-    if pad_h == 0 and pad_w == 0:
-        return pixel_values
-    return F.pad(pixel_values, (0, pad_w, 0, pad_h), value=value)
 
 
 class TimmImageEncoder(nn.Module):
@@ -118,6 +109,7 @@ def _create(model_name: str, pretrained: bool, checkpoint_path: str | None, kwar
         raise ILTError(f"image_encoder: timm could not build {model_name!r} with {kwargs}: {exc}") from exc
 
 
+@component("model", roles=("image_encoder",), requires=("timm",), install="pip install timm")
 def build_timm_image_encoder(
     role: str,
     context: BuildContext,
@@ -128,12 +120,15 @@ def build_timm_image_encoder(
     require_vit: bool = False,
     **model_kwargs: Any,
 ) -> TimmImageEncoder:
-    """Build ``timm:model``: ``timm.create_model(model_name, pretrained, num_classes=0, **model_kwargs)``.
+    """Any timm model (default vit_tiny_patch16_224, random weights) pooled to one vector per word image.
 
+    ``timm.create_model(model_name, pretrained, num_classes=0, **model_kwargs)``; ViTs get
+    ``dynamic_img_size``, conv nets take any size.
     ``pretrained``: load timm's weights from the hub (off by default: random weights, offline).
     ``checkpoint_path``: a local weights file (``.safetensors``/``.pth``) to load instead.
     ``max_width``: widest word image in pixels; a ViT's position table is laid out for
     ``(context.image_height, max_width)`` and resampled to each narrower width.
+    ``require_vit``: refuse a model without a patch embedding (what ``timm:vit`` sets).
     ``model_kwargs``: passed to timm (e.g. ``depth: 2`` for a small test ViT, ``img_size``).
     """
     if role != "image_encoder":
@@ -156,6 +151,10 @@ def build_timm_image_encoder(
     return TimmImageEncoder(model, patch_size=patch[1], patch_height=patch[0])
 
 
+@component("vit", roles=("image_encoder",), requires=("timm",), install="pip install timm")
 def build_timm_vit_encoder(role: str, context: BuildContext, **args: Any) -> TimmImageEncoder:
-    """Build ``timm:vit``: as ``timm:model`` but the model must be a ViT (patch embedding)."""
+    """A timm ViT with dynamic image size (default vit_tiny_patch16_224, random weights).
+
+    As ``timm:model`` (the same arguments), but the model must have a patch embedding.
+    """
     return build_timm_image_encoder(role=role, context=context, require_vit=True, **args)

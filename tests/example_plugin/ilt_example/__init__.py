@@ -1,28 +1,13 @@
-"""An example third-party plugin: ``example:mean-bytes`` (a bytes encoder) and a component whose
-dependency is missing on purpose, to show how the registry reports it."""
+"""An example third-party ILT plugin: one hook implementation listing the modules of its factories.
+
+The factories declare their components with ``@component`` (see :mod:`ilt_example.encoder`); this
+module stays light, so listing plugins never imports torch or the factories' module.
+"""
 
 from ilt_core import Component, hookimpl
+from ilt_core.plugins.registry import components_in
 
 
 @hookimpl
-def ilt_components():
-    return [
-        Component(
-            plugin="example",
-            name="mean-bytes",
-            roles=("bytes_encoder",),
-            factory="ilt_example.encoder:build",
-            requires=("torch",),
-            install="pip install ilt-example",
-            description="mean of learned byte embeddings",
-        ),
-        Component(
-            plugin="example",
-            name="needs-missing",
-            roles=("bytes_encoder",),
-            factory="ilt_example.encoder:build",
-            requires=("ilt_example_missing_dependency",),
-            install="pip install ilt-example-missing-dependency",
-            description="stays listed, marked unavailable",
-        ),
-    ]
+def ilt_components() -> list[Component]:
+    return components_in("example", "ilt_example.encoder")

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 
 from ilt_core.errors import ILTError
 from ilt_core.plugins.protocols import Renderer
-from ilt_core.text.render_cache import RenderCache, images_to_batches
+from ilt_core.text.render_cache import ENTRY_OVERHEAD_BYTES, RenderCache, images_to_batches
 
 
 class CountingRenderer:
@@ -164,6 +164,50 @@ def test_a_renderer_breaking_the_protocol_gets_a_clear_error(image, words):
 def test_bad_maxsize(maxsize):
     with pytest.raises(ILTError, match="maxsize"):
         RenderCache(CountingRenderer(), maxsize=maxsize)
+
+
+def _cost(unit: str, height: int = 4) -> int:
+    """What CountingRenderer's image of ``unit`` costs in the cache."""
+    return height * 2 * (len(unit) + 1) + ENTRY_OVERHEAD_BYTES
+
+
+def test_byte_cap_evicts_least_recently_used_and_never_exceeds_the_cap():
+    renderer = CountingRenderer()
+    cap = 3 * _cost("aaaa")
+    cache = RenderCache(renderer, maxsize=None, max_bytes=cap)
+    units = [f"{i:04d}" for i in range(50)]  # all the same size: 3 fit
+    for i, unit in enumerate(units):
+        cache.render(unit)
+        assert cache.nbytes == sum(img.nbytes + ENTRY_OVERHEAD_BYTES for img in cache._images.values())
+        assert cache.nbytes <= cap and len(cache) == min(i + 1, 3)
+    cache.render(units[47])  # still cached: a hit
+    assert renderer.calls[units[47]] == 1
+    cache.render(units[0])  # long evicted: rendered again
+    assert renderer.calls[units[0]] == 2
+    # a longer word costs more: it pushes out as many old entries as it needs
+    cache.render("x" * 20)
+    assert cache.nbytes <= cap and len(cache) < 3
+
+
+def test_byte_cap_change_evicts_at_once_and_an_oversized_image_is_served_not_kept():
+    renderer = CountingRenderer()
+    cache = RenderCache(renderer, max_bytes=10**6)
+    cache.render_many([f"w{i}" for i in range(100)])
+    assert len(cache) == 100
+    cache.max_bytes = 5 * _cost("w10")
+    assert len(cache) <= 5 and cache.nbytes <= cache.max_bytes
+    huge = cache.render("y" * 10_000)  # alone larger than the cap
+    assert huge.shape == (4, 2 * 10_001) and cache.nbytes <= cache.max_bytes
+    cache.render("y" * 10_000)
+    assert renderer.calls["y" * 10_000] == 2
+    cache.clear()
+    assert cache.nbytes == 0
+
+
+@pytest.mark.parametrize("max_bytes", [-1, 1.5, True, "1G"])
+def test_bad_max_bytes(max_bytes):
+    with pytest.raises(ILTError, match="max_bytes"):
+        RenderCache(CountingRenderer(), max_bytes=max_bytes)
 
 
 def _image(height: int, width: int, seed: int) -> np.ndarray:

@@ -71,6 +71,7 @@ def base_args(corpus: dict[str, Path], out: Path, *extra: str) -> list[str]:
         "--train_file", str(corpus["train"]),
         "--validation_file", str(corpus["validation"]),
         "--output_dir", str(out),
+        "--cache_dir", str(corpus["root"] / "cache"),
         "--block_size", "24",
         "--per_device_train_batch_size", "4",
         "--per_device_eval_batch_size", "8",
@@ -180,17 +181,18 @@ def test_resume_from_a_checkpoint_of_another_spec_is_one_clear_error(corpus, tmp
 
 
 def test_packed_rows_fit_their_batches_and_keep_texts_apart(tiny_models) -> None:
-    from ilt_core.training.data import UnitCollator, make_blocks, make_rows
+    from ilt_core.training.data import UnitCollator, rows_from_units
 
     processor = tiny_models["bytes-only"].processor
     texts = hebrew_sentences(20) + [" ".join(hebrew_sentences(6))]
-    blocks, stats = make_blocks([processor.segment(t) for t in texts], block_size=32)
-    assert stats.split_texts == 1 and stats.texts == 21
+    dataset = rows_from_units([processor.segment(t) for t in texts], block_size=32)
+    rows = list(dataset.rows)
+    blocks = [b for row in rows for b in row]
+    assert dataset.stats.split_texts == 1 and dataset.stats.texts == 21
     assert max(len(b.units) for b in blocks) <= 31
     assert sum(b.complete for b in blocks) == 21  # only each text's final block ends the text
-    rows = make_rows(blocks, 32, packing=True)
     assert all(sum(len(b.units) + 1 for b in row) <= 32 for row in rows)
-    assert [b for row in rows for b in row] == blocks and len(rows) < len(blocks)
+    assert ["".join(u for b in blocks for u in b.units)] == ["".join(texts)] and len(rows) < len(blocks)
 
     collate = UnitCollator(processor, 32, packing=True)
     for i in range(0, len(rows), 3):
@@ -200,7 +202,8 @@ def test_packed_rows_fit_their_batches_and_keep_texts_apart(tiny_models) -> None
     packed = collate(rows[:2])
     assert bool((packed["segment_ids"] > 0).any())  # several texts per row: block-diagonal attention
     assert int(packed["position_ids"].max()) < 31
-    plain = UnitCollator(processor, 32, packing=False)(make_rows(blocks[:5], 32, packing=False))
+    unpacked = rows_from_units([processor.segment(t) for t in texts[:5]], block_size=32, packing=False)
+    plain = UnitCollator(processor, 32, packing=False)(list(unpacked.rows))
     assert plain["unit_index"].shape[0] == 5 and not bool((plain["segment_ids"] > 0).any())
 
 
@@ -273,10 +276,13 @@ def test_bad_inputs_are_one_clear_error_each(corpus, tmp_path) -> None:
 
     cases = [
         (args_with(train_file=str(tmp_path / "missing.txt")), r"--train_file .*missing\.txt: no such file"),
-        (args_with(train_file=str(empty)), r"--train_file .*empty\.txt is empty"),
+        (args_with(train_file=str(empty)), r"--train_file .*empty\.txt holds no text"),
         (args_with(train_file=str(blank)), r"holds only blank texts \(3\)"),
-        (args_with(train_file=str(jsonl)), r"--text_column_name 'text': not a field of .*'body'"),
-        (args_with(train_file=str(csv_file), text_column_name="content"), r"'content': not a column .*'id', 'body'"),
+        (args_with(train_file=str(jsonl)), r"texts\.jsonl line 1: no field 'text' \(--text_column_name\).*'body'"),
+        (
+            args_with(train_file=str(csv_file), text_column_name="content"),
+            r"texts\.csv line 2: no column 'content' \(--text_column_name\); its columns are 'id', 'body'",
+        ),
         (args_with(block_size="65"), r"--block_size 65: larger than the latent transformer's context \(64 units\)"),
         (args_with(model_name_or_path=str(tmp_path)), r"exactly one of --model_spec"),
     ]
@@ -349,14 +355,17 @@ def test_data_list_and_prepare_wiring(tmp_path, monkeypatch, capsys) -> None:
     assert "train" in printed and "(3 texts)" in printed and "(2 texts)" in printed
 
     # --data_recipe in `ilt train` goes through the same prepare()
-    from ilt_core.training.run import DataTrainingArguments, read_texts
+    from ilt_core.training.run import DataTrainingArguments, ILTArguments, build_datasets, resolve_sources
 
     monkeypatch.setenv("ILT_DATA_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(
         data_recipes, "prepare", lambda name, progress=True: fake_prepare(name, tmp_path / "home" / name)
     )
-    texts = read_texts(DataTrainingArguments(data_recipe="he-news"), need_train=True, need_eval=True)
-    assert len(texts.train) == 3 and len(texts.validation) == 2
+    data = DataTrainingArguments(data_recipe="he-news", cache_dir=str(tmp_path / "cache"))
+    sources = resolve_sources(data, need_train=True, need_eval=True)
+    assert sources.train.files[0].path == tmp_path / "home" / "he-news" / "train.txt"
+    prepared = build_datasets(sources, 32, 24, data, ILTArguments())
+    assert prepared.train.stats.texts == 3 and prepared.validation.stats.texts == 2
 
 
 def test_unknown_recipe_is_one_clear_line(capsys) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ilt_core.errors import ILTError
+from ilt_core.text.render_cache import DEFAULT_MAX_BYTES
 
 DEFAULT_BLOCK_SIZE = 256
 
@@ -47,9 +48,13 @@ class DataTrainingArguments:
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "its configuration, e.g. heb_Hebr"})
     train_file: str | None = field(
-        default=None, metadata={"help": "training texts: .txt (one per line), .jsonl/.json or .csv/.tsv"}
+        default=None,
+        metadata={
+            "help": "training texts: a file, a glob ('shards/*.parquet') or a folder of shards; .txt (one text per "
+            "line), .jsonl/.json, .csv/.tsv or .parquet, optionally .gz/.bz2/.xz"
+        },
     )
-    validation_file: str | None = field(default=None, metadata={"help": "validation texts, same formats"})
+    validation_file: str | None = field(default=None, metadata={"help": "validation texts, same forms"})
     data_recipe: str | None = field(
         default=None, metadata={"help": "prepare and use an ilt data recipe (ilt data list), e.g. he-news"}
     )
@@ -66,7 +71,21 @@ class DataTrainingArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "keep the first N training blocks"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "keep the first N validation blocks"})
     preprocessing_num_workers: int | None = field(
-        default=None, metadata={"help": "processes that segment the texts into units"}
+        default=None, metadata={"help": "processes that read the files and segment the texts (datasets.map num_proc)"}
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "where the Arrow cache of texts, blocks and rows goes (default: datasets' cache folder)"},
+    )
+    overwrite_cache: bool = field(
+        default=False, metadata={"help": "segment and block again even when the cache holds the result"}
+    )
+    skip_bad_records: bool = field(
+        default=False,
+        metadata={
+            "help": "skip (and count, in the log and the metrics) records that do not read: a line that is not "
+            "UTF-8 or not JSON, a record without the text column, a corrupt parquet shard or row group"
+        },
     )
     validation_split_percentage: int = field(
         default=5, metadata={"help": "without validation data, hold out this %% of the training texts"}
@@ -92,6 +111,13 @@ class ILTArguments:
     )
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "stop training (and save) after this many minutes of wall-clock time"}
+    )
+    render_cache_bytes: int = field(
+        default=DEFAULT_MAX_BYTES,
+        metadata={
+            "help": f"bytes of rendered word images kept per process (least recently used dropped first; default "
+            f"{DEFAULT_MAX_BYTES} = {DEFAULT_MAX_BYTES >> 20} MiB)"
+        },
     )
 
 

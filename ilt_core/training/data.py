@@ -1,58 +1,541 @@
-"""Training data for ``ilt train``: texts -> units -> blocks -> (packed) rows -> collated batches.
+"""Training data for ``ilt train``: sources -> Arrow texts -> blocks of units -> packed rows -> batches.
 
-The steps, each done once before training starts (so a bad input fails before the first step):
+Everything before the collator lives in Arrow files on disk (memory-mapped, as ``datasets`` keeps
+them) and is cached there, so that memory and a second run's start-up do not grow with the corpus:
 
-1. **Texts.** One text per line of a ``.txt`` file, or one ``text_column`` value per record of a
-   ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` file, or a hub dataset (``datasets.load_dataset``).
-   Blank texts (empty or whitespace only) are skipped and counted.
-2. **Units.** ``segment(text)`` (:mod:`ilt_core.text.segmentation`), optionally in
-   ``preprocessing_num_workers`` processes.
-3. **Blocks.** A text of more than ``block_size - 1`` units is split into consecutive blocks of at
-   most ``block_size - 1`` units (the row's start marker takes the last position); only a text's
-   final block is *complete* (it gets the end-of-text label), exactly as
-   :func:`ilt_core.evaluation.text_blocks` scores long texts. ``max_*_samples`` counts blocks.
-4. **Rows.** With packing, consecutive blocks are packed greedily (in corpus order) into rows of at
-   most ``block_size`` positions (each block takes ``len(units) + 1``: its start marker); a dataset
-   item is one such row, so a batch of ``per_device_train_batch_size`` items re-packs into at most
-   that many rows (greedy in-order packing of a sequence is optimal among contiguous splits, so the
-   collator never needs more rows than the items it got). Without packing an item is one block.
-5. **Batches.** :class:`UnitCollator` renders and byte-encodes lazily, per batch, through the
-   processor (whose render cache makes a repeated word free) and returns
-   ``Batch.model_inputs()`` as a dict, the kwargs of ``ILTModel.forward``.
+1. **Sources.** ``--train_file`` / ``--validation_file`` name a file, a glob (``'shards/*.parquet'``)
+   or a folder of shards, in one format: ``.txt`` (one text per line), ``.jsonl`` / ``.json``,
+   ``.csv`` / ``.tsv`` (the ``--text_column_name`` field, default ``text``) or ``.parquet`` (that
+   column), each optionally compressed (``.gz``, ``.bz2``, ``.xz``; ``.zst`` with ``zstandard``).
+   :func:`resolve_source` checks them before anything is read: every file exists, a glob matches,
+   every parquet shard's footer reads and names the text column. ``--dataset_name`` goes through
+   ``datasets.load_dataset`` as in run_clm.py.
+2. **Texts.** :func:`load_texts` turns each file into one Arrow file of non-blank texts
+   (``<cache>/ilt-texts/texts-<key>.arrow``, the key hashing the path, size, mtime and column):
+   text, JSON and CSV files are read line by line so that a bad record is named by its file and
+   line (``datasets``' own builders give no line numbers); parquet shards row group by row group.
+   A bad record (a line that is not UTF-8, a JSON line that does not parse, a record without the
+   text column, an unreadable parquet row group) is an :class:`ILTError` naming the file and line,
+   or with ``skip_bad_records`` is skipped and counted. The shards' Arrow files are concatenated
+   (no copy) into one ``datasets.Dataset``.
+3. **Blocks.** :func:`make_blocks` runs ``Dataset.map(batched=True, num_proc=...)`` (run_clm.py's
+   tokenize-and-group step): each text is segmented into units (:func:`ilt_core.text.segmentation.segment`)
+   and split into blocks of at most ``block_size - 1`` units (the start marker takes a row's last
+   position); only a text's final block is *complete* (it gets the end-of-text label), as
+   :func:`ilt_core.evaluation.text_blocks` scores long texts. Columns: ``units`` (list of strings),
+   ``complete`` (bool), ``length`` (int32, units). The map's fingerprint hashes the texts'
+   fingerprint, the settings and :data:`PREPROCESSING_VERSION`, so a second run with the same data
+   and settings loads the cached Arrow file and maps nothing. ``max_*_samples`` counts blocks.
+4. **Rows.** :func:`pack_blocks` packs consecutive blocks greedily (in corpus order) into rows of
+   at most ``block_size`` positions, reading only the ``length`` column; a row is a contiguous range
+   of blocks, so the packing is one int64 offsets array (cached as an Arrow file beside the blocks).
+   A batch of ``per_device_train_batch_size`` rows re-packs into at most that many rows (greedy
+   in-order packing is optimal among contiguous splits). Without packing a row is one block.
+5. **Batches.** :class:`RowDataset` reads a row's blocks from Arrow when asked;
+   :class:`UnitCollator` renders and byte-encodes them per batch through the processor (whose
+   byte-capped render cache makes a repeated word free) into ``Batch.model_inputs()``.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
+import glob as globlib
+import gzip
 import hashlib
 import json
+import lzma
 import multiprocessing
+import os
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from ilt_core.errors import ILTError
-from ilt_core.evaluation import text_blocks
-from ilt_core.text.collator import TextUnits, pack_rows
+from ilt_core.text.collator import TextUnits
 from ilt_core.text.segmentation import segment
 
+#: Bump when reading, segmenting or blocking changes what the cached Arrow files hold.
+PREPROCESSING_VERSION = 1
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSON_SUFFIXES = (".json", ".jsonl")
 CSV_SUFFIXES = (".csv", ".tsv")
+PARQUET_SUFFIXES = (".parquet",)
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+FORMATS = {"text": TEXT_SUFFIXES, "json": JSON_SUFFIXES, "csv": CSV_SUFFIXES, "parquet": PARQUET_SUFFIXES}
+_TEXT_SCHEMA = pa.schema([("text", pa.string())])
+_BATCH_TEXTS = 10_000  # texts per Arrow record batch written
+_GLOB_CHARS = set("*?[")
+#: Counts calls of the blocking map function in this process (tests check that a cached run maps nothing).
+MAP_CALLS = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One data file: its path, format (``text``, ``json``, ``csv``, ``parquet``) and compression."""
+
+    path: Path
+    format: str
+    compression: str | None = None
+
+
+@dataclass
+class TextSource:
+    """One split's texts before reading: checked files, or a ``datasets`` dataset (hub)."""
+
+    flag: str
+    description: str
+    column: str = "text"
+    files: list[SourceFile] = field(default_factory=list)
+    dataset: Any = None  # a datasets.Dataset for --dataset_name
+
+
+def _file_format(path: Path, flag: str, strict: bool) -> SourceFile | None:
+    """The format of ``path`` from its suffixes; None (strict: an error) when not a data file."""
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = suffixes.pop() if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES else None
+    suffix = suffixes[-1] if suffixes else ""
+    for fmt, known in FORMATS.items():
+        if suffix in known:
+            if fmt == "parquet" and compression:
+                raise ILTError(f"{flag} {path}: a compressed parquet file; parquet compresses its own pages")
+            return SourceFile(path, fmt, compression)
+    if strict:  # a single named file of another suffix: one text per line, as before
+        return SourceFile(path, "text", compression)
+    return None
+
+
+def _known_suffixes() -> str:
+    return ", ".join(s for known in FORMATS.values() for s in known)
+
+
+def resolve_files(spec: str, flag: str) -> list[SourceFile]:
+    """The files ``spec`` names: a file, a glob or a folder (every data file under it, sorted).
+
+    Errors name ``flag`` and the path or pattern; all files must be of one format.
+    """
+    path = Path(spec).expanduser()
+    if _GLOB_CHARS & set(spec):
+        matches = sorted(Path(p) for p in globlib.glob(str(path), recursive=True) if Path(p).is_file())
+        if not matches:
+            raise ILTError(f"{flag} {spec}: the pattern matches no file")
+        files = [f for f in (_file_format(p, flag, strict=False) for p in matches) if f is not None]
+        if not files:
+            names = ", ".join(p.name for p in matches[:3])
+            raise ILTError(f"{flag} {spec}: matches no data file ({names}, ...); expected {_known_suffixes()}")
+    elif path.is_dir():
+        found = sorted(
+            p for p in path.rglob("*") if p.is_file() and not any(q.startswith(".") for q in p.relative_to(path).parts)
+        )
+        files = [f for f in (_file_format(p, flag, strict=False) for p in found) if f is not None]
+        if not files:
+            raise ILTError(f"{flag} {path}: a folder without data files; expected files ending {_known_suffixes()}")
+    elif path.is_file():
+        files = [_file_format(path, flag, strict=True)]  # type: ignore[list-item]
+    elif path.exists():
+        raise ILTError(f"{flag} {path}: not a file or folder")
+    else:
+        raise ILTError(f"{flag} {path}: no such file")
+    formats = sorted({f.format for f in files})
+    if len(formats) > 1:
+        raise ILTError(f"{flag} {spec}: mixes formats ({', '.join(formats)}); pass files of one format")
+    return files
+
+
+def check_parquet_footers(files: Sequence[SourceFile], column: str, flag: str, skip_bad: bool) -> list[str]:
+    """Read every parquet shard's footer (schema, row groups) before anything trains.
+
+    A shard that is not parquet, is cut short, or has no ``column`` of strings is an error naming
+    it; with ``skip_bad`` it is skipped later and its message returned here.
+    """
+    problems = []
+    for f in files:
+        if f.format != "parquet":
+            continue
+        problem = _parquet_problem(f.path, column)
+        if problem is None:
+            continue
+        message = f"{flag} {f.path}: {problem}"
+        if not skip_bad:
+            raise ILTError(f"{message}; pass --skip_bad_records to skip it")
+        problems.append(message)
+    return problems
+
+
+def _parquet_problem(path: Path, column: str) -> str | None:
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        return f"not a readable parquet file ({_first_line(exc)})"
+    if column not in schema.names:
+        return f"no column {column!r} (--text_column_name); its columns are {', '.join(map(repr, schema.names))}"
+    kind = schema.field(column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        return f"column {column!r} holds {kind}; expected strings"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def resolve_source(spec: str, flag: str, text_column: str | None, skip_bad: bool = False) -> TextSource:
+    """A checked :class:`TextSource` for ``--train_file`` / ``--validation_file`` (see the module docstring)."""
+    files = resolve_files(spec, flag)
+    check_parquet_footers(files, text_column or "text", flag, skip_bad)
+    fmt = files[0].format
+    what = f"{len(files)} {fmt} files" if len(files) > 1 else str(files[0].path)
+    return TextSource(flag, f"{spec} ({what})" if len(files) > 1 else what, text_column or "text", files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Texts: one Arrow file per source file, cached
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
 class TextStats:
-    """What reading a source found: texts kept, blank texts skipped, where it came from."""
+    """What reading a source found: records read, texts kept, blank texts, bad records and files."""
 
     source: str
+    records: int = 0
     texts: int = 0
     blank: int = 0
+    bad_records: int = 0
+    bad_files: int = 0
+    first_bad: str | None = None
+    cached_files: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: TextStats) -> None:
+        for name in ("records", "texts", "blank", "bad_records", "bad_files", "cached_files"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.first_bad = self.first_bad or other.first_bad
+
+
+class _BadRecords:
+    """Raises at the first bad record, or (``skip``) counts it and keeps the first message."""
+
+    def __init__(self, flag: str, path: Path, skip: bool, stats: TextStats) -> None:
+        self.flag, self.path, self.skip, self.stats = flag, path, skip, stats
+
+    def __call__(self, where: str, why: str) -> None:
+        message = f"{self.flag} {self.path} {where}: {why}"
+        if not self.skip:
+            raise ILTError(f"{message}; pass --skip_bad_records to skip such records")
+        self.stats.bad_records += 1
+        self.stats.first_bad = self.stats.first_bad or message
+
+
+def _open_binary(f: SourceFile) -> BinaryIO:
+    if f.compression == ".gz":
+        return gzip.open(f.path, "rb")  # type: ignore[return-value]
+    if f.compression == ".bz2":
+        return bz2.open(f.path, "rb")  # type: ignore[return-value]
+    if f.compression == ".xz":
+        return lzma.open(f.path, "rb")  # type: ignore[return-value]
+    if f.compression == ".zst":
+        try:  # optional: datasets reads .zst only with it too
+            import zstandard
+        except ImportError:
+            raise ILTError(f"{f.path}: a .zst file needs the `zstandard` package (pip install zstandard)") from None
+        return zstandard.open(f.path, "rb")  # type: ignore[return-value]
+    return open(f.path, "rb")
+
+
+def _decoded_lines(handle: Iterator[bytes], bad: _BadRecords, first: int = 1) -> Iterator[tuple[int, str]]:
+    """(line number, decoded line without its ending) for each line; a non-UTF-8 line is bad."""
+    for number, raw in enumerate(handle, first):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            bad(f"line {number}", f"not UTF-8 (byte {exc.start}: {exc.reason})")
+            continue
+        yield number, line.rstrip("\r\n") if line.endswith("\n") else line
+
+
+def _text_value(value: Any, where: str, bad: _BadRecords) -> str | None:
+    """A record's text: None (blank) for null, the string, or bad for anything else."""
+    if value is None or isinstance(value, str):
+        return value
+    bad(where, f"the text is {type(value).__name__} {str(value)[:40]!r}; expected a string")
+    return None
+
+
+def _read_text_file(f: SourceFile, column: str, bad: _BadRecords) -> Iterator[str | None]:
+    """One text per line; other line breaks inside a line (\\r, U+2028, ...) separate texts too, as
+    ``str.splitlines`` does (and as ``ilt train`` read .txt files before). A blank line gives ``""``."""
+    done = 0
+    with _open_binary(f) as handle:
+        # many lines decoded at once (fast); a chunk that is not UTF-8 goes line by line to name the line
+        for chunk in iter(lambda: handle.readlines(1 << 22), []):
+            try:
+                text = b"".join(chunk).decode("utf-8")
+            except UnicodeDecodeError:
+                for _, line in _decoded_lines(iter(chunk), bad, first=done + 1):
+                    yield from line.splitlines() or [""]
+            else:
+                yield from text.splitlines()
+            done += len(chunk)
+            bad.stats.records = done
+
+
+def _read_json_file(f: SourceFile, column: str, bad: _BadRecords) -> Iterator[str | None]:
+    """JSON Lines (or a ``.json`` file holding one list of objects): each object's ``column``."""
+    with _open_binary(f) as handle:
+        is_list = handle.read(1 << 16).lstrip()[:1] == b"["
+    with _open_binary(f) as handle:
+        if is_list:  # one JSON list: read whole (not line-addressable; a large corpus should be JSON Lines)
+            try:
+                records = json.loads(handle.read().decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                bad(f"byte {exc.start}", f"not UTF-8 ({exc.reason})")
+                return
+            except json.JSONDecodeError as exc:
+                bad(f"line {exc.lineno}", f"not valid JSON ({exc.msg})")
+                return
+            for i, record in enumerate(records, 1):
+                bad.stats.records += 1
+                yield _json_text(record, column, f"record {i}", bad)
+            return
+        for number, line in _decoded_lines(handle, bad):
+            if not line.strip():
+                continue
+            bad.stats.records += 1
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad(f"line {number}", f"not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            yield _json_text(record, column, f"line {number}", bad)
+
+
+def _json_text(record: Any, column: str, where: str, bad: _BadRecords) -> str | None:
+    if not isinstance(record, dict):
+        bad(where, f"expected a JSON object with a {column!r} field, found {type(record).__name__}")
+        return None
+    if column not in record:
+        fields = ", ".join(map(repr, list(record)[:8])) or "none"
+        bad(where, f"no field {column!r} (--text_column_name); its fields are {fields}")
+        return None
+    return _text_value(record[column], where, bad)
+
+
+def _read_csv_file(f: SourceFile, column: str, bad: _BadRecords) -> Iterator[str | None]:
+    """The ``column`` of each row of a CSV / TSV file with a header row."""
+    delimiter = "\t" if f.path.name.lower().removesuffix(f.compression or "").endswith(".tsv") else ","
+    csv.field_size_limit(2**31 - 1)  # a web document is often longer than csv's default 128 KiB field
+    current = 0
+
+    def lines(handle: BinaryIO) -> Iterator[str]:
+        nonlocal current
+        for current, line in _decoded_lines(handle, bad):  # noqa: B007 (current names the record's line)
+            yield line + "\n"
+
+    with _open_binary(f) as handle:
+        reader = csv.reader(lines(handle), delimiter=delimiter)
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            index = header.index(column) if column in header else None
+            for row in reader:
+                bad.stats.records += 1
+                if index is None:
+                    columns = ", ".join(map(repr, header))
+                    bad(f"line {current}", f"no column {column!r} (--text_column_name); its columns are {columns}")
+                elif index >= len(row):
+                    bad(f"line {current}", f"{len(row)} fields, no value for column {column!r}")
+                else:
+                    yield row[index]
+        except csv.Error as exc:
+            bad(f"line {current}", f"not valid CSV ({exc})")
+
+
+def _parquet_batches(f: SourceFile, column: str, bad: _BadRecords, stats: TextStats) -> Iterator[pa.Array]:
+    """The ``column`` of a parquet shard, row group by row group, blank texts dropped."""
+    problem = _parquet_problem(f.path, column)
+    if problem is not None:  # only reached with skip (the footers were checked before)
+        stats.bad_files += 1
+        stats.first_bad = stats.first_bad or f"{bad.flag} {f.path}: {problem}"
+        return
+    shard = pq.ParquetFile(f.path)
+    for group in range(shard.num_row_groups):
+        rows = shard.metadata.row_group(group).num_rows
+        try:
+            table = shard.read_row_group(group, columns=[column])
+        except (pa.ArrowException, OSError) as exc:
+            if not bad.skip:
+                raise ILTError(
+                    f"{bad.flag} {f.path}: row group {group} of {shard.num_row_groups} (rows "
+                    f"{stats.records}..{stats.records + rows - 1}) does not read ({_first_line(exc)}); "
+                    f"pass --skip_bad_records to skip it"
+                ) from None
+            stats.bad_records += rows
+            stats.first_bad = stats.first_bad or f"{bad.flag} {f.path}: row group {group} does not read"
+            stats.records += rows
+            continue
+        stats.records += rows
+        for chunk in table.column(0).chunks:
+            chunk = chunk.cast(pa.string())
+            keep = pc.and_kleene(pc.is_valid(chunk), pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(chunk)), 0))
+            kept = chunk.filter(pc.fill_null(keep, False))
+            stats.blank += len(chunk) - len(kept)
+            stats.texts += len(kept)
+            yield kept
+
+
+def _text_batches(f: SourceFile, column: str, flag: str, skip: bool, stats: TextStats) -> Iterator[pa.Array]:
+    """The non-blank texts of one file as Arrow string arrays (see :func:`load_texts`)."""
+    bad = _BadRecords(flag, f.path, skip, stats)
+    if f.format == "parquet":
+        yield from _parquet_batches(f, column, bad, stats)
+        return
+    reader: Callable[[SourceFile, str, _BadRecords], Iterator[str | None]] = {
+        "text": _read_text_file,
+        "json": _read_json_file,
+        "csv": _read_csv_file,
+    }[f.format]
+    texts: list[str] = []
+    for text in reader(f, column, bad):
+        if text is None or not text.strip():
+            stats.blank += 1
+            continue
+        texts.append(text)
+        if len(texts) >= _BATCH_TEXTS:
+            stats.texts += len(texts)
+            yield pa.array(texts, pa.string())
+            texts = []
+    if texts:
+        stats.texts += len(texts)
+        yield pa.array(texts, pa.string())
+
+
+def _file_key(f: SourceFile, column: str) -> str:
+    st = f.path.stat()
+    parts = [PREPROCESSING_VERSION, str(f.path.resolve()), st.st_size, st.st_mtime_ns, f.format, column]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+
+
+def _convert_file(args: tuple[SourceFile, str, str, bool, str]) -> TextStats:
+    """Write one file's texts as ``texts-<key>.arrow`` (+ a ``.json`` of its stats), unless cached."""
+    f, column, flag, skip, folder = args
+    key = _file_key(f, column)
+    target = Path(folder) / f"texts-{key}.arrow"
+    sidecar = target.with_suffix(".json")
+    if sidecar.is_file() and target.is_file():
+        stats = TextStats(str(f.path), **json.loads(sidecar.read_text(encoding="utf-8")))
+        if (stats.bad_records or stats.bad_files) and not skip:  # cached by a run that skipped them
+            raise ILTError(f"{stats.first_bad}; pass --skip_bad_records to skip such records")
+        stats.cached_files = 1
+        return stats
+    stats = TextStats(str(f.path))
+    start = time.perf_counter()
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, _TEXT_SCHEMA) as writer:
+            for array in _text_batches(f, column, flag, skip, stats):
+                if len(array):
+                    writer.write_batch(pa.record_batch([array], schema=_TEXT_SCHEMA))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+    stats.seconds = time.perf_counter() - start
+    saved = {k: v for k, v in asdict(stats).items() if k not in ("source", "cached_files")}
+    sidecar.write_text(json.dumps(saved), encoding="utf-8")  # last: it vouches for a complete Arrow file
+    return stats
+
+
+def cache_folder(cache_dir: str | Path | None) -> Path:
+    """Where the Arrow files go: ``<cache_dir or datasets' cache>/ilt-texts``."""
+    if cache_dir is None:
+        import datasets  # heavy; only when the data is prepared
+
+        cache_dir = datasets.config.HF_DATASETS_CACHE
+    folder = Path(cache_dir).expanduser() / "ilt-texts"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _pool_context() -> Any:
+    # fork: the workers need nothing but this module's functions (spawn would import torch again)
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def load_texts(
+    source: TextSource,
+    cache_dir: str | Path | None = None,
+    *,
+    skip_bad_records: bool = False,
+    num_workers: int | None = None,
+) -> tuple[Any, TextStats]:
+    """The source's non-blank texts as one Arrow-backed ``datasets.Dataset`` (column ``text``).
+
+    Files are converted once (``num_workers`` at a time) and later runs reuse the Arrow files; a
+    hub dataset is returned as it is (its column renamed ``text``).
+    """
+    import datasets  # heavy; only when the data is prepared
+    from datasets.table import MemoryMappedTable
+
+    total = TextStats(source.description)
+    if source.dataset is not None:
+        ds = source.dataset
+        if source.column != "text":
+            ds = ds.rename_column(source.column, "text")
+        total.records = total.texts = len(ds)
+        return ds.select_columns(["text"]), total
+    folder = cache_folder(cache_dir)
+    jobs = [(f, source.column, source.flag, skip_bad_records, str(folder)) for f in source.files]
+    start = time.perf_counter()
+    if num_workers and num_workers > 1 and len(jobs) > 1:
+        with _pool_context().Pool(min(num_workers, len(jobs))) as pool:
+            results = pool.map(_convert_file, jobs, chunksize=1)
+    else:
+        results = [_convert_file(job) for job in jobs]
+    for r in results:
+        total.add(r)
+    total.seconds = time.perf_counter() - start
+    parts = []
+    for f in source.files:
+        key = _file_key(f, source.column)
+        path = folder / f"texts-{key}.arrow"
+        table = MemoryMappedTable.from_file(str(path))
+        if table.num_rows:
+            parts.append(datasets.Dataset(table, fingerprint=key))
+    if not parts:
+        what = f"holds only blank texts ({total.blank})" if total.blank else "holds no text"
+        if total.bad_records or total.bad_files:
+            what += f" besides {total.bad_records} bad records and {total.bad_files} bad files"
+        raise ILTError(f"{source.flag} {source.description} {what}: expected at least one line of text")
+    ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return ds, total
+
+
+def hold_out(texts: Any, percent: int) -> tuple[Any, Any]:
+    """(train, validation): the first ``percent`` % of the texts held out (run_clm's rule), no copy."""
+    n = len(texts)
+    cut = max(1, n * percent // 100) if n > 1 else 0
+    return texts.select(range(cut, n)), texts.select(range(cut))
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks (a cached datasets.map) and rows (offsets from the blocks' lengths)
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -63,112 +546,183 @@ class BlockStats:
     units: int = 0
     blocks: int = 0
     split_texts: int = 0
-    longest_text_units: int = 0
+    rows: int = 0
 
 
-def _keep(texts: Iterable[Any], stats: TextStats, where: str) -> list[str]:
-    kept = []
-    for t in texts:
-        if t is None:
-            stats.blank += 1
-            continue
-        if not isinstance(t, str):
-            raise ILTError(f"{where}: expected text (a string), found {type(t).__name__} {str(t)[:40]!r}")
-        if t.strip():
-            kept.append(t)
-        else:
-            stats.blank += 1
-    stats.texts = len(kept)
-    return kept
+def _blocks_of_texts(batch: dict[str, list], max_unit_bytes: int, block_size: int) -> dict[str, list]:
+    """``Dataset.map`` function: a batch of texts -> their blocks (``units``, ``complete``, ``length``)."""
+    global MAP_CALLS
+    MAP_CALLS += 1
+    texts = (segment(t, max_unit_bytes) for t in batch["text"] if t and not t.isspace())
+    return _blocks_of_units(texts, block_size)
 
 
-def read_text_file(
-    path: str | Path, text_column: str | None = None, flag: str = "--train_file", limit: int | None = None
-) -> tuple[list[str], TextStats]:
-    """Texts of a local file; blank ones skipped. Errors name ``flag``, the file and what was expected.
+def _blocks_of_units(units_per_text: Iterable[list[str]], block_size: int) -> dict[str, list]:
+    """Blocks of at most ``block_size - 1`` units; only a text's last block is complete."""
+    out_units: list[list[str]] = []
+    out_complete: list[bool] = []
+    out_length: list[int] = []
+    per_block = block_size - 1
+    for units in units_per_text:
+        for i in range(0, len(units), per_block):
+            piece = units[i : i + per_block]
+            out_units.append(piece)
+            out_complete.append(i + per_block >= len(units))
+            out_length.append(len(piece))
+    return {"units": out_units, "complete": out_complete, "length": out_length}
 
-    ``.txt`` (and any unknown suffix): one text per line. ``.jsonl`` (or ``.json`` holding one object
-    per line, or one list of objects): the ``text_column`` field (default ``text``). ``.csv`` /
-    ``.tsv``: the ``text_column`` column (default ``text``) of a file with a header row.
-    ``limit`` stops after that many non-blank texts (``--max_train_samples`` never needs more).
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps([PREPROCESSING_VERSION, *parts], default=str).encode()).hexdigest()[:32]
+
+
+def make_blocks(
+    texts: Any,
+    max_unit_bytes: int,
+    block_size: int,
+    *,
+    num_workers: int | None = None,
+    overwrite_cache: bool = False,
+    limit: int | None = None,
+    desc: str = "units and blocks",
+) -> tuple[Any, bool]:
+    """Segment and block ``texts`` (a ``datasets.Dataset`` with a ``text`` column) with a cached map.
+
+    Returns the blocks dataset and whether it came from the cache. ``limit`` keeps the first
+    ``limit`` blocks (only the first ``limit`` texts are mapped: a text gives at least one block).
     """
-    path = Path(path)
-    if not path.exists():
-        raise ILTError(f"{flag} {path}: no such file")
-    if not path.is_file():
-        raise ILTError(f"{flag} {path}: not a file (expected a .txt, .jsonl, .json or .csv file)")
-    stats = TextStats(str(path))
-    suffix = path.suffix.lower()
-    where = f"{flag} {path}"
-    try:
-        if suffix in JSON_SUFFIXES:
-            texts = _read_json(path, text_column or "text", where)
-        elif suffix in CSV_SUFFIXES:
-            texts = _read_csv(path, text_column or "text", where, "\t" if suffix == ".tsv" else ",")
-        else:
-            texts = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise ILTError(f"{where}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    import datasets  # heavy; only when the data is prepared
+
     if limit is not None:
-        texts = _first_nonblank(texts, limit)
-    kept = _keep(texts, stats, where)
-    if not kept:
-        what = "is empty" if not stats.blank else f"holds only blank texts ({stats.blank})"
-        raise ILTError(f"{where} {what}: expected at least one line of text")
-    return kept, stats
+        texts = texts.select(range(min(limit, len(texts))))
+    features = datasets.Features(
+        {
+            "units": datasets.List(datasets.Value("string")),
+            "complete": datasets.Value("bool"),
+            "length": datasets.Value("int32"),
+        }
+    )
+    fingerprint = _fingerprint(texts._fingerprint, "blocks", max_unit_bytes, block_size)
+    folder = _dataset_folder(texts)
+    before = set(os.listdir(folder)) if folder else set()
+    workers = num_workers if num_workers and num_workers > 1 and len(texts) >= 1000 * num_workers else None
+    blocks = texts.map(
+        _blocks_of_texts,
+        batched=True,
+        num_proc=workers,
+        fn_kwargs={"max_unit_bytes": max_unit_bytes, "block_size": block_size},
+        remove_columns=texts.column_names,
+        features=features,
+        new_fingerprint=fingerprint,
+        load_from_cache_file=not overwrite_cache,
+        desc=desc,
+    )
+    cached = bool(folder) and not (set(os.listdir(folder)) - before)
+    if limit is not None and len(blocks) > limit:
+        blocks = blocks.select(range(limit))
+    return blocks, cached
 
 
-def _first_nonblank(texts: Iterable[Any], limit: int) -> list[Any]:
-    out, n = [], 0
-    for t in texts:
-        out.append(t)
-        n += isinstance(t, str) and bool(t.strip())
-        if n >= limit:
-            break
-    return out
+def _dataset_folder(ds: Any) -> str | None:
+    files = ds.cache_files
+    return os.path.dirname(files[0]["filename"]) if files else None
 
 
-def _read_json(path: Path, column: str, where: str) -> list[Any]:
-    raw = path.read_text(encoding="utf-8")
-    records: list[Any]
-    stripped = raw.lstrip()
-    if stripped.startswith("["):
-        try:
-            records = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ILTError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    else:
-        records = []
-        for i, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ILTError(f"{where}: line {i} is not a JSON object ({exc.msg})") from None
-    if not records:
-        return []
-    first = records[0]
-    if not isinstance(first, dict):
-        raise ILTError(f"{where}: expected JSON objects with a {column!r} field, found {type(first).__name__}")
-    if column not in first:
-        raise ILTError(
-            f"--text_column_name {column!r}: not a field of {path}; its fields are {', '.join(map(repr, first))}"
-        )
-    return [r.get(column) if isinstance(r, dict) else None for r in records]
+def pack_offsets(lengths: np.ndarray, capacity: int) -> np.ndarray:
+    """Greedy in-order packing of blocks of ``lengths`` units (+1 start marker each) into rows of at
+    most ``capacity`` positions. Returns int64 offsets ``(rows + 1,)``: row ``r`` is blocks
+    ``offsets[r]:offsets[r+1]``; the same rows as :func:`ilt_core.text.collator.pack_rows`."""
+    starts: list[int] = []
+    used = capacity + 1  # the first block opens a row
+    index = 0
+    for begin in range(0, len(lengths), 1 << 20):  # in chunks: a Python int list per block stays small
+        for n in (lengths[begin : begin + (1 << 20)] + 1).tolist():
+            if used + n <= capacity:
+                used += n
+            else:
+                starts.append(index)
+                used = n
+            index += 1
+    starts.append(len(lengths))
+    return np.asarray(starts, dtype=np.int64)
 
 
-def _read_csv(path: Path, column: str, where: str, delimiter: str) -> list[Any]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        if reader.fieldnames is None:
-            return []
-        if column not in reader.fieldnames:
-            raise ILTError(
-                f"--text_column_name {column!r}: not a column of {path}; its columns are "
-                f"{', '.join(map(repr, reader.fieldnames))}"
-            )
-        return [row.get(column) for row in reader]
+def _load_or_pack(blocks: Any, block_size: int, packing: bool, folder: str | None) -> tuple[np.ndarray, BlockStats]:
+    """Row offsets and block stats, from ``rows-<fingerprint>.arrow`` when an earlier run wrote it."""
+    fingerprint = _fingerprint(blocks._fingerprint, "rows", block_size, packing)
+    path = Path(folder) / f"rows-{fingerprint}.arrow" if folder else None
+    if path is not None and path.is_file():
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        stats = BlockStats(**json.loads(table.schema.metadata[b"stats"]))
+        return table.column(0).chunk(0).to_numpy(zero_copy_only=True), stats
+    lengths = blocks.data.column("length").to_numpy().astype(np.int64, copy=False)
+    complete = blocks.data.column("complete").to_numpy(zero_copy_only=False)
+    texts = int(complete.sum())
+    # a text split into k blocks has k - 1 incomplete blocks, then its complete one
+    split = int((complete[1:] & ~complete[:-1]).sum()) if len(complete) > 1 else 0
+    if len(complete) and not complete[-1]:  # max_*_samples cut a text: its last block counts as a text
+        texts += 1
+    offsets = pack_offsets(lengths, block_size) if packing else np.arange(len(lengths) + 1, dtype=np.int64)
+    stats = BlockStats(texts, int(lengths.sum()), len(lengths), split, len(offsets) - 1)
+    if path is not None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        table = pa.table({"offset": offsets}).replace_schema_metadata({"stats": json.dumps(asdict(stats))})
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, path)
+    return offsets, stats
+
+
+def pack_blocks(blocks: Any, block_size: int, packing: bool = True) -> RowDataset:
+    """A :class:`RowDataset` over ``blocks``: rows packed from the ``length`` column (cached)."""
+    offsets, stats = _load_or_pack(blocks, block_size, packing, _dataset_folder(blocks))
+    return RowDataset(blocks, offsets, stats)
+
+
+class RowDataset(torch.utils.data.Dataset):
+    """A map-style dataset of rows, each a list of :class:`TextUnits` read from the Arrow blocks.
+
+    Holds the blocks dataset (memory-mapped) and the rows' int64 offsets into it; nothing per text
+    lives in Python objects until a row is asked for.
+    """
+
+    def __init__(self, blocks: Any, offsets: np.ndarray, stats: BlockStats) -> None:
+        self.blocks = blocks.select_columns(["units", "complete"])
+        self.offsets = offsets
+        self.stats = stats
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> list[TextUnits]:
+        if i < 0:
+            i += len(self)
+        part = self.blocks[int(self.offsets[i]) : int(self.offsets[i + 1])]
+        return [TextUnits(u, bool(c)) for u, c in zip(part["units"], part["complete"], strict=True)]
+
+    @property
+    def rows(self) -> Iterator[list[TextUnits]]:
+        """Every row in order, read one at a time (for a pass over the data, e.g. warming a cache)."""
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def num_units(self) -> int:
+        """Units in the dataset, start markers excluded."""
+        return self.stats.units
+
+
+def rows_from_units(units_per_text: Sequence[list[str]], block_size: int, packing: bool = True) -> RowDataset:
+    """A :class:`RowDataset` from texts already segmented (in memory; for tests and small jobs)."""
+    import datasets  # heavy; only when the data is prepared
+
+    ds = datasets.Dataset.from_dict(_blocks_of_units(units_per_text, block_size))
+    offsets, stats = _load_or_pack(ds, block_size, packing, None)
+    return RowDataset(ds, offsets, stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub datasets
+# ---------------------------------------------------------------------------------------------
 
 
 def read_hub_dataset(
@@ -181,28 +735,26 @@ def read_hub_dataset(
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
     trust_remote_code: bool = False,
-) -> tuple[list[str], list[str] | None, TextStats, TextStats | None]:
-    """Train and validation texts of a hub dataset, as run_clm.py reads them (``datasets.load_dataset``).
+    cache_dir: str | None = None,
+) -> tuple[TextSource, TextSource | None]:
+    """Train and validation sources of a hub dataset, as run_clm.py reads them (``datasets.load_dataset``).
 
     Without a ``validation`` split, the first ``validation_split_percentage`` % of ``train`` becomes
     one (run_clm's ``train[:5%]`` / ``train[5%:]``). ``streaming`` reads only the first
-    ``max_*_samples`` records (required then: every kept text is held in memory).
+    ``max_*_samples`` records (required then).
     """
-    try:
-        import datasets
-    except ImportError as exc:  # datasets is a dependency of ilt-core; this is a broken install
-        raise ILTError(f"--dataset_name {name}: needs the `datasets` package ({exc})") from None
+    import datasets  # heavy; only when the data is prepared
+
     if streaming and not max_train_samples:
-        raise ILTError("--streaming: also pass --max_train_samples N (ilt train holds its training blocks in memory)")
-    kwargs: dict[str, Any] = {"streaming": streaming}
+        raise ILTError("--streaming: also pass --max_train_samples N (ilt train holds its training blocks in Arrow)")
+    kwargs: dict[str, Any] = {"streaming": streaming, "cache_dir": cache_dir}
     if trust_remote_code:
         kwargs["trust_remote_code"] = True
     try:
         raw = datasets.load_dataset(name, config, **kwargs)
     except Exception as exc:  # the hub, the network, a wrong name or config: one line, with the cause
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ILTError(
-            f"--dataset_name {name} --dataset_config_name {config}: could not load it ({first}); "
+            f"--dataset_name {name} --dataset_config_name {config}: could not load it ({_first_line(exc)}); "
             f"without a hub, pass --train_file / --validation_file or --data_recipe"
         ) from None
     if "train" not in raw:
@@ -215,82 +767,26 @@ def read_hub_dataset(
             f"--text_column_name {column!r}: not a column of {name}; its columns are {', '.join(map(repr, columns))}"
         )
 
-    def take(split: Any, n: int | None) -> list[Any]:
-        if streaming:
-            return [r[column] for r in split.take(n)] if n else [r[column] for r in split]
-        if n is not None:
-            split = split.select(range(min(n, len(split))))
-        return list(split[column])
+    def materialize(split: Any, n: int | None) -> Any:
+        if not streaming:
+            return split.select_columns([column])
+        rows = [r[column] for r in split.take(n)] if n else [r[column] for r in split]
+        return datasets.Dataset.from_dict({column: rows})
 
-    if validation_split is None and not streaming:
-        n = len(train_split)
-        cut = max(1, n * validation_split_percentage // 100)
-        validation_split = train_split.select(range(cut))
-        train_split = train_split.select(range(cut, n))
-    train_stats = TextStats(f"{name}/{config or ''}:train")
-    train = _keep(take(train_split, max_train_samples), train_stats, f"--dataset_name {name} (train)")
-    if not train:
-        raise ILTError(f"--dataset_name {name}: the train split holds no text in column {column!r}")
-    if validation_split is None:
-        return train, None, train_stats, None
-    eval_stats = TextStats(f"{name}/{config or ''}:validation")
-    validation = _keep(take(validation_split, max_eval_samples), eval_stats, f"--dataset_name {name} (validation)")
-    return train, validation, train_stats, eval_stats
+    train = materialize(train_split, max_train_samples)
+    validation = materialize(validation_split, max_eval_samples) if validation_split is not None else None
+    where = f"{name}/{config or ''}"
+    if validation is None and not streaming:
+        train, validation = hold_out(train, validation_split_percentage)
+    train_source = TextSource("--dataset_name", f"{where}:train", column, dataset=train)
+    if validation is None:
+        return train_source, None
+    return train_source, TextSource("--dataset_name", f"{where}:validation", column, dataset=validation)
 
 
-def segment_texts(texts: Sequence[str], max_unit_bytes: int, num_workers: int | None = None) -> list[list[str]]:
-    """Each text's units; with ``num_workers > 1`` segmentation runs in that many processes."""
-    fn = partial(segment, max_unit_bytes=max_unit_bytes)
-    if not num_workers or num_workers <= 1 or len(texts) < 1000:
-        return [fn(t) for t in texts]
-    with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
-        return pool.map(fn, texts, chunksize=max(64, len(texts) // (num_workers * 8)))
-
-
-def make_blocks(units_per_text: Sequence[list[str]], block_size: int) -> tuple[list[TextUnits], BlockStats]:
-    """Blocks of at most ``block_size - 1`` units (the start marker fills a row's last position).
-
-    A longer text becomes several consecutive blocks; only its last block is marked complete.
-    """
-    stats = BlockStats()
-    blocks: list[TextUnits] = []
-    for units in units_per_text:
-        if not units:
-            continue
-        pieces = text_blocks(units, block_size - 1)
-        stats.texts += 1
-        stats.units += len(units)
-        stats.split_texts += len(pieces) > 1
-        stats.longest_text_units = max(stats.longest_text_units, len(units))
-        blocks.extend(pieces)
-    stats.blocks = len(blocks)
-    return blocks, stats
-
-
-def make_rows(blocks: Sequence[TextUnits], block_size: int, packing: bool) -> list[list[TextUnits]]:
-    """Dataset items: with packing, consecutive blocks greedily packed into rows of ``block_size``
-    positions; without, one block per item."""
-    if not packing:
-        return [[b] for b in blocks]
-    return [[blocks[i] for i in row] for row in pack_rows([len(b.units) + 1 for b in blocks], block_size)]
-
-
-class RowDataset(torch.utils.data.Dataset):
-    """A map-style dataset of rows (each a list of :class:`TextUnits`); see the module docstring."""
-
-    def __init__(self, rows: list[list[TextUnits]]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> list[TextUnits]:
-        return self.rows[i]
-
-    @property
-    def num_units(self) -> int:
-        """Units in the dataset, start markers excluded."""
-        return sum(len(b.units) for row in self.rows for b in row)
+# ---------------------------------------------------------------------------------------------
+# The collator
+# ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -335,11 +831,18 @@ class UnitCollator:
 __all__ = [
     "BlockStats",
     "RowDataset",
+    "SourceFile",
+    "TextSource",
     "TextStats",
     "UnitCollator",
+    "check_parquet_footers",
+    "hold_out",
+    "load_texts",
     "make_blocks",
-    "make_rows",
+    "pack_blocks",
+    "pack_offsets",
     "read_hub_dataset",
-    "read_text_file",
-    "segment_texts",
+    "resolve_files",
+    "resolve_source",
+    "rows_from_units",
 ]

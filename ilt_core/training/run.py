@@ -65,6 +65,7 @@ import argparse
 import hashlib
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,30 +97,30 @@ REPLICAS_NAME = "replicas.json"
 
 
 @dataclass
-class Texts:
-    """Training and validation texts (blank ones dropped) and what reading them found."""
+class Sources:
+    """Where the train / validation texts come from, checked (files exist, globs match, parquet
+    footers read) before a model is built; ``hold_out`` is the percentage of the training texts
+    that becomes the validation set when there is no other (0: none)."""
 
-    train: list[str] | None
-    validation: list[str] | None
-    summary: list[str]
+    train: td.TextSource | None
+    validation: td.TextSource | None
+    hold_out: int = 0
+    summary: list[str] = field(default_factory=list)
 
 
 @dataclass
 class PreparedData:
-    """The datasets (:class:`~ilt_core.training.data.RowDataset`) and what preparing them found."""
+    """The datasets (:class:`~ilt_core.training.data.RowDataset`), what preparing them found, and
+    figures for the run's metrics (``train_bad_records``, ``train_preprocessing_seconds``, ...)."""
 
-    train: Any | None
-    validation: Any | None
+    train: td.RowDataset | None
+    validation: td.RowDataset | None
     summary: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _hold_out(texts: list[str], percent: int) -> tuple[list[str], list[str]]:
-    cut = max(1, len(texts) * percent // 100) if len(texts) > 1 else 0
-    return texts[cut:], texts[:cut]
-
-
-def read_texts(data: DataTrainingArguments, need_train: bool, need_eval: bool) -> Texts:
-    """Read the train / validation texts from the one source the arguments name; blank texts skipped."""
+def resolve_sources(data: DataTrainingArguments, need_train: bool, need_eval: bool) -> Sources:
+    """Check the arguments and find the one source of texts they name (see :mod:`ilt_core.training.data`)."""
     sources = [s for s in ("dataset_name", "train_file", "data_recipe") if getattr(data, s)]
     if len(sources) > 1:
         raise ILTError(f"--{sources[0]} and --{sources[1]}: pass one source of training texts")
@@ -132,11 +133,10 @@ def read_texts(data: DataTrainingArguments, need_train: bool, need_eval: bool) -
         if value is not None and value < 1:
             raise ILTError(f"--{flag} {value}: expected a positive number of blocks")
 
-    train_texts: list[str] | None = None
-    eval_texts: list[str] | None = None
-    notes: list[str] = []
+    train: td.TextSource | None = None
+    validation: td.TextSource | None = None
     if data.dataset_name:
-        train_texts, eval_texts, tstats, vstats = td.read_hub_dataset(
+        train, validation = td.read_hub_dataset(
             data.dataset_name,
             data.dataset_config_name,
             data.text_column_name,
@@ -145,8 +145,8 @@ def read_texts(data: DataTrainingArguments, need_train: bool, need_eval: bool) -
             max_train_samples=data.max_train_samples,
             max_eval_samples=data.max_eval_samples,
             trust_remote_code=data.trust_remote_code,
+            cache_dir=data.cache_dir,
         )
-        notes.append(f"train: {tstats.source}: {tstats.texts} texts ({tstats.blank} blank skipped)")
     else:
         train_path: str | None = data.train_file
         validation_path: str | None = data.validation_file
@@ -154,52 +154,83 @@ def read_texts(data: DataTrainingArguments, need_train: bool, need_eval: bool) -
             files = get_registry().data_recipe(data.data_recipe).prepare(progress=True)
             train_path = str(files["train"])
             validation_path = validation_path or str(files["validation"])
-        if train_path:
-            # read only what --max_train_samples keeps, unless validation texts are to be held out of them
-            held_out = need_eval and not validation_path and data.validation_split_percentage > 0
-            limit = None if held_out else (data.max_train_samples if need_train else 1)
-            train_texts, tstats = td.read_text_file(train_path, data.text_column_name, "--train_file", limit=limit)
-            notes.append(f"train: {train_path}: {tstats.texts} texts ({tstats.blank} blank lines skipped)")
+        held_out = need_eval and not validation_path and data.validation_split_percentage > 0
+        if train_path and (need_train or held_out):
+            train = td.resolve_source(train_path, "--train_file", data.text_column_name, data.skip_bad_records)
         if validation_path and need_eval:
-            eval_texts, vstats = td.read_text_file(
-                validation_path, data.text_column_name, "--validation_file", limit=data.max_eval_samples
+            validation = td.resolve_source(
+                validation_path, "--validation_file", data.text_column_name, data.skip_bad_records
             )
-            notes.append(f"validation: {validation_path}: {vstats.texts} texts ({vstats.blank} blank lines skipped)")
-    if need_eval and eval_texts is None and train_texts is not None and data.validation_split_percentage > 0:
-        train_texts, eval_texts = _hold_out(train_texts, data.validation_split_percentage)
-        notes.append(f"validation: the first {data.validation_split_percentage}% of the training texts held out")
-    if need_train and not train_texts:
+    hold = data.validation_split_percentage if need_eval and validation is None and train is not None else 0
+    if need_train and train is None:
         raise ILTError("no training texts: --train_file / --data_recipe / --dataset_name gave none")
-    if need_eval and not eval_texts:
+    if need_eval and validation is None and not hold:
         raise ILTError("--do_eval: no validation texts (pass --validation_file or --validation_split_percentage > 0)")
-    return Texts(train_texts if need_train else None, eval_texts if need_eval else None, notes)
+    return Sources(train, validation, hold)
+
+
+def _text_note(name: str, stats: td.TextStats) -> str:
+    note = f"{name}: {stats.source}: {stats.texts} texts ({stats.blank} blank skipped"
+    if stats.bad_records or stats.bad_files:
+        note += f"; skipped {stats.bad_records} bad records and {stats.bad_files} bad files, first: {stats.first_bad}"
+    read = f"{stats.cached_files} files from the cache" if stats.cached_files else f"read in {stats.seconds:.1f} s"
+    return f"{note}; {read})"
 
 
 def build_datasets(
-    texts: Texts, max_unit_bytes: int, block_size: int, data: DataTrainingArguments, ilt: ILTArguments
+    sources: Sources, max_unit_bytes: int, block_size: int, data: DataTrainingArguments, ilt: ILTArguments
 ) -> PreparedData:
-    """Segment, block and pack the texts into row datasets (see :mod:`ilt_core.training.data`)."""
-    notes = list(texts.summary)
+    """Read, segment, block and pack the texts into row datasets (see :mod:`ilt_core.training.data`);
+    every step is cached on disk, so a second run with the same data and settings maps nothing."""
+    notes = list(sources.summary)
+    metrics: dict[str, float] = {}
 
-    def build(texts: list[str], limit: int | None, name: str) -> Any:
-        if limit is not None:
-            texts = texts[:limit]  # a text gives at least one block: never more texts than blocks are needed
-        units = td.segment_texts(texts, max_unit_bytes, data.preprocessing_num_workers)
-        blocks, stats = td.make_blocks(units, block_size)
-        if limit is not None:
-            blocks = blocks[:limit]
-        rows = td.make_rows(blocks, block_size, ilt.packing)
-        dataset = td.RowDataset(rows)
-        split = f", {stats.split_texts} long texts split into blocks" if stats.split_texts else ""
-        notes.append(
-            f"{name}: {stats.texts} texts, {stats.units} units -> {len(blocks)} blocks of <= {block_size - 1} units"
-            f"{split} -> {len(rows)} {'packed rows' if ilt.packing else 'rows'} of <= {block_size} positions"
+    def texts_of(source: td.TextSource, name: str) -> Any:
+        texts, stats = td.load_texts(
+            source,
+            data.cache_dir,
+            skip_bad_records=data.skip_bad_records,
+            num_workers=data.preprocessing_num_workers,
         )
+        notes.append(_text_note(name, stats))
+        metrics[f"{name}_bad_records"] = stats.bad_records
+        metrics[f"{name}_bad_files"] = stats.bad_files
+        return texts
+
+    train_texts = texts_of(sources.train, "train") if sources.train is not None else None
+    eval_texts = texts_of(sources.validation, "eval") if sources.validation is not None else None
+    if sources.hold_out and train_texts is not None:
+        train_texts, eval_texts = td.hold_out(train_texts, sources.hold_out)
+        notes.append(f"validation: the first {sources.hold_out}% of the training texts held out")
+
+    def build(texts: Any, limit: int | None, name: str) -> td.RowDataset:
+        start = time.perf_counter()
+        blocks, cached = td.make_blocks(
+            texts,
+            max_unit_bytes,
+            block_size,
+            num_workers=data.preprocessing_num_workers,
+            overwrite_cache=data.overwrite_cache,
+            limit=limit,
+            desc=f"{name}: units and blocks",
+        )
+        dataset = td.pack_blocks(blocks, block_size, ilt.packing)
+        seconds = time.perf_counter() - start
+        stats = dataset.stats
+        split = f", {stats.split_texts} long texts split into blocks" if stats.split_texts else ""
+        how = "from the cache" if cached else f"in {seconds:.1f} s, {stats.units / max(seconds, 1e-9):,.0f} units/s"
+        notes.append(
+            f"{name}: {stats.texts} texts, {stats.units} units -> {stats.blocks} blocks of <= {block_size - 1} units"
+            f"{split} -> {len(dataset)} {'packed rows' if ilt.packing else 'rows'} of <= {block_size} positions "
+            f"({how})"
+        )
+        metrics[f"{name}_preprocessing_seconds"] = round(seconds, 3)
+        metrics[f"{name}_preprocessing_cached"] = int(cached)
         return dataset
 
-    train = build(texts.train, data.max_train_samples, "train") if texts.train else None
-    validation = build(texts.validation, data.max_eval_samples, "validation") if texts.validation else None
-    return PreparedData(train, validation, notes)
+    train = build(train_texts, data.max_train_samples, "train") if sources.train is not None else None
+    validation = build(eval_texts, data.max_eval_samples, "eval") if eval_texts is not None else None
+    return PreparedData(train, validation, notes, metrics)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,6 +297,7 @@ class TrainResult:
     log_history: list[dict] = field(default_factory=list)
     replicas: dict | None = None
     trainer: Any = None
+    data_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = None) -> TrainResult:
@@ -302,13 +334,18 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
     if data.block_size is not None and data.block_size < 2:
         raise ILTError(f"--block_size {data.block_size}: expected at least 2 (a start marker and one unit)")
 
-    # the texts first: a missing or empty file fails before a model is built
+    # the sources first: a missing file, a glob matching nothing or a corrupt parquet footer fails before a
+    # model is built
     has_eval_source = bool(
         data.validation_file or data.data_recipe or data.dataset_name or data.validation_split_percentage > 0
     )
     need_eval = training_args.do_eval and (has_eval_source or not eval_optional)
-    with training_args.main_process_first(desc="reading texts"):  # one process downloads / prepares
-        texts = read_texts(data, training_args.do_train, need_eval)
+    if training_args.disable_tqdm:
+        import datasets  # heavy; imported by the data steps anyway
+
+        datasets.disable_progress_bars()
+    with training_args.main_process_first(desc="checking the data sources"):  # one process downloads / prepares
+        sources = resolve_sources(data, training_args.do_train, need_eval)
 
     set_seed(training_args.seed)
     model = _build_model(margs, training_args.seed)
@@ -326,7 +363,12 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
         check_compatible(model, resume, "--resume_from_checkpoint")
         training_args.resume_from_checkpoint = str(resume)
 
-    prepared = build_datasets(texts, model.spec.max_unit_bytes, block_size, data, ilt)
+    if model.processor.cache is not None:  # capped in bytes, not entries: memory flat in the vocabulary
+        model.processor.cache.maxsize = None
+        model.processor.cache.max_bytes = ilt.render_cache_bytes
+    # rank 0 reads and maps into the Arrow cache first; the other ranks then load it
+    with training_args.main_process_first(desc="preparing the training data"):
+        prepared = build_datasets(sources, model.spec.max_unit_bytes, block_size, data, ilt)
     for line in prepared.summary:
         say(line)
     if prepared.validation is None:
@@ -392,6 +434,7 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
         trainer.save_model()
         metrics = dict(train_output.metrics)
         metrics["train_samples"] = len(prepared.train)
+        metrics.update({k: v for k, v in prepared.metrics.items() if k.startswith("train_")})
         if budget is not None and budget.stopped_at is not None:
             say(f"time budget of {ilt.max_train_minutes} min reached at step {budget.stopped_at}")
         trainer.log_metrics("train", metrics)
@@ -403,10 +446,12 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
     if training_args.do_eval:
         metrics = trainer.evaluate()
         metrics["eval_samples"] = len(prepared.validation)
+        metrics.update({k: v for k, v in prepared.metrics.items() if k.startswith("eval_")})
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         result.eval_metrics = metrics
 
+    result.data_metrics = dict(prepared.metrics)
     result.replicas = _check_replicas(model, collator, training_args, say)
     result.log_history = list(trainer.state.log_history)
     return result

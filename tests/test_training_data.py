@@ -1,0 +1,363 @@
+"""Training data at corpus scale: sources (file, glob, folder, every format, compressed), the Arrow cache,
+bad input, memory held in Arrow rather than Python objects, packing from lengths, parquet recipes.
+
+Corpora are a few hundred Hebrew lines written here, in tmp_path; the cache goes to tmp_path too.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import json
+import lzma
+import os
+import random
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import micro_spec
+
+from ilt_core.errors import ILTError
+from ilt_core.evaluation import text_blocks
+from ilt_core.text.collator import pack_rows
+from ilt_core.text.segmentation import segment
+from ilt_core.training import data as td
+from ilt_core.training.arguments import DataTrainingArguments, ILTArguments, parse_train_args
+from ilt_core.training.run import build_datasets, resolve_sources
+
+WORDS = "הילד המורה השכנה קורא כותב מחפש ספר חדש מכתב ארוך שיר יפה בבית בספרייה ליד הים היום".split()
+
+
+def texts_for(n: int, seed: int = 0) -> list[str]:
+    """n Hebrew lines of 3-40 words (some longer than a block), no blank ones."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))) + "." for _ in range(n)]
+
+
+TEXTS = texts_for(240)
+
+
+def write_txt(path: Path, lines: list[str], opener=open) -> Path:
+    with opener(path, "wt", encoding="utf-8") as handle:
+        handle.write("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def write_jsonl(path: Path, lines: list[str], opener=open) -> Path:
+    with opener(path, "wt", encoding="utf-8") as handle:
+        for i, line in enumerate(lines):
+            handle.write(json.dumps({"id": i, "text": line}, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_csv(path: Path, lines: list[str], delimiter: str = ",", opener=open) -> Path:
+    with opener(path, "wt", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter=delimiter)
+        writer.writerow(["id", "text"])
+        writer.writerows([i, line] for i, line in enumerate(lines))
+    return path
+
+
+def write_parquet(path: Path, lines: list[str], row_group_size: int = 50) -> Path:
+    pq.write_table(pa.table({"id": list(range(len(lines))), "text": lines}), path, row_group_size=row_group_size)
+    return path
+
+
+def shards(lines: list[str], n: int) -> list[list[str]]:
+    size = -(-len(lines) // n)
+    return [lines[i : i + size] for i in range(0, len(lines), size)]
+
+
+def read(
+    spec: str | Path, cache: Path, column: str | None = None, skip: bool = False
+) -> tuple[list[str], td.TextStats]:
+    source = td.resolve_source(str(spec), "--train_file", column, skip)
+    ds, stats = td.load_texts(source, cache, skip_bad_records=skip)
+    return list(ds["text"]), stats
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["txt", "txt.gz", "jsonl", "jsonl.bz2", "json-list", "csv", "csv.xz", "tsv", "parquet"],
+)
+def test_every_format_and_compression_reads_the_same_texts(tmp_path, name) -> None:
+    lines = TEXTS[:60]
+    with_blanks = lines[:10] + ["", "   "] + lines[10:]
+    opener = {"gz": gzip.open, "bz2": bz2.open, "xz": lzma.open}.get(name.rsplit(".", 1)[-1], open)
+    path = tmp_path / f"corpus.{name}"
+    if name.startswith("txt"):
+        write_txt(path, with_blanks, opener)
+    elif name.startswith("jsonl"):
+        write_jsonl(path, with_blanks, opener)
+    elif name == "json-list":
+        path = tmp_path / "corpus.json"
+        path.write_text(json.dumps([{"text": t} for t in with_blanks], ensure_ascii=False), encoding="utf-8")
+    elif name.startswith(("csv", "tsv")):
+        write_csv(path, with_blanks, "\t" if name == "tsv" else ",", opener)
+    else:
+        write_parquet(path, with_blanks)
+    got, stats = read(path, tmp_path / "cache")
+    assert got == lines
+    assert (stats.texts, stats.blank, stats.records) == (60, 2, 62)
+
+
+def test_a_glob_and_a_folder_of_shards_read_every_shard_in_order(tmp_path) -> None:
+    folder = tmp_path / "shards"
+    (folder / "zz").mkdir(parents=True)  # files are read in the order of their sorted paths
+    parts = shards(TEXTS, 4)
+    for i, part in enumerate(parts):
+        write_parquet((folder / "zz" if i == 3 else folder) / f"train-{i:05d}.parquet", part)
+    (folder / "README.md.txt.bak").write_text("not data")  # not a data suffix: ignored in a folder
+    (folder / ".hidden.parquet").write_bytes(b"not parquet")  # hidden: ignored
+    got, stats = read(folder, tmp_path / "cache")
+    assert got == TEXTS and stats.texts == len(TEXTS)
+    got, _ = read(f"{folder}/train-*.parquet", tmp_path / "cache")
+    assert got == [t for part in parts[:3] for t in part]
+    got, _ = read(f"{folder}/**/*.parquet", tmp_path / "cache")
+    assert got == TEXTS
+    for i, part in enumerate(shards(TEXTS, 2)):
+        write_txt(tmp_path / f"t{i}.txt", part)
+    assert read(f"{tmp_path}/t*.txt", tmp_path / "cache")[0] == TEXTS
+
+
+def test_sources_that_cannot_be_read_are_one_clear_line(tmp_path) -> None:
+    write_txt(tmp_path / "a.txt", TEXTS[:3])
+    write_jsonl(tmp_path / "b.jsonl", TEXTS[:3])
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (f"{tmp_path}/nothing-*.parquet", r"--train_file .*nothing-\*\.parquet: the pattern matches no file"),
+        (str(tmp_path / "missing.txt"), r"missing\.txt: no such file"),
+        (str(tmp_path / "empty"), r"empty: a folder without data files"),
+        (f"{tmp_path}/[ab].*", r"mixes formats \(json, text\)"),
+    ]
+    for spec, pattern in cases:
+        with pytest.raises(ILTError, match=pattern) as info:
+            td.resolve_source(spec, "--train_file", None)
+        assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: one line naming the file and line (exit 2), or skipped and counted
+# ------------------------------------------------------------------------------------------------
+
+
+def bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str, int]]:
+    """name -> (file, what the error must say, bad records in it)."""
+    out: dict[str, tuple[Path, str, int]] = {}
+    txt = tmp_path / "bad.txt"
+    txt.write_bytes("".join(f"{t}\n" for t in TEXTS[:3]).encode() + b"caf\xe9 au lait\n" + TEXTS[3].encode() + b"\n")
+    out["txt"] = (txt, r"bad\.txt line 4: not UTF-8 \(byte 3", 1)
+    jsonl = write_jsonl(tmp_path / "bad.jsonl", TEXTS[:4])
+    lines = jsonl.read_text(encoding="utf-8").splitlines()
+    lines[2] = '{"text": "unterminated'
+    jsonl.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out["jsonl"] = (jsonl, r"bad\.jsonl line 3: not valid JSON", 1)
+    nocol = tmp_path / "nocol.jsonl"
+    nocol.write_text(
+        json.dumps({"text": TEXTS[0]}, ensure_ascii=False) + "\n" + json.dumps({"body": "x"}) + "\n", encoding="utf-8"
+    )
+    out["no-column"] = (nocol, r"nocol\.jsonl line 2: no field 'text' \(--text_column_name\); its fields are 'body'", 1)
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    write_parquet(folder / "a-0.parquet", TEXTS[:50])
+    data = write_parquet(folder / "a-1.parquet", TEXTS[50:100]).read_bytes()
+    (folder / "a-1.parquet").write_bytes(data[: len(data) - 20])  # footer cut short
+    out["parquet"] = (folder, r"a-1\.parquet: not a readable parquet file", 0)
+    return out
+
+
+def test_bad_records_stop_the_cli_with_one_line_and_exit_2(tmp_path, capsys) -> None:
+    from ilt_core.cli.main import main
+
+    spec = tmp_path / "micro.yaml"
+    spec.write_text(yaml.safe_dump(micro_spec("bytes-only"), allow_unicode=True), encoding="utf-8")
+    cases = {name: (str(path), pattern) for name, (path, pattern, _) in bad_inputs(tmp_path).items()}
+    cases["glob"] = (f"{tmp_path}/none/*.parquet", r"none/\*\.parquet: the pattern matches no file")
+    for name, (train_file, pattern) in cases.items():
+        argv = ["train", "--model_spec", str(spec), "--train_file", train_file, "--output_dir", str(tmp_path / "o")]
+        argv += ["--cache_dir", str(tmp_path / "cache"), "--max_steps", "1", "--report_to", "none"]
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("ilt: error")]
+        assert len(lines) == 1 and "Traceback" not in err, (name, err[-2000:])
+        import re
+
+        assert re.search(pattern, lines[0]), (name, lines[0])
+        assert name == "glob" or "--skip_bad_records" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_skip_bad_records_skips_and_counts_them_even_from_the_cache(tmp_path) -> None:
+    cache = tmp_path / "cache"
+    bad = bad_inputs(tmp_path)
+    for name, (path, pattern, count) in bad.items():
+        got, stats = read(path, cache, skip=True)
+        assert got and all(t in TEXTS for t in got), name
+        if name == "parquet":
+            assert got == TEXTS[:50] and stats.bad_files == 1
+        else:
+            assert stats.bad_records == count and stats.first_bad and str(path) in stats.first_bad
+        # cached by the skipping run: without --skip_bad_records it is still an error, not silently clean
+        with pytest.raises(ILTError, match=pattern):
+            read(path, cache)
+
+    # in the run: counted in the log lines and the metrics
+    data = DataTrainingArguments(train_file=str(bad["jsonl"][0]), cache_dir=str(cache), skip_bad_records=True)
+    sources = resolve_sources(data, need_train=True, need_eval=False)
+    prepared = build_datasets(sources, 32, 24, data, ILTArguments())
+    assert prepared.metrics["train_bad_records"] == 1
+    assert any("skipped 1 bad records" in line and "line 3" in line for line in prepared.summary)
+
+
+# ------------------------------------------------------------------------------------------------
+# The cache: a second run maps nothing
+# ------------------------------------------------------------------------------------------------
+
+
+def cache_state(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
+
+
+def test_a_second_run_with_the_same_data_and_settings_reuses_the_cache(tmp_path) -> None:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i, part in enumerate(shards(TEXTS, 3)):
+        write_parquet(folder / f"{i}.parquet", part)
+    cache = tmp_path / "cache"
+    data = DataTrainingArguments(train_file=str(folder), cache_dir=str(cache), validation_split_percentage=10)
+
+    def prepare(block_size: int = 24) -> tuple:
+        calls = td.MAP_CALLS
+        sources = resolve_sources(data, need_train=True, need_eval=True)
+        prepared = build_datasets(sources, 32, block_size, data, ILTArguments())
+        return prepared, td.MAP_CALLS - calls
+
+    first, mapped = prepare()
+    assert mapped > 0 and first.metrics["train_preprocessing_cached"] == 0
+    state = cache_state(cache / "ilt-texts")
+    assert sum(name.startswith("texts-") and name.endswith(".arrow") for name in state) == 3
+    second, mapped = prepare()
+    assert mapped == 0, "the second run segmented texts again"
+    assert cache_state(cache / "ilt-texts") == state  # no file written or rewritten
+    assert second.metrics["train_preprocessing_cached"] == 1 and second.metrics["eval_preprocessing_cached"] == 1
+    assert [second.train[i] for i in range(len(second.train))] == [first.train[i] for i in range(len(first.train))]
+
+    # another block size maps again; a changed shard is read again, the others come from the cache
+    _, mapped = prepare(block_size=16)
+    assert mapped > 0
+    write_parquet(folder / "1.parquet", TEXTS[:5])
+    os.utime(folder / "1.parquet", ns=(1, 1))
+    sources = resolve_sources(data, need_train=True, need_eval=False)
+    texts, stats = td.load_texts(sources.train, cache)
+    assert stats.cached_files == 2 and len(texts) == 80 + 5 + 80
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory: Arrow, not Python objects
+# ------------------------------------------------------------------------------------------------
+
+
+def test_the_training_dataset_is_arrow_backed_and_reads_rows_lazily(tmp_path) -> None:
+    path = write_txt(tmp_path / "t.txt", TEXTS)
+    data = DataTrainingArguments(train_file=str(path), cache_dir=str(tmp_path / "cache"))
+    prepared = build_datasets(resolve_sources(data, True, False), 32, 24, data, ILTArguments())
+    rows = prepared.train
+    assert isinstance(rows.blocks, datasets.Dataset)
+    assert rows.blocks.cache_files and all(
+        Path(f["filename"]).parent == tmp_path / "cache" / "ilt-texts" for f in rows.blocks.cache_files
+    )
+    # the blocks live in a memory-mapped Arrow file, the rows are one int64 offsets array
+    assert all(isinstance(t, datasets.table.MemoryMappedTable) for t in _tables(rows.blocks.data))
+    assert isinstance(rows.offsets, np.ndarray) and rows.offsets.dtype == np.int64
+    held = {name: type(value).__name__ for name, value in vars(rows).items()}
+    assert held == {"blocks": "Dataset", "offsets": "ndarray", "stats": "BlockStats"}, held
+    assert not any(isinstance(v, (list, dict)) for v in vars(rows).values())
+
+
+def _tables(table) -> list:
+    blocks = getattr(table, "blocks", None)
+    if isinstance(table, datasets.table.ConcatenationTable):
+        return [t for row in blocks for t in row]
+    return [table]
+
+
+def test_render_cache_bytes_is_a_training_setting() -> None:
+    from ilt_core.text.render_cache import DEFAULT_MAX_BYTES
+
+    _, _, ilt, _ = parse_train_args(["--model_spec", "tiny", "--output_dir", "x"])
+    assert ilt.render_cache_bytes == DEFAULT_MAX_BYTES
+    _, _, ilt, _ = parse_train_args(["--model_spec", "tiny", "--output_dir", "x", "--render_cache_bytes", "1000"])
+    assert ilt.render_cache_bytes == 1000
+
+
+# ------------------------------------------------------------------------------------------------
+# Packing from lengths = today's packing
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("capacity", [2, 7, 24, 64])
+def test_pack_offsets_equals_pack_rows(capacity) -> None:
+    rng = np.random.default_rng(capacity)
+    lengths = rng.integers(1, capacity, size=3000)  # a block of n units takes n + 1 positions <= capacity
+    rows = pack_rows((lengths + 1).tolist(), capacity)
+    offsets = td.pack_offsets(lengths, capacity)
+    assert [list(range(offsets[r], offsets[r + 1])) for r in range(len(offsets) - 1)] == rows
+    assert td.pack_offsets(np.zeros(0, dtype=np.int64), capacity).tolist() == [0]
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_rows_from_the_cache_equal_todays_blocks_and_packing(tmp_path, packing) -> None:
+    path = write_txt(tmp_path / "t.txt", TEXTS[:100] + ["", "  "] + TEXTS[100:])
+    data = DataTrainingArguments(train_file=str(path), cache_dir=str(tmp_path / "cache"), max_train_samples=250)
+    prepared = build_datasets(resolve_sources(data, True, False), 32, 24, data, ILTArguments(packing=packing))
+    # today's path: every text segmented, split by text_blocks, the first 250 blocks, pack_rows over them
+    blocks = [b for t in TEXTS for b in text_blocks(segment(t, 32), 23)][:250]
+    rows = pack_rows([len(b.units) + 1 for b in blocks], 24) if packing else [[i] for i in range(len(blocks))]
+    expected = [[blocks[i] for i in row] for row in rows]
+    got = [prepared.train[i] for i in range(len(prepared.train))]
+    assert got == expected and list(prepared.train.rows) == expected
+    assert prepared.train.stats.blocks == 250 and prepared.train.num_units == sum(len(b.units) for b in blocks)
+
+
+# ------------------------------------------------------------------------------------------------
+# ilt data prepare --format parquet
+# ------------------------------------------------------------------------------------------------
+
+
+def test_data_prepare_writes_parquet_shards_with_a_text_column(tmp_path, monkeypatch, capsys) -> None:
+    from ilt_data import recipes
+
+    from ilt_core.cli.main import main
+
+    splits = {"train": TEXTS[:100], "validation": TEXTS[100:120], "test": TEXTS[120:130]}
+
+    def fake_prepare(name, out_dir=None, progress=True, archive=None):
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        return {split: write_txt(out / f"{split}.txt", lines) for split, lines in splits.items()}
+
+    monkeypatch.setattr(recipes, "prepare", fake_prepare)
+    out = tmp_path / "he-news"
+    assert main(["data", "prepare", "he-news", "--out", str(out), "--format", "parquet", "--shards", "3"]) == 0
+    printed = capsys.readouterr().out
+    for split, lines in splits.items():
+        files = sorted((out / "parquet" / split).glob("*.parquet"))
+        assert [f.name for f in files] == [f"{split}-{i:05d}-of-00003.parquet" for i in range(3)]
+        assert pq.read_schema(files[0]).names == ["text"]
+        assert [t for f in files for t in pq.read_table(f)["text"].to_pylist()] == lines
+        assert str(out / "parquet" / split) in printed
+    got, _ = read(out / "parquet" / "train", tmp_path / "cache")
+    assert got == splits["train"]
+    assert main(["data", "prepare", "he-news", "--out", str(out), "--format", "parquet", "--shards", "0"]) == 2
+    assert "--shards 0" in capsys.readouterr().err

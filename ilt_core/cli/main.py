@@ -169,6 +169,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ilt_core.modeling.model import convert_checkpoint
+
+    print(f"wrote {convert_checkpoint(args.old, args.new)} (config.json, weights, model card)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ilt", description="Image Latent Transformer: language models over words.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="read invalid UTF-8 and NUL characters as U+FFFD and print how many (default: one-line error naming the line)",
     )
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("convert", help="rewrite a checkpoint folder of an older format in the current one")
+    p.add_argument("old", help="checkpoint folder (e.g. spec.yaml + model.safetensors)")
+    p.add_argument("new", help="folder to write (config.json, weights, model card)")
+    p.set_defaults(func=cmd_convert)
 
     add_generate_parser(sub)
     add_train_parser(sub)

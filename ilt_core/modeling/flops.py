@@ -22,7 +22,10 @@ training bytes per second / the measured peak FLOP/s of one large fp32 matmul on
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +34,7 @@ from ilt_core.modeling.parameters import count_parameters
 
 FORMULA = (
     "FLOPs/byte = sum over parts [6 x non-embedding params x tokens + 12 x layers x width x sum(S^2)] / text bytes; "
-    "tokens and sequence lengths S are those each part processed in training (see ilt_core/bench_flops.py)"
+    "tokens and sequence lengths S are those each part processed in training (see ilt_core/modeling/flops.py)"
 )
 
 
@@ -108,6 +111,64 @@ def image_sequence_length(encoder: nn.Module, height: int, width: int) -> int:
     pw = int(getattr(encoder, "patch_size", 16) or 16)
     ph = int(getattr(encoder, "_patch_height", pw) or pw)
     return -(-height // ph) * -(-width // pw) + 1
+
+
+# ---- an ILT model's own count: shared by the trainer (total_flos) and the benchmark harness ----------------------
+
+ILT_PARTS = ("image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder")
+_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def ilt_counter(model: Any) -> FlopCounter:
+    """An empty :class:`FlopCounter` with one part per component of an ILT model plus its two mappings.
+
+    The parts' sizes (parameters without embedding tables, attention layers and width) are read once per model.
+    """
+    shapes = _SHAPES.get(model)
+    if shapes is None:
+        probe = FlopCounter()
+        for name in ILT_PARTS:
+            module = getattr(model, name, None)
+            if module is not None:
+                probe.part(name, module)
+        probe.part("encoder_mapping", model.encoder_mapping)
+        probe.part("decoder_mapping", model.decoder_mapping)
+        shapes = _SHAPES[model] = {n: (p.params, p.layers, p.width) for n, p in probe.parts.items()}
+    return FlopCounter(parts={n: PartWork(params=a, layers=b, width=c) for n, (a, b, c) in shapes.items()})
+
+
+def count_ilt_batch(counter: FlopCounter, model: Any, inputs: Mapping[str, Any], num_bytes: int | None = None) -> None:
+    """Add one collated batch's work per part (see the module docstring) and its UTF-8 bytes of text.
+
+    ``inputs``: the batch (``Batch`` or its ``model_inputs()``): ``unit_attention_mask`` (U, T), ``image_groups``,
+    ``segment_ids`` (B, L) with -1 for padding, ``labels`` (B, L, K) with -100 where none, ``num_bytes`` (B,).
+    """
+    parts = counter.parts
+    unit_mask = inputs["unit_attention_mask"]
+    if "bytes_encoder" in parts:
+        parts["bytes_encoder"].add(unit_mask.sum(1))
+    groups = inputs.get("image_groups") if hasattr(inputs, "get") else inputs["image_groups"]
+    if "image_encoder" in parts and groups and "image" not in getattr(model, "disabled", ()):
+        for idx, pixels in groups:
+            length = image_sequence_length(model.image_encoder, pixels.shape[-2], pixels.shape[-1])
+            parts["image_encoder"].add([length] * int(idx.numel()))
+    seg = inputs["segment_ids"]
+    # one attended sequence per text inside a (packed) row; padding (-1) is no text
+    lengths = [int((seg[b] == s).sum()) for b in range(seg.shape[0]) for s in range(int(seg[b].max()) + 1)]
+    parts["latent_transformer"].add([n for n in lengths if n])
+    label_len = (inputs["labels"] != -100).sum(-1)
+    label_len = label_len[label_len > 0]
+    parts["bytes_decoder"].add(label_len)
+    parts["encoder_mapping"].add_tokens(int(unit_mask.shape[0]))
+    parts["decoder_mapping"].add_tokens(int(label_len.numel()))
+    counter.num_bytes += int(inputs["num_bytes"].sum()) if num_bytes is None else int(num_bytes)
+
+
+def batch_flops(model: Any, inputs: Mapping[str, Any]) -> float:
+    """Training FLOPs (forward + backward) of one collated batch through an ILT model (the module's formula)."""
+    counter = ilt_counter(model)
+    count_ilt_batch(counter, model, inputs)
+    return sum(p.flops() for p in counter.parts.values())
 
 
 def measure_matmul_peak(device: torch.device | str = "cpu", size: int | None = None, repeats: int = 5) -> dict:

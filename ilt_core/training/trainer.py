@@ -15,21 +15,12 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from ilt_core.modeling.checkpoint import CARD_NAME, load_state, read_weights
+from ilt_core.modeling.flops import batch_flops
 from ilt_core.training.resume import TRAINING_ARGS_JSON, check_compatible
 
 if TYPE_CHECKING:
     from ilt_core.modeling.model import ILTModel
-
-
-class _StateView:
-    """What :func:`ilt_core.modeling.checkpoint.save_checkpoint` reads from a model, with a given state dict
-    (FSDP / DeepSpeed hand Trainer a gathered state dict rather than the module's own)."""
-
-    def __init__(self, model: ILTModel, state: dict[str, torch.Tensor]) -> None:
-        self.spec, self.disabled, self._state = model.spec, model.disabled, state
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,11 +120,20 @@ class ILTTrainer(Trainer):
       byte equally;
     - evaluation: ``eval_loss`` (nats per label byte) and ``eval_bits_per_byte``, summed exactly
       over the validation blocks;
-    - saving: ``model.save_pretrained`` (an ILT checkpoint), loading: the ILT checkpoint reader with a
-      spec check.
+    - saving: ``model.save_pretrained`` (an ILT checkpoint whose card and config record the steps, the
+      training data named by :attr:`training_data` and the last ``eval_bits_per_byte``), loading: the ILT
+      checkpoint reader with a spec check;
+    - ``total_flos``: :meth:`floating_point_ops` counts each batch with the model's own FLOP formula
+      (:mod:`ilt_core.modeling.flops`, the benchmark harness's), not transformers' ``input_ids`` estimate.
     """
 
     loss_is_scaled_for_ga = None  # decided per step from num_items_in_batch, as for transformers models
+    training_data: str = ""  # what the model is trained on, for the model card (set by whoever builds the trainer)
+
+    def floating_point_ops(self, inputs: Any) -> float:
+        """Training FLOPs of one batch (forward + backward), summed by Trainer into ``total_flos``."""
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        return batch_flops(model, inputs)
 
     def compute_loss(
         self,
@@ -186,32 +186,40 @@ class ILTTrainer(Trainer):
         return output
 
     # ---- saving and loading -------------------------------------------------------------
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        from ilt_core.modeling.checkpoint import save_checkpoint
+    def training_record(self) -> dict[str, Any]:
+        """What the model card and ``config.json`` say about this training: data, steps, FLOPs, bits-per-byte."""
+        record: dict[str, Any] = {"steps": int(self.state.global_step), "total_flos": float(self.state.total_flos)}
+        if self.training_data:
+            record["data"] = self.training_data
+        evals = [h for h in self.state.log_history if "eval_bits_per_byte" in h]
+        if evals:  # the latest evaluation, with the step it was measured at
+            record["eval_bits_per_byte"] = float(evals[-1]["eval_bits_per_byte"])
+            record["eval_step"] = int(evals[-1].get("step", self.state.global_step))
+        return record
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        if state_dict is None:
-            model.save_pretrained(output_dir)
-        else:
-            save_checkpoint(_StateView(model, state_dict), output_dir)
+        # FSDP / DeepSpeed hand a gathered state dict rather than the module's own
+        model.save_pretrained(output_dir, state_dict=state_dict, training=self.training_record())
         # the arguments as JSON, not Trainer's pickled training_args.bin: a checkpoint holds no pickle of ours
         (Path(output_dir) / TRAINING_ARGS_JSON).write_text(self.args.to_json_string(), encoding="utf-8")
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Keep the ILT model card ``save_pretrained`` wrote (transformers' would replace it before a push)."""
+        if not (Path(self.args.output_dir) / CARD_NAME).is_file():
+            self.save_model(self.args.output_dir, _internal_call=True)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        from ilt_core.modeling.checkpoint import WEIGHTS_NAME, load_state, read_checkpoint
-
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         check_compatible(target, resume_from_checkpoint, "--resume_from_checkpoint")
-        _, tensors, _ = read_checkpoint(resume_from_checkpoint)
+        tensors, _ = read_weights(resume_from_checkpoint)
         device = next(target.parameters()).device
-        load_state(
-            target, {k: v.to(device) for k, v in tensors.items()}, str(Path(resume_from_checkpoint) / WEIGHTS_NAME)
-        )
+        load_state(target, {k: v.to(device) for k, v in tensors.items()}, str(resume_from_checkpoint))
 
     def _load_best_model(self) -> None:
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:

@@ -27,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
+from ilt_bench.machine import machine_info, package_versions  # noqa: E402
 
 common.omp_wait_policy_default()
 
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "benchmark": "pipeline",
-        "machine": common.machine_facts(),
+        "machine": machine_info(),
+        "versions": package_versions(),
         "args": vars(args) | {"out": str(args.out)},
     }
     by_renderer: dict[str, dict[str, Any]] = {a: {} for a in renderers}

@@ -36,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
+from ilt_bench.machine import machine_info, package_versions, peak_rss_bytes  # noqa: E402
 
 common.omp_wait_policy_default()
 
@@ -109,7 +110,7 @@ def run_one(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
         "bytes_per_s": diff["bytes"] / seconds,
         "data_seconds_per_step": diff["seconds"] / max(diff["batches"], 1),
         "data_share": diff["seconds"] / seconds,
-        "peak_rss_mib": common.peak_rss_mb(),
+        "peak_rss_mib": peak_rss_bytes() / 2**20,
         "cold_render_units_per_s": warm["units"] / warm["seconds"] if warm.get("seconds") else None,
         "torch_threads": torch.get_num_threads(),
     }
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 k: getattr(args, k)
                 for k in ("steps", "warmup_steps", "batch_size", "block_size", "train_blocks", "repeats", "threads")
             },
-            "machine": common.machine_facts(),
+            "machine": machine_info(),
+            "versions": package_versions(),
             "summary": summary,
             "runs": results,
         },

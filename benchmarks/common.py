@@ -1,7 +1,10 @@
-"""Shared helpers of the speed benchmarks: benchmark texts, timing, peak memory, machine facts, JSON.
+"""Shared helpers of the speed benchmarks: benchmark texts, timing, JSON.
 
 Import this module before torch (the benchmark scripts do): :func:`omp_wait_policy_default` must set
 ``OMP_WAIT_POLICY`` before the OpenMP runtime loads, or it has no effect.
+
+Machine facts, package versions and the process's memory come from the ``ilt bench`` harness
+(:mod:`ilt_bench.machine`), so both kinds of benchmark record them the same way.
 
 Texts come from :func:`ilt_data.recipes.prepare` (fetched from the package registries with
 checksums, cached under ``$ILT_DATA_HOME`` or ``./data``), never from a machine-local copy, so every
@@ -13,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -125,68 +127,7 @@ def ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
     return median(pairs)
 
 
-# ---- memory ------------------------------------------------------------------------------------
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux ``clear_refs``); False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _status_kb(field: str) -> float:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return float("nan")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB since start or the last :func:`reset_peak_rss`."""
-    value = _status_kb("VmHWM")
-    if math.isnan(value):  # not Linux: ru_maxrss (never reset; KiB on Linux, bytes on macOS)
-        import resource
-
-        raw = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return raw / (1024 * 1024) if sys.platform == "darwin" else raw / 1024
-    return value / 1024
-
-
-def rss_mb() -> float:
-    """Current resident memory of this process in MiB."""
-    return _status_kb("VmRSS") / 1024
-
-
-# ---- machine and output ------------------------------------------------------------------------
-
-
-def machine_facts() -> dict[str, Any]:
-    """What the figures depend on: cores, load, threads, versions (recorded in every JSON)."""
-    import torch
-
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = (float("nan"),) * 3
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "load_average_1m": load[0],
-        "cuda": torch.cuda.is_available(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "note": "wall-clock figures on a machine shared with other work are noisy; compare ratios taken in one run",
-    }
+# ---- output ------------------------------------------------------------------------------------
 
 
 def check_finite_positive(tree: Any, where: str = "") -> list[str]:

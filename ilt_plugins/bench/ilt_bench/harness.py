@@ -15,81 +15,23 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ilt_bench.machine import machine_info, package_versions
 from ilt_core.errors import ILTError
+from ilt_core.files import sha256_file
 from ilt_core.plugins.registry import get_registry
 
 DEFAULT_DATA = "he-news"
 #: The reference's generation protocol: greedy, batch 4, prompts of 16 words, 32 new words, each to 32 bytes.
 REFERENCE_GENERATION = {"batch_size": 4, "prompt_units": 16, "new_units": 32, "byte_cap": 32}
-PACKAGES = (
-    "ilt-core",
-    "ilt-hf",
-    "ilt-timm",
-    "ilt-clip",
-    "ilt-freetype",
-    "torch",
-    "transformers",
-    "tokenizers",
-    "timm",
-    "open_clip_torch",
-    "numpy",
-    "matplotlib",
-)
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that shape the figures (and Python's)."""
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def machine_info(threads: int, device: str) -> dict[str, Any]:
-    """CPU model, cores, torch threads, device (and GPU name when there is one)."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "device": device,
-        "platform": platform.platform(),
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    try:
-        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
-    return info
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def resolve_data(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,8 +57,8 @@ def resolve_data(args: argparse.Namespace) -> dict[str, Any]:
         "name": name,
         "train_file": str(train),
         "eval_file": str(evaluation),
-        "train_sha256": _sha256(train),
-        "eval_sha256": _sha256(evaluation),
+        "train_sha256": sha256_file(train),
+        "eval_sha256": sha256_file(evaluation),
         "eval_texts": eval_texts,
     }
 
@@ -248,7 +190,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``ilt bench`` options (shared by the subcommand and ``python -m ilt_bench.harness``)."""
-    p.add_argument("--mixes", help="comma-separated mix names (files in --mix-dir) or YAML paths; default: all")
+    p.add_argument(
+        "--mixes", help="comma-separated mix names (in --mix-dir or the plugins' mixes) or YAML paths; default: all"
+    )
     p.add_argument("--mix-dir", help="folder of mix YAML files (default: ./benchmarks/mixes)")
     p.add_argument("--data", default=DEFAULT_DATA, help="data recipe (ilt_data.recipes) when no files are given")
     p.add_argument("--data-name", help="name of the data in the report and the default output folder")

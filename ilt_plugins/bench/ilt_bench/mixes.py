@@ -1,4 +1,5 @@
-"""Benchmark mixes: YAML files under ``benchmarks/mixes/``, each an ILT spec or a baseline declaration.
+"""Benchmark mixes: YAML files under ``benchmarks/mixes/`` (or ``--mix-dir``) and those that plugins contribute
+(``ilt_bench_mixes`` hook), each an ILT spec or a baseline declaration.
 
 An ILT mix is an ordinary spec (see :mod:`ilt_core.specs.spec`) plus two optional keys::
 
@@ -18,6 +19,7 @@ A baseline mix declares ``baseline: bytes`` or ``baseline: bpe`` (see :mod:`ilt_
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ilt_bench.baselines import parse_baseline_spec
 from ilt_core.errors import ILTError
+from ilt_core.plugins.registry import get_registry
 from ilt_core.specs.spec import parse_spec, resolve_base
 
 #: The order of the report's rows; other mixes in the folder follow alphabetically.
@@ -117,23 +120,57 @@ def load_mix(path: str | Path) -> Mix:
     return Mix(name, path, "ilt", spec, bench)
 
 
-def list_mixes(mix_dir: str | Path | None = None) -> list[str]:
-    """Names of the mixes in ``mix_dir`` in report order."""
+def mix_catalogue(mix_dir: str | Path | None = None, extra: Iterable[str | Path] = ()) -> dict[str, Path]:
+    """Mix name -> file: every ``*.yaml`` of ``mix_dir``, then the folders and files in ``extra``.
+
+    ``extra`` is what plugins contribute through the ``ilt_bench_mixes`` hook; a name already taken
+    (by ``mix_dir`` or an earlier source) keeps its first file.
+    """
     folder = Path(mix_dir) if mix_dir is not None else default_mix_dir()
-    names = sorted(p.stem for p in folder.glob("*.yaml"))
+    catalogue: dict[str, Path] = {}
+    if folder.is_dir():
+        catalogue.update((p.stem, p) for p in sorted(folder.glob("*.yaml")))
+    for source in map(Path, extra):
+        if source.is_dir():
+            files = sorted(source.glob("*.yaml"))
+        elif source.is_file():
+            files = [source]
+        else:
+            raise ILTError(f"a plugin's benchmark mixes (ilt_bench_mixes hook): {source}: no such file or folder")
+        for path in files:
+            catalogue.setdefault(path.stem, path)
+    return catalogue
+
+
+def plugin_mix_paths() -> list[Path]:
+    """The folders and files of mixes that installed plugins contribute (``ilt_bench_mixes`` hook)."""
+    return get_registry().bench_mix_paths()
+
+
+def list_mixes(mix_dir: str | Path | None = None, extra: Iterable[str | Path] = ()) -> list[str]:
+    """Names of the mixes in ``mix_dir`` and ``extra`` (see :func:`mix_catalogue`) in report order."""
+    names = list(mix_catalogue(mix_dir, extra))
     known = [n for n in DEFAULT_ORDER if n in names]
     return known + [n for n in names if n not in known]
 
 
-def resolve_mixes(selection: str | None, mix_dir: str | Path | None = None) -> list[Mix]:
-    """``--mixes``: comma-separated names (files in ``mix_dir``) or YAML paths; all of ``mix_dir`` when empty."""
+def resolve_mixes(
+    selection: str | None, mix_dir: str | Path | None = None, extra: Iterable[str | Path] | None = None
+) -> list[Mix]:
+    """``--mixes``: comma-separated names or YAML paths; every mix when empty.
+
+    Names are looked up in ``mix_dir`` (``--mix-dir``), then in ``extra``: the plugins' mixes
+    (:func:`plugin_mix_paths` when None).
+    """
     folder = Path(mix_dir) if mix_dir is not None else default_mix_dir()
+    extra = plugin_mix_paths() if extra is None else list(extra)
+    catalogue = mix_catalogue(folder, extra)
     if selection:
         items = [s.strip() for s in selection.split(",") if s.strip()]
     else:
-        if not folder.is_dir():
+        if not folder.is_dir() and not catalogue:
             raise ILTError(f"--mix-dir {folder}: no such folder; expected benchmarks/mixes with *.yaml mixes")
-        items = list_mixes(folder)
+        items = list_mixes(folder, extra)
     if not items:
         raise ILTError(f"--mixes: no mixes given and none in {folder}")
     mixes = []
@@ -141,11 +178,11 @@ def resolve_mixes(selection: str | None, mix_dir: str | Path | None = None) -> l
         candidate = Path(item)
         if item.endswith((".yaml", ".yml")) or candidate.is_file():
             path = candidate
+        elif item in catalogue:
+            path = catalogue[item]
         else:
-            path = folder / f"{item}.yaml"
-            if not path.is_file():
-                available = ", ".join(list_mixes(folder)) if folder.is_dir() else "(no mix folder)"
-                raise ILTError(f"--mixes: {item!r} is not a mix in {folder}; available: {available}")
+            available = ", ".join(list_mixes(folder, extra)) or "none"
+            raise ILTError(f"--mixes: {item!r} is not a mix in {folder} or a plugin's mixes; available: {available}")
         mixes.append(load_mix(path))
     names = [m.name for m in mixes]
     duplicates = sorted({n for n in names if names.count(n) > 1})

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import resource
 import sys
 import time
 import traceback
@@ -29,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ilt_bench.machine import peak_rss_bytes
 from ilt_core.errors import ILTError
 from ilt_core.text.segmentation import utf8_len
 
@@ -54,12 +54,6 @@ def text_stream(lines: Sequence[str], seed: int) -> Iterator[str]:
         for i in order:
             yield lines[i]
         epoch += 1
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def lr_at(step: int, share: float, peak: float) -> float:

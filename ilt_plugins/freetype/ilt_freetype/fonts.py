@@ -6,7 +6,6 @@ the same package versions give the same pixels on every machine.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import numpy as np
 import uharfbuzz as hb
 
 from ilt_core.errors import ILTError
+from ilt_core.files import sha256_file
 
 # (import name, distribution, path inside the package), in fallback order: a character is drawn
 # with the first face whose cmap has it. Noto Sans covers Latin, Greek, Cyrillic and Devanagari.
@@ -77,11 +77,7 @@ def font_paths(cjk: bool | None) -> list[tuple[Path, str]]:
 @cache
 def file_sha256(path: str) -> str:
     """Hex sha256 of a font file (cached: the files never change while a process runs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def dist_version(dist: str) -> str:

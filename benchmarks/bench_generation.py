@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from ilt_core.generation.loop import _iter_plain, _Session, _setup
+from ilt_core.generation import Generation, GenerationOptions
+from ilt_core.generation.decoding import LatentState, UnitEmbeddings, decode_unit_ids
 from ilt_core.modeling.model import build_model
 from ilt_core.text.byte_tokenizer import EOS_ID, PAD_ID
 
@@ -46,25 +47,27 @@ def prompt_of(n_units: int, row: int) -> str:
     return "".join(f"w{row}x{i} " for i in range(n_units))
 
 
-def forced_setup(model, prompts: list[str], units: int, use_cache: bool, unit_bytes: int):
-    """Greedy hypotheses and options for ``prompts``, every unit forced to ``unit_bytes`` bytes (eos barred)."""
-    # positional: units, cache, beams 1, no sampling, temperature 1, no top-k / top-p / stop, length penalty 1,
-    # no scores, 8 unit candidates, the unit byte limit, the byte-level options
-    args = (1, False, 1.0, None, None, None, 1.0, False, 8, unit_bytes, {"suppress_tokens": [EOS_ID]})
-    return _setup(model, prompts, units, use_cache, *args)
+def forced_generation(model, prompts: list[str], units: int, use_cache: bool, unit_bytes: int) -> Generation:
+    """A greedy generation of ``prompts``, every unit forced to ``unit_bytes`` bytes (eos barred)."""
+    options = GenerationOptions(
+        max_new_units=units,
+        use_cache=use_cache,
+        max_unit_bytes=unit_bytes,
+        byte_options={"suppress_tokens": [EOS_ID]},
+    )
+    return Generation(model, prompts, options)
 
 
 def step_times(model, prompts: list[str], units: int, use_cache: bool, unit_bytes: int) -> list[float]:
     """Seconds between consecutive decoding steps (each step gives every row one unit), prefill left out."""
-    hyps, opts = forced_setup(model, prompts, units, use_cache, unit_bytes)
+    generation = forced_generation(model, prompts, units, use_cache, unit_bytes)
     cuda = model.encoder_mapping.weight.is_cuda
     stamps = []
-    with _Session(model, None):
-        for n, _ in enumerate(_iter_plain(model, hyps, opts), start=1):
-            if n % len(prompts) == 0:  # the last row of a step has its unit
-                if cuda:
-                    torch.cuda.synchronize()
-                stamps.append(time.perf_counter())
+    for n, _ in enumerate(generation.steps(), start=1):
+        if n % len(prompts) == 0:  # the last row of a step has its unit
+            if cuda:
+                torch.cuda.synchronize()
+            stamps.append(time.perf_counter())
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
@@ -114,7 +117,8 @@ def best_ms(run, repeats: int) -> float:
 def vit_per_image(model, batches: list[int], repeats: int) -> list[dict]:
     """Milliseconds of the image encoder on ``batch`` new word images: transformers forward vs the fused step."""
     encoder = model.image_encoder
-    if getattr(encoder, "_fused", None) is None:
+    switch = getattr(encoder, "set_fused_inference", None)  # ilt_hf's HFVisionEncoder
+    if switch is None or not switch(True):
         print("vit: the preset's image encoder has no fused step; skipped")
         return []
     rows = []
@@ -123,14 +127,13 @@ def vit_per_image(model, batches: list[int], repeats: int) -> list[dict]:
         groups = model.processor.render_units(units)
 
         def run(fused: bool, groups=groups) -> None:
-            saved = encoder._fused
-            encoder._fused = saved if fused else None
+            switch(fused)
             try:
                 with torch.inference_mode():
                     for _, pixels in groups:
                         encoder(pixels)
             finally:
-                encoder._fused = saved
+                switch(True)
 
         hf, fused = best_ms(lambda: run(False), repeats), best_ms(lambda: run(True), repeats)
         rows.append(dict(batch=batch, transformers_ms=hf, fused_ms=fused, speedup=hf / fused))
@@ -140,10 +143,9 @@ def vit_per_image(model, batches: list[int], repeats: int) -> list[dict]:
 
 def parts_of_step(model, context: int, batch: int, unit_bytes: int, repeats: int) -> dict[str, float]:
     """Milliseconds of each part of one decoding step for ``batch`` prompts of ``context`` units (fastest runs)."""
-    from ilt_core.generation.loop import _decode_ids, _Latent, _UnitEmbeddings
-
     prompts = [prompt_of(context, r) for r in range(batch)]
-    hyps, opts = forced_setup(model, prompts, 8, True, unit_bytes)
+    generation = forced_generation(model, prompts, 8, True, unit_bytes)
+    hyps, decoding = generation.hypotheses, generation.decoding
     fresh = iter(range(10**6))
 
     def new_units() -> list[str]:  # never seen before: each is rendered and encoded
@@ -151,8 +153,8 @@ def parts_of_step(model, context: int, batch: int, unit_bytes: int, repeats: int
         return [f"n{n:04d}r{r} " for r in range(batch)]
 
     with torch.inference_mode():
-        embed = _UnitEmbeddings(model)
-        cached, recomputed = _Latent(model, embed, True), _Latent(model, embed, False)
+        embed = UnitEmbeddings(model)
+        cached, recomputed = LatentState(model, embed, True), LatentState(model, embed, False)
         latents = cached.start([h.context for h in hyps])
         recomputed.start([h.context for h in hyps])
 
@@ -165,7 +167,7 @@ def parts_of_step(model, context: int, batch: int, unit_bytes: int, repeats: int
 
         return {
             "encode_new_units": best_ms(lambda: embed(new_units()), repeats),
-            "decode_unit_bytes": best_ms(lambda: _decode_ids(model, latents, opts), repeats),
+            "decode_unit_bytes": best_ms(lambda: decode_unit_ids(model, latents, decoding), repeats),
             "latent_cached_step": min(latent_ms(cached) for _ in range(repeats + 1)),
             "latent_recomputed": min(latent_ms(recomputed) for _ in range(repeats + 1)),
         }

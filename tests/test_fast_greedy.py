@@ -10,9 +10,11 @@ from __future__ import annotations
 import pytest
 import torch
 from ilt_hf.fast_greedy import fused_llama_supported
+from test_generation import PROMPTS, small_model, swapped
 from test_hf_plugin import LATENT_CONFIGS
 
 from ilt_core import BuildContext, get_registry
+from ilt_core.generation import generate
 
 CONTEXT = BuildContext()
 EOS, PAD = CONTEXT.eos_token_id, CONTEXT.pad_token_id
@@ -105,3 +107,35 @@ def test_min_new_tokens_bars_eos_until_then(name):
     got = dec.greedy(prefix, 16, EOS, PAD, suppress_tokens=[PAD], min_new_tokens=5)
     assert torch.equal(got, expected)
     assert not bool((got[:, :5] == EOS).any()) and bool((got[:, 5:] == EOS).any())
+
+
+class DecoderWithoutGreedy(torch.nn.Module):
+    """A bytes decoder offering only the required protocol (no ``greedy``): the loop decodes through generate."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner = inner
+        self.hidden_size, self.vocab_size = inner.hidden_size, inner.vocab_size
+
+    def embed(self, input_ids):
+        return self.inner.embed(input_ids)
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self.inner.generate(*args, **kwargs)
+
+
+@pytest.mark.parametrize("options", [{}, {"suppress_tokens": [PAD], "min_new_tokens": 2}])
+def test_the_loop_gives_the_same_text_with_or_without_the_fast_greedy_path(options, monkeypatch):
+    model = small_model("llama")  # a Llama decoder: the fused step
+    calls = []
+    greedy = model.bytes_decoder.greedy
+    monkeypatch.setattr(model.bytes_decoder, "greedy", lambda *a, **k: calls.append(1) or greedy(*a, **k))
+    fast = generate(model, PROMPTS, 4, max_unit_bytes=5, return_scores=True, **options)
+    assert len(calls) == 4  # one call per step: the fast path really ran
+    with swapped(model, "bytes_decoder", DecoderWithoutGreedy(model.bytes_decoder)):
+        slow = generate(model, PROMPTS, 4, max_unit_bytes=5, return_scores=True, **options)
+    assert [r.units for r in slow] == [r.units for r in fast]
+    assert [r.finish_reason for r in slow] == [r.finish_reason for r in fast]

@@ -29,12 +29,12 @@ def encoder():
 
 def transformers_path(enc, pixels: torch.Tensor) -> torch.Tensor:
     """The CLS vector through the transformers modules (the fused step switched off)."""
-    fused, enc._fused = enc._fused, None
+    assert enc.set_fused_inference(False) is False
     try:
         with torch.no_grad():
             return enc(pixels)
     finally:
-        enc._fused = fused
+        assert enc.set_fused_inference(True)
 
 
 def calls_fused(monkeypatch) -> list[int]:
@@ -62,7 +62,7 @@ def test_fused_vit_equals_transformers_for_word_images(widths, monkeypatch):
         torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
         assert not torch.allclose(got[0], got[1])
     assert len(calls) == len(widths)  # the fused step really ran
-    assert len(enc._fused.positions) == len(widths)  # one interpolated position table per image size
+    assert len(enc.fused_weights.positions) == len(widths)  # one interpolated position table per image size
 
 
 def test_fused_vit_follows_in_place_weight_updates():
@@ -93,8 +93,8 @@ def test_other_vision_models_are_not_fused():
     assert fast_vit.fused_vit_supported(encoder().model)
     for model_type in ("swinv2", "clip_vision_model"):
         enc = get_registry().build("hf:vision", "image_encoder", CONTEXT, {"config": VISION_CONFIGS[model_type]})
-        assert enc._fused is None
+        assert enc.fused_weights is None and enc.set_fused_inference(True) is False
     gelu_tanh = get_registry().build(
         "hf:vision", "image_encoder", CONTEXT, {"config": {**CONFIG, "hidden_act": "gelu_pytorch_tanh"}}
     )
-    assert gelu_tanh._fused is None
+    assert gelu_tanh.fused_weights is None and gelu_tanh.set_fused_inference(True) is False

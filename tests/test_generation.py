@@ -8,25 +8,17 @@ own greedy continuations.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 
 import pytest
 import torch
 from conftest import tiny_spec
 
+from ilt_core.cli.generate import add_generate_parser
 from ilt_core.errors import ILTError
-from ilt_core.generation.loop import (
-    GenerationResult,
-    _beam_search,
-    _decode_ids,
-    _iter_plain,
-    _Session,
-    _setup,
-    _unit_of,
-    add_generate_parser,
-    generate,
-    stream_generate,
-)
+from ilt_core.generation import Generation, GenerationOptions, GenerationResult, generate, stream_generate
+from ilt_core.generation.beams import beam_search
 from ilt_core.modeling.model import build_model
 from ilt_core.text.byte_tokenizer import EOS_ID
 
@@ -148,6 +140,54 @@ def test_cache_grows_one_unit_per_step(monkeypatch):
     assert lengths == [7, 8, 9, 10, 11]
 
 
+@contextlib.contextmanager
+def swapped(model, role: str, component):
+    """``model.<role> = component`` for the block (monkeypatch would delete a submodule on undo)."""
+    saved = getattr(model, role)
+    setattr(model, role, component)
+    try:
+        yield
+    finally:
+        setattr(model, role, saved)
+
+
+class LatentWithoutCacheMethods(torch.nn.Module):
+    """A latent transformer offering only the required protocol: no ``select_cache`` / ``crop_cache_left``."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner = inner
+        self.hidden_size, self.max_positions = inner.hidden_size, inner.max_positions
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
+@pytest.mark.parametrize("latent", ["llama", "gemma3_text"])
+def test_the_cache_methods_are_used_and_a_latent_without_them_gives_the_same_text(latent, monkeypatch):
+    model = small_model(latent)
+    prompts = PROMPTS  # the 10-unit prompt fills its context first: its padding columns can go
+    stop = stops_for(model, prompts, 5)
+    recomputed = generate(model, prompts, 5, stop=stop, use_cache=False)
+    calls = {"select_cache": [], "crop_cache_left": []}
+    for name, calls_of in calls.items():
+        method = getattr(model.latent_transformer, name)
+
+        def spy(*args, method=method, calls_of=calls_of):
+            calls_of.append(method(*args))
+            return calls_of[-1]
+
+        monkeypatch.setattr(model.latent_transformer, name, spy)
+    assert generate(model, prompts, 5, stop=stop) == recomputed
+    assert calls["select_cache"]  # rows finished apart: the cache lost rows
+    # full-attention caches crop columns that became padding everywhere; a sliding-window layer refuses
+    assert calls["crop_cache_left"] and all(calls["crop_cache_left"]) == (latent == "llama")
+    monkeypatch.undo()
+    with swapped(model, "latent_transformer", LatentWithoutCacheMethods(model.latent_transformer)):
+        assert generate(model, prompts, 5, stop=stop) == recomputed
+        assert generate(model, prompts, 3, num_beams=2) == generate(model, prompts, 3, num_beams=2, use_cache=False)
+
+
 @pytest.mark.parametrize("latent", ["gpt_neox", "gpt2"])
 def test_continuation_is_the_same_alone_or_in_a_batch(latent):
     model = small_model(latent)
@@ -169,9 +209,9 @@ def test_word_beam_search_with_one_beam_equals_greedy():
     model = small_model()
     stop = stops_for(model, PROMPTS)
     greedy = generate(model, PROMPTS, 5, stop=stop, return_scores=True)
-    hyps, opts = _setup(model, PROMPTS, 5, True, 1, False, 1.0, None, None, stop, 1.0, True, 8, None, {})
-    with _Session(model, None):
-        beams = _beam_search(model, hyps, opts)
+    run = Generation(model, PROMPTS, GenerationOptions(max_new_units=5, stop=stop, return_scores=True))
+    with run.session:
+        beams = beam_search(model, run.hypotheses, run.decoding)
     assert [b.text for b in beams] == [g.text for g in greedy]
     assert [b.score for b in beams] == pytest.approx([g.score for g in greedy], abs=1e-4)
 
@@ -293,18 +333,52 @@ def test_cli_generate_prints_the_continuation(tmp_path, capsys):
         args.func(args)
 
 
+# ---- options as one value ----------------------------------------------------------------------------------------
+def test_options_value_equals_keywords_and_keywords_override_it():
+    model = small_model()
+    options = GenerationOptions(max_new_units=3, do_sample=True, top_k=3, unit_candidates=4, seed=5)
+    by_value = generate(model, PROMPTS[:3], options=options)
+    assert by_value == generate(model, PROMPTS[:3], 3, do_sample=True, top_k=3, unit_candidates=4, seed=5)
+    assert by_value != generate(model, PROMPTS[:3], options=options.replace(seed=6))
+    # keywords (and max_new_units) win over the value's fields; byte options add to its own
+    greedy = GenerationOptions(max_new_units=5, byte_options={"suppress_tokens": [EOS_ID]})
+    assert generate(model, PROMPTS[:3], 2, options=greedy) == generate(model, PROMPTS[:3], 2, suppress_tokens=[EOS_ID])
+    results = generate(model, PROMPTS[:2], options=greedy, return_scores=True, max_unit_bytes=3)
+    assert all(len(r.units) == 5 and all(len(u.encode()) <= 3 for u in r.units if "\ufffd" not in u) for r in results)
+    assert (
+        "".join(stream_generate(model, "the cat ", options=options)) == generate(model, "the cat ", options=options)[0]
+    )
+
+
+def test_options_are_checked_when_built_and_sorted_by_level():
+    with pytest.raises(ILTError, match="num_beams=2 with do_sample=True"):
+        GenerationOptions(num_beams=2, do_sample=True)
+    with pytest.raises(ILTError, match="unit_candidates=0"):
+        GenerationOptions(unit_candidates=0)
+    with pytest.raises(ILTError, match="byte_top_k=5 with word-level do_sample=True"):
+        GenerationOptions.from_kwargs(do_sample=True, byte_top_k=5)
+    options = GenerationOptions.from_kwargs(top_k=4, do_sample=True, byte_repetition_penalty=1.3, stop=["x"])
+    assert (options.top_k, options.stop, dict(options.byte_options)) == (4, ("x",), {"repetition_penalty": 1.3})
+    with pytest.raises(ILTError, match="options: expected a GenerationOptions"):
+        generate(small_model(), "a", options={"max_new_units": 2})
+    with pytest.raises(AttributeError):
+        options.top_k = 2  # frozen: a checked value stays checked
+
+
 # ---- bad input ---------------------------------------------------------------------------------------------------
 def test_empty_prompt_generates_from_the_start_marker():
     model = small_model()
     (text,) = generate(model, "", 3)
     assert text and generate(model, ["", "x"], 3)[0] == text
-    # its first unit is what the decoder writes from the latent of the start marker alone
+    # its first unit is what the decoder writes greedily from the latent of the start marker alone
     batch = model.processor([""])
-    hyps, opts = _setup(model, [""], 1, True, 1, False, 1.0, None, None, None, 1.0, False, 8, None, {})
-    with _Session(model, None):
-        latent = model(**batch.model_inputs()).hidden_states[:, 0]
-        first = _decode_ids(model, latent, opts)[0]
-    assert generate(model, "", 1)[0] == _unit_of(model, first, "unit")
+    limit = model.spec.max_unit_bytes
+    with torch.no_grad():
+        prefix = model.decoder_mapping(model(**batch.model_inputs()).hidden_states[:, 0])[:, None]
+        ids = model.bytes_decoder.generate(prefix, torch.ones(1, 1, dtype=torch.long), max_new_tokens=limit)[0]
+    ids = ids.tolist()
+    first = bytes(ids[: ids.index(EOS_ID)] if EOS_ID in ids else ids).decode("utf-8", errors="replace")
+    assert generate(model, "", 1)[0] == first
 
 
 def test_zero_new_units_and_empty_batch():
@@ -325,14 +399,20 @@ def test_prompt_longer_than_the_context_is_a_clear_error_and_a_full_context_stop
     assert r.finish_reason == "context_full" and len(r.units) == 3
 
 
-def test_a_decoder_without_eos_is_cut_at_the_byte_limit():
+def test_a_decoder_without_eos_is_cut_at_the_byte_limit(monkeypatch):
     model = small_model()
-    hyps, opts = _setup(model, PROMPTS, 2, True, 1, False, 1.0, None, None, None, 1.0, False, 8, 5, {})
-    with _Session(model, None):
-        rows = _decode_ids(model, torch.randn(3, D), opts, suppress_tokens=[EOS_ID])
-    assert all(len(r) == 5 and EOS_ID not in r for r in rows)
+    written = []
+    greedy = model.bytes_decoder.greedy
+
+    def spy(*args, **kwargs):
+        written.append(greedy(*args, **kwargs))
+        return written[-1]
+
+    monkeypatch.setattr(model.bytes_decoder, "greedy", spy)
     results = generate(model, PROMPTS, 3, max_unit_bytes=5, suppress_tokens=[EOS_ID], return_scores=True)
     assert all(len(r.units) == 3 and r.finish_reason == "max_new_units" for r in results)
+    assert len(written) == 3 and all(ids.shape[1] == 5 and not bool((ids == EOS_ID).any()) for ids in written)
+    assert all(len(u.encode()) <= 5 for r in results for u in r.units if "\ufffd" not in u)
 
 
 def test_eos_first_ends_the_text_and_invalid_utf8_becomes_replacement_characters():
@@ -410,9 +490,7 @@ def test_memorised_sentences_are_reproduced_from_their_first_words():
     assert generate(model, prompts, 10, use_cache=False) == [r.text for r in results]
 
 
-def test_iter_plain_yields_prompt_indices():
+def test_generation_steps_yield_prompt_indices():
     model = small_model()
-    hyps, opts = _setup(model, ["a", "b "], 2, True, 1, False, 1.0, None, None, None, 1.0, False, 8, None, {})
-    with _Session(model, None):
-        events = list(_iter_plain(model, hyps, opts))
+    events = list(Generation(model, ["a", "b "], GenerationOptions(max_new_units=2)).steps())
     assert sorted(p for p, _ in events) == [0, 0, 1, 1]

@@ -21,8 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+from ilt_core.cli.generate import add_generate_parser
 from ilt_core.errors import ILTError, run_user_command
-from ilt_core.generation.loop import add_generate_parser
 from ilt_core.plugins.registry import get_registry
 from ilt_core.text.lines import read_text_lines
 from ilt_core.training.run import add_train_parser

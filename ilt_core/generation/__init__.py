@@ -1,5 +1,6 @@
-"""Generation: the word-level decoding loop (greedy, sampling, beams) over a KV cache."""
+"""Generation: the word-level decoding loop (greedy, sampling, beams) over a KV cache, and its options."""
 
-from ilt_core.generation.loop import GenerationResult, generate, stream_generate
+from ilt_core.generation.loop import Generation, GenerationResult, GenerationSession, generate, stream_generate
+from ilt_core.generation.options import GenerationOptions
 
-__all__ = ["GenerationResult", "generate", "stream_generate"]
+__all__ = ["Generation", "GenerationOptions", "GenerationResult", "GenerationSession", "generate", "stream_generate"]

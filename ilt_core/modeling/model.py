@@ -210,10 +210,11 @@ class ILTModel(PreTrainedModel):
     ) -> list[str]:
         """Recompute each component's layers in the backward pass instead of keeping their activations.
 
-        The roles whose backbone supports it (transformers models, timm and open_clip towers) switch it on;
-        returns them. transformers' ``Trainer`` calls this for ``--activation_checkpointing`` (or the older
+        The roles whose component has ``set_activation_checkpointing`` (``protocols.ActivationCheckpointing``;
+        the hf, timm and clip plugins' encoders and transformers) switch it on; returns them. transformers'
+        ``Trainer`` calls this for ``--activation_checkpointing`` (or the older
         ``--gradient_checkpointing``); the spec field ``activation_checkpointing: true`` does it at build time.
-        Only active in training mode. ``every_n_layers`` and ``offload`` reach transformers backbones only.
+        Only active in training mode. ``every_n_layers`` and ``offload`` are hints a component may ignore.
         """
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
         return self._set_checkpointing(True, kwargs, every_n_layers, offload)
@@ -228,20 +229,10 @@ class ILTModel(PreTrainedModel):
             component = getattr(self, role)
             if component is None:
                 continue
-            for module in component.modules():  # the first backbone inside the plugin's wrapper
-                if hasattr(module, "activation_checkpointing_enable") and getattr(
-                    module, "supports_gradient_checkpointing", False
-                ):
-                    if on:
-                        module.activation_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)
-                    else:
-                        module.activation_checkpointing_disable()
-                    roles.append(role)
-                    break
-                if hasattr(module, "set_grad_checkpointing"):
-                    module.set_grad_checkpointing(on)
-                    roles.append(role)
-                    break
+            # protocols.ActivationCheckpointing: optional; a component without it keeps its activations
+            switch = getattr(component, "set_activation_checkpointing", None)
+            if switch is not None and switch(on, kwargs, every_n_layers=every_n_layers, offload=offload):
+                roles.append(role)
         return roles
 
     # ---- modality switches -------------------------------------------------------------

@@ -6,6 +6,15 @@ components through these methods and attributes, so any mix of plugins assembles
 Shapes use: N = number of units (words) in a flat batch, B = batch of texts, L = units per text,
 T = bytes (tokens) per unit sequence, D = a component's hidden width, V = byte vocabulary size,
 H / W = image height / width in pixels.
+
+Optional methods. A role may offer more than its protocol requires; the core looks each one up by name
+(``getattr``) and, when a component lacks it, does what the method's protocol below says. They keep backbone
+specifics (a transformers cache class, timm's or transformers' checkpointing switch, a hand-fused decoding
+step) inside the plugin that wraps the backbone:
+
+- every neural role: ``set_activation_checkpointing`` (:class:`ActivationCheckpointing`);
+- latent transformer: ``select_cache`` and ``crop_cache_left`` (:class:`LatentCache`);
+- bytes decoder: ``greedy``, the fast greedy path (:class:`FastGreedy`).
 """
 
 from __future__ import annotations
@@ -46,6 +55,30 @@ class Renderer(Protocol):
     def cache_key(self) -> tuple:
         """A hashable summary of every setting that changes the pixels (fonts, sizes, versions)."""
         ...
+
+
+@runtime_checkable
+class ActivationCheckpointing(Protocol):
+    """Optional for image encoders, bytes encoders, latent transformers and bytes decoders.
+
+    ``set_activation_checkpointing(enabled, checkpoint_kwargs=None, every_n_layers=1, offload=False)``: when
+    ``enabled``, recompute the component's layers in the backward pass (in training mode) instead of keeping
+    their activations; ``enabled=False`` undoes it. ``checkpoint_kwargs`` are ``torch.utils.checkpoint``
+    keyword arguments (e.g. ``use_reentrant=False``); ``every_n_layers`` and ``offload`` are hints a backbone
+    may ignore. Returns True when the component switched (it supports checkpointing), False otherwise.
+    The results (loss, gradients) must not change.
+
+    A component without the method keeps its activations: ``ILTModel.activation_checkpointing_enable`` leaves
+    its role out of the roles it returns.
+    """
+
+    def set_activation_checkpointing(
+        self,
+        enabled: bool,
+        checkpoint_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> bool: ...
 
 
 @runtime_checkable
@@ -110,6 +143,33 @@ class LatentTransformer(Protocol):
 
 
 @runtime_checkable
+class LatentCache(Protocol):
+    """Optional for latent transformers: what the generation loop does to the KV cache between steps.
+
+    The cache is whatever ``forward(..., use_cache=True)`` returned as ``past_key_values`` (the transformer
+    creates it when given none); the core never looks inside it. Rows are the batch rows of the cache,
+    ``L_past`` its positions (columns, oldest first).
+
+    - ``select_cache(cache, rows)``: ``rows`` a long tensor ``(N',)`` of row indices, in the order wanted; an
+      index may repeat (beam search keeps several children of one row) or be left out (a row finished).
+      Returns the cache of those rows (it may be the same object, changed in place). Without it, the loop
+      recomputes the kept rows' whole contexts into a fresh cache once (the same text, slower).
+    - ``crop_cache_left(cache, n) -> bool``: drop the ``n`` oldest positions of every row and layer in place
+      (the loop asks only when they are left padding in every remaining row, e.g. after a long prompt
+      finished). Returns False, leaving the cache as it was, when the cache cannot (layers that keep only a
+      sliding window hold no fixed column per position). Without it, or on False, the columns stay and the
+      attention mask keeps them masked (the same text, more memory).
+
+    A latent transformer that returns no cache (``past_key_values=None``) is recomputed from every row's whole
+    context at each step.
+    """
+
+    def select_cache(self, cache: Any, rows: torch.Tensor) -> Any: ...
+
+    def crop_cache_left(self, cache: Any, n: int) -> bool: ...
+
+
+@runtime_checkable
 class BytesDecoder(Protocol):
     """A small causal LM over bytes that reads a prefix embedding (no cross-attention).
 
@@ -121,9 +181,7 @@ class BytesDecoder(Protocol):
     generation from the prefix; returns the new ids ``(N, T_new)`` (or a ``GenerateOutput`` when
     ``return_dict_in_generate=True``).
 
-    Optional, for speed: ``greedy(inputs_embeds, max_new_tokens, eos_token_id, pad_token_id,
-    suppress_tokens, min_new_tokens)`` -> ids ``(N, max_new_tokens)``, the same ids as greedy ``generate``
-    (``pad_token_id`` after ``eos``). The generation loop uses it for plain greedy decoding when a decoder has it.
+    Optional, for speed: ``greedy`` (:class:`FastGreedy`).
     """
 
     hidden_size: int
@@ -140,6 +198,29 @@ class BytesDecoder(Protocol):
     ) -> tuple[torch.Tensor, Any]: ...
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any: ...
+
+
+@runtime_checkable
+class FastGreedy(Protocol):
+    """Optional for bytes decoders: greedy decoding without ``generate``'s per-step overhead.
+
+    ``greedy(inputs_embeds, max_new_tokens, eos_token_id, pad_token_id, suppress_tokens=None,
+    min_new_tokens=0)``: ``inputs_embeds`` ``(N, T0, D)`` prefix embeddings, all real (no padding); returns
+    ids ``(N, max_new_tokens)``, the same ids as ``generate(do_sample=False, suppress_tokens=...,
+    min_new_tokens=...)`` (float rounding of fused matrices aside), with ``pad_token_id`` after a row's
+    ``eos``. The generation loop calls it for plain greedy decoding (no byte-level option other than
+    ``suppress_tokens`` / ``min_new_tokens``); a decoder without it decodes through ``generate``.
+    """
+
+    def greedy(
+        self,
+        inputs_embeds: torch.Tensor,
+        max_new_tokens: int,
+        eos_token_id: int,
+        pad_token_id: int,
+        suppress_tokens: list[int] | None = None,
+        min_new_tokens: int = 0,
+    ) -> torch.Tensor: ...
 
 
 PROTOCOL_OF_ROLE: dict[str, type] = {

@@ -96,6 +96,20 @@ class ClipVisualEncoder(nn.Module):
             pooled = pooled @ self.visual.proj
         return pooled
 
+    def set_activation_checkpointing(
+        self,
+        enabled: bool,
+        checkpoint_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> bool:
+        """``protocols.ActivationCheckpointing``: open_clip's switch for the tower's transformer blocks.
+
+        open_clip decides how to checkpoint (``checkpoint_kwargs``, ``every_n_layers`` and ``offload`` are not used).
+        """
+        self.visual.set_grad_checkpointing(enabled)
+        return True
+
 
 class _DropRandomInitWarning(logging.Filter):
     """Drops open_clip's "initialized randomly" warning: random weights are what we asked for."""

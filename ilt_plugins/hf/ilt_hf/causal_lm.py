@@ -18,6 +18,7 @@ from torch import nn
 from ilt_core.errors import ILTError
 from ilt_core.plugins.protocols import LatentOutput
 from ilt_core.plugins.registry import BuildContext, component
+from ilt_hf.backbone import set_activation_checkpointing
 from ilt_hf.fast_greedy import FusedLlamaWeights, greedy_decode
 from ilt_hf.loading import Source, SourceArgs, max_positions, set_special_tokens
 
@@ -151,6 +152,38 @@ class HFLatentTransformer(nn.Module):
             hidden_states=out.last_hidden_state, past_key_values=output_cache(out) if use_cache else None
         )
 
+    def select_cache(self, cache: Any, rows: torch.Tensor) -> Any:
+        """``protocols.LatentCache``: keep batch rows ``rows`` ``(N',)`` (they may repeat) of a transformers cache."""
+        cache.reorder_cache(rows)  # index_select over the batch of every layer, in place
+        return cache
+
+    def crop_cache_left(self, cache: Any, n: int) -> bool:
+        """``protocols.LatentCache``: drop the ``n`` oldest positions of every layer, in place.
+
+        Only plain full-attention layers (``DynamicLayer``) hold every past key at a fixed column; a cache with
+        sliding-window (or any other) layers is left as it is and False returned.
+        """
+        from transformers.cache_utils import DynamicLayer  # transformers is imported when a component is built
+
+        layers = getattr(cache, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            return False
+        for layer in layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys = layer.keys[..., n:, :]
+                layer.values = layer.values[..., n:, :]
+        return True
+
+    def set_activation_checkpointing(
+        self,
+        enabled: bool,
+        checkpoint_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> bool:
+        """``protocols.ActivationCheckpointing``: transformers' checkpointing of the wrapped model."""
+        return set_activation_checkpointing(self.model, enabled, checkpoint_kwargs, every_n_layers, offload)
+
 
 # generation_config fields that leave greedy decoding as it is (anything else sends greedy() to generate())
 _PLAIN_GENERATION_KEYS = {
@@ -220,6 +253,16 @@ class HFBytesDecoder(nn.Module):
             inputs_embeds=inputs_embeds.to(dtype=param.dtype), attention_mask=attention_mask, **generation_kwargs
         )
 
+    def set_activation_checkpointing(
+        self,
+        enabled: bool,
+        checkpoint_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> bool:
+        """``protocols.ActivationCheckpointing``: transformers' checkpointing of the wrapped model."""
+        return set_activation_checkpointing(self.lm, enabled, checkpoint_kwargs, every_n_layers, offload)
+
     @torch.no_grad()
     def greedy(
         self,
@@ -280,6 +323,15 @@ class HFCausalBytesEncoder(nn.Module):
         last = (attention_mask.bool() * (positions + 1)).argmax(dim=1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
+    def set_activation_checkpointing(
+        self,
+        enabled: bool,
+        checkpoint_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> bool:
+        """``protocols.ActivationCheckpointing``: transformers' checkpointing of the wrapped model."""
+        return set_activation_checkpointing(self.model, enabled, checkpoint_kwargs, every_n_layers, offload)
 
 
 @component(

@@ -9,6 +9,7 @@ from torch import nn
 
 from ilt_core.errors import ILTError
 from ilt_core.plugins.registry import BuildContext, component
+from ilt_hf.backbone import set_activation_checkpointing
 from ilt_hf.loading import Source, SourceArgs, accepts_kwarg, set_special_tokens
 
 POOLINGS = ("mean", "cls")
@@ -34,6 +35,15 @@ class HFTextEncoder(nn.Module):
         mask = attention_mask.to(hidden.dtype)[..., None]
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
+    def set_activation_checkpointing(
+        self,
+        enabled: bool,
+        checkpoint_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> bool:
+        """``protocols.ActivationCheckpointing``: transformers' checkpointing of the wrapped model."""
+        return set_activation_checkpointing(self.model, enabled, checkpoint_kwargs, every_n_layers, offload)
 
 
 @component(

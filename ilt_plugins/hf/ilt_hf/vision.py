@@ -24,6 +24,7 @@ from torch import nn
 
 from ilt_core.errors import ILTError
 from ilt_core.plugins.registry import BuildContext, component
+from ilt_hf.backbone import set_activation_checkpointing
 from ilt_hf.fast_vit import FusedViTWeights, fused_vit_forward, fused_vit_supported
 from ilt_hf.loading import Source, SourceArgs, accepts_kwarg
 
@@ -88,6 +89,15 @@ class HFVisionEncoder(nn.Module):
         pooled = getattr(out, "pooler_output", None)
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
 
+    def set_activation_checkpointing(
+        self,
+        enabled: bool,
+        checkpoint_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> bool:
+        """``protocols.ActivationCheckpointing``: transformers' checkpointing of the wrapped model."""
+        return set_activation_checkpointing(self.model, enabled, checkpoint_kwargs, every_n_layers, offload)
 
     def set_fused_inference(self, enabled: bool) -> bool:
         """Let inference (eval mode, gradients off) take the fused ViT step of :mod:`ilt_hf.fast_vit`.

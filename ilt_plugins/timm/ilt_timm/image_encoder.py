@@ -60,6 +60,27 @@ class TimmImageEncoder(nn.Module):
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         return self.model(x)
 
+    def set_activation_checkpointing(
+        self,
+        enabled: bool,
+        checkpoint_kwargs: dict[str, Any] | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> bool:
+        """``protocols.ActivationCheckpointing``: timm's own switch (its blocks checkpoint in training mode).
+
+        timm decides how to checkpoint (``checkpoint_kwargs``, ``every_n_layers`` and ``offload`` are not used);
+        False for a model without the switch, or one that refuses it.
+        """
+        switch = getattr(self.model, "set_grad_checkpointing", None)
+        if switch is None:
+            return False
+        try:
+            switch(enabled)
+        except (AssertionError, NotImplementedError):  # timm's way of saying "not supported by this model"
+            return False
+        return True
+
 
 def _patch_embed_size(model: nn.Module) -> tuple[int, int] | None:
     """(height, width) of a patch-embedding model's patches, or None for conv nets."""

@@ -192,6 +192,10 @@ def test_a_declaration_that_is_not_literal_names_its_line(tmp_path, on_path):
     )
     with pytest.raises(ILTError, match=r"factory\.py:4: @component argument 'make_name\(\)' is not a literal"):
         components_in("broken", "broken_plugin.factory")
+    factory = tmp_path / "broken_plugin" / "factory.py"
+    factory.write_text(factory.read_text().replace("make_name()", "'thing'").replace("bytes_encoder", "byte_encoder"))
+    with pytest.raises(ILTError, match=r"factory\.py:4: unknown role\(s\) byte_encoder; roles are: renderer"):
+        components_in("broken", "broken_plugin.factory")
 
 
 def test_typed_dict_arguments_are_documented_and_checked():

@@ -193,6 +193,11 @@ def components_in(plugin: str, *modules: str) -> list[Component]:
                 kwargs = {k.arg: _literal(k.value, constants, where) for k in decorator.keywords if k.arg}
                 if len(args) != 1 or "roles" not in kwargs:
                     raise ILTError(f"{where}: write @component(NAME, roles=(...), requires=(...), install=...)")
+                unknown = [r for r in kwargs["roles"] if r not in ROLES]
+                if unknown:
+                    raise ILTError(
+                        f"{where}: unknown role(s) {', '.join(map(str, unknown))}; roles are: {', '.join(ROLES)}"
+                    )
                 doc = (ast.get_docstring(node) or "").strip()
                 found.append(
                     Component(

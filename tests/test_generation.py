@@ -359,6 +359,8 @@ def test_options_are_checked_when_built_and_sorted_by_level():
         GenerationOptions.from_kwargs(do_sample=True, byte_top_k=5)
     options = GenerationOptions.from_kwargs(top_k=4, do_sample=True, byte_repetition_penalty=1.3, stop=["x"])
     assert (options.top_k, options.stop, dict(options.byte_options)) == (4, ("x",), {"repetition_penalty": 1.3})
+    more = GenerationOptions.from_kwargs(options, byte_options={"byte_length_penalty": 0.5}, no_repeat_ngram_size=2)
+    assert dict(more.byte_options) == {"repetition_penalty": 1.3, "length_penalty": 0.5, "no_repeat_ngram_size": 2}
     with pytest.raises(ILTError, match="options: expected a GenerationOptions"):
         generate(small_model(), "a", options={"max_new_units": 2})
     with pytest.raises(AttributeError):

@@ -161,7 +161,8 @@ class GenerationOptions:
         """
         names = {f.name for f in dataclasses.fields(cls)} - {"byte_options"}
         fields = {k: v for k, v in kwargs.items() if k in names}
-        byte = {k: v for k, v in kwargs.items() if k not in names}
+        byte = dict(kwargs.get("byte_options") or {})  # a mapping given whole, then single byte-level keywords
+        byte.update({k: v for k, v in kwargs.items() if k not in names and k != "byte_options"})
         if base is None:
             return cls(**fields, byte_options=byte)
         return dataclasses.replace(base, **fields, byte_options={**base.byte_options, **_byte_options(byte)})

@@ -181,7 +181,9 @@ class BytesDecoder(Protocol):
     generation from the prefix; returns the new ids ``(N, T_new)`` (or a ``GenerateOutput`` when
     ``return_dict_in_generate=True``).
 
-    Optional, for speed: ``greedy`` (:class:`FastGreedy`).
+    Optional, for speed: ``greedy`` (:class:`FastGreedy`). Optional attribute: ``generation_config``, the
+    ``transformers.GenerationConfig`` holding the decoder's byte-level defaults (what ``generate`` uses when a
+    call does not say otherwise); a decoder without it has no defaults to save or read back.
     """
 
     hidden_size: int

@@ -219,6 +219,11 @@ class HFBytesDecoder(nn.Module):
         self._cache_argument = cache_argument(lm)
         self._fused = FusedLlamaWeights()  # greedy()'s fused weights, filled on first use (Llama decoders only)
 
+    @property
+    def generation_config(self) -> Any:
+        """The wrapped model's transformers ``GenerationConfig``: the decoder's byte-level defaults."""
+        return self.lm.generation_config
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Byte ids ``(N, T)`` -> the decoder's own input embeddings ``(N, T, hidden_size)``."""
         return self.lm.get_input_embeddings()(input_ids)

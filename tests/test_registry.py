@@ -52,6 +52,19 @@ def test_every_built_in_component_is_listed_and_its_factory_imports(capsys):
     out = capsys.readouterr().out
     for address in BUILT_IN:
         assert _plugin_lines(out, address).endswith("ok")
+    assert "- pooling" not in out  # arguments only with --verbose or a NAME
+    assert main(["plugins", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    # each factory's typed arguments, from its signature (and a TypedDict's fields for **kwargs)
+    for line in (
+        "- pooling: str = 'last'",
+        "- name_or_path: str | None",
+        "- model_name: str = 'vit_tiny_patch16_224'",
+        "- font_family: str = 'sans-serif'",
+        "- weight: float = 400.0",
+        "- max_width: int = 512",
+    ):
+        assert line in out, line
 
 
 def test_built_in_plugins_come_from_entry_points():

@@ -460,3 +460,28 @@ def test_total_flos_counts_the_model_and_tensorboard_events_are_written(training
     bpb = config["training"]["eval_bits_per_byte"]
     assert config["training"]["eval_step"] == 2 and bpb > 0
     assert f"Bits-per-byte: {bpb:.4f}" in (tmp_path / "run" / ckpt.CARD_NAME).read_text()
+
+
+# ------------------------------------------------------------------------------------------------ the demo's ending
+
+
+def test_demo_samples_are_seeded_top_p(micro):
+    from ilt_demo.demo import top_p_samples
+
+    model, _ = micro
+    samples = top_p_samples(model, "hello ", max_new_units=3, count=3)
+    assert len(samples) == 3 and samples == top_p_samples(model, "hello ", max_new_units=3, count=3)
+    assert samples[1] == model.generate(["hello "], max_new_units=3, do_sample=True, top_p=0.9, seed=1)[0]
+
+
+def test_demo_writes_the_learning_curve_png(tmp_path):
+    from ilt_demo.demo import plot_learning_curve
+    from PIL import Image
+
+    history = [{"step": s, "loss": 5.0 - 0.1 * s} for s in range(1, 21)]
+    history += [{"step": 0, "eval_bits_per_byte": 8.0}, {"step": 20, "eval_bits_per_byte": 6.5}]
+    path = plot_learning_curve(history, tmp_path / "curve.png")
+    flat = plot_learning_curve([{"step": s, "loss": 1.0} for s in range(1, 21)], tmp_path / "flat.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (700, 400)
+    assert path.read_bytes() != flat.read_bytes()  # the curve is drawn from the history

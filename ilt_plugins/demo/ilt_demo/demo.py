@@ -9,8 +9,9 @@ The steps, each printed as it runs:
    cores), measuring bits-per-byte on the first ``--eval-texts`` validation sentences before the
    first step and after the last;
 3. save the checkpoint under ``runs/`` (``ilt eval --model runs/demo-tiny`` and
-   ``ilt generate --model runs/demo-tiny`` load it);
-4. reload it and continue a Hebrew prompt.
+   ``ilt generate --model runs/demo-tiny`` load it) with the learning curve beside it
+   (``learning_curve.png``: training loss and validation bits-per-byte by step);
+4. reload it and continue a Hebrew prompt: greedily, and with a few seeded top-p samples beside it.
 """
 
 from __future__ import annotations
@@ -71,6 +72,39 @@ def continue_prompt(model, prompt: str, max_new_units: int) -> tuple[str, str]:
     except ImportError:
         return greedy_continuation(model, prompt, max_new_units), "greedy loop of ilt_demo.demo"
     return generate(model, [prompt], max_new_units=max_new_units)[0], "ilt_core.generation.loop.generate (greedy)"
+
+
+def top_p_samples(model, prompt: str, max_new_units: int, count: int = 3, top_p: float = 0.9) -> list[str]:
+    """``count`` continuations sampled with word-level top-p, seeds 0 .. count-1 (the same every run)."""
+    return [
+        model.generate([prompt], max_new_units=max_new_units, do_sample=True, top_p=top_p, seed=seed)[0]
+        for seed in range(count)
+    ]
+
+
+def plot_learning_curve(log_history: list[dict], path: Path) -> Path:
+    """Training loss (nats per byte) and validation bits-per-byte by optimizer step, as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write the file only
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_bits_per_byte"]) for h in log_history if "eval_bits_per_byte" in h]
+    fig, left = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        left.plot(*zip(*train, strict=True), color="tab:blue", label="training loss (nats/byte)")
+    left.set_xlabel("optimizer step")
+    left.set_ylabel("training loss (nats per label byte)", color="tab:blue")
+    right = left.twinx()
+    if evals:
+        right.plot(*zip(*evals, strict=True), "o-", color="tab:red", label="validation bits-per-byte")
+    right.set_ylabel("validation bits-per-byte", color="tab:red")
+    left.set_title("ILT demo: learning curve")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def run_demo(args: argparse.Namespace) -> dict:
@@ -135,10 +169,12 @@ def run_demo(args: argparse.Namespace) -> dict:
     before, after = evals[0], result.eval_metrics
     steps = result.trainer.state.global_step
 
+    curve = plot_learning_curve(result.log_history, out / "learning_curve.png")
     _say(f"step 3/4: saved the checkpoint in {out} (load it with `ilt eval --model {out}` / `ilt generate`)")
     model = ILTModel.from_pretrained(out)
     continuation, how = continue_prompt(model, args.prompt, args.max_new_units)
-    _say(f"step 4/4: continuing a Hebrew prompt with {how}")
+    _say(f"step 4/4: continuing a Hebrew prompt with {how}, and {args.samples} seeded top-p samples")
+    samples = top_p_samples(model, args.prompt, args.max_new_units, count=args.samples)
 
     summary = {
         "steps": int(steps),
@@ -148,6 +184,8 @@ def run_demo(args: argparse.Namespace) -> dict:
         "checkpoint": str(out),
         "prompt": args.prompt,
         "continuation": continuation,
+        "samples": samples,
+        "learning_curve": str(curve),
     }
     print()
     print(f"  bits-per-byte on {args.eval_texts} validation sentences (he-news)")
@@ -155,7 +193,10 @@ def run_demo(args: argparse.Namespace) -> dict:
     print(f"    after {summary['steps']} steps:  {summary['bits_per_byte_after']:.3f}")
     print(f"  checkpoint: {out}")
     print(f"  prompt:       {args.prompt}")
-    print(f"  continuation: {continuation}")
+    print(f"  greedy:       {continuation}")
+    for seed, sample in enumerate(samples):
+        print(f"  top-p 0.9, seed {seed}: {sample}")
+    print(f"  learning curve: {curve}")
     print(f"  total time: {summary['minutes']:.1f} minutes")
     return summary
 
@@ -175,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-texts", type=int, default=200)
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--max-new-units", type=int, default=16)
+    p.add_argument("--samples", type=int, default=3, help="seeded top-p samples shown beside the greedy one")
     p.add_argument("--seed", type=int, default=0)
     return p
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VARIANTS, tiny_spec
+from conftest import VARIANTS, micro_spec, tiny_spec
 
 from ilt_core.modeling.model import build_model
 from ilt_core.text.collator import TextUnits
@@ -99,7 +99,7 @@ def _text_loss(model, text):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_learns_to_prefer_the_training_texts(variant):
-    model = build_model(tiny_spec(variant), seed=0)
+    model = build_model(micro_spec(variant), seed=0)  # the tiny architectures, shrunk: the same invariant
     texts = ["the cat sat on the mat", "a dog ran in the park", "שלום לכם חברים", "one two three four"]
     # character-, word- and byte-level near misses of each training text
     near = {

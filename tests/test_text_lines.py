@@ -58,3 +58,16 @@ def test_eval_on_bad_text_is_one_line_or_replaced_with_a_count(tmp_path, capsys)
     captured = capsys.readouterr()
     assert "1 invalid byte(s)" in captured.err and "lines 2" in captured.err
     assert '"num_texts": 2' in captured.out
+
+
+def test_bench_on_bad_text_is_one_line_before_any_mix_runs(tmp_path, capsys):
+    good = tmp_path / "good.txt"
+    good.write_text("שלום עולם\n", encoding="utf-8")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\nnul\x00\n")
+    out = tmp_path / "out"
+    argv = ["bench", "--train-file", str(bad), "--eval-file", str(good), "--mixes", "tiny", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--train-file" in err and "line 2, byte 4: a NUL" in err
+    assert not out.exists()

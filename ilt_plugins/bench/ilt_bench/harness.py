@@ -28,6 +28,7 @@ from ilt_bench.machine import machine_info, package_versions
 from ilt_core.errors import ILTError
 from ilt_core.files import sha256_file
 from ilt_core.plugins.registry import get_registry
+from ilt_core.text.lines import read_text_lines
 
 DEFAULT_DATA = "he-news"
 #: The reference's generation protocol: greedy, batch 4, prompts of 16 words, 32 new words, each to 32 bytes.
@@ -45,12 +46,13 @@ def resolve_data(args: argparse.Namespace) -> dict[str, Any]:
         files = get_registry().data_recipe(args.data).prepare(progress=True)
         train, evaluation = files["train"], files["validation"]
         name = args.data_name or args.data
+    counts = {}
     for flag, path in (("--train-file", train), ("--eval-file", evaluation)):
-        if not path.is_file():
-            raise ILTError(f"{flag} {path}: no such file")
-        if not any(line.strip() for line in path.read_text(encoding="utf-8").splitlines()):
+        # strict UTF-8: a bad byte or a NUL is one line naming the file and line, before any mix starts
+        counts[flag] = len(read_text_lines(path, flag).texts)
+        if not counts[flag]:
             raise ILTError(f"{flag} {path}: no text in it (every line is blank); expected one text per line")
-    eval_texts = sum(1 for line in evaluation.read_text(encoding="utf-8").splitlines() if line.strip())
+    eval_texts = counts["--eval-file"]
     if args.eval_lines:
         eval_texts = min(eval_texts, args.eval_lines)
     return {

@@ -30,6 +30,7 @@ import torch
 
 from ilt_bench.machine import peak_rss_bytes
 from ilt_core.errors import ILTError
+from ilt_core.text.lines import read_text_lines
 from ilt_core.text.segmentation import utf8_len
 
 WARMUP_STEPS = 10
@@ -40,9 +41,8 @@ MIN_LR_SHARE = 0.1
 
 
 def read_lines(path: str | Path, limit: int | None = None) -> list[str]:
-    """Non-blank lines of a UTF-8 text file (one text per line), at most ``limit``."""
-    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return lines[:limit] if limit else lines
+    """Non-blank lines of a UTF-8 text file (one text per line), at most ``limit`` (read strictly, BOM dropped)."""
+    return read_text_lines(path, "text file", limit=limit or 0).texts
 
 
 def text_stream(lines: Sequence[str], seed: int) -> Iterator[str]:

@@ -485,3 +485,36 @@ def test_demo_writes_the_learning_curve_png(tmp_path):
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == (700, 400)
     assert path.read_bytes() != flat.read_bytes()  # the curve is drawn from the history
+
+
+def test_push_to_hub_uploads_a_folder_that_loads_by_repo_id(micro, tmp_path, monkeypatch):
+    """push_to_hub with the hub replaced by a fake that lays the upload out as huggingface_hub's cache does."""
+    import huggingface_hub
+
+    model, _ = micro
+    cache = tmp_path / "cache"
+    uploads = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            self.token = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, commit_message, **kwargs):
+            commit = "%040x" % (len(uploads) + 1)
+            repo = cache / f"models--{repo_id.replace('/', '--')}"
+            shutil.copytree(folder_path, repo / "snapshots" / commit)
+            (repo / "refs").mkdir(parents=True, exist_ok=True)
+            (repo / "refs" / "main").write_text(commit)
+            uploads.append(sorted(p.name for p in Path(folder_path).iterdir()))
+            return commit
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    model.push_to_hub("someone/pushed", token="t")
+    assert uploads and ckpt.CARD_NAME in uploads[0] and ckpt.CONFIG_NAME in uploads[0]
+    loaded = ILTModel.from_pretrained("someone/pushed", cache_dir=cache, local_files_only=True)
+    assert torch.equal(outputs(loaded), outputs(model))
+    card = (next(cache.rglob(ckpt.CARD_NAME))).read_text()
+    assert card.startswith("---\nlibrary_name: ilt") and "## Components" in card  # our card, not a generic one

@@ -361,3 +361,38 @@ def test_data_prepare_writes_parquet_shards_with_a_text_column(tmp_path, monkeyp
     assert got == splits["train"]
     assert main(["data", "prepare", "he-news", "--out", str(out), "--format", "parquet", "--shards", "0"]) == 2
     assert "--shards 0" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# The benchmark, on tiny corpora
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bench_data_scale_quick(tmp_path) -> None:
+    import math
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "out.json"
+    command = [sys.executable, str(root / "benchmarks" / "bench_data_scale.py"), "--quick", "--formats", "parquet"]
+    command += ["--work", str(tmp_path / "work"), "--out", str(out)]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text(encoding="utf-8"))
+    rows = report["rows"]
+    assert [(r["size_mb"], r["run"], r["cached"]) for r in rows] == [
+        (0.1, 1, False),
+        (0.1, 2, True),
+        (0.3, 1, False),
+        (0.3, 2, True),
+    ]
+    for r in rows:
+        for key in ("first_step_s", "peak_rss_steps_mib", "peak_rss_mib", "corpus_bytes", "units", "rows"):
+            assert isinstance(r[key], (int, float)) and math.isfinite(r[key]) and r[key] > 0, key
+        assert (r["units_per_s"] is not None) == (r["run"] == 1)
+    small, big = report["corpora"]
+    assert small["bytes"] >= 0.1e6 and big["bytes"] >= 0.3e6 and big["respelled_words"] > small["respelled_words"]
+    assert set(report["goals"]["parquet"]) >= {"first_step_goal_met", "rss_goal_met", "peak_rss_steps_ratio"}
+    assert "| 0.3 MB | parquet | 2 | cache |" in done.stdout

@@ -195,6 +195,7 @@ def build_datasets(
         notes.append(_text_note(name, stats))
         metrics[f"{name}_bad_records"] = stats.bad_records
         metrics[f"{name}_bad_files"] = stats.bad_files
+        metrics[f"{name}_reading_seconds"] = round(stats.seconds, 3)
         return texts
 
     train_texts = texts_of(sources.train, "train") if sources.train is not None else None
@@ -224,6 +225,7 @@ def build_datasets(
             f"{split} -> {len(dataset)} {'packed rows' if ilt.packing else 'rows'} of <= {block_size} positions "
             f"({how})"
         )
+        metrics[f"{name}_units"] = stats.units
         metrics[f"{name}_preprocessing_seconds"] = round(seconds, 3)
         metrics[f"{name}_preprocessing_cached"] = int(cached)
         return dataset

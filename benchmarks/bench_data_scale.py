@@ -1,0 +1,394 @@
+"""Training data at corpus scale: does `ilt train` start as fast, and stay as small, on 1 GB as on 10 MB?
+
+    .venv/bin/python benchmarks/bench_data_scale.py --out benchmarks/results/bench_data_scale.json
+    .venv/bin/python benchmarks/bench_data_scale.py --sizes 1 4 --steps 20      # a small run
+    .venv/bin/python benchmarks/bench_data_scale.py --quick                      # smoke run (tiny corpora)
+
+Corpora: Hebrew lines drawn at random from the he-news and he-mishnah recipes (fetched from the
+package registries by :mod:`ilt_data.recipes`), a share of each line's words (``--respell``, default
+10%) respelled at random (a letter replaced or inserted), so that the vocabulary, and with it the
+render cache's work, grows with the corpus. Each size (``--sizes``, MB of UTF-8: 10, 100 and 1000 by
+default) is written once as one ``.txt`` and as ``--shards`` parquet shards with a ``text`` column
+(:func:`ilt_data.shards.write_parquet_shards`), under ``--work``, and reused by later invocations.
+
+Each (size, format) is trained twice in a fresh process: run 1 with an empty cache (``--cache_dir``
+under ``--work``), run 2 with the cache run 1 left. Each run trains a small model (the tiny preset
+with every backbone narrowed, images on) for ``--steps`` optimizer steps through
+:func:`ilt_core.training.run.run_training` (what ``ilt train`` runs) and reports:
+
+- ``first_step_s``: seconds from launching the process to the end of the first optimizer step
+  (interpreter start, imports, reading and preprocessing or loading the cache, model, step 1); for
+  run 2, the fastest of run 2 and ``--timing-repeats`` more 1-step runs on the same cache;
+- ``peak_rss_steps_mib``: the peak resident memory over steps 1..``--steps`` (the kernel's high-water
+  mark, reset when training begins); ``peak_rss_mib``: over the whole process;
+- ``reading_s`` / ``preprocessing_s``: turning the files into Arrow texts, and segmenting, blocking
+  and packing them (``datasets.map`` with ``--workers`` processes); ``units_per_s`` and ``mb_per_s``
+  over both (run 1; run 2 loads the cache).
+
+Goals (issue 13), per format: run 2 on the largest size reaches its first step within +20% of the
+smallest size's run 2 (and of its run 1), and its peak RSS over the steps stays within +15%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
+
+common.omp_wait_policy_default()
+
+SOURCES = ("he-news", "he-mishnah")
+HEBREW_LETTERS = "אבגדהוזחטיכלמנסעפצקרשת"
+#: The small model: the tiny preset's components (images on), every backbone narrowed.
+SMALL_MODEL = (
+    "image_encoder.config.hidden_size=64",
+    "image_encoder.config.num_hidden_layers=2",
+    "image_encoder.config.num_attention_heads=2",
+    "image_encoder.config.intermediate_size=128",
+    "bytes_encoder.config.hidden_size=64",
+    "bytes_encoder.config.num_hidden_layers=1",
+    "bytes_encoder.config.intermediate_size=128",
+    "latent_transformer.config.hidden_size=128",
+    "latent_transformer.config.num_hidden_layers=2",
+    "latent_transformer.config.num_attention_heads=4",
+    "latent_transformer.config.intermediate_size=256",
+    "bytes_decoder.config.hidden_size=128",
+    "bytes_decoder.config.num_hidden_layers=2",
+    "bytes_decoder.config.num_attention_heads=4",
+    "bytes_decoder.config.num_key_value_heads=4",
+    "bytes_decoder.config.intermediate_size=256",
+)
+RSS_GOAL = 1.15
+FIRST_STEP_GOAL = 1.20
+
+
+# ---- corpora -----------------------------------------------------------------------------------
+
+
+def _respell(word: str, rng: random.Random) -> str:
+    """The word with one Hebrew letter replaced, or one inserted (a new spelling, mostly a new word)."""
+    letters = [i for i, ch in enumerate(word) if "\u05d0" <= ch <= "\u05ea"]
+    new = rng.choice(HEBREW_LETTERS)
+    if letters and rng.random() < 0.5:
+        i = rng.choice(letters)
+        return word[:i] + new + word[i + 1 :]
+    i = rng.choice(letters) if letters else 0
+    return word[:i] + new + word[i:]
+
+
+def make_corpus(size_mb: float, work: Path, shards: int, respell: float, seed: int) -> dict[str, Any]:
+    """Write (or reuse) the corpus of ``size_mb`` MB as .txt and as parquet shards; returns its facts."""
+    from ilt_data.recipes import prepare, read_split
+    from ilt_data.shards import write_parquet_shards
+
+    tag = f"he-{size_mb:g}mb-r{respell:g}-s{seed}"
+    folder = work / tag
+    manifest = folder / "corpus.json"
+    if manifest.is_file():
+        facts = json.loads(manifest.read_text(encoding="utf-8"))
+        if facts.get("shards") == shards:
+            return facts
+    folder.mkdir(parents=True, exist_ok=True)
+    base: list[list[str]] = []
+    for name in SOURCES:
+        for path in prepare(name, progress=False).values():
+            base.extend(line.split(" ") for line in read_split(path))
+    rng = random.Random(seed)
+    target = int(size_mb * 1e6)
+    start = time.perf_counter()
+    txt = folder / "train.txt"
+    written = lines = respelled = 0
+    with open(txt, "w", encoding="utf-8", newline="\n", buffering=1 << 22) as out:
+        chunk: list[str] = []
+        while written < target:
+            words = list(rng.choice(base))
+            for _ in range(int(len(words) * respell + rng.random())):
+                i = rng.randrange(len(words))
+                words[i] = _respell(words[i], rng)
+                respelled += 1
+            line = " ".join(words)
+            chunk.append(line)
+            written += len(line.encode("utf-8")) + 1
+            lines += 1
+            if len(chunk) >= 10_000:
+                out.write("\n".join(chunk) + "\n")
+                chunk = []
+        if chunk:
+            out.write("\n".join(chunk) + "\n")
+    parquet = folder / "parquet"
+    write_parquet_shards(txt, parquet, "train", shards)
+    facts = {
+        "size_mb": size_mb,
+        "bytes": txt.stat().st_size,
+        "lines": lines,
+        "respelled_words": respelled,
+        "txt": str(txt),
+        "parquet": str(parquet / "*.parquet"),
+        "parquet_bytes": sum(p.stat().st_size for p in parquet.glob("*.parquet")),
+        "shards": shards,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    manifest.write_text(json.dumps(facts, indent=2), encoding="utf-8")
+    return facts
+
+
+# ---- one run (in a child process) ---------------------------------------------------------------
+
+
+def _status_kib(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def _reset_peak_rss() -> bool:
+    try:  # Linux: "5" resets the high-water mark VmHWM to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train once and measure (runs in its own process: its memory is its own)."""
+    from transformers import TrainerCallback
+
+    from ilt_core.training import run as training_run
+
+    marks: dict[str, Any] = {}
+    build = training_run.build_datasets
+
+    def measured_build(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        prepared = build(*args, **kwargs)
+        marks["data_s"] = time.perf_counter() - start
+        marks["data"] = dict(prepared.metrics)
+        marks["rows"] = len(prepared.train)
+        return prepared
+
+    training_run.build_datasets = measured_build  # to read what preparing the data found, and its time
+
+    class Measure(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            marks["hwm_reset"] = _reset_peak_rss()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                marks["first_step_s"] = time.time() - spec["launched"]
+            if state.global_step == spec["steps"]:
+                marks["peak_rss_steps_mib"] = _status_kib("VmHWM") / 1024
+                marks["rss_end_mib"] = _status_kib("VmRSS") / 1024
+                marks["steps_s"] = time.time() - spec["launched"] - marks["first_step_s"]
+
+    argv = [
+        "--model_spec", "tiny", "--set", *SMALL_MODEL,
+        "--train_file", spec["train_file"],
+        "--do_train",
+        "--output_dir", spec["output_dir"],
+        "--cache_dir", spec["cache_dir"],
+        "--preprocessing_num_workers", str(spec["workers"]),
+        "--block_size", str(spec["block_size"]),
+        "--per_device_train_batch_size", str(spec["batch_size"]),
+        "--max_steps", str(spec["steps"]),
+        "--learning_rate", "5e-4",
+        "--save_strategy", "no",
+        "--eval_strategy", "no",
+        "--logging_steps", "100000",
+        "--report_to", "none",
+        "--disable_tqdm", "true",
+        "--dataloader_pin_memory", "false",
+        "--seed", "0",
+    ]  # fmt: skip
+    try:
+        training_run.run_training(argv, callbacks=[Measure()])
+    except Exception as exc:  # after the measured steps (e.g. saving): report what was measured
+        if "peak_rss_steps_mib" not in marks:
+            raise
+        marks["error_after_steps"] = f"{type(exc).__name__}: {exc}"[:300]
+    marks["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return marks
+
+
+def run_one(args: argparse.Namespace, train_file: str, cache_dir: Path, label: str, steps: int) -> dict[str, Any]:
+    spec = {
+        "train_file": train_file,
+        "cache_dir": str(cache_dir),
+        "output_dir": str(args.work / "out"),
+        "workers": args.workers,
+        "block_size": args.block_size,
+        "batch_size": args.batch_size,
+        "steps": steps,
+        "launched": time.time(),
+    }
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    results = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not results:
+        raise SystemExit(f"{label}: the training process failed:\n{done.stderr[-3000:]}")
+    return json.loads(results[-1])
+
+
+# ---- the table ------------------------------------------------------------------------------
+
+
+def summarize(corpus: dict[str, Any], fmt: str, run: int, r: dict[str, Any]) -> dict[str, Any]:
+    d = r["data"]
+    reading, prep = d.get("train_reading_seconds", 0.0), d.get("train_preprocessing_seconds", 0.0)
+    first = run == 1
+    return {
+        "size_mb": corpus["size_mb"],
+        "format": fmt,
+        "run": run,
+        "cached": bool(d.get("train_preprocessing_cached")),
+        "corpus_bytes": corpus["bytes"],
+        "texts": corpus["lines"],
+        "units": d.get("train_units"),
+        "rows": r["rows"],
+        "reading_s": reading,
+        "preprocessing_s": prep,
+        "units_per_s": d["train_units"] / (reading + prep) if first and reading + prep > 0 else None,
+        "mb_per_s": corpus["bytes"] / 1e6 / (reading + prep) if first and reading + prep > 0 else None,
+        "data_s": r["data_s"],
+        "first_step_s": r["first_step_s"],
+        "peak_rss_steps_mib": r["peak_rss_steps_mib"],
+        "peak_rss_mib": r["peak_rss_mib"],
+        "steps_s": r["steps_s"],
+        "hwm_reset": r["hwm_reset"],
+        "first_step_runs_s": r.get("first_step_runs_s", [r["first_step_s"]]),
+        **({"error_after_steps": r["error_after_steps"]} if "error_after_steps" in r else {}),
+    }
+
+
+def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for fmt in sorted({r["format"] for r in rows}):
+        mine = [r for r in rows if r["format"] == fmt]
+        small, large = min(r["size_mb"] for r in mine), max(r["size_mb"] for r in mine)
+        if small == large:
+            continue
+        pick = {(r["size_mb"], r["run"]): r for r in mine}
+        if (large, 2) not in pick or (small, 2) not in pick:
+            continue
+        big, ref, ref1 = pick[(large, 2)], pick[(small, 2)], pick[(small, 1)]
+        out[fmt] = {
+            "sizes_mb": [small, large],
+            "first_step_ratio_vs_small_cached": big["first_step_s"] / ref["first_step_s"],
+            "first_step_ratio_vs_small_first": big["first_step_s"] / ref1["first_step_s"],
+            "peak_rss_steps_ratio": big["peak_rss_steps_mib"] / ref["peak_rss_steps_mib"],
+            "peak_rss_ratio": big["peak_rss_mib"] / ref["peak_rss_mib"],
+            "first_step_goal_met": big["first_step_s"] <= FIRST_STEP_GOAL * ref["first_step_s"],
+            "rss_goal_met": big["peak_rss_steps_mib"] <= RSS_GOAL * ref["peak_rss_steps_mib"],
+        }
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = "| corpus | format | run | read + preprocess | units/s | MB/s | time to step 1 | peak RSS, steps | peak RSS, all |"
+    lines = [head, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        prep = "cache" if r["run"] == 2 else f"{r['reading_s']:.1f} + {r['preprocessing_s']:.1f} s"
+        ups = f"{r['units_per_s']:,.0f}" if r["units_per_s"] else "-"
+        mbs = f"{r['mb_per_s']:.2f}" if r["mb_per_s"] else "-"
+        lines.append(
+            f"| {r['size_mb']:g} MB | {r['format']} | {r['run']} | {prep} | {ups} | {mbs} | {r['first_step_s']:.1f} s "
+            f"| {r['peak_rss_steps_mib']:,.0f} MiB | {r['peak_rss_mib']:,.0f} MiB |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=float, nargs="+", default=[10, 100, 1000], help="corpus sizes in MB")
+    p.add_argument("--formats", nargs="+", choices=("txt", "parquet"), default=["txt", "parquet"])
+    p.add_argument("--shards", type=int, default=8, help="parquet shards per corpus")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps per run")
+    p.add_argument("--workers", type=int, default=2, help="--preprocessing_num_workers")
+    p.add_argument("--batch-size", type=int, default=4, help="rows per step")
+    p.add_argument("--block-size", type=int, default=32, help="units per row (positions)")
+    p.add_argument(
+        "--timing-repeats",
+        type=int,
+        default=2,
+        help="after run 2, this many 1-step runs on the same cache: time to step 1 is the fastest of them all "
+        "(the machine is shared; the fastest is the least disturbed)",
+    )
+    p.add_argument("--respell", type=float, default=0.1, help="share of each line's words respelled at random")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=Path("/tmp/ilt-bench-data-scale"), help="corpora and caches")
+    p.add_argument("--keep-caches", action="store_true", help="keep the Arrow caches after the runs")
+    p.add_argument("--quick", action="store_true", help="smoke run: corpora of 0.1 and 0.3 MB, 2 steps, no repeats")
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(child(json.loads(args.child))), flush=True)
+        return 0
+    if args.quick:
+        args.sizes, args.steps, args.shards, args.timing_repeats = [0.1, 0.3], 2, 3, 0
+    if args.steps < 1:
+        p.error("--steps: at least 1")
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    corpora = []
+    for size in args.sizes:
+        common.log(f"corpus {size:g} MB: writing (or reusing) under {args.work}")
+        corpora.append(make_corpus(size, args.work, args.shards, args.respell, args.seed))
+        c = corpora[-1]
+        common.log(f"corpus {size:g} MB: {c['lines']:,} lines, {c['respelled_words']:,} respelled words")
+    for corpus in corpora:
+        for fmt in args.formats:
+            cache = args.work / f"cache-{corpus['size_mb']:g}mb-{fmt}"
+            shutil.rmtree(cache, ignore_errors=True)  # run 1 starts cold
+            for run in (1, 2):
+                label = f"{corpus['size_mb']:g} MB {fmt} run {run}"
+                common.log(f"{label}: training {args.steps} steps")
+                result = run_one(args, corpus[fmt], cache, label, args.steps)
+                if run == 2:
+                    times = [result["first_step_s"]]
+                    for i in range(args.timing_repeats):
+                        times.append(run_one(args, corpus[fmt], cache, f"{label} repeat {i + 1}", 1)["first_step_s"])
+                    result["first_step_runs_s"] = times
+                    result["first_step_s"] = min(times)
+                rows.append(summarize(corpus, fmt, run, result))
+                r = rows[-1]
+                common.log(
+                    f"{label}: first step at {r['first_step_s']:.1f} s, peak RSS {r['peak_rss_steps_mib']:.0f} MiB "
+                    f"(steps) / {r['peak_rss_mib']:.0f} MiB (all), data {r['data_s']:.1f} s"
+                )
+                common.write_json(args.out, {"rows": rows, "corpora": corpora, "goals": goals(rows)})
+            if not args.keep_caches:
+                shutil.rmtree(cache, ignore_errors=True)
+    report = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"},
+        "cpus": os.cpu_count(),
+        "corpora": corpora,
+        "rows": rows,
+        "goals": goals(rows),
+    }
+    common.write_json(args.out, report)
+    print(table(rows))
+    for fmt, g in report["goals"].items():
+        print(
+            f"{fmt}: {g['sizes_mb'][1]:g} MB cached vs {g['sizes_mb'][0]:g} MB cached: time to step 1 x"
+            f"{g['first_step_ratio_vs_small_cached']:.2f} (goal <= {FIRST_STEP_GOAL}, "
+            f"{'met' if g['first_step_goal_met'] else 'NOT met'}), peak RSS over the steps x"
+            f"{g['peak_rss_steps_ratio']:.2f} (goal <= {RSS_GOAL}, {'met' if g['rss_goal_met'] else 'NOT met'})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -180,6 +180,22 @@ def test_automodel_after_import(micro):
     assert torch.equal(outputs(loaded), outputs(model))
 
 
+def test_import_ilt_core_is_what_registers_the_model_type(micro):
+    """In a fresh interpreter: transformers does not know "ilt" until ilt_core is imported."""
+    import subprocess
+    import sys
+
+    _, folder = micro
+    script = (
+        "from transformers import AutoConfig, AutoModel\n"
+        "try:\n    AutoConfig.for_model('ilt')\nexcept ValueError:\n    print('unknown before')\n"
+        "import ilt_core\n"
+        f"print(type(AutoModel.from_pretrained({str(folder)!r})).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["unknown", "before", "ILTModel"], done.stderr[-2000:]
+
+
 def test_sharded_weights_load(micro, tmp_path):
     model, _ = micro
     files = model.save_pretrained(tmp_path, max_shard_size="100KB")
@@ -518,3 +534,19 @@ def test_push_to_hub_uploads_a_folder_that_loads_by_repo_id(micro, tmp_path, mon
     assert torch.equal(outputs(loaded), outputs(model))
     card = (next(cache.rglob(ckpt.CARD_NAME))).read_text()
     assert card.startswith("---\nlibrary_name: ilt") and "## Components" in card  # our card, not a generic one
+
+
+def test_a_tensor_left_on_the_meta_device_is_an_error(tmp_path):
+    from ilt_core.modeling.model import _no_meta_left
+
+    module = torch.nn.Linear(2, 2)
+    _no_meta_left(module, tmp_path)  # all real: fine
+    module.bias = torch.nn.Parameter(torch.empty(2, device="meta"))
+    with pytest.raises(CheckpointError, match=r"1 tensor\(s\) not filled .*bias"):
+        _no_meta_left(module, tmp_path)
+
+
+def test_dtype_on_loading(micro):
+    _, folder = micro
+    loaded = ILTModel.from_pretrained(folder, dtype="bfloat16")
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}

@@ -546,7 +546,10 @@ class ILTModel(PreTrainedModel):
         model = model.to(device)
         wanted = dtype if dtype is not None else torch_dtype
         if wanted not in (None, "auto"):
-            model = model.to(getattr(torch, wanted) if isinstance(wanted, str) else wanted)
+            found = getattr(torch, wanted, None) if isinstance(wanted, str) else wanted
+            if not isinstance(found, torch.dtype):
+                raise ILTError(f"from_pretrained: dtype {wanted!r} is not a torch dtype (float32, bfloat16, float16)")
+            model = model.to(found)
         return model.eval()
 
     @classmethod

@@ -475,7 +475,10 @@ def test_total_flos_counts_the_model_and_tensorboard_events_are_written(training
     assert config["training"]["steps"] == 2 and config["training"]["total_flos"] == trainer.state.total_flos
     bpb = config["training"]["eval_bits_per_byte"]
     assert config["training"]["eval_step"] == 2 and bpb > 0
-    assert f"Bits-per-byte: {bpb:.4f}" in (tmp_path / "run" / ckpt.CARD_NAME).read_text()
+    card = (tmp_path / "run" / ckpt.CARD_NAME).read_text()
+    assert f"Bits-per-byte: {bpb:.4f}" in card
+    trainer.create_model_card(model_name="run")  # what Trainer.push_to_hub calls before uploading
+    assert (tmp_path / "run" / ckpt.CARD_NAME).read_text() == card
 
 
 # ------------------------------------------------------------------------------------------------ the demo's ending

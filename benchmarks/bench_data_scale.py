@@ -297,7 +297,7 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     head = "| corpus | format | run | read + preprocess | units/s | MB/s | time to step 1 | peak RSS, steps | peak RSS, all |"
     lines = [head, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["size_mb"], r["format"], r["run"])):
         prep = "cache" if r["run"] == 2 else f"{r['reading_s']:.1f} + {r['preprocessing_s']:.1f} s"
         ups = f"{r['units_per_s']:,.0f}" if r["units_per_s"] else "-"
         mbs = f"{r['mb_per_s']:.2f}" if r["mb_per_s"] else "-"
@@ -310,7 +310,13 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=float, nargs="+", default=[10, 100, 1000], help="corpus sizes in MB")
+    p.add_argument(
+        "--sizes",
+        type=float,
+        nargs="+",
+        default=[10, 100, 1000],
+        help="corpus sizes in MB, run in this order (the table is sorted by size)",
+    )
     p.add_argument("--formats", nargs="+", choices=("txt", "parquet"), default=["txt", "parquet"])
     p.add_argument("--shards", type=int, default=8, help="parquet shards per corpus")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps per run")

@@ -29,11 +29,22 @@ Where ``ilt train`` differs from run_clm.py:
   one text (block) per row.
 - **Samples.** ``--max_train_samples`` / ``--max_eval_samples`` count blocks (texts, or pieces of
   long texts), taken before packing.
-- **Files.** ``.txt`` is one text per line (blank lines are skipped; ``--keep_linebreaks`` does not
-  exist); ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` read ``--text_column_name`` (default ``text``).
+- **Files.** ``--train_file`` / ``--validation_file`` take a file, a glob (``'shards/*.parquet'``) or
+  a folder of shards, of one format: ``.txt`` (one text per line; blank lines skipped;
+  ``--keep_linebreaks`` does not exist), ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` /
+  ``.parquet`` (``--text_column_name``, default ``text``), compressed ``.gz`` / ``.bz2`` / ``.xz``.
+  They are read into Arrow files under ``--cache_dir`` (default: ``datasets``' cache), segmented and
+  blocked by a cached ``datasets.map`` (``--preprocessing_num_workers`` processes,
+  ``--overwrite_cache`` to redo it), and packed from the blocks' lengths: a second run with the
+  same data and settings maps nothing (:mod:`ilt_core.training.data`). A bad record (a line that is
+  not UTF-8 or not JSON, a record without the text column, a corrupt parquet shard, whose footer is
+  checked before anything else) stops the run with one line naming the file and line, or with
+  ``--skip_bad_records`` is skipped and counted (``train_bad_records`` in the metrics).
   ``--data_recipe NAME`` prepares one of :mod:`ilt_data.recipes` (train / validation splits).
   Without validation data, the first ``--validation_split_percentage`` % of the training texts is
   held out (run_clm's rule).
+- **Memory.** Texts, blocks and rows live in memory-mapped Arrow files; the collator renders per
+  batch through a render cache capped at ``--render_cache_bytes`` (default 256 MiB per process).
 - **Metrics.** ``eval_loss`` is the mean cross-entropy (nats) per label byte (each unit's bytes plus
   its closing ``eos`` and each text's end-of-text ``eos``), weighted by bytes across batches;
   ``eval_bits_per_byte`` is the figure :func:`ilt_core.evaluation.bits_per_byte` and ``ilt eval``
@@ -202,7 +213,11 @@ def build_datasets(
     eval_texts = texts_of(sources.validation, "eval") if sources.validation is not None else None
     if sources.hold_out and train_texts is not None:
         train_texts, eval_texts = td.hold_out(train_texts, sources.hold_out)
-        notes.append(f"validation: the first {sources.hold_out}% of the training texts held out")
+        if len(eval_texts):
+            notes.append(f"validation: the first {sources.hold_out}% of the training texts held out")
+        else:  # a single text: nothing to hold out, no evaluation
+            eval_texts = None
+            notes.append("validation: one training text, none held out; no evaluation")
 
     def build(texts: Any, limit: int | None, name: str) -> td.RowDataset:
         start = time.perf_counter()

@@ -278,7 +278,10 @@ def test_a_folder_built_from_a_local_pretrained_backbone_loads_without_it(tmp_pa
     shutil.rmtree(source)
     loaded = ILTModel.from_pretrained(saved)
     assert_same_model(model, loaded)
-    assert "pretrained from the source" in (saved / ckpt.CARD_NAME).read_text()
+    card = (saved / ckpt.CARD_NAME).read_text()
+    assert "pretrained from the source" in card and f"{source} (apache-2.0)" in card  # its README's license
+    loaded.save_pretrained(tmp_path / "again")  # the source is gone: the card still names its license
+    assert f"{source} (apache-2.0)" in (tmp_path / "again" / ckpt.CARD_NAME).read_text()
 
 
 # ------------------------------------------------------------------------------------------------ bad folders

@@ -29,6 +29,32 @@ def distribution_license(name: str) -> str:
     return value
 
 
+def source_licenses(spec: dict[str, Any]) -> dict[str, str]:
+    """By role: the ``license:`` in the YAML header of ``README.md`` in a pretrained block's local source folder."""
+    import os
+
+    import yaml
+
+    found: dict[str, str] = {}
+    for role in ROLES:
+        block = spec.get(role)
+        if not isinstance(block, dict) or not block.get("pretrained"):
+            continue
+        folder = block.get("name_or_path")
+        readme = os.path.join(str(folder), "README.md") if folder else ""
+        if not readme or not os.path.isfile(readme):
+            continue
+        try:
+            with open(readme, encoding="utf-8") as handle:
+                text = handle.read()
+            header = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+        except (OSError, UnicodeDecodeError, IndexError, yaml.YAMLError):
+            continue
+        if isinstance(header, dict) and header.get("license"):
+            found[role] = str(header["license"])
+    return found
+
+
 def _plugin_distribution(address: str) -> str:
     plugin = address.split(":", 1)[0]
     for ep in importlib.metadata.entry_points(group="ilt"):
@@ -67,7 +93,7 @@ def model_card(config: Any, parameter_counts: dict[str, int]) -> str:
         "",
         "## Components",
         "",
-        "| role | component | source | weights | plugin (license) |",
+        "| role | component | source (license) | weights | plugin (license) |",
         "|---|---|---|---|---|",
     ]
     for role in ROLES:
@@ -76,6 +102,8 @@ def model_card(config: Any, parameter_counts: dict[str, int]) -> str:
             lines.append(f"| {role} | off | | | |")
             continue
         origin = next((str(block[k]) for k in SOURCE_KEYS if block.get(k)), "inline config")
+        if role in (config.source_licenses or {}):
+            origin += f" ({config.source_licenses[role]})"
         weights = "pretrained from the source, then trained" if block.get("pretrained") else "random init"
         if role == "renderer":
             weights = "no weights"
@@ -118,4 +146,4 @@ def model_card(config: Any, parameter_counts: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["distribution_license", "model_card"]
+__all__ = ["distribution_license", "model_card", "source_licenses"]

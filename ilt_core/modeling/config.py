@@ -36,7 +36,8 @@ class ILTConfig(PretrainedConfig):
     says. ``disabled``: modalities switched off on the model. ``renderer_key``: the renderer's ``cache_key()``
     as JSON (fonts and library versions: other values draw other pixels). ``source_spec``: the spec as the user
     gave it (``pretrained: true`` blocks and all), for the model card. ``training``: what the model was trained
-    on and its bits-per-byte, when known.
+    on and its bits-per-byte, when known. ``source_licenses``: by role, the license a pretrained backbone's local
+    source folder declares in its model card (read once, when the model is built from that source).
     """
 
     model_type = "ilt"
@@ -46,6 +47,7 @@ class ILTConfig(PretrainedConfig):
     renderer_key: list[Any] | None = None
     source_spec: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    source_licenses: dict[str, str] = field(default_factory=dict)
     ilt_format: str = FORMAT
 
 

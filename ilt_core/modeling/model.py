@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 from ilt_core.errors import CheckpointError, ILTError
 from ilt_core.generation.loop import generate
 from ilt_core.modeling import checkpoint as ckpt
-from ilt_core.modeling.card import model_card
+from ilt_core.modeling.card import model_card, source_licenses
 from ilt_core.modeling.config import (
     ILTConfig,
     renderer_key_differences,
@@ -188,6 +188,7 @@ class ILTModel(PreTrainedModel):
         # config.json carries every backbone's resolved configuration: the folder rebuilds without its sources
         if config.source_spec is None:
             config.source_spec = spec.to_dict()
+            config.source_licenses = source_licenses(config.source_spec)
         config.spec = resolve_spec(spec.to_dict(), self._components(), _factory_params(registry, spec))
         self.generation_defaults: dict[str, Any] = dict(GENERATION_DEFAULTS)
         self.disabled: set[str] = set()

@@ -396,3 +396,48 @@ def test_bench_data_scale_quick(tmp_path) -> None:
     assert small["bytes"] >= 0.1e6 and big["bytes"] >= 0.3e6 and big["respelled_words"] > small["respelled_words"]
     assert set(report["goals"]["parquet"]) >= {"first_step_goal_met", "rss_goal_met", "peak_rss_steps_ratio"}
     assert "| 0.3 MB | parquet | 2 | cache |" in done.stdout
+
+
+def test_dataset_name_goes_through_load_dataset_and_the_same_cached_map(tmp_path) -> None:
+    # a local folder stands for a hub dataset: datasets.load_dataset reads it the same way, offline
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", TEXTS[:40])
+    write_jsonl(folder / "validation.jsonl", TEXTS[40:50])
+    data = DataTrainingArguments(dataset_name=str(folder), cache_dir=str(tmp_path / "cache"), max_train_samples=30)
+    sources = resolve_sources(data, need_train=True, need_eval=True)
+    prepared = build_datasets(sources, 32, 24, data, ILTArguments())
+    blocks = [b for t in TEXTS[:40] for b in text_blocks(segment(t, 32), 23)][:30]
+    assert [b for row in prepared.train.rows for b in row] == blocks
+    assert prepared.validation.stats.texts == 10
+    calls = td.MAP_CALLS
+    build_datasets(resolve_sources(data, True, True), 32, 24, data, ILTArguments())
+    assert td.MAP_CALLS == calls  # the hub dataset's Arrow cache takes the map's cache files too
+
+
+def test_preparing_the_data_holds_python_memory_flat_in_the_corpus_size(tmp_path) -> None:
+    import tracemalloc
+
+    def peaks(n_texts: int) -> tuple[int, int, int, int]:
+        path = write_txt(tmp_path / f"t{n_texts}.txt", texts_for(n_texts, seed=n_texts))
+        source = td.resolve_source(str(path), "--train_file", None)
+        tracemalloc.start()
+        try:
+            texts, _ = td.load_texts(source, tmp_path / "cache")
+            read = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            blocks, _ = td.make_blocks(texts, 32, 24)
+            mapped = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            rows = td.pack_blocks(blocks, 24)
+            packed = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        return path.stat().st_size, read, mapped, packed // rows.stats.blocks
+
+    small, large = peaks(4_000), peaks(16_000)  # about 1 and 4 MB of text
+    growth = large[0] - small[0]
+    # a list of the texts would take more than a byte of Python memory per byte of text
+    assert large[1] - small[1] < growth // 4, (small, large)
+    assert large[2] - small[2] < growth // 4, (small, large)
+    assert large[3] <= 64  # packing: bytes of Python memory per block (numpy lengths and offsets)

@@ -72,7 +72,8 @@ PARQUET_SUFFIXES = (".parquet",)
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 FORMATS = {"text": TEXT_SUFFIXES, "json": JSON_SUFFIXES, "csv": CSV_SUFFIXES, "parquet": PARQUET_SUFFIXES}
 _TEXT_SCHEMA = pa.schema([("text", pa.string())])
-_BATCH_TEXTS = 10_000  # texts per Arrow record batch written
+_BATCH_CHARS = 1 << 17  # characters per Arrow record batch written (bounds the Python strings held at once)
+_READ_BYTES = 1 << 18  # bytes of lines read (and decoded) at once
 _GLOB_CHARS = set("*?[")
 #: Counts calls of the blocking map function in this process (tests check that a cached run maps nothing).
 MAP_CALLS = 0
@@ -281,15 +282,15 @@ def _read_text_file(f: SourceFile, column: str, bad: _BadRecords) -> Iterator[st
     done = 0
     with _open_binary(f) as handle:
         # many lines decoded at once (fast); a chunk that is not UTF-8 goes line by line to name the line
-        for chunk in iter(lambda: handle.readlines(1 << 22), []):
+        while chunk := handle.readlines(_READ_BYTES):
+            first, done = done + 1, done + len(chunk)
             try:
-                text = b"".join(chunk).decode("utf-8")
+                texts = b"".join(chunk).decode("utf-8").splitlines()
             except UnicodeDecodeError:
-                for _, line in _decoded_lines(iter(chunk), bad, first=done + 1):
-                    yield from line.splitlines() or [""]
-            else:
-                yield from text.splitlines()
-            done += len(chunk)
+                texts = [t for _, line in _decoded_lines(iter(chunk), bad, first) for t in line.splitlines() or [""]]
+            del chunk  # hold one chunk at a time: memory flat in the file's size
+            yield from texts
+            del texts
             bad.stats.records = done
 
 
@@ -410,15 +411,17 @@ def _text_batches(f: SourceFile, column: str, flag: str, skip: bool, stats: Text
         "csv": _read_csv_file,
     }[f.format]
     texts: list[str] = []
+    chars = 0
     for text in reader(f, column, bad):
         if text is None or not text.strip():
             stats.blank += 1
             continue
         texts.append(text)
-        if len(texts) >= _BATCH_TEXTS:
+        chars += len(text)
+        if chars >= _BATCH_CHARS:
             stats.texts += len(texts)
             yield pa.array(texts, pa.string())
-            texts = []
+            texts, chars = [], 0
     if texts:
         stats.texts += len(texts)
         yield pa.array(texts, pa.string())
@@ -635,8 +638,8 @@ def pack_offsets(lengths: np.ndarray, capacity: int) -> np.ndarray:
     starts: list[int] = []
     used = capacity + 1  # the first block opens a row
     index = 0
-    for begin in range(0, len(lengths), 1 << 20):  # in chunks: a Python int list per block stays small
-        for n in (lengths[begin : begin + (1 << 20)] + 1).tolist():
+    for begin in range(0, len(lengths), 1 << 16):  # in chunks: Python ints for 65,536 blocks at a time
+        for n in (lengths[begin : begin + (1 << 16)] + 1).tolist():
             if used + n <= capacity:
                 used += n
             else:
@@ -655,7 +658,7 @@ def _load_or_pack(blocks: Any, block_size: int, packing: bool, folder: str | Non
         table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
         stats = BlockStats(**json.loads(table.schema.metadata[b"stats"]))
         return table.column(0).chunk(0).to_numpy(zero_copy_only=True), stats
-    lengths = blocks.data.column("length").to_numpy().astype(np.int64, copy=False)
+    lengths = blocks.data.column("length").to_numpy()  # int32: 4 bytes a block, the only column read
     complete = blocks.data.column("complete").to_numpy(zero_copy_only=False)
     texts = int(complete.sum())
     # a text split into k blocks has k - 1 incomplete blocks, then its complete one
@@ -663,7 +666,7 @@ def _load_or_pack(blocks: Any, block_size: int, packing: bool, folder: str | Non
     if len(complete) and not complete[-1]:  # max_*_samples cut a text: its last block counts as a text
         texts += 1
     offsets = pack_offsets(lengths, block_size) if packing else np.arange(len(lengths) + 1, dtype=np.int64)
-    stats = BlockStats(texts, int(lengths.sum()), len(lengths), split, len(offsets) - 1)
+    stats = BlockStats(texts, int(lengths.sum(dtype=np.int64)), len(lengths), split, len(offsets) - 1)
     if path is not None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         table = pa.table({"offset": offsets}).replace_schema_metadata({"stats": json.dumps(asdict(stats))})

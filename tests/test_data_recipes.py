@@ -314,3 +314,21 @@ def test_en_brown(archives, tmp_path: Path) -> None:
         'The Fulton County Grand Jury said Friday an investigation of Atlanta\'s recent primary election produced "no evidence" that'
     )
     assert "/at" not in first and "``" not in first
+
+
+def test_parquet_shards_split_the_lines_in_order_and_replace_an_older_sharding(tmp_path):
+    import pyarrow.parquet as pq
+    from ilt_data.shards import write_parquet_shards
+
+    lines = [f"שורה {i}" for i in range(10)]
+    source = tmp_path / "train.txt"
+    source.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    folder = tmp_path / "parquet"
+    old = write_parquet_shards(source, folder, "train", 4)
+    assert [len(pq.read_table(p)) for p in old] == [2, 3, 2, 3]
+    shards = write_parquet_shards(source, folder, "train", 3)
+    assert sorted(folder.iterdir()) == shards  # the 4-shard files are gone: a glob reads one sharding
+    assert [t for p in shards for t in pq.read_table(p)["text"].to_pylist()] == lines
+    assert write_parquet_shards(source, tmp_path / "many", "train", 12)[-1].name == "train-00011-of-00012.parquet"
+    with pytest.raises(ILTError, match="--shards 0"):
+        write_parquet_shards(source, folder, "train", 0)

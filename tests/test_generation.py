@@ -471,14 +471,14 @@ def test_bytes_labels_model_generates_one_unit_per_step():
 # ---- learning ----------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_memorised_sentences_are_reproduced_from_their_first_words():
-    # 150 steps: at 100 (AdamW, lr 1e-3) this seed still loops on "four four ..." for two of the texts
+    # 200 steps (AdamW, lr 1e-3): at 150 this seed still ends "five" as "fivel", at 100 it loops on "four four ..."
     texts = ["the cat sat on my mat", "a dog ran in green fields", "one two three four five", "שלום לכם חברים יקרים"]
     model = build_model(tiny_spec("bytes-only"), seed=0)
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = model.processor(texts)
     model.train()
-    for _ in range(150):
+    for _ in range(200):
         loss = model(**batch.model_inputs()).loss
         optimizer.zero_grad()
         loss.backward()

@@ -127,6 +127,9 @@ def test_train_lowers_validation_loss_and_writes_loadable_checkpoints(corpus, tm
     assert ilt_main(["eval", "--model", str(out / "checkpoint-5"), "--file", str(corpus["validation"])]) == 0
     assert json.loads((out / "checkpoint-5" / "training_args.json").read_text())["max_steps"] == 10
     assert not list(out.glob("**/training_args.bin"))  # no pickle of ours
+    # what preparing the data found is part of the run's metrics
+    assert result.train_metrics["train_bad_records"] == 0 and result.eval_metrics["eval_bad_records"] == 0
+    assert result.train_metrics["train_units"] == sum(len(b.units) for b in blocks)
 
 
 def test_interrupt_then_resume_continues_the_same_loss_curve(corpus, tmp_path) -> None:

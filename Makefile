@@ -51,9 +51,13 @@ test: $(STAMP) lint
 demo: $(STAMP)
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m ilt_demo
 
-# Compare every mix under benchmarks/mixes/ on he-news; writes benchmarks/results/he-news/.
+# The nano mixes (matched in training FLOPs per byte) on he-news, 3 seeds, a learning-rate sweep per mix, a budget
+# of training bytes; writes benchmarks/results/nano/. `make bench BENCH_ARGS="--mixes tiny,baseline-bytes ..."`
+# runs others.
+NANO_MIXES := nano,nano-no-images,nano-baseline-bytes,nano-baseline-bpe
+BENCH_ARGS ?= --mixes $(NANO_MIXES) --budget-bytes 600000 --seeds 3 --out benchmarks/results/nano
 bench: $(STAMP)
-	$(VENV)/bin/ilt bench $(BENCH_ARGS)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/ilt bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

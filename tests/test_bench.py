@@ -13,8 +13,8 @@ import torch
 from ilt_bench.baselines import BaselineLM, BaselineSpec, ByteCodec, TokenStream, train_bpe
 from ilt_bench.harness import add_bench_parser
 from ilt_bench.mixes import load_mix, resolve_mixes
-from ilt_bench.report import FIGURES, goal_checks, missing_figures
-from ilt_bench.run import lr_at, take_blocks, text_stream
+from ilt_bench.report import FIGURES, aggregate_runs, goal_checks, mean_curve, missing_figures, separations
+from ilt_bench.run import budget_share, lr_at, take_blocks, text_stream
 
 from ilt_core import hookimpl
 from ilt_core.errors import ILTError
@@ -54,7 +54,7 @@ SMALL_BYTES = """\
 name: small-bytes
 baseline: bytes
 model: {hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}
-bench: {batch_size: 4, block_size: 64}
+bench: {batch_size: 4, block_size: 64, lr: 2.0e-3}
 """
 
 
@@ -289,9 +289,80 @@ def test_bench_parser_and_data_errors(tmp_path):
     parser = argparse.ArgumentParser()
     add_bench_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "--train-file", str(tmp_path / "a.txt"), "--mixes", "tiny"])
-    assert args.command == "bench" and callable(args.func) and args.budget_seconds > 0
+    # the defaults: a byte budget (not wall-clock), 3 seeds, a learning-rate sweep per mix
+    assert args.command == "bench" and callable(args.func)
+    assert args.budget_bytes > 0 and not args.budget_seconds and not args.budget_flops
+    assert args.seeds == 3 and args.lr is None and len(args.lr_sweep.split(",")) >= 3
     with pytest.raises(ILTError, match="--train-file and --eval-file go together"):
         args.func(args)
+    for argv, message in (
+        (["--budget-bytes", "0"], "no budget"),
+        (["--budget-flops", "-1"], "--budget-flops must be >= 0"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--lr-sweep", "1e-3,fast"], "--lr-sweep"),
+        (["--sweep-share", "0"], "--sweep-share"),
+    ):
+        bad = parser.parse_args(["bench", "--mixes", "tiny", *argv])
+        with pytest.raises(ILTError, match=message):
+            bad.func(bad)
+
+
+def test_budget_share_is_the_largest_share_among_the_budgets_given():
+    assert budget_share({"budget_bytes": 1000}, 50.0, 250, 1e12) == pytest.approx(0.25)  # time and FLOPs unbudgeted
+    assert budget_share({"budget_flops": 1e9}, 50.0, 250, 5e8) == pytest.approx(0.5)
+    both = {"budget_bytes": 1000, "budget_flops": 1e9, "budget_seconds": 0}
+    assert budget_share(both, 50.0, 900, 5e8) == pytest.approx(0.9)
+    assert budget_share({"budget_seconds": 10.0, "budget_bytes": 0}, 5.0, 10**9, 0.0) == pytest.approx(0.5)
+    with pytest.raises(ILTError, match="no budget"):
+        budget_share({"budget_bytes": 0, "budget_flops": 0}, 1.0, 1, 1.0)
+
+
+def _run(seed: int, bpb: float, curve: list[float], status: str = "ok") -> dict:
+    run = {
+        "name": "m",
+        "kind": "ilt",
+        "status": status,
+        "seed": seed,
+        "bits_per_byte": bpb,
+        "units_per_second": 10.0 * seed,
+    }
+    run["curve"] = [{"train_bytes": 100 * i, "train_flops": 1e9 * i, "bits_per_byte": v} for i, v in enumerate(curve)]
+    return run
+
+
+def test_seeds_aggregate_to_mean_and_min_max_and_separations_need_a_gap_wider_than_both_spreads():
+    runs = [_run(1, 3.0, [8.0, 4.0]), _run(2, 3.2, [8.2, 4.2]), _run(3, 3.4, [8.4, 4.0])]
+    agg = aggregate_runs(runs)
+    assert agg["bits_per_byte"] == pytest.approx(3.2) and agg["units_per_second"] == pytest.approx(20.0)
+    assert agg["spread"]["bits_per_byte"] == pytest.approx({"mean": 3.2, "min": 3.0, "max": 3.4, "n": 3})
+    assert agg["seeds_ok"] == 3 and [r["seed"] for r in agg["runs"]] == [1, 2, 3]
+    assert agg["curve"][1]["bits_per_byte"] == pytest.approx(4.0667, abs=1e-3)
+    assert (agg["curve"][1]["bits_per_byte_min"], agg["curve"][1]["bits_per_byte_max"]) == (4.0, 4.2)
+    # a failed seed is left out of the figures and named
+    partial = aggregate_runs([*runs[:2], {**_run(3, 0.0, [0.0]), "status": "error", "error": "boom"}])
+    assert partial["bits_per_byte"] == pytest.approx(3.1) and partial["seeds_ok"] == 2
+    assert partial["failed_seeds"] == ["seed 3: boom"]
+    assert aggregate_runs([{**_run(1, 0.0, []), "status": "error"}])["status"] == "error"
+
+    def mix(name: str, values: list[float]) -> dict:
+        return {**aggregate_runs([_run(i, v, [v]) for i, v in enumerate(values)]), "name": name}
+
+    a, b, c = mix("a", [3.0, 3.2]), mix("b", [3.5, 3.6]), mix("c", [3.15, 3.8])
+    pairs = {(p["a"], p["b"]): p for p in separations([a, b, c])}
+    assert pairs[("a", "b")]["separated"] and pairs[("a", "b")]["difference"] == pytest.approx(-0.45)
+    assert not pairs[("a", "c")]["separated"]  # 0.375 apart, but c spreads over 0.65
+    assert not pairs[("b", "c")]["separated"]
+    assert separations([mix("one", [3.0]), mix("two", [4.0])]) == []  # one seed: no spread, no verdict
+
+
+def test_mean_curve_keeps_the_points_every_seed_has():
+    curves = [
+        [{"train_bytes": 0, "bits_per_byte": 8.0}, {"train_bytes": 10, "bits_per_byte": 5.0}],
+        [{"train_bytes": 0, "bits_per_byte": 9.0}],
+    ]
+    assert mean_curve(curves) == [
+        {"train_bytes": 0, "bits_per_byte": 8.5, "bits_per_byte_min": 8.0, "bits_per_byte_max": 9.0}
+    ]
 
 
 # ---- end to end -------------------------------------------------------------------------------------------
@@ -311,7 +382,8 @@ def test_bench_end_to_end_writes_every_figure_for_every_mix(tmp_path):
     args = parser.parse_args(
         ["bench", "--mixes", "small-ilt,small-bytes", "--mix-dir", str(tmp_path)]
         + ["--train-file", str(train), "--eval-file", str(evaluation), "--eval-lines", "4"]
-        + ["--budget-seconds", "2", "--curve-every", "1", "--curve-lines", "2", "--threads", "1"]
+        + ["--budget-bytes", "1500", "--seeds", "2", "--lr-sweep", "1e-3,3e-3", "--sweep-share", "0.5"]
+        + ["--sweep-lines", "2", "--curve-points", "2", "--curve-lines", "2", "--threads", "1", "--in-process"]
         + ["--gen-new-units", "1", "--gen-prompt-units", "3", "--t2b-lines", "4", "--matmul-size", "128"]
         + ["--out", str(out)]
     )
@@ -321,28 +393,43 @@ def test_bench_end_to_end_writes_every_figure_for_every_mix(tmp_path):
     assert [r["name"] for r in report["results"]] == ["small-ilt", "small-bytes"]
     assert report["machine"]["torch_threads"] == 1 and report["machine"]["cpu_count"] >= 1
     assert report["versions"]["torch"] and report["matmul_peak"]["flops_per_second"] > 0
+    assert report["settings"]["seeds"] == [0, 1] and report["settings"]["budget_bytes"] == 1500
     for r in report["results"]:
         assert r["status"] == "ok", r.get("error")
         assert missing_figures(r) == [], r["name"]
-        assert len(r["curve"]) >= 2 and all(math.isfinite(p["bits_per_byte"]) for p in r["curve"])
+        assert r["seeds_ok"] == 2 and [run["seed"] for run in r["runs"]] == [0, 1]
+        # a byte budget: every seed stops at the first step past it, whatever the machine's speed
+        for run in r["runs"]:
+            assert 1500 <= run["train_bytes"] < 1500 + 2000 and run["train_flops"] > 0
+        assert r["spread"]["bits_per_byte"]["min"] <= r["bits_per_byte"] <= r["spread"]["bits_per_byte"]["max"]
+        # points at 0, half and all of the budget, with FLOPs and bytes for the plots
+        assert len(r["curve"]) == 3 and all(math.isfinite(p["bits_per_byte"]) for p in r["curve"])
+        assert r["curve"][0]["train_bytes"] == 0 and r["curve"][-1]["train_flops"] == pytest.approx(r["train_flops"])
         assert r["eval"]["num_texts"] == 4
         assert r["generation"]["batch_8"]["batch_size"] == 8
         assert r["spec"]["name"] == r["name"]
     ilt, base = report["results"]
+    # the ILT mix swept its rate (scored on the held-out texts after the report's 4), the baseline fixed its own
+    assert [p["lr"] for p in ilt["sweep"]] == [1e-3, 3e-3] and ilt["lr"] in (1e-3, 3e-3)
+    assert ilt["lr_choice"] == "sweep" and report["settings"]["sweep_offset"] == 4  # texts 5-6 of 6
+    assert ilt["lr"] == min(ilt["sweep"], key=lambda p: p["bits_per_byte"])["lr"]
+    assert base["lr"] == 2e-3 and base["lr_choice"] == "the mix's bench.lr" and base["sweep"] == []
+    assert all(run["lr"] == ilt["lr"] for run in ilt["runs"])
     assert set(ilt["parameters"]) == {"bytes_encoder", "latent_transformer", "bytes_decoder", "mappings"}
     assert ilt["generation"]["batch_8"]["units"] == 8  # one unit for each of 8 rows, end of text suppressed
     for r in report["results"]:  # bytes/s: what the units written weigh, so that mixes compare
-        g = r["generation"]["batch_8"]
-        assert g["bytes"] >= g["units"] and g["bytes_per_second"] == pytest.approx(g["bytes"] / g["seconds"])
+        for run in r["runs"]:
+            g = run["generation"]["batch_8"]
+            assert g["bytes"] >= g["units"] and g["bytes_per_second"] == pytest.approx(g["bytes"] / g["seconds"])
     assert set(ilt["flops_parts"]) >= {"bytes_encoder", "latent_transformer", "bytes_decoder"}
     assert base["parameters"] == {"transformer": base["parameters_total"]}
-    # both mixes read the same stream: the same first texts
-    assert ilt["train_bytes"] > 0 and base["train_bytes"] > 0
+    assert len(report["separations"]) == 1 and {"a", "b", "separated"} <= set(report["separations"][0])
 
     markdown = (out / "results.md").read_text(encoding="utf-8")
     assert "| small-ilt |" in markdown and "| small-bytes |" in markdown
-    assert "gen b1 units/s (bytes/s)" in markdown
+    assert "gen b1 units/s (bytes/s)" in markdown and "## Which mixes separate" in markdown
+    assert "| mix | lr 0.001 | lr 0.003 | chosen |" in markdown and "small-bytes: learning rate 0.002" in markdown
     assert "No reference measurement in this run" in markdown and "reference (another day)" not in markdown
-    for png in ("bpb_vs_time.png", "throughput.png"):
+    for png in ("bpb_vs_flops.png", "bpb_vs_bytes.png", "throughput.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

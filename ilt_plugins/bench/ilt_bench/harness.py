@@ -1,14 +1,20 @@
-"""``ilt bench``: component mixes against byte-level and subword baselines, same data, seed and budget.
+"""``ilt bench``: component mixes against byte-level and subword baselines, same data, seeds and budget.
 
-    ilt bench                                   every mix in benchmarks/mixes/ on he-news
-    ilt bench --mixes tiny,baseline-bytes --budget-seconds 60
+    ilt bench                                   every mix in benchmarks/mixes/ on he-news, 1,000,000 bytes each
+    ilt bench --mixes nano,nano-no-images,nano-baseline-bytes,nano-baseline-bpe --out benchmarks/results/nano
+    ilt bench --mixes tiny,baseline-bytes --budget-flops 2e12 --seeds 5 --lr 1e-3   (one rate, no sweep)
     ilt bench --train-file a.txt --eval-file b.txt --eval-lines 200 --out results/
 
-For each mix (a YAML under ``benchmarks/mixes/``, see :mod:`ilt_bench.mixes`) a fresh process
-(:mod:`ilt_bench.run`) builds the model, trains it for the budget and measures bits-per-byte,
-throughput, FLOPs per byte and MFU, peak memory, parameters, generation speed and the data pipeline's
-share of step time. The report (:mod:`ilt_bench.report`) goes to ``benchmarks/results/<data>/``:
-``results.json``, ``results.md`` and PNG plots.
+The budget is training text (``--budget-bytes``, the default) or training FLOPs (``--budget-flops``), so a
+figure does not depend on how fast the machine was that day; ``--budget-seconds`` is there too. Wall-clock
+time is a reported figure. Each mix first picks its own peak learning rate by a short sweep (``--lr-sweep``:
+one seed, ``--sweep-share`` of the budget, scored on held-out texts that the report does not use), unless
+``--lr`` fixes one for every mix or the mix's ``bench: {lr: ...}`` fixes its own. Then it trains once per
+seed (``--seeds``, seeds ``--seed``, ``--seed`` + 1, ...; a seed sets the initialisation and the data order,
+the same order for every mix), each run in a fresh process (:mod:`ilt_bench.run`), mixes interleaved seed by
+seed. The report (:mod:`ilt_bench.report`) gives each figure's mean and min-max over the seeds, marks which
+differences between mixes exceed the spread of both, and plots bits-per-byte against training FLOPs and
+bytes: ``results.json``, ``results.md`` and PNG plots under ``benchmarks/results/<data>/`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import subprocess
 import sys
@@ -75,8 +82,15 @@ def pick_device(choice: str) -> str:
     return choice
 
 
-def run_worker(job: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run one mix in a fresh Python process (so its peak memory is its own) and read its result."""
+def run_worker(job: dict[str, Any], timeout: float, in_process: bool = False) -> dict[str, Any]:
+    """Run one mix in a fresh Python process (so its peak memory is its own) and read its result.
+
+    ``in_process``: in this process instead (``--in-process``: quick checks; peak memory is then shared).
+    """
+    if in_process:
+        from ilt_bench.run import run_job
+
+        return run_job(job)
     with tempfile.TemporaryDirectory(prefix="ilt-bench-") as tmp:
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job = {**job, "result": str(result_path)}
@@ -103,20 +117,79 @@ def _command_line(args: argparse.Namespace) -> str:
     return "ilt bench (called from Python: see settings)"
 
 
+def parse_rates(text: str) -> list[float]:
+    """``--lr-sweep``: comma-separated positive learning rates."""
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ILTError(f"--lr-sweep {text!r}: expected comma-separated numbers such as 3e-4,1e-3,3e-3") from None
+    if not rates or any(not r > 0 for r in rates):
+        raise ILTError(f"--lr-sweep {text!r}: expected one or more positive learning rates")
+    return rates
+
+
+def check_budget(args: argparse.Namespace) -> None:
+    """At least one positive budget; none negative."""
+    budgets = {"--budget-bytes": args.budget_bytes, "--budget-flops": args.budget_flops}
+    budgets["--budget-seconds"] = args.budget_seconds
+    for flag, value in budgets.items():
+        if (value or 0) < 0:
+            raise ILTError(f"{flag} must be >= 0, got {value}")
+    if not any(budgets.values()):
+        raise ILTError("no budget: give --budget-bytes N, --budget-flops N or --budget-seconds N (a mix must stop)")
+    if args.seeds < 1:
+        raise ILTError(f"--seeds must be >= 1, got {args.seeds}")
+    if not 0 < args.sweep_share <= 1:
+        raise ILTError(f"--sweep-share must be in (0, 1], got {args.sweep_share}")
+
+
+def sweep_rates(
+    mix: Any, rates: list[float], base: dict[str, Any], args: argparse.Namespace, data: dict[str, Any], timeout: float
+) -> tuple[float, list[dict[str, Any]]]:
+    """Train ``mix`` once per rate on ``--sweep-share`` of the budget (first seed); the rate with the lowest
+    held-out bits-per-byte and every rate's figure. The texts scored come after the report's own when the
+    held-out file has enough (``selection`` says which)."""
+    settings = {
+        **base,
+        "seed": args.seed,
+        "measure": False,
+        "curve_points": 1,
+        "eval_offset": data["sweep_offset"],
+        "eval_lines": args.sweep_lines,
+    }
+    for key in ("budget_bytes", "budget_flops", "budget_seconds"):
+        settings[key] = (base[key] or 0) * args.sweep_share
+    points = []
+    for lr in rates:
+        label = f"{mix.name} sweep lr {lr:g}"
+        print(f"bench: [{label}] starting", flush=True)
+        r = run_worker(
+            {"mix": mix.to_dict(), "settings": {**settings, "lr": lr, "label": label}}, timeout, args.in_process
+        )
+        bpb = r.get("bits_per_byte") if r.get("status") == "ok" else None
+        points.append({"lr": lr, "bits_per_byte": bpb, "train_bytes": r.get("train_bytes"), "error": r.get("error")})
+    finite = [p for p in points if isinstance(p["bits_per_byte"], (int, float)) and math.isfinite(p["bits_per_byte"])]
+    if not finite:
+        raise ILTError(f"{mix.name}: every rate of the sweep failed ({points[0]['error']}); give --lr")
+    best = min(finite, key=lambda p: p["bits_per_byte"])["lr"]
+    return best, points
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Run every selected mix and write the report; returns the report mapping."""
+    """Sweep each mix's learning rate, run every mix for every seed, and write the report; returns it."""
     import torch
 
     from ilt_bench.mixes import resolve_mixes
-    from ilt_bench.report import write_report
+    from ilt_bench.report import aggregate_runs, write_report
     from ilt_core.modeling.flops import measure_matmul_peak
 
-    if args.budget_seconds < 0 or (args.budget_bytes or 0) < 0:
-        raise ILTError("--budget-seconds and --budget-bytes must be >= 0")
-    if not args.budget_seconds and not args.budget_bytes:
-        raise ILTError("--budget-seconds 0 needs --budget-bytes N: a mix must stop somewhere")
+    check_budget(args)
+    rates = parse_rates(args.lr_sweep) if args.lr is None else []
     mixes = resolve_mixes(args.mixes, args.mix_dir)  # validates every mix before anything runs
     data = resolve_data(args)
+    eval_total = sum(1 for line in Path(data["eval_file"]).read_text(encoding="utf-8").splitlines() if line.strip())
+    # the sweep scores texts the report does not use, when the held-out file has them
+    data["sweep_offset"] = data["eval_texts"] if eval_total - data["eval_texts"] >= args.sweep_lines else 0
     out_dir = Path(args.out) if args.out else Path("benchmarks") / "results" / data["name"]
     out_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
@@ -124,20 +197,25 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(threads)
     started = time.perf_counter()
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    print(f"bench: {len(mixes)} mixes on {data['name']}, {args.budget_seconds} s each; measuring the matmul peak")
+    seeds = [args.seed + i for i in range(args.seeds)]
+    print(f"bench: {len(mixes)} mixes x {len(seeds)} seeds on {data['name']}, budget {budget_text(args)}")
     peak = {**measure_matmul_peak(device, args.matmul_size or None), "repeats": 5}
     print(f"bench: fp32 matmul peak {peak['flops_per_second'] / 1e9:.1f} GFLOP/s on {device} ({threads} threads)")
 
-    curve_every = args.curve_every or max(args.budget_seconds / 6.0, 1.0)
     settings = {
-        "budget_seconds": args.budget_seconds,
-        "budget_bytes": args.budget_bytes,
-        "seed": args.seed,
+        "budget_bytes": args.budget_bytes or 0,
+        "budget_flops": args.budget_flops or 0,
+        "budget_seconds": args.budget_seconds or 0,
+        "seeds": seeds,
         "lr": args.lr,
+        "lr_sweep": rates,
+        "sweep_share": args.sweep_share,
+        "sweep_lines": args.sweep_lines,
+        "sweep_offset": data["sweep_offset"],
         "threads": threads,
         "device": device,
         "eval_lines": args.eval_lines,
-        "curve_every": curve_every,
+        "curve_points": args.curve_points,
         "curve_lines": args.curve_lines,
         "gen_new_units": args.gen_new_units,
         "gen_prompt_units": args.gen_prompt_units,
@@ -146,26 +224,44 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "t2b_lines": args.t2b_lines,
         "render_units": args.render_units,
     }
-    timeout = args.mix_timeout or (4 * (args.budget_seconds or 600) + 900)
-    results = []
-    for i, mix in enumerate(mixes, 1):
-        label = f"{i}/{len(mixes)} {mix.name}"
-        job_settings = {
-            **settings,
-            **{k: data[k] for k in ("train_file", "eval_file", "train_sha256")},
-            "peak_flops": peak["flops_per_second"],
-            "tokenizer_dir": str(out_dir / "tokenizers"),
-            "label": label,
-        }
-        print(f"bench: [{label}] starting ({mix.kind}, {mix.path})", flush=True)
-        result = run_worker({"mix": mix.to_dict(), "settings": job_settings}, timeout)
-        result["mix_file"] = str(mix.path)
-        if result.get("status") != "ok":
-            print(f"bench: [{label}] FAILED: {result.get('error')}", flush=True)
-        results.append(result)
+    base = {
+        **settings,
+        **{k: data[k] for k in ("train_file", "eval_file", "train_sha256")},
+        "peak_flops": peak["flops_per_second"],
+        "tokenizer_dir": str(out_dir / "tokenizers"),
+    }
+    timeout = args.mix_timeout or (4 * args.budget_seconds + 900 if args.budget_seconds else 4 * 3600)
+    chosen: dict[str, tuple[float, list[dict[str, Any]], str]] = {}
+    for mix in mixes:
+        if args.lr is not None:
+            chosen[mix.name] = (args.lr, [], "--lr")
+        elif mix.bench.lr is not None:
+            chosen[mix.name] = (mix.bench.lr, [], "the mix's bench.lr")
+        else:
+            best, points = sweep_rates(mix, rates, base, args, data, timeout)
+            print(f"bench: [{mix.name}] learning rate {best:g} (sweep: {sweep_text(points)})", flush=True)
+            chosen[mix.name] = (best, points, "sweep")
 
+    runs: dict[str, list[dict[str, Any]]] = {m.name: [] for m in mixes}
+    for k, seed in enumerate(seeds):  # seed by seed, every mix: a change in the machine's load touches all
+        for i, mix in enumerate(mixes, 1):
+            label = f"seed {k + 1}/{len(seeds)} mix {i}/{len(mixes)} {mix.name}"
+            job = {"mix": mix.to_dict(), "settings": {**base, "seed": seed, "lr": chosen[mix.name][0], "label": label}}
+            print(f"bench: [{label}] starting ({mix.kind}, {mix.path})", flush=True)
+            result = run_worker(job, timeout, args.in_process)
+            if result.get("status") != "ok":
+                print(f"bench: [{label}] FAILED: {result.get('error')}", flush=True)
+            runs[mix.name].append(result)
+
+    results = []
+    for mix in mixes:
+        lr, points, how = chosen[mix.name]
+        result = aggregate_runs(runs[mix.name])
+        result.update(mix_file=str(mix.path), lr=lr, lr_choice=how, sweep=points)
+        results.append(result)
     report = {
         "command": _command_line(args),
+        "commit": git_commit(),
         "started": started_at,
         "wall_seconds": time.perf_counter() - started,
         "data": data,
@@ -178,6 +274,35 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     paths = write_report(report, out_dir)
     print(f"bench: wrote {', '.join(str(p) for p in paths.values())}")
     return report
+
+
+def budget_text(args: argparse.Namespace) -> str:
+    """The budget in words, e.g. ``1,000,000 training bytes``."""
+    parts = []
+    if args.budget_bytes:
+        parts.append(f"{args.budget_bytes:,} training bytes")
+    if args.budget_flops:
+        parts.append(f"{args.budget_flops:.3g} training FLOPs")
+    if args.budget_seconds:
+        parts.append(f"{args.budget_seconds:g} s of training")
+    return ", or ".join(parts) + " (whichever comes first)" if len(parts) > 1 else parts[0]
+
+
+def sweep_text(points: list[dict[str, Any]]) -> str:
+    return ", ".join(
+        f"{p['lr']:g}: {p['bits_per_byte']:.3f}" if p["bits_per_byte"] is not None else f"{p['lr']:g}: failed"
+        for p in points
+    )
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with ``+dirty`` when files differ), or None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -201,13 +326,24 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--train-file", help="training text, one text per line (with --eval-file)")
     p.add_argument("--eval-file", help="held-out text, one text per line (with --train-file)")
     p.add_argument("--eval-lines", type=int, default=200, help="cap on held-out texts (0: all)")
-    p.add_argument("--budget-seconds", type=float, default=100.0, help="training wall-clock time of each mix")
-    p.add_argument("--budget-bytes", type=int, default=None, help="also stop after this many training UTF-8 bytes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=5e-4, help="AdamW peak learning rate (same for every mix)")
+    p.add_argument(
+        "--budget-bytes", type=int, default=1_000_000, help="training UTF-8 bytes of each run (0: no byte budget)"
+    )
+    p.add_argument("--budget-flops", type=float, default=0.0, help="training FLOPs of each run (0: no FLOP budget)")
+    p.add_argument(
+        "--budget-seconds", type=float, default=0.0, help="training wall-clock seconds of each run (0: no time budget)"
+    )
+    p.add_argument("--seeds", type=int, default=3, help="runs per mix, seeds --seed, --seed + 1, ...")
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--lr", type=float, default=None, help="one AdamW peak learning rate for every mix (no sweep)")
+    p.add_argument(
+        "--lr-sweep", default="1e-3,2e-3,4e-3", help="rates each mix tries first (unless --lr or its bench.lr)"
+    )
+    p.add_argument("--sweep-share", type=float, default=0.25, help="share of the budget each sweep run trains")
+    p.add_argument("--sweep-lines", type=int, default=48, help="held-out texts that score the sweep")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--curve-every", type=float, default=0.0, help="seconds of training between validation points")
+    p.add_argument("--curve-points", type=int, default=8, help="validation points, at equal shares of the budget")
     p.add_argument("--curve-lines", type=int, default=24, help="held-out texts in each validation point")
     p.add_argument("--gen-new-units", type=int, default=16, help="units generated per prompt for the speed test")
     p.add_argument("--gen-prompt-units", type=int, default=16, help="units in each generation prompt")
@@ -216,6 +352,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--matmul-size", type=int, default=0, help="side of the peak-measuring matmul (0: 2048 on CPU)")
     p.add_argument("--mix-timeout", type=float, default=0.0, help="seconds before a mix is stopped (0: automatic)")
     p.add_argument("--out", help="output folder (default: benchmarks/results/<data-name>/)")
+    p.add_argument(
+        "--in-process", action="store_true", help="run every mix in this process (quick checks; peak memory is shared)"
+    )
     p.set_defaults(func=cmd_bench)
     return p
 

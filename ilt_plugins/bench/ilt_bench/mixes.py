@@ -15,6 +15,10 @@ A baseline mix declares ``baseline: bytes`` or ``baseline: bpe`` (see :mod:`ilt_
     vocab_size: 4096
     model: {hidden_size: 512, num_hidden_layers: 6}
     bench: {batch_size: 8, block_size: 128}   # block_size in tokens
+
+``bench: {lr: 1e-3}`` fixes a mix's peak learning rate (otherwise ``ilt bench`` sweeps it, or ``--lr`` sets it).
+The nano mixes (``nano``, ``nano-no-images``, ``nano-baseline-bytes``, ``nano-baseline-bpe``) are matched in
+training FLOPs per byte; ``make bench`` runs them.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ from ilt_core.specs.spec import parse_spec, resolve_base
 
 #: The order of the report's rows; other mixes in the folder follow alphabetically.
 DEFAULT_ORDER = (
+    "nano",
+    "nano-no-images",
+    "nano-baseline-bytes",
+    "nano-baseline-bpe",
     "tiny",
     "tiny-no-images",
     "tiny-no-bytes",
@@ -56,6 +64,9 @@ class BenchSettings(BaseModel):
     block_size: int = Field(512, ge=2, le=65536, description="baselines: tokens per row")
     reference_protocol: bool = Field(
         False, description="ILT: also time generation by the reference's protocol (batch 4, 32-byte cap)"
+    )
+    lr: float | None = Field(
+        None, gt=0, le=1, description="this mix's peak learning rate (no sweep); None: the sweep or --lr picks it"
     )
 
 

@@ -1,13 +1,19 @@
-"""The benchmark report: ``results.json`` (every figure), ``results.md`` (tables), PNG plots.
+"""The benchmark report: ``results.json`` (every figure, every seed), ``results.md`` (tables), PNG plots.
+
+Each mix ran once per seed; :func:`aggregate_runs` gives every figure's mean and min-max over the seeds and the
+mean validation curve (the seeds' curve points are taken at the same shares of the budget). A difference
+between two mixes *separates* them when it exceeds the spread (max - min over the seeds) of both
+(:func:`separations`).
 
 No figure of the reference implementation is written into the code: figures measured on another day,
-on another text, compare nothing. A comparison with it must read a measurement made in the same run;
-this harness makes none, so the report says so ("no reference measurement in this run") and checks
-only the goals that need no reference (peak memory).
+on another text, compare nothing. A comparison with it must read a measurement made in the same run
+(``benchmarks/bench_reference.py`` makes one); this harness makes none, so the report says so ("no
+reference measurement in this run") and checks only the goals that need no reference (peak memory).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -61,6 +67,98 @@ def missing_figures(result: dict[str, Any]) -> list[str]:
     return bad
 
 
+#: Figures averaged over the seeds besides :data:`FIGURES` (their spread is kept too).
+EXTRA_FIGURES: tuple[str, ...] = (
+    "train_bytes",
+    "train_flops",
+    "train_seconds",
+    "wall_seconds",
+    "steps",
+    "final_loss",
+    "achieved_flops_per_second",
+    "generation.batch_1.units_per_second",
+)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, min and max of ``values`` (one per seed)."""
+    return {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _set(result: dict[str, Any], path: str, value: Any) -> None:
+    node = result
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The seeds' validation curves point by point: the mean of every field, min and max of bits-per-byte.
+
+    Points line up when the budget is bytes or FLOPs (the same shares of it); with fewer points in some seed
+    (a time budget), the common prefix is kept.
+    """
+    n = min(len(c) for c in curves)
+    out = []
+    for i in range(n):
+        points = [c[i] for c in curves]
+        merged = {
+            k: sum(p[k] for p in points) / len(points) for k in points[0] if isinstance(points[0][k], (int, float))
+        }
+        bpb = [p["bits_per_byte"] for p in points]
+        merged.update(bits_per_byte_min=min(bpb), bits_per_byte_max=max(bpb))
+        out.append(merged)
+    return out
+
+
+def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One mix's seeds as one result: the first successful run's fields, every figure replaced by its mean
+    over the successful seeds, ``spread`` (mean, min, max per figure), the mean ``curve`` and the ``runs``."""
+    ok = [r for r in runs if r.get("status") == "ok"]
+    if not ok:
+        first = runs[0]
+        return {**first, "runs": runs, "seeds_ok": 0, "seeds": len(runs)}
+    result = copy.deepcopy({k: v for k, v in ok[0].items() if k not in ("curve", "seed")})  # the runs stay as run
+    spreads = {}
+    for path in (*FIGURES, *EXTRA_FIGURES):
+        values = [figure(r, path) for r in ok]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            spreads[path] = spread([float(v) for v in values])
+            _set(result, path, spreads[path]["mean"])
+    result["spread"] = spreads
+    result["curve"] = mean_curve([r["curve"] for r in ok])
+    result["runs"] = [{k: v for k, v in r.items() if k not in ("spec", "bench", "flops_parts")} for r in runs]
+    result["seeds_ok"], result["seeds"] = len(ok), len(runs)
+    failed = [r for r in runs if r.get("status") != "ok"]
+    if failed:
+        result["failed_seeds"] = [f"seed {r.get('seed')}: {r.get('error')}" for r in failed]
+    return result
+
+
+def separations(results: list[dict[str, Any]], path: str = "bits_per_byte") -> list[dict[str, Any]]:
+    """Every pair of mixes with at least two seeds each: the difference of their means at ``path`` and whether
+    it exceeds the spread (max - min over seeds) of both mixes (``separated``)."""
+    ok = [r for r in results if r.get("status") == "ok" and r.get("spread", {}).get(path, {}).get("n", 0) >= 2]
+    pairs = []
+    for i, a in enumerate(ok):
+        for b in ok[i + 1 :]:
+            sa, sb = a["spread"][path], b["spread"][path]
+            diff = sa["mean"] - sb["mean"]
+            width_a, width_b = sa["max"] - sa["min"], sb["max"] - sb["min"]
+            pairs.append(
+                {
+                    "a": a["name"],
+                    "b": b["name"],
+                    "difference": diff,
+                    "spread_a": width_a,
+                    "spread_b": width_b,
+                    "separated": abs(diff) > width_a and abs(diff) > width_b,
+                }
+            )
+    return pairs
+
+
 # ---- goals -------------------------------------------------------------------------------------------
 
 
@@ -112,46 +210,73 @@ def _millions(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.2f}m"
 
 
+def _spread_text(r: dict[str, Any], path: str, fmt: Any = None) -> str:
+    """``mean [min-max]`` of a figure over the seeds (just the value with one seed)."""
+    fmt = fmt or _num
+    s = r.get("spread", {}).get(path)
+    if not s or s["n"] < 2:
+        return fmt(figure(r, path))
+    return f"{fmt(s['mean'])} [{fmt(s['min'])}–{fmt(s['max'])}]"
+
+
+def budget_words(settings: dict[str, Any]) -> str:
+    """The budget as the report states it."""
+    parts = []
+    if settings.get("budget_bytes"):
+        parts.append(f"{settings['budget_bytes']:,} training bytes")
+    if settings.get("budget_flops"):
+        parts.append(f"{settings['budget_flops']:.3g} training FLOPs")
+    if settings.get("budget_seconds"):
+        parts.append(f"{settings['budget_seconds']:g} s of training")
+    return " or ".join(parts) + (" (whichever came first)" if len(parts) > 1 else "")
+
+
 def write_markdown(report: dict[str, Any], path: Path) -> None:
-    """``results.md``: the figures table, parameters, reference and goals, settings and machine."""
+    """``results.md``: figures with their spread over seeds, separations, the learning-rate sweep, parameters,
+    FLOPs, reference and goals, settings and machine."""
     results = report["results"]
     ok = [r for r in results if r.get("status") == "ok"]
     settings, machine = report["settings"], report["machine"]
-    budget = f"{settings['budget_seconds']} s of training" if settings["budget_seconds"] else "no time limit"
-    if settings.get("budget_bytes"):
-        budget += f", at most {settings['budget_bytes']:,} training bytes"
+    seeds = settings.get("seeds") or [settings.get("seed", 0)]
     lines = [
         f"# ILT benchmark: {report['data']['name']}",
         "",
-        f"Every mix trained on the same data in the same order (seed {settings['seed']}), with AdamW and the same "
-        f"schedule, for the same budget ({budget}); each mix ran in a fresh process. Held-out: "
-        f"{report['data']['eval_texts']} texts of `{report['data']['eval_file']}`. Units are words (a word and the "
-        "whitespace after it, `ilt_core.text.segmentation.segment`); for the baselines they are counted the same way on "
-        "the text their tokens stand for.",
+        f"Every mix trained for the same budget ({budget_words(settings)}), once per seed ({', '.join(map(str, seeds))}: "
+        "a seed sets the initialisation and the order of the texts, the same order for every mix), with AdamW and the "
+        "same schedule at its own peak learning rate (see the sweep below); each run in a fresh process. "
+        f"Held-out: {report['data']['eval_texts']} texts of `{report['data']['eval_file']}`. Figures are the mean over "
+        "the seeds with [min–max]. Units are words (a word and the whitespace after it, "
+        "`ilt_core.text.segmentation.segment`); for the baselines they are counted the same way on the text their "
+        "tokens stand for. Wall-clock figures are reported, not budgeted: they follow the machine's load.",
         "",
-        "| mix | bits/byte | units/s | bytes/s | s/step | data share | FLOPs/byte | MFU | peak RSS | params | "
-        "gen b1 units/s (bytes/s) | gen b8 units/s (bytes/s) | text->batch cold/warm units/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mix | bits/byte | lr | params | FLOPs/byte | train bytes | train FLOPs | train s | bytes/s | s/step | "
+        "data share | MFU | peak RSS | gen b1 units/s (bytes/s) | gen b8 units/s (bytes/s) | "
+        "text->batch cold/warm units/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if r.get("status") != "ok":
-            lines.append(f"| {r['name']} | failed: {r.get('error', '?')} |" + " |" * 11)
+            lines.append(f"| {r['name']} | failed: {r.get('error', '?')} |" + " |" * 14)
             continue
         t2b = r["text_to_batch"]
         lines.append(
             "| "
             + " | ".join(
                 [
-                    r["name"],
-                    _num(r["bits_per_byte"]),
-                    _num(r["units_per_second"]),
-                    _num(r["bytes_per_second"]),
+                    r["name"]
+                    + (f" ({r['seeds_ok']}/{r['seeds']} seeds)" if r.get("seeds_ok", 1) < r.get("seeds", 1) else ""),
+                    _spread_text(r, "bits_per_byte"),
+                    _num(r.get("lr")),
+                    _millions(r["parameters_total"]),
+                    _num(r["flops_per_byte"]),
+                    _num(r.get("train_bytes")),
+                    _num(r.get("train_flops")),
+                    _spread_text(r, "train_seconds", lambda v: f"{v:,.0f}"),
+                    _spread_text(r, "bytes_per_second", lambda v: f"{v:,.0f}"),
                     _num(r["step_seconds"]),
                     f"{r['data_share']:.1%}",
-                    _num(r["flops_per_byte"]),
                     f"{r['mfu']:.1%}",
                     f"{r['peak_rss_bytes'] / 1e9:.2f} GB",
-                    _millions(r["parameters_total"]),
                     f"{_num(figure(r, 'generation.batch_1.units_per_second'))} "
                     f"({_num(figure(r, 'generation.batch_1.bytes_per_second'))})",
                     f"{_num(figure(r, 'generation.batch_8.units_per_second'))} "
@@ -161,6 +286,50 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             )
             + " |"
         )
+
+    pairs = separations(results)
+    lines += ["", "## Which mixes separate", ""]
+    if pairs:
+        lines += [
+            "A difference in mean bits-per-byte *separates* two mixes when it exceeds the spread (max - min over "
+            "the seeds) of both.",
+            "",
+            "| mix A | mix B | A - B bits/byte | spread A | spread B | separated |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in pairs:
+            lines.append(
+                f"| {p['a']} | {p['b']} | {p['difference']:+.3f} | {p['spread_a']:.3f} | {p['spread_b']:.3f} | "
+                f"{'**yes**' if p['separated'] else 'no'} |"
+            )
+    else:
+        lines.append("(one seed per mix: no spread to compare differences with; run with --seeds 2 or more)")
+
+    lines += ["", "## Learning rates", ""]
+    swept = [r for r in results if r.get("sweep")]
+    if swept:
+        lines += [
+            f"Each mix's peak learning rate is the one with the lowest held-out bits-per-byte after "
+            f"{settings.get('sweep_share', 0):.0%} of the budget (seed {seeds[0]}), scored on "
+            f"{settings.get('sweep_lines')} held-out texts "
+            + (
+                f"from line {settings.get('sweep_offset')} on (not those of the table)."
+                if settings.get("sweep_offset")
+                else "(the first ones: the held-out file has no others)."
+            ),
+            "",
+        ]
+        rates = sorted({p["lr"] for r in swept for p in r["sweep"]})
+        lines.append("| mix | " + " | ".join(f"lr {x:g}" for x in rates) + " | chosen |")
+        lines.append("|---" * (len(rates) + 2) + "|")
+        for r in swept:
+            by = {p["lr"]: p["bits_per_byte"] for p in r["sweep"]}
+            cells = [_num(by.get(x)) if by.get(x) is not None else ("failed" if x in by else "-") for x in rates]
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {r['lr']:g} |")
+    for r in results:
+        if r.get("lr_choice") and r["lr_choice"] != "sweep":
+            lines.append(f"- {r['name']}: learning rate {r['lr']:g} ({r['lr_choice']})")
+
     lines += ["", "## Parameters per component (embedding tables excluded)", ""]
     parts = []
     for r in ok:
@@ -215,7 +384,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 f"{1000 * g['seconds'] / max(g['steps'], 1):,.1f} ms a step, {g['units_per_second']:,.1f} words/s"
             )
 
-    lines += ["", "## Plots", "", "![validation bits-per-byte](bpb_vs_time.png)", "", "![throughput](throughput.png)"]
+    lines += ["", "## Plots", "", "![bits-per-byte against training FLOPs](bpb_vs_flops.png)", ""]
+    lines += ["![bits-per-byte against training bytes](bpb_vs_bytes.png)", "", "![throughput](throughput.png)"]
     lines += ["", "## Settings and machine", ""]
     lines.append(f"- command: `{report['command']}`")
     lines.append(f"- settings: `{json.dumps(settings, sort_keys=True)}`")
@@ -224,13 +394,15 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"device {machine['device']}" + (f" ({machine['gpu']})" if machine.get("gpu") else "")
     )
     lines.append("- packages: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
-    lines.append(f"- started {report['started']}, took {report['wall_seconds']:.0f} s")
+    lines.append(
+        f"- commit {report.get('commit') or 'unknown'}, started {report['started']}, took {report['wall_seconds']:.0f} s"
+    )
     lines.append("- every figure, the exact specs and the curves are in `results.json`")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """``bpb_vs_time.png`` (validation curves) and ``throughput.png`` (units/s and bytes/s bars)."""
+    """``bpb_vs_flops.png`` and ``bpb_vs_bytes.png`` (validation curves) and ``throughput.png`` (bars)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,23 +410,36 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
 
     ok = [r for r in report["results"] if r.get("status") == "ok"]
     written = []
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in ok:
-        xs = [p["train_seconds"] for p in r["curve"]]
-        ys = [p["bits_per_byte"] for p in r["curve"]]
-        style = "--" if r["kind"] == "baseline" else "-"
-        ax.plot(xs, ys, style, marker="o", markersize=3, label=r["name"])
-    ax.set_xlabel("training time (s)")
-    ax.set_ylabel("validation bits-per-byte")
     n_curve = report["settings"]["curve_lines"]
-    ax.set_title(f"{report['data']['name']}: validation bits-per-byte ({n_curve} held-out texts) vs training time")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out_dir / "bpb_vs_time.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    for key, label, name in (
+        ("train_flops", "training FLOPs", "bpb_vs_flops.png"),
+        ("train_bytes", "training bytes", "bpb_vs_bytes.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for r in ok:
+            xs = [p[key] for p in r["curve"]]
+            ys = [p["bits_per_byte"] for p in r["curve"]]
+            style = "--" if r["kind"] == "baseline" else "-"
+            (line,) = ax.plot(xs, ys, style, marker="o", markersize=3, label=f"{r['name']} (lr {r.get('lr', 0):g})")
+            if r.get("seeds_ok", 1) > 1:  # min-max over the seeds
+                lows = [p.get("bits_per_byte_min", p["bits_per_byte"]) for p in r["curve"]]
+                highs = [p.get("bits_per_byte_max", p["bits_per_byte"]) for p in r["curve"]]
+                ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation bits-per-byte")
+        seeds = len(report["settings"].get("seeds") or [0])
+        ax.set_title(
+            f"{report['data']['name']}: validation bits-per-byte ({n_curve} held-out texts; mean and min-max over "
+            f"{seeds} seed(s)) vs {label}",
+            fontsize=9,
+        )
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, max(3.0, 0.45 * len(ok) + 1.5)))
     names = [r["name"] for r in ok]
@@ -284,6 +469,7 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """Write the three kinds of files into ``out_dir``; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report["goals"] = goal_checks(report["results"])
+    report["separations"] = separations(report["results"])
     json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     md_path = out_dir / "results.md"

@@ -1,17 +1,23 @@
-"""One benchmark mix in its own process: build, train for the budget, measure, write one JSON file.
+"""One benchmark mix, one seed, in its own process: build, train for the budget, measure, write one JSON file.
 
-    python -m ilt_bench.run JOB.json        (``ilt bench`` starts one of these per mix)
+    python -m ilt_bench.run JOB.json        (``ilt bench`` starts one of these per mix and seed)
 
 ``JOB.json`` holds ``{"mix": Mix.to_dict(), "settings": {...}, "result": "path/to/result.json"}``. A
-fresh process per mix keeps peak-memory figures apart (``ru_maxrss`` is per process).
+fresh process per run keeps peak-memory figures apart (``ru_maxrss`` is per process).
 
-The training loop is in plain sight (:func:`train`): the same seed, the same data order (one seeded
-permutation of the training lines, re-drawn each epoch), AdamW (betas 0.9/0.95, weight decay 0.1,
-gradient clipping 1.0) and the same schedule for every mix: linear warm-up over the first 10 steps,
-then cosine decay to 10% of the peak learning rate as the budget is used up (the budget share is
-``max(train seconds / budget seconds, train bytes / budget bytes)``). Time spent on validation points
-is not training time: the clock stops while the curve is evaluated. Throughput, step time and the data
-share leave out the first step (one-time costs) when at least three steps ran.
+The training loop is in plain sight (:func:`train`): the seed sets the initialisation and the data order
+(one seeded permutation of the training lines, re-drawn each epoch: every mix reads the same texts in the
+same order), AdamW (betas 0.9/0.95, weight decay 0.1, gradient clipping 1.0) and the same schedule for every
+mix: linear warm-up over the first 10 steps, then cosine decay to 10% of the peak learning rate as the budget
+is used up. The budget is training bytes, training FLOPs (:mod:`ilt_core.modeling.flops`) or seconds, any
+of them; the share used is the largest of ``bytes / budget bytes``, ``FLOPs / budget FLOPs`` and
+``seconds / budget seconds``. Validation points are taken at fixed shares of the budget (``curve_points``),
+so the seeds' curves line up; the clock stops while they are evaluated. Wall-clock figures are reported,
+never budgeted unless asked. Throughput, step time and the data share leave out the first step (one-time
+costs) when at least three steps ran.
+
+``settings["measure"] = False`` (the learning-rate sweep) skips the speed measurements and scores the
+held-out texts of ``settings["eval_offset"]`` on, so the rate is not chosen on the reported texts.
 """
 
 from __future__ import annotations
@@ -349,13 +355,28 @@ def say(settings: dict[str, Any], message: str) -> None:
     print(f"[{settings['label']}] {message}", flush=True)
 
 
+def total_flops(counter: Any) -> float:
+    """Training FLOPs a :class:`~ilt_core.modeling.flops.FlopCounter` has counted so far (every part)."""
+    return float(sum(part.flops() for part in counter.parts.values()))
+
+
+def budget_share(settings: dict[str, Any], seconds: float, nbytes: int, flops: float) -> float:
+    """How much of the budget is used: the largest share among the budgets given (bytes, FLOPs, seconds)."""
+    parts = []
+    for key, used in (("budget_seconds", seconds), ("budget_bytes", nbytes), ("budget_flops", flops)):
+        limit = float(settings.get(key) or 0)
+        if limit > 0:
+            parts.append(used / limit)
+    if not parts:
+        raise ILTError("bench: no budget: give --budget-bytes, --budget-flops or --budget-seconds")
+    return max(parts)
+
+
 def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], curve_texts: Sequence[str]) -> dict:
     """The training loop; returns throughput, data share, FLOPs, the validation curve and the last loss."""
     device = runner.device
     clock = Clock(device)
-    budget_s = float(settings["budget_seconds"] or 0)
-    budget_b = int(settings.get("budget_bytes") or 0)
-    every = float(settings["curve_every"])
+    points = max(1, int(settings.get("curve_points") or 8))
     texts = text_stream(train_lines, settings["seed"])
     torch.manual_seed(settings["seed"])
     optimizer = torch.optim.AdamW(
@@ -366,17 +387,18 @@ def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], cur
     )
 
     def share(seconds: float, nbytes: int) -> float:
-        parts = []
-        if budget_s > 0:
-            parts.append(seconds / budget_s)
-        if budget_b > 0:
-            parts.append(nbytes / budget_b)
-        return max(parts)
+        return budget_share(settings, seconds, nbytes, total_flops(runner.flops))
 
     def curve_point(seconds: float, step: int, nbytes: int) -> dict:
         result = runner.bits_per_byte(curve_texts)
         runner.train()
-        return {"train_seconds": seconds, "step": step, "train_bytes": nbytes, "bits_per_byte": result.bits_per_byte}
+        return {
+            "train_seconds": seconds,
+            "step": step,
+            "train_bytes": nbytes,
+            "train_flops": total_flops(runner.flops),
+            "bits_per_byte": result.bits_per_byte,
+        }
 
     curve = [curve_point(0.0, 0, 0)]
     runner.train()
@@ -384,7 +406,7 @@ def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], cur
     steps = units = nbytes = 0
     loss_value = float("nan")
     first: dict[str, float] = {}
-    next_eval, next_report = every, 0.1
+    next_point, next_report = 1, 0.1
     while share(train_s, nbytes) < 1.0:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(steps, share(train_s, nbytes), settings["lr"])
@@ -414,9 +436,9 @@ def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], cur
                 f"{units / train_s:.0f} units/s | {nbytes / train_s:.0f} bytes/s | {(t2 - t0):.2f} s/step",
             )
             next_report = math.floor(done * 10 + 1) / 10
-        if train_s >= next_eval and done < 1.0:
+        if done >= next_point / points and done < 1.0:
             curve.append(curve_point(train_s, steps, nbytes))
-            next_eval += every
+            next_point = math.floor(done * points) + 1
     curve.append(curve_point(train_s, steps, nbytes))
     # steady-state figures leave the first step out when there are enough others to measure
     if steps >= 3:
@@ -429,6 +451,7 @@ def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], cur
         "train_seconds": train_s,
         "train_units": units,
         "train_bytes": nbytes,
+        "train_flops": total_flops(runner.flops),
         "first_step_seconds": first["seconds"],
         "steady_steps": s_steps,
         "units_per_second": s_units / s_time,
@@ -494,18 +517,25 @@ def run_mix(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(int(settings["threads"]))
     device = torch.device(settings["device"])
     train_lines = read_lines(settings["train_file"])
-    eval_texts = read_lines(settings["eval_file"], settings.get("eval_lines") or None)
+    measure = settings.get("measure", True)
+    offset = int(settings.get("eval_offset") or 0)
+    eval_lines = int(settings.get("eval_lines") or 0)
+    eval_texts = read_lines(settings["eval_file"], offset + eval_lines if eval_lines else None)[offset:]
+    if not eval_texts:
+        raise ILTError(f"bench: no held-out texts from line {offset} of {settings['eval_file']} on")
     curve_texts = eval_texts[: int(settings["curve_lines"])]
     started = time.perf_counter()
 
-    say(settings, f"building {mix['name']} ({mix['kind']})")
+    say(settings, f"building {mix['name']} ({mix['kind']}), seed {settings['seed']}, lr {settings['lr']:g}")
     if mix["kind"] == "ilt":
         runner: Any = ILTRunner(mix, settings, device)
     else:
         runner = BaselineRunner(mix, settings, device, train_lines, eval_texts)
     counts = runner.parameter_counts()
     # text -> batch first, while the render cache is still empty (the "cold" figure)
-    t2b = runner.text_to_batch(eval_texts[: int(settings["t2b_lines"])], int(settings["render_units"]))
+    t2b = (
+        runner.text_to_batch(eval_texts[: int(settings["t2b_lines"])], int(settings["render_units"])) if measure else {}
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -516,7 +546,7 @@ def run_mix(job: dict[str, Any]) -> dict[str, Any]:
     bpb = runner.bits_per_byte(eval_texts)
     eval_s = time.perf_counter() - start
     reference = mix["kind"] == "ilt" and bool(mix["bench"].get("reference_protocol"))
-    generation = measure_generation(runner, settings, eval_texts, reference)
+    generation = measure_generation(runner, settings, eval_texts, reference) if measure else {}
 
     peak_flops = float(settings["peak_flops"])
     flops_per_byte = runner.flops.flops_per_byte()
@@ -526,6 +556,8 @@ def run_mix(job: dict[str, Any]) -> dict[str, Any]:
         "kind": mix["kind"],
         "description": mix["spec"].get("description", ""),
         "status": "ok",
+        "seed": settings["seed"],
+        "lr": settings["lr"],
         "spec": mix["spec"],
         "bench": mix["bench"],
         **{k: v for k, v in trained.items() if k != "curve"},
@@ -550,6 +582,24 @@ def run_mix(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_mix`, with a failure turned into a result that says what went wrong (the harness goes on)."""
+    try:
+        return run_mix(job)
+    except Exception as exc:  # the parent reports the mix as failed and goes on with the others
+        traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {
+            "name": job["mix"]["name"],
+            "kind": job["mix"]["kind"],
+            "status": "error",
+            "seed": job["settings"].get("seed"),
+            "error": f"{type(exc).__name__}: {first}",
+            "spec": job["mix"]["spec"],
+            "bench": job["mix"]["bench"],
+        }
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -557,19 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     out = Path(job["result"])
-    try:
-        result = run_mix(job)
-    except Exception as exc:  # the parent reports the mix as failed and goes on with the others
-        traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        result = {
-            "name": job["mix"]["name"],
-            "kind": job["mix"]["kind"],
-            "status": "error",
-            "error": f"{type(exc).__name__}: {first}",
-            "spec": job["mix"]["spec"],
-            "bench": job["mix"]["bench"],
-        }
+    result = run_job(job)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     return 0 if result["status"] == "ok" else 1
 

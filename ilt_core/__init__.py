@@ -8,10 +8,11 @@ Subpackages follow the data flow: ``plugins`` (roles, hooks, registry) -> ``spec
 from ilt_core.errors import CheckpointError, ILTError, SpecError
 from ilt_core.evaluation import bits_per_byte
 from ilt_core.generation.loop import generate, stream_generate
+from ilt_core.modeling.config import ILTConfig
 from ilt_core.modeling.model import ILTModel, build_model
 from ilt_core.plugins.hookspecs import hookimpl
 from ilt_core.plugins.protocols import ROLES
-from ilt_core.plugins.registry import BuildContext, Component, get_registry
+from ilt_core.plugins.registry import BuildContext, Component, component, components_in, get_registry
 from ilt_core.specs.spec import load_spec
 from ilt_core.text.segmentation import segment
 
@@ -20,11 +21,14 @@ __all__ = [
     "BuildContext",
     "CheckpointError",
     "Component",
+    "ILTConfig",
     "ILTError",
     "ILTModel",
     "SpecError",
     "bits_per_byte",
     "build_model",
+    "component",
+    "components_in",
     "generate",
     "get_registry",
     "hookimpl",

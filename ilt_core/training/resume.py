@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +10,7 @@ import yaml
 from safetensors import safe_open
 
 from ilt_core.errors import CheckpointError, ILTError
-from ilt_core.modeling.checkpoint import WEIGHTS_NAME
+from ilt_core.modeling.checkpoint import WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from ilt_core.specs.spec import load_spec
 
 if TYPE_CHECKING:
@@ -18,11 +19,28 @@ if TYPE_CHECKING:
 TRAINING_ARGS_JSON = "training_args.json"
 
 
+def _weights_file(directory: str | Path) -> Path | None:
+    """``model.safetensors``, or the first shard its index names when the weights are sharded; None if neither."""
+    d = Path(directory)
+    if (d / WEIGHTS_NAME).is_file():
+        return d / WEIGHTS_NAME
+    index = d / WEIGHTS_INDEX_NAME
+    if not index.is_file():
+        return None
+    try:
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
+    return d / shards[0] if shards and (d / shards[0]).is_file() else None
+
+
 def checkpoint_spec(directory: str | Path) -> dict:
-    """The spec a checkpoint folder was written with (read from the weights file's metadata only)."""
-    weights = Path(directory) / WEIGHTS_NAME
-    if not weights.is_file():
-        raise CheckpointError(f"{directory}: no {WEIGHTS_NAME} in it (expected an ILT checkpoint folder)")
+    """The spec a checkpoint folder was written with (read from a weights file's metadata only: every shard has it)."""
+    weights = _weights_file(directory)
+    if weights is None:
+        raise CheckpointError(
+            f"{directory}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME} in it (expected an ILT checkpoint folder)"
+        )
     try:
         with safe_open(str(weights), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -58,7 +76,8 @@ def check_compatible(model: ILTModel, directory: str | Path, flag: str) -> None:
 def is_complete_checkpoint(directory: str | Path) -> bool:
     """A Trainer checkpoint folder that resuming can use: weights, trainer state and optimizer state."""
     d = Path(directory)
-    return all((d / name).is_file() for name in (WEIGHTS_NAME, "trainer_state.json", "optimizer.pt"))
+    has_weights = _weights_file(d) is not None
+    return has_weights and all((d / name).is_file() for name in ("trainer_state.json", "optimizer.pt"))
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> Path | None:

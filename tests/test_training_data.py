@@ -441,3 +441,17 @@ def test_preparing_the_data_holds_python_memory_flat_in_the_corpus_size(tmp_path
     assert large[1] - small[1] < growth // 4, (small, large)
     assert large[2] - small[2] < growth // 4, (small, large)
     assert large[3] <= 64  # packing: bytes of Python memory per block (numpy lengths and offsets)
+
+
+def test_a_corrupt_row_group_is_named_or_skipped_and_its_rows_counted(tmp_path) -> None:
+    path = write_parquet(tmp_path / "rg.parquet", TEXTS[:150], row_group_size=50)
+    column = pq.ParquetFile(path).metadata.row_group(1).column(1)  # the text column of row group 1
+    data = bytearray(path.read_bytes())
+    start = column.data_page_offset + 8
+    data[start : start + 64] = bytes((b * 7 + 13) % 256 for b in data[start : start + 64])
+    path.write_bytes(bytes(data))  # the footer still reads: only reading the row group finds it
+    with pytest.raises(ILTError, match=r"rg\.parquet: row group 1 of 3 \(rows 50\.\.99\) does not read"):
+        read(path, tmp_path / "cache")
+    got, stats = read(path, tmp_path / "cache", skip=True)
+    assert got == TEXTS[:50] + TEXTS[100:150]
+    assert (stats.records, stats.bad_records, stats.texts) == (150, 50, 100)

@@ -13,7 +13,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_spec
+from conftest import micro_spec, tiny_spec
 
 from ilt_core.cli.generate import add_generate_parser
 from ilt_core.errors import ILTError
@@ -469,16 +469,16 @@ def test_bytes_labels_model_generates_one_unit_per_step():
 
 
 # ---- learning ----------------------------------------------------------------------------------------------------
-@pytest.mark.slow
 def test_memorised_sentences_are_reproduced_from_their_first_words():
-    # 200 steps (AdamW, lr 1e-3): at 150 this seed still ends "five" as "fivel", at 100 it loops on "four four ..."
+    # the micro spec (tiny's architectures, shrunk): with AdamW at lr 1e-3 this seed reproduces all four texts
+    # from step 50 on (checked every 50 steps up to 400); 100 steps leave a margin
     texts = ["the cat sat on my mat", "a dog ran in green fields", "one two three four five", "שלום לכם חברים יקרים"]
-    model = build_model(tiny_spec("bytes-only"), seed=0)
+    model = build_model(micro_spec("bytes-only"), seed=0)
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = model.processor(texts)
     model.train()
-    for _ in range(200):
+    for _ in range(100):
         loss = model(**batch.model_inputs()).loss
         optimizer.zero_grad()
         loss.backward()

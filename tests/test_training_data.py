@@ -455,3 +455,14 @@ def test_a_corrupt_row_group_is_named_or_skipped_and_its_rows_counted(tmp_path) 
     got, stats = read(path, tmp_path / "cache", skip=True)
     assert got == TEXTS[:50] + TEXTS[100:150]
     assert (stats.records, stats.bad_records, stats.texts) == (150, 50, 100)
+
+
+def test_eval_alone_holds_out_validation_texts_without_preparing_the_training_set(tmp_path) -> None:
+    path = write_txt(tmp_path / "t.txt", TEXTS[:100])
+    data = DataTrainingArguments(
+        train_file=str(path), cache_dir=str(tmp_path / "cache"), validation_split_percentage=10
+    )
+    sources = resolve_sources(data, need_train=False, need_eval=True)
+    prepared = build_datasets(sources, 32, 24, data, ILTArguments())
+    assert prepared.train is None and prepared.validation.stats.texts == 10
+    assert not any(line.startswith("train: 90 texts") for line in prepared.summary)

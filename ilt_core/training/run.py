@@ -111,11 +111,13 @@ REPLICAS_NAME = "replicas.json"
 class Sources:
     """Where the train / validation texts come from, checked (files exist, globs match, parquet
     footers read) before a model is built; ``hold_out`` is the percentage of the training texts
-    that becomes the validation set when there is no other (0: none)."""
+    that becomes the validation set when there is no other (0: none); ``train_needed`` is False when
+    the training texts are read only for that (``--do_eval`` alone)."""
 
     train: td.TextSource | None
     validation: td.TextSource | None
     hold_out: int = 0
+    train_needed: bool = True
     summary: list[str] = field(default_factory=list)
 
 
@@ -177,7 +179,7 @@ def resolve_sources(data: DataTrainingArguments, need_train: bool, need_eval: bo
         raise ILTError("no training texts: --train_file / --data_recipe / --dataset_name gave none")
     if need_eval and validation is None and not hold:
         raise ILTError("--do_eval: no validation texts (pass --validation_file or --validation_split_percentage > 0)")
-    return Sources(train, validation, hold)
+    return Sources(train, validation, hold, train_needed=need_train)
 
 
 def _text_note(name: str, stats: td.TextStats) -> str:
@@ -245,7 +247,8 @@ def build_datasets(
         metrics[f"{name}_preprocessing_cached"] = int(cached)
         return dataset
 
-    train = build(train_texts, data.max_train_samples, "train") if sources.train is not None else None
+    needed = sources.train is not None and sources.train_needed
+    train = build(train_texts, data.max_train_samples, "train") if needed else None
     validation = build(eval_texts, data.max_eval_samples, "eval") if eval_texts is not None else None
     return PreparedData(train, validation, notes, metrics)
 

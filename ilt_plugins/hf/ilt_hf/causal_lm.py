@@ -18,7 +18,7 @@ from torch import nn
 from ilt_core.errors import ILTError
 from ilt_core.plugins.protocols import LatentOutput
 from ilt_core.plugins.registry import BuildContext, component
-from ilt_hf.backbone import set_activation_checkpointing
+from ilt_hf.backbone import HFWrapper
 from ilt_hf.fast_greedy import FusedLlamaWeights, greedy_decode
 from ilt_hf.loading import Source, SourceArgs, max_positions, set_special_tokens
 
@@ -60,7 +60,7 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-class HFLatentTransformer(nn.Module):
+class HFLatentTransformer(HFWrapper):
     """A transformers base model as ILT's latent transformer (see :class:`ilt_core.plugins.protocols.LatentTransformer`).
 
     ``forward(inputs_embeds (B, L, D), attention_mask, position_ids (B, L), past_key_values, use_cache)`` ->
@@ -174,16 +174,6 @@ class HFLatentTransformer(nn.Module):
                 layer.values = layer.values[..., n:, :]
         return True
 
-    def set_activation_checkpointing(
-        self,
-        enabled: bool,
-        checkpoint_kwargs: dict[str, Any] | None = None,
-        every_n_layers: int = 1,
-        offload: bool = False,
-    ) -> bool:
-        """``protocols.ActivationCheckpointing``: transformers' checkpointing of the wrapped model."""
-        return set_activation_checkpointing(self.model, enabled, checkpoint_kwargs, every_n_layers, offload)
-
 
 # generation_config fields that leave greedy decoding as it is (anything else sends greedy() to generate())
 _PLAIN_GENERATION_KEYS = {
@@ -201,7 +191,7 @@ _PLAIN_GENERATION_KEYS = {
 }
 
 
-class HFBytesDecoder(nn.Module):
+class HFBytesDecoder(HFWrapper):
     """A transformers causal LM over bytes that reads a prefix embedding (see ``protocols.BytesDecoder``).
 
     ``embed(ids (N, T))`` -> ``(N, T, D)``; ``forward(inputs_embeds (N, T, D), attention_mask (N, T_past + T))``
@@ -209,6 +199,8 @@ class HFBytesDecoder(nn.Module):
     through to ``transformers.GenerationMixin.generate`` (greedy, sampling, beams, repetition penalty, ...) and
     returns only the new ids ``(N, T_new)``.
     """
+
+    backbone_name = "lm"
 
     def __init__(self, lm: nn.Module) -> None:
         super().__init__()
@@ -258,16 +250,6 @@ class HFBytesDecoder(nn.Module):
             inputs_embeds=inputs_embeds.to(dtype=param.dtype), attention_mask=attention_mask, **generation_kwargs
         )
 
-    def set_activation_checkpointing(
-        self,
-        enabled: bool,
-        checkpoint_kwargs: dict[str, Any] | None = None,
-        every_n_layers: int = 1,
-        offload: bool = False,
-    ) -> bool:
-        """``protocols.ActivationCheckpointing``: transformers' checkpointing of the wrapped model."""
-        return set_activation_checkpointing(self.lm, enabled, checkpoint_kwargs, every_n_layers, offload)
-
     @torch.no_grad()
     def greedy(
         self,
@@ -304,7 +286,7 @@ class HFBytesDecoder(nn.Module):
         )
 
 
-class HFCausalBytesEncoder(nn.Module):
+class HFCausalBytesEncoder(HFWrapper):
     """A causal transformers model over bytes as a bytes encoder: ``(N, T)`` ids and mask -> ``(N, hidden_size)``.
 
     ``pooling="last"`` takes the hidden state of the last real byte (the only one that has read the whole unit);
@@ -327,16 +309,6 @@ class HFCausalBytesEncoder(nn.Module):
         positions = torch.arange(mask.shape[1], device=mask.device)
         last = (attention_mask.bool() * (positions + 1)).argmax(dim=1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-
-    def set_activation_checkpointing(
-        self,
-        enabled: bool,
-        checkpoint_kwargs: dict[str, Any] | None = None,
-        every_n_layers: int = 1,
-        offload: bool = False,
-    ) -> bool:
-        """``protocols.ActivationCheckpointing``: transformers' checkpointing of the wrapped model."""
-        return set_activation_checkpointing(self.model, enabled, checkpoint_kwargs, every_n_layers, offload)
 
 
 @component(

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Unpack
+from typing import Unpack
 
 import torch
 from torch import nn
 
 from ilt_core.errors import ILTError
 from ilt_core.plugins.registry import BuildContext, component
-from ilt_hf.backbone import set_activation_checkpointing
+from ilt_hf.backbone import HFWrapper
 from ilt_hf.loading import Source, SourceArgs, accepts_kwarg, set_special_tokens
 
 POOLINGS = ("mean", "cls")
 
 
-class HFTextEncoder(nn.Module):
+class HFTextEncoder(HFWrapper):
     """Bytes encoder: ``forward(input_ids (N, T), attention_mask (N, T))`` -> ``(N, hidden_size)``.
 
     ``pooling="mean"`` averages the last hidden states over the real bytes (mask 1); ``"cls"`` takes position 0.
@@ -34,16 +34,6 @@ class HFTextEncoder(nn.Module):
             return hidden[:, 0]
         mask = attention_mask.to(hidden.dtype)[..., None]
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-
-    def set_activation_checkpointing(
-        self,
-        enabled: bool,
-        checkpoint_kwargs: dict[str, Any] | None = None,
-        every_n_layers: int = 1,
-        offload: bool = False,
-    ) -> bool:
-        """``protocols.ActivationCheckpointing``: transformers' checkpointing of the wrapped model."""
-        return set_activation_checkpointing(self.model, enabled, checkpoint_kwargs, every_n_layers, offload)
 
 
 @component(

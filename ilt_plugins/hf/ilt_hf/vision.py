@@ -24,7 +24,7 @@ from torch import nn
 
 from ilt_core.errors import ILTError
 from ilt_core.plugins.registry import BuildContext, component
-from ilt_hf.backbone import set_activation_checkpointing
+from ilt_hf.backbone import HFWrapper
 from ilt_hf.fast_vit import FusedViTWeights, fused_vit_forward, fused_vit_supported
 from ilt_hf.loading import Source, SourceArgs, accepts_kwarg
 
@@ -49,7 +49,7 @@ def _processor_stats(name_or_path: str | None) -> tuple[Any, Any]:
     return data.get("image_mean"), data.get("image_std")
 
 
-class HFVisionEncoder(nn.Module):
+class HFVisionEncoder(HFWrapper):
     """Image encoder: ``forward(pixel_values (N, 3, H, W) in [0, 1])`` -> ``(N, hidden_size)``.
 
     Pixels are normalised with the model's ``image_mean`` / ``image_std`` first. ``H`` and ``W`` must be multiples
@@ -88,16 +88,6 @@ class HFVisionEncoder(nn.Module):
         out = self.model(pixel_values=pixels, return_dict=True, **kwargs)
         pooled = getattr(out, "pooler_output", None)
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
-
-    def set_activation_checkpointing(
-        self,
-        enabled: bool,
-        checkpoint_kwargs: dict[str, Any] | None = None,
-        every_n_layers: int = 1,
-        offload: bool = False,
-    ) -> bool:
-        """``protocols.ActivationCheckpointing``: transformers' checkpointing of the wrapped model."""
-        return set_activation_checkpointing(self.model, enabled, checkpoint_kwargs, every_n_layers, offload)
 
     def set_fused_inference(self, enabled: bool) -> bool:
         """Let inference (eval mode, gradients off) take the fused ViT step of :mod:`ilt_hf.fast_vit`.

@@ -8,13 +8,16 @@ own greedy continuations.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import micro_spec, tiny_spec
 
+import ilt_core
 from ilt_core.cli.generate import add_generate_parser
 from ilt_core.errors import ILTError
 from ilt_core.generation import Generation, GenerationOptions, GenerationResult, generate, stream_generate
@@ -331,6 +334,21 @@ def test_cli_generate_prints_the_continuation(tmp_path, capsys):
     )
     with pytest.raises(ILTError, match="num_beams=2 with do_sample=True"):
         args.func(args)
+
+
+# ---- layering ------------------------------------------------------------------------------------------------------
+def test_generation_imports_no_model_and_the_core_names_no_backbone_internals():
+    """The model imports generation (``model.generate``), and backbone specifics live behind the protocols."""
+    root = Path(ilt_core.__file__).parent
+    for path in sorted((root / "generation").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        modules = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        modules += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in modules if m.startswith("ilt_core.modeling")], path
+    internals = ("DynamicCache", "DynamicLayer", "cache_utils", "reorder_cache", "set_grad_checkpointing")
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        assert [w for w in internals if w in text] == [], path
 
 
 # ---- options as one value ----------------------------------------------------------------------------------------

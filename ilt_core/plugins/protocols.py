@@ -127,6 +127,9 @@ class LatentTransformer(Protocol):
     units and 0 for padding, or a boolean ``(B, 1, L, L_past + L)`` mask (True = may attend) for
     packed sequences; ``position_ids`` ``(B, L)`` long. Returns a :class:`LatentOutput` whose
     ``hidden_states`` is ``(B, L, D)``. ``max_positions`` is the longest context it supports.
+    With ``use_cache=True`` it returns its KV cache as ``past_key_values`` (creating one when given
+    none), an opaque value the next call takes back; the generation loop left-pads rows, so a cached
+    step's mask is ``(B, L_past + 1)``. Optional, for generation: :class:`LatentCache`.
     """
 
     hidden_size: int

@@ -8,6 +8,7 @@ Subpackages follow the data flow: ``plugins`` (roles, hooks, registry) -> ``spec
 from ilt_core.errors import CheckpointError, ILTError, SpecError
 from ilt_core.evaluation import bits_per_byte
 from ilt_core.generation.loop import generate, stream_generate
+from ilt_core.generation.options import GenerationOptions
 from ilt_core.modeling.config import ILTConfig
 from ilt_core.modeling.model import ILTModel, build_model
 from ilt_core.plugins.hookspecs import hookimpl
@@ -21,6 +22,7 @@ __all__ = [
     "BuildContext",
     "CheckpointError",
     "Component",
+    "GenerationOptions",
     "ILTConfig",
     "ILTError",
     "ILTModel",

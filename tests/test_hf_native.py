@@ -253,6 +253,15 @@ def test_generate_uses_the_saved_defaults(micro, tmp_path):
     assert loaded.generation_defaults["max_new_units"] == 2
     assert loaded.generate(["hello "]) == model.generate(["hello "], max_new_units=2)
     assert loaded.generate(["hello "], max_new_units=3) == model.generate(["hello "], max_new_units=3)
+    # an options value is used as given (the saved defaults do not override it); keywords override both
+    from ilt_core.generation.options import GenerationOptions
+
+    two = GenerationOptions(max_new_units=2, return_scores=True)
+    assert len(model.generate(["hello "], options=two)[0].units) <= 2
+    assert (
+        loaded.generate(["hello "], options=two, max_new_units=1)[0].units
+        == loaded.generate(["hello "], options=two)[0].units[:1]
+    )
 
 
 # ------------------------------------------------------------------------------------------------ self-contained

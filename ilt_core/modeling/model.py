@@ -28,6 +28,7 @@ from transformers import PreTrainedModel
 
 from ilt_core.errors import CheckpointError, ILTError
 from ilt_core.generation.loop import generate
+from ilt_core.generation.options import GenerationOptions
 from ilt_core.modeling import checkpoint as ckpt
 from ilt_core.modeling.card import model_card, source_licenses
 from ilt_core.modeling.config import (
@@ -365,15 +366,16 @@ class ILTModel(PreTrainedModel):
         return {name: count_parameters(m) for name, m in parts.items() if m is not None}
 
     # ---- text in, text out -------------------------------------------------------------
-    def generate(self, texts: str | list[str], **options: Any) -> Any:
+    def generate(self, texts: str | list[str], options: GenerationOptions | None = None, **kwargs: Any) -> Any:
         """Continue each text: :func:`ilt_core.generation.generate` with this model's generation defaults.
 
-        ``options`` are that function's keywords (``max_new_units``, ``num_beams``, ``do_sample``, ``top_p``,
-        ``seed``, ``stop``, ``byte_*`` options of the bytes decoder, ...); those not given come from
-        :attr:`generation_defaults` (``generation_config.json`` of a saved model). Returns one string per text.
+        ``options``: a :class:`GenerationOptions` used as given; without it, :attr:`generation_defaults`
+        (``generation_config.json`` of a saved model). ``kwargs`` override either: that function's keywords
+        (``max_new_units``, ``num_beams``, ``do_sample``, ``top_p``, ``seed``, ``stop``, ``byte_*`` options of
+        the bytes decoder, ...). Returns one string per text.
         """
-        merged = {**self.generation_defaults, **options}
-        return generate(self, texts, **merged)
+        base = options if options is not None else GenerationOptions.from_kwargs(**self.generation_defaults)
+        return generate(self, texts, options=base, **kwargs)
 
     # ---- saving -------------------------------------------------------------------------
     def save_pretrained(

@@ -7,11 +7,15 @@
 Each variant is ``LABEL=MIX[+TREATMENT...]``: a benchmark mix (a name in ``benchmarks/mixes/`` or a YAML path)
 and treatments applied to the built model before training:
 
-- ``torch-init``: the two mappings back at ``nn.Linear``'s own initialisation (what every ILT model had
-  before ``ILTModel._init_mappings``), to show the curve before the fix;
+- ``torch-init``: the two mappings re-drawn at ``nn.Linear``'s own initialisation;
 - ``no-dropout``: every dropout module off (the bytes encoder's BERT has 0.1 in the presets);
 - ``lr-<part>-<factor>``: that part's learning rate times ``factor`` (parts: ``image_encoder``,
   ``bytes_encoder``, ``latent_transformer``, ``bytes_decoder``, ``mappings``);
+- ``lr-width``: every component at the rate times the latent's width over its own (what ``ilt bench`` does,
+  :func:`ilt_bench.run.width_factors`); without it, one rate for every component;
+- ``enc-std-<s>`` / ``dec-std-<s>``: the encoder / decoder mapping's outputs at about std ``s`` (weights
+  ``N(0, s^2 / fan_in)``, bias 0), the scale of the token embeddings they stand in for;
+- ``dec-bos-<s>``: the decoder mapping's bias at the decoder's BOS embedding, its weights as ``dec-std-<s>``;
 - ``warmup-<steps>``: linear warm-up over that many steps instead of the harness's 10.
 
 Every variant trains on the same texts in the same order (the ``ilt bench`` stream, seed ``--seed``) with the
@@ -37,13 +41,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see b
 
 import torch  # noqa: E402
 from ilt_bench.mixes import resolve_mixes  # noqa: E402
-from ilt_bench.run import BaselineRunner, ILTRunner, lr_at, read_lines, text_stream  # noqa: E402
+from ilt_bench.run import BaselineRunner, ILTRunner, lr_at, read_lines, text_stream, width_factors  # noqa: E402
 from torch import nn  # noqa: E402
 
 DEFAULT_VARIANTS = (
     "bytes=nano-baseline-bytes",
-    "ilt=nano-no-images",
-    "ilt-torch-init=nano-no-images+torch-init",
+    "bytes-96=benchmarks/results/learning/bytes-96.yaml",
+    "ilt-one-rate=nano-no-images",
+    "ilt-width-rates=nano-no-images+lr-width",
 )
 PARTS = ("image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder", "mappings")
 
@@ -68,10 +73,10 @@ def parse_variant(text: str) -> tuple[str, str, list[str]]:
         raise SystemExit(f"--variants: {text!r}: expected LABEL=MIX[+TREATMENT...]")
     mix, *treatments = rest.split("+")
     for t in treatments:
-        ok = t in ("torch-init", "no-dropout") or t.startswith("warmup-")
+        ok = t in ("torch-init", "no-dropout", "lr-width") or t.startswith("warmup-")
         if t.startswith(("enc-std-", "dec-std-", "dec-bos-")):
             ok = _is_float(t[8:])
-        if t.startswith("lr-"):
+        if t.startswith("lr-") and t != "lr-width":
             part, _, factor = t[3:].rpartition("-")
             ok = part in PARTS and _is_float(factor)
         if not ok:
@@ -127,8 +132,10 @@ def apply_treatments(runner: Any, treatments: list[str]) -> None:
 
 def param_groups(runner: Any, treatments: list[str], lr: float) -> list[dict[str, Any]]:
     factors = {}
+    if "lr-width" in treatments:  # the harness's rule: lr x the latent's width / the component's
+        factors.update(width_factors(runner.model))
     for t in treatments:
-        if t.startswith("lr-"):
+        if t.startswith("lr-") and t != "lr-width":
             part, _, factor = t[3:].rpartition("-")
             factors[part] = float(factor)
     if not factors:
@@ -234,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated LABEL=MIX[+TREATMENT...]")
     p.add_argument("--mix-dir", help="folder of mixes (default: benchmarks/mixes)")
     p.add_argument("--steps", type=int, default=48, help="optimizer steps per variant")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (the harness's default)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-lines", type=int, default=32, help="held-out texts scored at each point")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")

@@ -14,7 +14,7 @@ from ilt_bench.baselines import BaselineLM, BaselineSpec, ByteCodec, TokenStream
 from ilt_bench.harness import add_bench_parser
 from ilt_bench.mixes import load_mix, resolve_mixes
 from ilt_bench.report import FIGURES, aggregate_runs, goal_checks, mean_curve, missing_figures, separations
-from ilt_bench.run import budget_share, lr_at, take_blocks, text_stream
+from ilt_bench.run import ILTRunner, budget_share, lr_at, take_blocks, text_stream
 
 from ilt_core import hookimpl
 from ilt_core.errors import ILTError
@@ -252,6 +252,27 @@ def test_same_seed_same_data_order_and_schedule_shape():
     assert lr_at(20, 0.25, 1.0) > lr_at(20, 0.75, 1.0)
 
 
+def test_ilt_components_train_at_the_rate_times_the_latent_width_over_their_own(tmp_path):
+    (tmp_path / "small-ilt.yaml").write_text(SMALL_ILT)
+    runner = ILTRunner(load_mix(tmp_path / "small-ilt.yaml").to_dict(), {"seed": 0}, torch.device("cpu"))
+    groups = {g["name"]: g for g in runner.param_groups("width")}
+    # SMALL_ILT: latent 64 wide, bytes encoder and bytes decoder 32: twice the rate; the latent and mappings 1x
+    assert {name: g["factor"] for name, g in groups.items()} == {
+        "bytes_encoder": 2.0,
+        "bytes_decoder": 2.0,
+        "rest": 1.0,
+    }
+    assert all(
+        n.startswith("bytes_decoder.")
+        for n, p in runner.model.named_parameters()
+        if any(p is q for q in groups["bytes_decoder"]["params"])
+    )
+    every = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(every) == sorted(id(p) for p in runner.parameters()) and len(set(every)) == len(every)
+    one = runner.param_groups("none")
+    assert [(g["name"], g["factor"]) for g in one] == [("rest", 1.0)] and len(one[0]["params"]) == len(every)
+
+
 def test_flops_formula_and_attention_shapes():
     lm = small_baseline()
     assert attention_shape(lm.model) == (1, 32)
@@ -415,6 +436,8 @@ def test_bench_end_to_end_writes_every_figure_for_every_mix(tmp_path):
     assert ilt["lr"] == min(ilt["sweep"], key=lambda p: p["bits_per_byte"])["lr"]
     assert base["lr"] == 2e-3 and base["lr_choice"] == "the mix's bench.lr" and base["sweep"] == []
     assert all(run["lr"] == ilt["lr"] for run in ilt["runs"])
+    assert ilt["lr_factors"] == {"rest": 1.0, "bytes_encoder": 2.0, "bytes_decoder": 2.0}  # latent 64, they 32
+    assert base["lr_factors"] == {"transformer": 1.0} and report["settings"]["lr_scaling"] == "width"
     assert set(ilt["parameters"]) == {"bytes_encoder", "latent_transformer", "bytes_decoder", "mappings"}
     assert ilt["generation"]["batch_8"]["units"] == 8  # one unit for each of 8 rows, end of text suppressed
     for r in report["results"]:  # bytes/s: what the units written weigh, so that mixes compare

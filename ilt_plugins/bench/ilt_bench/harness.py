@@ -209,6 +209,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": seeds,
         "lr": args.lr,
         "lr_sweep": rates,
+        "lr_scaling": args.lr_scaling,
         "sweep_share": args.sweep_share,
         "sweep_lines": args.sweep_lines,
         "sweep_offset": data["sweep_offset"],
@@ -338,6 +339,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="one AdamW peak learning rate for every mix (no sweep)")
     p.add_argument(
         "--lr-sweep", default="1e-3,2e-3,4e-3", help="rates each mix tries first (unless --lr or its bench.lr)"
+    )
+    p.add_argument(
+        "--lr-scaling",
+        choices=("width", "none"),
+        default="width",
+        help="ILT components' rates: width = the peak rate x latent width / the component's width; none = one rate",
     )
     p.add_argument("--sweep-share", type=float, default=0.25, help="share of the budget each sweep run trains")
     p.add_argument("--sweep-lines", type=int, default=48, help="held-out texts that score the sweep")

@@ -243,7 +243,13 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "",
         f"Every mix trained for the same budget ({budget_words(settings)}), once per seed ({', '.join(map(str, seeds))}: "
         "a seed sets the initialisation and the order of the texts, the same order for every mix), with AdamW and the "
-        "same schedule at its own peak learning rate (see the sweep below); each run in a fresh process. "
+        "same schedule at its own peak learning rate (see the sweep below"
+        + (
+            "; an ILT model's encoders and decoder at that rate times the latent's width over their own"
+            if settings.get("lr_scaling", "none") == "width"
+            else ""
+        )
+        + "); each run in a fresh process. "
         f"Held-out: {report['data']['eval_texts']} texts of `{report['data']['eval_file']}`. Figures are the mean over "
         "the seeds with [min–max]. Units are words (a word and the whitespace after it, "
         "`ilt_core.text.segmentation.segment`); for the baselines they are counted the same way on the text their "

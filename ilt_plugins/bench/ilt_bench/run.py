@@ -9,7 +9,8 @@ The training loop is in plain sight (:func:`train`): the seed sets the initialis
 (one seeded permutation of the training lines, re-drawn each epoch: every mix reads the same texts in the
 same order), AdamW (betas 0.9/0.95, weight decay 0.1, gradient clipping 1.0) and the same schedule for every
 mix: linear warm-up over the first 10 steps, then cosine decay to 10% of the peak learning rate as the budget
-is used up. The budget is training bytes, training FLOPs (:mod:`ilt_core.modeling.flops`) or seconds, any
+is used up. An ILT model's encoders and decoder train at the peak rate times the latent's width over their own
+(``settings["lr_scaling"] = "width"``, :func:`width_factors`; ``"none"``: one rate for every component). The budget is training bytes, training FLOPs (:mod:`ilt_core.modeling.flops`) or seconds, any
 of them; the share used is the largest of ``bytes / budget bytes``, ``FLOPs / budget FLOPs`` and
 ``seconds / budget seconds``. Validation points are taken at fixed shares of the budget (``curve_points``),
 so the seeds' curves line up; the clock stops while they are evaluated. Wall-clock figures are reported,
@@ -60,6 +61,23 @@ def text_stream(lines: Sequence[str], seed: int) -> Iterator[str]:
         for i in order:
             yield lines[i]
         epoch += 1
+
+
+def width_factors(model: Any) -> dict[str, float]:
+    """Learning-rate factor per ILT component: the latent transformer's width over the component's.
+
+    With Adam, a narrower transformer learns less per step at the same rate (its updates move each output by
+    about rate x width); one rate for every component left the narrow bytes decoder behind the rest (and a byte
+    baseline as wide as the latent far ahead of it): ``benchmarks/bench_learning.py`` measures it. The latent
+    and the mappings keep the peak rate.
+    """
+    width = int(model.latent_transformer.hidden_size)
+    factors = {}
+    for part in ("image_encoder", "bytes_encoder", "bytes_decoder"):
+        component = getattr(model, part, None)
+        if component is not None and int(getattr(component, "hidden_size", 0) or 0) > 0:
+            factors[part] = width / int(component.hidden_size)
+    return factors
 
 
 def lr_at(step: int, share: float, peak: float) -> float:
@@ -147,6 +165,16 @@ class ILTRunner:
 
     def parameters(self) -> Any:
         return self.model.parameters()
+
+    def param_groups(self, scaling: str) -> list[dict[str, Any]]:
+        """AdamW groups, one per component, each with its learning-rate ``factor`` (see :func:`width_factors`)."""
+        factors = width_factors(self.model) if scaling == "width" else {}
+        groups: dict[str, list[torch.nn.Parameter]] = {}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                part = name.split(".")[0]
+                groups.setdefault(part if part in factors else "rest", []).append(p)
+        return [{"params": ps, "name": part, "factor": factors.get(part, 1.0)} for part, ps in groups.items()]
 
     def parameter_counts(self) -> dict[str, int]:
         return self.model.parameter_counts()
@@ -288,6 +316,10 @@ class BaselineRunner:
     def parameters(self) -> Any:
         return self.lm.model.parameters()
 
+    def param_groups(self, scaling: str) -> list[dict[str, Any]]:
+        """One group: a baseline is one transformer of one width."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "name": "transformer", "factor": 1.0}]
+
     def parameter_counts(self) -> dict[str, int]:
         return self.lm.parameter_counts()
 
@@ -379,12 +411,8 @@ def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], cur
     points = max(1, int(settings.get("curve_points") or 8))
     texts = text_stream(train_lines, settings["seed"])
     torch.manual_seed(settings["seed"])
-    optimizer = torch.optim.AdamW(
-        [p for p in runner.parameters() if p.requires_grad],
-        lr=settings["lr"],
-        betas=(0.9, 0.95),
-        weight_decay=0.1,
-    )
+    groups = runner.param_groups(settings.get("lr_scaling", "width"))
+    optimizer = torch.optim.AdamW(groups, lr=settings["lr"], betas=(0.9, 0.95), weight_decay=0.1)
 
     def share(seconds: float, nbytes: int) -> float:
         return budget_share(settings, seconds, nbytes, total_flops(runner.flops))
@@ -409,7 +437,7 @@ def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], cur
     next_point, next_report = 1, 0.1
     while share(train_s, nbytes) < 1.0:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(steps, share(train_s, nbytes), settings["lr"])
+            group["lr"] = lr_at(steps, share(train_s, nbytes), settings["lr"]) * group["factor"]
         t0 = clock()
         batch, batch_units, batch_bytes = runner.next_batch(texts)
         t1 = clock()
@@ -460,6 +488,7 @@ def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], cur
         "data_seconds": s_data,
         "data_share": s_data / s_time,
         "final_loss": loss_value,
+        "lr_factors": {g["name"]: g["factor"] for g in groups},
         "curve": curve,
     }
 

@@ -48,3 +48,14 @@ def test_checkpointing_keeps_the_gradients_and_fewer_activations(address):
     assert kept_ckpt < 0.5 * kept_plain, (kept_ckpt, kept_plain)
     encoder.set_activation_checkpointing(False)
     assert _kept_bytes_and_grads(encoder, images)[0] == kept_plain
+
+
+def test_attention_shape_for_the_flop_count():
+    from ilt_core.modeling.flops import attention_shape
+
+    def built(address: str, **args):
+        return get_registry().build(address, "image_encoder", BuildContext(), args)
+
+    assert attention_shape(built("timm:model", **ENCODERS["timm:model"])) == (2, 192)
+    assert attention_shape(built("clip:visual", **ENCODERS["clip:visual"])) == (2, 64)
+    assert attention_shape(built("timm:model", model_name="test_resnet")) is None  # a conv net: no attention

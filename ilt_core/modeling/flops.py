@@ -39,20 +39,17 @@ FORMULA = (
 
 
 def attention_shape(module: nn.Module | None) -> tuple[int, int] | None:
-    """``(layers, width)`` of the transformer inside ``module`` (transformers, timm ViT, open_clip), or None."""
+    """``(layers, width)`` of the transformer inside ``module``, or None (see ``protocols.AttentionShape``)."""
     if module is None:
         return None
+    own = getattr(module, "attention_shape", None)
+    if callable(own):
+        return own()
     for sub in module.modules():
         cfg = getattr(sub, "config", None)
         layers, width = getattr(cfg, "num_hidden_layers", None), getattr(cfg, "hidden_size", None)
         if isinstance(layers, int) and isinstance(width, int):
             return layers, width
-        blocks, embed_dim = getattr(sub, "blocks", None), getattr(sub, "embed_dim", None)  # timm ViT
-        if isinstance(blocks, nn.Sequential) and isinstance(embed_dim, int):
-            return len(blocks), embed_dim
-        tower = getattr(sub, "transformer", None)  # open_clip VisionTransformer
-        if tower is not None and hasattr(tower, "resblocks") and isinstance(getattr(tower, "width", None), int):
-            return len(tower.resblocks), int(tower.width)
     return None
 
 

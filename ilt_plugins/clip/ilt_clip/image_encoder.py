@@ -96,6 +96,11 @@ class ClipVisualEncoder(nn.Module):
             pooled = pooled @ self.visual.proj
         return pooled
 
+    def attention_shape(self) -> tuple[int, int] | None:
+        """``protocols.AttentionShape``: (residual blocks, width) of the open_clip vision transformer."""
+        tower = self.visual.transformer
+        return len(tower.resblocks), int(tower.width)
+
     def set_activation_checkpointing(
         self,
         enabled: bool,

@@ -60,6 +60,13 @@ class TimmImageEncoder(nn.Module):
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         return self.model(x)
 
+    def attention_shape(self) -> tuple[int, int] | None:
+        """``protocols.AttentionShape``: (blocks, embed_dim) of a timm ViT; None for a conv net."""
+        blocks, embed_dim = getattr(self.model, "blocks", None), getattr(self.model, "embed_dim", None)
+        if isinstance(blocks, nn.Sequential) and isinstance(embed_dim, int):
+            return len(blocks), embed_dim
+        return None
+
     def set_activation_checkpointing(
         self,
         enabled: bool,

@@ -21,10 +21,18 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from ilt_core.cli.generate import add_generate_parser
 from ilt_core.errors import ILTError, run_user_command
-from ilt_core.plugins.registry import get_registry
+from ilt_core.evaluation import bits_per_byte
+from ilt_core.modeling.model import ILTModel, build_model, convert_checkpoint
+from ilt_core.modeling.parameters import component_parameter_counts
+from ilt_core.plugins.registry import BuildContext, get_registry
+from ilt_core.specs.spec import list_presets, load_spec
 from ilt_core.text.lines import read_text_lines
+from ilt_core.text.segmentation import segment
 from ilt_core.training.run import add_train_parser
 
 
@@ -73,9 +81,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from ilt_core.modeling.parameters import component_parameter_counts
-    from ilt_core.specs.spec import list_presets, load_spec
-
     roles = ("bytes_encoder", "image_encoder", "latent_transformer", "bytes_decoder")
     print(f"{'preset':<10}" + "".join(f"{r:>20}" for r in roles) + f"{'total':>12}")
     for name in list_presets():
@@ -99,9 +104,6 @@ def _print_summary(model) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from ilt_core.modeling.model import build_model
-    from ilt_core.specs.spec import load_spec
-
     model = build_model(load_spec(args.spec, args.set), seed=args.seed)
     _print_summary(model)
     if args.save:
@@ -111,19 +113,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from ilt_core.text.segmentation import segment
-
     print(json.dumps(segment(args.text, args.max_unit_bytes), ensure_ascii=False))
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
-
-    from ilt_core.plugins.registry import BuildContext
-    from ilt_core.text.segmentation import segment
-
     renderer = get_registry().build(
         args.renderer,
         "renderer",
@@ -149,9 +143,6 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ilt_core.evaluation import bits_per_byte
-    from ilt_core.modeling.model import ILTModel
-
     path = Path(args.file)
     read = read_text_lines(path, "--file", replace=args.replace_invalid, limit=args.max_lines)
     if read.replaced:
@@ -170,8 +161,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ilt_core.modeling.model import convert_checkpoint
-
     print(f"wrote {convert_checkpoint(args.old, args.new)} (config.json, weights, model card)")
     return 0
 

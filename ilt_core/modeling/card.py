@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 from typing import Any
+
+import yaml
 
 ROLES = ("renderer", "image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder")
 SOURCE_KEYS = ("name_or_path", "model_name", "gguf_file", "checkpoint_path")
@@ -31,10 +34,6 @@ def distribution_license(name: str) -> str:
 
 def source_licenses(spec: dict[str, Any]) -> dict[str, str]:
     """By role: the ``license:`` in the YAML header of ``README.md`` in a pretrained block's local source folder."""
-    import os
-
-    import yaml
-
     found: dict[str, str] = {}
     for role in ROLES:
         block = spec.get(role)

@@ -28,10 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 import yaml
+from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import safe_open
 
 from ilt_core.errors import CheckpointError
+from ilt_core.modeling.config import FORMAT
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -111,11 +115,6 @@ def save_weights(
     ``metadata`` (strings) goes into every file beside the format, the file's SHA-256 and (one file) the tied
     weights. Shards of an earlier save that this one does not use are removed afterwards. Returns the files.
     """
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-
-    from ilt_core.modeling.config import FORMAT
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors, aliases = unique_tensors(state)
@@ -127,7 +126,7 @@ def save_weights(
         if not split.is_sharded:
             meta["aliases"] = json.dumps(aliases, sort_keys=True)
         path = directory / filename
-        atomic_write(path, lambda p, shard=shard, meta=meta: save_file(shard, str(p), metadata=meta))
+        atomic_write(path, lambda p, shard=shard, meta=meta: safetensors.torch.save_file(shard, str(p), metadata=meta))
         written.append(path)
     index = directory / WEIGHTS_INDEX_NAME
     if split.is_sharded:
@@ -146,8 +145,6 @@ def save_weights(
 
 def _open_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors (memory-mapped, copy-on-write) and metadata of one safetensors file, its SHA-256 checked."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

@@ -22,6 +22,7 @@ training bytes per second / the measured peak FLOP/s of one large fp32 matmul on
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -170,8 +171,6 @@ def batch_flops(model: Any, inputs: Mapping[str, Any]) -> float:
 
 def measure_matmul_peak(device: torch.device | str = "cpu", size: int | None = None, repeats: int = 5) -> dict:
     """Best FLOP/s of an fp32 ``size x size`` matmul (2 * size^3 FLOPs) over ``repeats`` timed runs."""
-    import time
-
     device = torch.device(device)
     size = size or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(size, size, device=device)

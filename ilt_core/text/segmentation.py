@@ -250,22 +250,3 @@ def _split_unit(unit: str, max_bytes: int, max_graphemes: int) -> list[str]:
                 closed = True
     flush()
     return pieces
-
-
-def _benchmark() -> None:  # pragma: no cover - manual measurement
-    """Print units/s for the shared corpora (``python -m ilt_core.text.segmentation [files...]``)."""
-    import sys
-    import time
-
-    paths = sys.argv[1:] or ["/work/shared/data/en_brown.txt", "/work/shared/data/he_news_train.txt"]
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines(keepends=True)
-        t0 = time.process_time()  # CPU time: the machine is shared
-        n = sum(len(segment(line)) for line in lines)
-        dt = time.process_time() - t0
-        print(f"{path}: {n} units in {dt:.2f} s = {n / dt:,.0f} units/s ({len(lines)} texts)")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _benchmark()

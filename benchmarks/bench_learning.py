@@ -31,7 +31,6 @@ import datetime
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ DEFAULT_VARIANTS = (
     "bytes-96=benchmarks/results/learning/bytes-96.yaml",
     "ilt-one-rate=nano-no-images",
     "ilt-width-rates=nano-no-images+lr-width",
+    "ilt-width-rates-small-mappings=nano-no-images+lr-width+enc-std-0.02+dec-std-0.02",
 )
 PARTS = ("image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder", "mappings")
 
@@ -147,11 +147,11 @@ def param_groups(runner: Any, treatments: list[str], lr: float) -> list[dict[str
     return [{"params": ps, "factor": f} for f, ps in groups.items()]
 
 
-def run_variant(label: str, mix: Any, treatments: list[str], args: argparse.Namespace, texts: dict) -> dict:
-    """Train one variant for ``args.steps`` steps; bits-per-byte at :func:`eval_steps`."""
-    settings = {"seed": args.seed, "tokenizer_dir": str(Path(args.out) / "tokenizers"), "train_sha256": texts["sha"]}
+def run_variant(label: str, mix: Any, treatments: list[str], args: argparse.Namespace, texts: dict, seed: int) -> dict:
+    """Train one variant for ``args.steps`` steps from ``seed``; bits-per-byte at :func:`eval_steps`."""
+    settings = {"seed": seed, "tokenizer_dir": str(Path(args.out) / "tokenizers"), "train_sha256": texts["sha"]}
     device = torch.device("cpu")
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     spec = mix.to_dict()
     if mix.kind == "ilt":
         runner: Any = ILTRunner(spec, settings, device)
@@ -161,15 +161,15 @@ def run_variant(label: str, mix: Any, treatments: list[str], args: argparse.Name
     warmup = next((int(t.split("-")[1]) for t in treatments if t.startswith("warmup-")), 10)
     groups = param_groups(runner, treatments, args.lr)
     optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    stream = text_stream(texts["train"], args.seed)
-    torch.manual_seed(args.seed)
+    stream = text_stream(texts["train"], seed)
+    torch.manual_seed(seed)
     points, nbytes, start = [], 0, time.perf_counter()
     wanted = eval_steps(args.steps)
     for step in range(args.steps + 1):
         if step in wanted:
             bpb = runner.bits_per_byte(texts["eval"]).bits_per_byte
             points.append({"step": step, "train_bytes": nbytes, "bits_per_byte": bpb})
-            log(f"{label}: step {step} ({nbytes:,} bytes) {bpb:.3f} bits/byte")
+            log(f"{label} seed {seed}: step {step} ({nbytes:,} bytes) {bpb:.3f} bits/byte")
         if step == args.steps:
             break
         runner.train()
@@ -190,11 +190,39 @@ def run_variant(label: str, mix: Any, treatments: list[str], args: argparse.Name
     return {
         "label": label,
         "mix": mix.name,
+        "kind": mix.kind,
+        "seed": seed,
         "treatments": treatments,
         "parameters": runner.parameter_counts(),
         "seconds": time.perf_counter() - start,
         "curve": points,
     }
+
+
+def merge_seeds(runs: list[dict]) -> dict:
+    """One variant's seeds: the mean curve with min and max of bits-per-byte at each point, and the runs."""
+    curve = []
+    for points in zip(*(r["curve"] for r in runs), strict=True):
+        values = [p["bits_per_byte"] for p in points]
+        curve.append(
+            {
+                "step": points[0]["step"],
+                "train_bytes": sum(p["train_bytes"] for p in points) / len(points),
+                "bits_per_byte": sum(values) / len(values),
+                "min": min(values),
+                "max": max(values),
+            }
+        )
+    first = runs[0]
+    keep = ("label", "mix", "kind", "treatments", "parameters")
+    return {**{k: first[k] for k in keep}, "seeds": [r["seed"] for r in runs], "curve": curve, "runs": runs}
+
+
+def table_cell(point: dict | None, spread: bool) -> str:
+    """``mean [min–max]`` of one curve point (the mean alone for one seed)."""
+    if point is None:
+        return "-"
+    return f"{point['bits_per_byte']:.3f}" + (f" [{point['min']:.2f}–{point['max']:.2f}]" if spread else "")
 
 
 def plot(results: list[dict], path: Path, title: str) -> None:
@@ -205,16 +233,13 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for r in results:
-        style = "--" if r["mix"].startswith(("nano-baseline", "baseline")) or "baseline" in r["mix"] else "-"
+        style = "--" if r["kind"] == "baseline" else "-"
         for ax, key in zip(axes, ("step", "train_bytes"), strict=True):
-            ax.plot(
-                [p[key] for p in r["curve"]],
-                [p["bits_per_byte"] for p in r["curve"]],
-                style,
-                marker="o",
-                ms=3,
-                label=r["label"],
-            )
+            xs = [p[key] for p in r["curve"]]
+            (line,) = ax.plot(xs, [p["bits_per_byte"] for p in r["curve"]], style, marker="o", ms=3, label=r["label"])
+            if len(r["seeds"]) > 1:  # min-max over the seeds
+                lows, highs = [p["min"] for p in r["curve"]], [p["max"] for p in r["curve"]]
+                ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.2)
     axes[0].set_xlabel("optimizer step")
     axes[1].set_xlabel("training bytes")
     for ax in axes:
@@ -228,12 +253,10 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 
 def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """HEAD, with ``+dirty`` when tracked files differ from it."""
+    from ilt_bench.harness import git_commit as commit  # one definition, in the harness
+
+    return commit() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mix-dir", help="folder of mixes (default: benchmarks/mixes)")
     p.add_argument("--steps", type=int, default=48, help="optimizer steps per variant")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--seeds", type=int, default=1, help="runs per variant (seeds --seed, --seed + 1, ...)")
     p.add_argument("--eval-lines", type=int, default=32, help="held-out texts scored at each point")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     p.add_argument("--out", default="benchmarks/results/learning", help="output folder")
@@ -264,10 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         "sha": sha256_file(files["train"]),
     }
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    results = []
-    for label, name, treatments in parsed:
-        mix = mixes.get(name) or next(m for m in mixes.values() if str(m.path) == name or m.path.stem == name)
-        results.append(run_variant(label, mix, treatments, args, texts))
+    runs: dict[str, list[dict]] = {label: [] for label, _, _ in parsed}
+    for seed in range(args.seed, args.seed + args.seeds):  # seed by seed: the machine's drift touches every variant
+        for label, name, treatments in parsed:
+            mix = mixes.get(name) or next(m for m in mixes.values() if str(m.path) == name or m.path.stem == name)
+            runs[label].append(run_variant(label, mix, treatments, args, texts, seed))
+    results = [merge_seeds(r) for r in runs.values()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python benchmarks/bench_learning.py", *(argv if argv is not None else sys.argv[1:])])
@@ -279,13 +305,20 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     (out / "learning.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    plot(results, out / "learning.png", f"he-news, lr {args.lr:g}, seed {args.seed}, commit {report['commit']}")
+    seeds = (
+        f"seed {args.seed}"
+        if args.seeds == 1
+        else f"mean and min-max over seeds {args.seed}-{args.seed + args.seeds - 1}"
+    )
+    plot(results, out / "learning.png", f"he-news, lr {args.lr:g}, {seeds}, commit {report['commit']}")
     steps = [p["step"] for p in results[0]["curve"]]
+    print(f"Held-out bits-per-byte ({args.eval_lines} texts), {seeds}; `{command}` (commit {report['commit']})\n")
     print("| variant | " + " | ".join(f"step {s}" for s in steps) + " |")
     print("|---" * (len(steps) + 1) + "|")
     for r in results:
-        by_step = {p["step"]: p["bits_per_byte"] for p in r["curve"]}
-        print(f"| {r['label']} | " + " | ".join(f"{by_step[s]:.3f}" if s in by_step else "-" for s in steps) + " |")
+        by_step = {p["step"]: p for p in r["curve"]}
+        spread = len(r["seeds"]) > 1
+        print(f"| {r['label']} | " + " | ".join(table_cell(by_step.get(s), spread) for s in steps) + " |")
     log(f"wrote {out / 'learning.json'} and {out / 'learning.png'}")
     return 0
 

@@ -130,3 +130,41 @@ def test_bench_bounds_quick(tmp_path):
     # the word images add products: the ViT's
     assert with_images["training_step_products"]["gflop"] > without["training_step_products"]["gflop"]
     assert positive(with_images["memory_floor_mb"]) and "memory_floor_mb" not in without
+
+
+FAKE_REFERENCE = """\
+import json, sys
+summary = {"head_train_noimg_words_per_s": 150.0, "head_train_noimg_peak_rss_mib_loop": 3000.0,
+           "head_prep_words_per_s_processor_cold_cache_fast_ip": 3000.0, "head_prep_words_per_s_processor_warm_cache": 3e4}
+json.dump({"meta": {"text": {"sha256": "another text"}}, "summary": summary}, open(sys.argv[2], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_bench_reference_runs_the_project_between_the_reference_runs(tmp_path):
+    fake = tmp_path / "fake_reference.py"
+    fake.write_text(FAKE_REFERENCE, encoding="utf-8")
+    text = tmp_path / "text.txt"
+    text.write_text("שלום עולם, זהו משפט בעברית עם מילים רבות. " * 40, encoding="utf-8")
+    out = tmp_path / "ratios.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench_reference.py"), "--text", str(text), "--quick", "--rounds", "2"]
+        + ["--reference-cmd", f"{sys.executable} {fake} {{text}} {{out}}", "--only", "train-noimg", "prep"]
+        + ["--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert len(data["rounds"]["reference"]) == 2 and len(data["rounds"]["project"]) == 2  # A B A B
+    ratios = {r["figure"]: r for r in data["ratios"]}
+    row = ratios["train_noimg_words_per_s"]
+    assert len(row["project"]) == 2 and all(positive(v) for v in row["project"])
+    assert row["ratio"] == pytest.approx(sum(row["project"]) / 2 / 150.0)  # the median of two: their mean
+    rss = ratios["train_noimg_peak_rss_mib"]  # lower is better: the reference's over ours
+    assert rss["ratio"] == pytest.approx(3000.0 / (sum(rss["project"]) / 2))
+    assert ratios["train_img_words_per_s"]["ratio"] is None  # not measured on either side: no ratio
+    assert data["text_mismatch"] and "WARNING: the reference ran on another text" in done.stdout
+    assert "| train_noimg_words_per_s |" in done.stdout

@@ -99,3 +99,18 @@ def test_count_parameters_rule():
     # without a known vocabulary every embedding table (and a head tied to one) is excluded
     del Toy.vocab_size
     assert count_parameters(toy) == 20 + 50
+
+
+def test_micro_is_tiny_narrowed_through_base():
+    micro, tiny = load_spec("micro"), load_spec("tiny")
+    assert micro.name == "micro" and "ilt build micro" in (PRESET_DIR / "micro.yaml").read_text(encoding="utf-8")
+    for role in ("image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder"):
+        small, big = micro.block(role).args, tiny.block(role).args
+        assert micro.block(role).component == tiny.block(role).component
+        assert (
+            small["name_or_path"] == big["name_or_path"]
+            and small["config"]["model_type"] == big["config"]["model_type"]
+        )
+        assert small["config"]["hidden_size"] < big["config"]["hidden_size"]
+    counts = component_parameter_counts("micro")
+    assert 0.3e6 < sum(counts.values()) < 1.5e6, counts

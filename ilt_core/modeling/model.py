@@ -306,6 +306,25 @@ class ILTModel(PreTrainedModel):
         logits, _ = self.bytes_decoder(embeds)
         return logits
 
+    def _latent_mask(
+        self, segment_ids: torch.Tensor | None, position_ids: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor | None:
+        """The latent transformer's mask for collated rows: None, or a block-causal ``(B, 1, L, L)`` boolean mask.
+
+        None when no row is packed (rows are right-padded and the latent is causal: padding is never attended),
+        or when the latent transformer keeps the texts of a row apart from the ``position_ids`` ``(B, L)`` itself
+        (``protocols.PositionMasking``): then no dense mask is built, and no device sync asks whether rows are
+        packed. Otherwise a dense mask from ``segment_ids`` ``(B, L)``.
+        """
+        if segment_ids is None:
+            return None
+        from_positions = getattr(self.latent_transformer, "masks_from_position_ids", None)
+        if position_ids is not None and from_positions is not None and from_positions():
+            return None
+        if not bool((segment_ids > 0).any()):
+            return None
+        return block_causal_mask(segment_ids.to(device))
+
     def forward(
         self,
         unit_input_ids: torch.Tensor,
@@ -323,10 +342,7 @@ class ILTModel(PreTrainedModel):
         device = self.encoder_mapping.weight.device
         unit_embeds = self.encode_units(unit_input_ids, unit_attention_mask, image_groups)
         inputs_embeds = unit_embeds[unit_index.to(device)]  # (B, L, D)
-        if segment_ids is not None and bool((segment_ids > 0).any()):
-            mask = block_causal_mask(segment_ids.to(device))
-        else:
-            mask = None  # rows are right-padded and the latent is causal: padding is never attended
+        mask = self._latent_mask(segment_ids, position_ids, device)
         hidden = self.latent_transformer(
             inputs_embeds,
             attention_mask=mask,

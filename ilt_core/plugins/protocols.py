@@ -13,7 +13,8 @@ specifics (a transformers cache class, timm's or transformers' checkpointing swi
 step) inside the plugin that wraps the backbone:
 
 - every neural role: ``set_activation_checkpointing`` (:class:`ActivationCheckpointing`);
-- latent transformer: ``select_cache`` and ``crop_cache_left`` (:class:`LatentCache`);
+- latent transformer: ``select_cache`` and ``crop_cache_left`` (:class:`LatentCache`), and
+  ``masks_from_position_ids`` (:class:`PositionMasking`);
 - bytes decoder: ``greedy``, the fast greedy path (:class:`FastGreedy`).
 """
 
@@ -82,6 +83,19 @@ class ActivationCheckpointing(Protocol):
 
 
 @runtime_checkable
+class AttentionShape(Protocol):
+    """Optional for every neural role: the shape of the transformer inside, for the FLOP count.
+
+    ``attention_shape() -> (layers, width) | None``: the number of attention layers and their width (the
+    ``12 x layers x width x S^2`` term of :mod:`ilt_core.modeling.flops`); None for a model without attention
+    (a conv net). Without the method, the core reads ``num_hidden_layers`` / ``hidden_size`` from a
+    ``config`` attribute of the component or a submodule (transformers' convention), else counts no attention.
+    """
+
+    def attention_shape(self) -> tuple[int, int] | None: ...
+
+
+@runtime_checkable
 class ImageEncoder(Protocol):
     """Encodes a batch of word images that share one width into one vector each.
 
@@ -129,7 +143,8 @@ class LatentTransformer(Protocol):
     ``hidden_states`` is ``(B, L, D)``. ``max_positions`` is the longest context it supports.
     With ``use_cache=True`` it returns its KV cache as ``past_key_values`` (creating one when given
     none), an opaque value the next call takes back; the generation loop left-pads rows, so a cached
-    step's mask is ``(B, L_past + 1)``. Optional, for generation: :class:`LatentCache`.
+    step's mask is ``(B, L_past + 1)``. Optional, for generation: :class:`LatentCache`; for packed
+    rows without a dense mask: :class:`PositionMasking`.
     """
 
     hidden_size: int
@@ -170,6 +185,25 @@ class LatentCache(Protocol):
     def select_cache(self, cache: Any, rows: torch.Tensor) -> Any: ...
 
     def crop_cache_left(self, cache: Any, n: int) -> bool: ...
+
+
+@runtime_checkable
+class PositionMasking(Protocol):
+    """Optional for latent transformers: packed rows without a dense ``(B, 1, L, L)`` mask.
+
+    ``masks_from_position_ids() -> bool``: True when ``forward(inputs_embeds, attention_mask=None, position_ids)``
+    with no cache and ``use_cache=False`` lets each position attend only to the earlier positions of its own
+    text, a text being a run of ``position_ids`` that count up by one (they restart at 0 at every text of a packed
+    row, and each padding slot holds 0, a text of its own). A backbone may do so by building its block-causal mask
+    from the position ids, or by running a variable-length attention kernel over them. The answer may change
+    with the backbone's settings (its attention implementation), so the core asks at every forward.
+
+    Without the method, or on False, ``ILTModel`` passes packed rows a boolean block-causal ``(B, 1, L, L)``
+    mask (True = may attend). Either way the results must be the same: a text's losses do not depend on what
+    else its row holds, and no position sees a later one.
+    """
+
+    def masks_from_position_ids(self) -> bool: ...
 
 
 @runtime_checkable

@@ -60,6 +60,34 @@ def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
+# Latent model types whose base model builds its causal mask with transformers' masking utilities from the position
+# ids when given no mask and no cache (packed texts kept apart: ``find_packed_sequence_indices``), or passes
+# variable-length keyword arguments down to a flash-attention kernel. Read in transformers 5.17 and 5.24 and checked
+# by tests/test_packing_mask.py; other types get the dense mask (the same results, more memory).
+MASKS_FROM_POSITIONS_MODEL_TYPES = frozenset({"gpt_neox", "llama", "gemma3_text", "gpt2"})
+# attention implementations that take the mask built from the position ids
+_MASK_BUILDING_ATTENTION = frozenset({"sdpa", "eager"})
+# flash-attention kernels: no mask at all, one flattened row with cumulative text lengths (varlen)
+_VARLEN_ATTENTION = frozenset({"flash_attention_2", "flash_attention_3"})
+
+
+def varlen_arguments(position_ids: torch.Tensor) -> dict[str, Any]:
+    """Flash-attention varlen keywords for one flattened row: ``position_ids`` ``(B, L)`` -> ``cu_seq_lens_q/k``
+    ``(S + 1,)`` int32 (where each of the S texts starts, then ``B * L``) and ``max_length_q/k`` (the longest text).
+
+    A text starts wherever the position does not count up by one from its left neighbour, and at each row's start,
+    so rows never merge; each padding slot (position 0) is a text of one.
+    """
+    flat = position_ids.reshape(-1)
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat[1:] != flat[:-1] + 1
+    starts[:: position_ids.shape[-1]] = True
+    total = torch.tensor([flat.numel()], device=flat.device)
+    cu = torch.cat([starts.nonzero().view(-1), total]).to(torch.int32)
+    longest = int(cu.diff().max())  # one sync per forward; the kernels take a Python int
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+
+
 class HFLatentTransformer(HFWrapper):
     """A transformers base model as ILT's latent transformer (see :class:`ilt_core.plugins.protocols.LatentTransformer`).
 
@@ -67,6 +95,8 @@ class HFLatentTransformer(HFWrapper):
     :class:`LatentOutput` with ``hidden_states`` (B, L, D) and the transformers ``Cache`` when ``use_cache``.
     ``attention_mask`` is ``(B, L_past + L)`` with 1 for real units, or a boolean ``(B, 1, L, L_past + L)`` mask
     (True = may attend) for packed sequences; with the 4-D mask pass ``position_ids`` that restart per text.
+    Packed rows need no mask where :meth:`masks_from_position_ids` says so: ``attention_mask=None`` and
+    ``position_ids`` that restart at 0 at every text.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -116,6 +146,45 @@ class HFLatentTransformer(HFWrapper):
             sliding = sliding[..., total - kv_length :]
         return {"full_attention": full, "sliding_attention": _additive(sliding, inputs_embeds.dtype)}
 
+    def masks_from_position_ids(self) -> bool:
+        """``protocols.PositionMasking``: True when packed rows need no mask, only ``position_ids``.
+
+        Decided by the model type (:data:`MASKS_FROM_POSITIONS_MODEL_TYPES`) and the attention implementation in
+        use now: ``sdpa`` and ``eager`` build the block-causal mask from the position ids (transformers does so
+        when given no mask and no cache); ``flash_attention_2/3`` run one flattened row with the texts' lengths
+        (:func:`varlen_arguments`). Any other implementation (flex attention, a custom kernel) gets a dense mask.
+        """
+        cfg = self.model.config
+        attention = getattr(cfg, "_attn_implementation", None)
+        return cfg.model_type in MASKS_FROM_POSITIONS_MODEL_TYPES and (
+            attention in _MASK_BUILDING_ATTENTION or attention in _VARLEN_ATTENTION
+        )
+
+    def _runs_varlen(self) -> bool:
+        """True when a maskless, cacheless forward runs as one flattened row (flash attention, a listed type)."""
+        cfg = self.model.config
+        return (
+            cfg.model_type in MASKS_FROM_POSITIONS_MODEL_TYPES
+            and getattr(cfg, "_attn_implementation", None) in _VARLEN_ATTENTION
+        )
+
+    def _varlen_forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Flash-attention rows ``(B, L, D)`` run as one flattened row ``(1, B * L, D)``; returns ``(B, L, D)``.
+
+        transformers' flash path keeps texts apart only in a single row (its varlen kernel reads cumulative text
+        lengths), so the rows are laid end to end and the lengths passed once, not re-derived in every layer.
+        """
+        batch, length, width = inputs_embeds.shape
+        out = self.model(
+            inputs_embeds=inputs_embeds.reshape(1, batch * length, width),
+            attention_mask=None,
+            position_ids=position_ids.reshape(1, batch * length),
+            use_cache=False,
+            return_dict=True,
+            **varlen_arguments(position_ids),
+        )
+        return out.last_hidden_state.view(batch, length, -1)
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,
@@ -127,6 +196,14 @@ class HFLatentTransformer(HFWrapper):
         """Run the unit embeddings ``(B, L, D)`` through the transformer; see the class docstring."""
         param = next(self.model.parameters())
         inputs_embeds = inputs_embeds.to(dtype=param.dtype)
+        if (
+            attention_mask is None
+            and position_ids is not None
+            and past_key_values is None
+            and not use_cache
+            and self._runs_varlen()
+        ):
+            return LatentOutput(hidden_states=self._varlen_forward(inputs_embeds, position_ids))
         if use_cache and past_key_values is None:
             # create the cache here so a 4-D mask can be sized against it (transformers would do the same)
             from transformers import DynamicCache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -26,6 +27,29 @@ def micro_spec(variant: str = "full", **overrides) -> dict:
     from ilt_core.specs.spec import spec_variant
 
     return spec_variant("micro", variant, **{"modality_dropout": 0.0, **overrides})
+
+
+class SavedBytes:
+    """Counts the bytes of the distinct storages autograd keeps for backward while the context is open."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._seen: set[int] = set()
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self.total += storage.nbytes()
+        return t
+
+
+@contextlib.contextmanager
+def saved_bytes():
+    """``with saved_bytes() as kept: ...forward...``; then ``kept.total`` is what backward would keep, in bytes."""
+    kept = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(kept.pack, lambda t: t):
+        yield kept
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import saved_bytes
 
 from ilt_core.plugins.registry import BuildContext, get_registry
 
@@ -15,22 +16,11 @@ ENCODERS = {
 
 def _kept_bytes_and_grads(encoder, images: torch.Tensor) -> tuple[int, torch.Tensor, dict[str, torch.Tensor]]:
     """Bytes of the distinct storages autograd keeps for backward, the output, and every parameter's gradient."""
-    seen: set[int] = set()
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            total += storage.nbytes()
-        return t
-
     encoder.zero_grad(set_to_none=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_bytes() as kept:
         out = encoder(images)
     (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
-    return total, out.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+    return kept.total, out.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("address", list(ENCODERS))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VARIANTS, micro_spec, tiny_spec
+from conftest import VARIANTS, micro_spec, saved_bytes, tiny_spec
 
 from ilt_core.modeling.model import build_model
 from ilt_core.text.collator import TextUnits
@@ -196,21 +196,11 @@ def test_truncated_text_has_no_end_of_text_label(tiny_models):
 
 def _saved_bytes_and_grads(model, batch):
     """Bytes of the tensors autograd keeps for backward, and the gradients of one forward + backward."""
-    seen, total = set(), 0
-
-    def pack(t):
-        nonlocal total
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            total += storage.nbytes()
-        return t
-
     model.zero_grad(set_to_none=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_bytes() as kept:
         out = model(**batch.model_inputs())
     out.loss.backward()
-    return total, out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return kept.total, out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_activation_checkpointing_same_gradients_far_less_kept():

@@ -272,7 +272,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                     r["name"]
                     + (f" ({r['seeds_ok']}/{r['seeds']} seeds)" if r.get("seeds_ok", 1) < r.get("seeds", 1) else ""),
                     _spread_text(r, "bits_per_byte"),
-                    _num(r.get("lr")),
+                    f"{r['lr']:g}" if r.get("lr") else "-",
                     _millions(r["parameters_total"]),
                     _num(r["flops_per_byte"]),
                     _num(r.get("train_bytes")),

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# The GPU check: train the tiny preset for 200 steps from a streamed parquet corpus (bf16, SDPA, packing,
+# 2 DataLoader workers), then generate; prints words/s, peak GPU memory, the data pipeline's share of step time
+# and generation units/s. Within 8 minutes, the install from carried wheels included. Never part of `make test`.
+#
+# Here, once:   bash benchmarks/device_wheels.sh          (wheels + corpus into the git-ignored .whl/)
+# On the GPU:   the device tool's run, with carry [".whl"] and timeout_s 540:
+#                 bash benchmarks/device_check.sh 2>&1 | tee $OUT/device_check.log
+# Dry run here: DEVICE_CHECK_CPU=1 DEVICE_CHECK_STEPS=2 bash benchmarks/device_check.sh
+#
+# Environment: DEVICE_CHECK_STEPS (default 200), DEVICE_CHECK_CPU=1 (run on the CPU with this checkout's
+# .venv, no install, no bf16), DEVICE_CHECK_SECONDS (the whole check's budget, default 480),
+# DEVICE_CHECK_BATCH (rows per step, default 16), PYTHON (the interpreter; default python3 on the GPU machine).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+start=$SECONDS
+budget=${DEVICE_CHECK_SECONDS:-480}
+export DEVICE_CHECK_STEPS=${DEVICE_CHECK_STEPS:-200}
+export DEVICE_CHECK_CPU=${DEVICE_CHECK_CPU:-0}
+export DEVICE_CHECK_BATCH=${DEVICE_CHECK_BATCH:-16}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+
+if ! ls .whl/corpus/*.parquet >/dev/null 2>&1; then
+  echo "device_check: no corpus in .whl/corpus/: run 'bash benchmarks/device_wheels.sh' here and carry .whl" >&2
+  exit 2
+fi
+if [ "$DEVICE_CHECK_CPU" = 1 ]; then
+  PYTHON=${PYTHON:-.venv/bin/python}
+else
+  # The GPU image lacks datasets, pydantic, the FreeType stack and the fonts: install them, then the project
+  # (built offline with the carried setuptools), into a folder of their own.
+  PYTHON=${PYTHON:-python3}
+  site=/tmp/ilt-site
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+  export PYTHONPATH=$site
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
+    --target "$site" . ilt_plugins/hf ilt_plugins/freetype
+  echo "device_check: installed in $((SECONDS - start)) s"
+fi
+
+work=$(mktemp -d /tmp/ilt-device-check.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+# A file, not stdin: DataLoader workers started with 'spawn' re-import the main module.
+cat >"$work/device_check.py" <<'EOF'
+"""The Python part of benchmarks/device_check.sh (see there)."""
+
+import glob
+import os
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+
+
+def main() -> int:
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import TrainerCallback
+
+    from ilt_core import segment
+    from ilt_core.training.run import run_training
+
+    steps = int(os.environ["DEVICE_CHECK_STEPS"])
+    on_cpu = os.environ["DEVICE_CHECK_CPU"] == "1"
+    if not on_cpu and not torch.cuda.is_available():
+        print("device_check: torch sees no CUDA device (DEVICE_CHECK_CPU=1 runs the dry run on the CPU)")
+        return 2
+    cuda = not on_cpu
+    names = ("torch", "transformers", "datasets", "pyarrow", "pydantic", "freetype-py", "uharfbuzz")
+    print("versions:", ", ".join(f"{n} {version(n)}" for n in names), f"python {sys.version.split()[0]}")
+    if cuda:
+        print("device:", torch.cuda.get_device_name(0))
+    warmup = min(10, steps // 2)  # worker start-up, a cold render cache and kernel selection: not measured
+
+    class Measure(TrainerCallback):
+        """Step times (synchronised at each step's end) and the waits for the next batch between steps."""
+
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.waits: list[float] = []
+            self.words: list[int] = []
+            self.seen = 0
+            self.path = "?"
+
+        def count(self, module, args, kwargs) -> None:  # forward pre-hook: words = units past the start markers
+            self.seen += int((kwargs["unit_index"] > 0).sum())
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            model.register_forward_pre_hook(self.count, with_kwargs=True)
+            latent = model.latent_transformer
+            attention = latent.model.config._attn_implementation
+            by_positions = getattr(latent, "masks_from_position_ids", lambda: False)()
+            self.path = f"{attention}, {'mask from position ids' if by_positions else 'dense block-causal mask'}"
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if self.ends:
+                self.waits.append(time.perf_counter() - self.ends[-1])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if cuda:
+                torch.cuda.synchronize()
+            self.ends.append(time.perf_counter())
+            self.words.append(self.seen)
+
+    measure = Measure()
+    with tempfile.TemporaryDirectory(prefix="ilt-device-check-") as out:
+        argv = [
+            "--model_spec", "tiny",
+            "--set", "latent_transformer.attn_implementation=sdpa",
+            "--train_file", ".whl/corpus/*.parquet",
+            "--streaming",
+            "--do_train",
+            "--output_dir", out,
+            "--max_steps", str(steps),
+            "--per_device_train_batch_size", os.environ["DEVICE_CHECK_BATCH"],
+            "--packing",
+            "--dataloader_num_workers", "2",
+            "--learning_rate", "5e-4",
+            "--save_strategy", "no",
+            "--eval_strategy", "no",
+            "--logging_steps", "50",
+            "--report_to", "none",
+            "--disable_tqdm", "true",
+            "--seed", "0",
+        ] + (["--use_cpu"] if on_cpu else ["--bf16"])  # fmt: skip
+        t0 = time.perf_counter()
+        result = run_training(argv, callbacks=[measure])
+        train_seconds = time.perf_counter() - t0
+        model = result.trainer.model
+
+    first, last = warmup, len(measure.ends) - 1
+    seconds = measure.ends[last] - measure.ends[first - 1] if first > 0 else measure.ends[last] - t0
+    words = measure.words[last] - (measure.words[first - 1] if first > 0 else 0)
+    waits = sum(measure.waits[first - 1 : last]) if first > 0 else sum(measure.waits[:last])
+    measured = last - first + 1
+    print(f"train: {len(measure.ends)} steps in {train_seconds:.1f} s (model build and worker start included)")
+    print(f"latent attention: {measure.path}")
+    print(f"steps {first + 1}..{last + 1} ({measured} measured, {warmup} warm-up not):")
+    print(f"  words/s: {words / seconds:,.0f}  ({words / measured:,.0f} words per step, {seconds / measured:.3f} s/step)")
+    print(f"  data pipeline share of step time: {waits / seconds:.1%} (waiting for the next batch)")
+    if cuda:
+        peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+        print(f"  peak GPU memory: {peak / 2**30:.2f} GiB allocated, {reserved / 2**30:.2f} GiB reserved")
+
+    texts = pq.read_table(sorted(glob.glob(".whl/corpus/*.parquet"))[0], columns=["text"]).column("text")
+    prompts = ["".join(segment(t)[:8]) for t in texts.to_pylist()[:8]]
+    model.eval()
+    for batch in (prompts[:1], prompts):
+        model.generate(batch, max_new_units=4)  # warm-up: kernels, caches
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        outputs = model.generate(batch, max_new_units=32, return_scores=True)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        units = sum(len(o.units) for o in outputs)
+        print(f"generate batch {len(batch)}: {units / seconds:,.1f} units/s ({units} units in {seconds:.2f} s, fp32)")
+    print(f"sample: {prompts[0]!r} -> {outputs[0].text[:80]!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+EOF
+
+left=$((budget - (SECONDS - start)))
+status=0
+timeout --kill-after=10 "$left" "$PYTHON" "$work/device_check.py" || status=$?
+if [ "$status" = 124 ] || [ "$status" = 137 ]; then
+  echo "device_check: over its budget of ${budget} s (stopped after $((SECONDS - start)) s)" >&2
+fi
+echo "device_check: exit $status after $((SECONDS - start)) s"
+exit "$status"

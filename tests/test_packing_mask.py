@@ -43,6 +43,7 @@ LATENT_CONFIGS = {
         "layer_types": ["sliding_attention", "full_attention"],
         **_LATENT,
     },
+    "gpt2": {"model_type": "gpt2", "n_embd": 128, "n_layer": 2, "n_head": 4, "n_positions": 256},
 }
 _MODELS: dict[str, torch.nn.Module] = {}
 

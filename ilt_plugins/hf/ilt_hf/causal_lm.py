@@ -1,7 +1,9 @@
 """``hf:causal-lm``: a transformers causal LM as latent transformer, bytes decoder or bytes encoder.
 
 - latent_transformer: the base model (no LM head) with its token embeddings replaced by :class:`RemovedEmbedding`
-  (no parameters; it reads ``inputs_embeds``). Takes a 2-D padding mask or a boolean 4-D mask for packed sequences.
+  (no parameters; it reads ``inputs_embeds``). Takes a 2-D padding mask or a boolean 4-D mask for packed sequences;
+  listed model types need no mask for packed rows, only position ids that restart per text (under flash attention
+  the rows then run as one flattened row of variable-length texts).
 - bytes_decoder: ``AutoModelForCausalLM`` whose vocabulary is the byte tokenizer's.
 - bytes_encoder: the base model over bytes, pooled at the last real byte (or the mean).
 """

@@ -456,3 +456,25 @@ def test_bench_end_to_end_writes_every_figure_for_every_mix(tmp_path):
     for png in ("bpb_vs_flops.png", "bpb_vs_bytes.png", "throughput.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+@pytest.mark.slow
+def test_a_mix_whose_every_swept_rate_fails_is_reported_failed(tmp_path):
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(TEXTS * 4) + "\n", encoding="utf-8")
+    (tmp_path / "small-ilt.yaml").write_text(SMALL_ILT)
+    out = tmp_path / "report"
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["bench", "--mixes", "small-ilt", "--mix-dir", str(tmp_path), "--train-file", str(train)]
+        + ["--eval-file", str(train), "--eval-lines", "2", "--budget-bytes", "3000", "--seeds", "2"]
+        + ["--lr-sweep", "1e30", "--curve-lines", "2", "--threads", "1", "--in-process", "--matmul-size", "64"]
+        + ["--out", str(out)]
+    )
+    assert args.func(args) == 1  # the training loss diverges at this rate: no rate to run the seeds with
+    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    (result,) = report["results"]
+    assert result["status"] == "error" and "every rate of the sweep failed" in result["error"]
+    assert result["sweep"][0]["bits_per_byte"] is None and "loss became" in result["sweep"][0]["error"]
+    assert "none: every rate failed" in (out / "results.md").read_text(encoding="utf-8")

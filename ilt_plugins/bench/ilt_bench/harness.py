@@ -147,8 +147,8 @@ def sweep_rates(
     mix: Any, rates: list[float], base: dict[str, Any], args: argparse.Namespace, data: dict[str, Any], timeout: float
 ) -> tuple[float, list[dict[str, Any]]]:
     """Train ``mix`` once per rate on ``--sweep-share`` of the budget (first seed); the rate with the lowest
-    held-out bits-per-byte and every rate's figure. The texts scored come after the report's own when the
-    held-out file has enough (``selection`` says which)."""
+    held-out bits-per-byte (None when every rate failed) and every rate's figure. The texts scored come after
+    the report's own when the held-out file has enough (``data["sweep_offset"]``)."""
     settings = {
         **base,
         "seed": args.seed,
@@ -170,9 +170,8 @@ def sweep_rates(
         points.append({"lr": lr, "bits_per_byte": bpb, "train_bytes": r.get("train_bytes"), "error": r.get("error")})
     finite = [p for p in points if isinstance(p["bits_per_byte"], (int, float)) and math.isfinite(p["bits_per_byte"])]
     if not finite:
-        raise ILTError(f"{mix.name}: every rate of the sweep failed ({points[0]['error']}); give --lr")
-    best = min(finite, key=lambda p: p["bits_per_byte"])["lr"]
-    return best, points
+        return None, points
+    return min(finite, key=lambda p: p["bits_per_byte"])["lr"], points
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -232,7 +231,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "tokenizer_dir": str(out_dir / "tokenizers"),
     }
     timeout = args.mix_timeout or (4 * args.budget_seconds + 900 if args.budget_seconds else 4 * 3600)
-    chosen: dict[str, tuple[float, list[dict[str, Any]], str]] = {}
+    chosen: dict[str, tuple[float | None, list[dict[str, Any]], str]] = {}
     for mix in mixes:
         if args.lr is not None:
             chosen[mix.name] = (args.lr, [], "--lr")
@@ -240,12 +239,17 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             chosen[mix.name] = (mix.bench.lr, [], "the mix's bench.lr")
         else:
             best, points = sweep_rates(mix, rates, base, args, data, timeout)
-            print(f"bench: [{mix.name}] learning rate {best:g} (sweep: {sweep_text(points)})", flush=True)
+            if best is None:
+                print(f"bench: [{mix.name}] FAILED: every rate of the sweep failed ({points[0]['error']})", flush=True)
+            else:
+                print(f"bench: [{mix.name}] learning rate {best:g} (sweep: {sweep_text(points)})", flush=True)
             chosen[mix.name] = (best, points, "sweep")
 
     runs: dict[str, list[dict[str, Any]]] = {m.name: [] for m in mixes}
     for k, seed in enumerate(seeds):  # seed by seed, every mix: a change in the machine's load touches all
         for i, mix in enumerate(mixes, 1):
+            if chosen[mix.name][0] is None:
+                continue
             label = f"seed {k + 1}/{len(seeds)} mix {i}/{len(mixes)} {mix.name}"
             job = {"mix": mix.to_dict(), "settings": {**base, "seed": seed, "lr": chosen[mix.name][0], "label": label}}
             print(f"bench: [{label}] starting ({mix.kind}, {mix.path})", flush=True)
@@ -257,6 +261,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for mix in mixes:
         lr, points, how = chosen[mix.name]
+        if lr is None:
+            error = f"every rate of the sweep failed ({points[0]['error']}); give --lr"
+            runs[mix.name] = [{"name": mix.name, "kind": mix.kind, "status": "error", "error": error}]
         result = aggregate_runs(runs[mix.name])
         result.update(mix_file=str(mix.path), lr=lr, lr_choice=how, sweep=points)
         results.append(result)

@@ -331,7 +331,8 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         for r in swept:
             by = {p["lr"]: p["bits_per_byte"] for p in r["sweep"]}
             cells = [_num(by.get(x)) if by.get(x) is not None else ("failed" if x in by else "-") for x in rates]
-            lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {r['lr']:g} |")
+            chosen = f"{r['lr']:g}" if r.get("lr") else "none: every rate failed"
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {chosen} |")
     for r in results:
         if r.get("lr_choice") and r["lr_choice"] != "sweep":
             lines.append(f"- {r['name']}: learning rate {r['lr']:g} ({r['lr_choice']})")
@@ -440,7 +441,8 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
             fontsize=9,
         )
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        if ok:
+            ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / name
         fig.savefig(path, dpi=110)

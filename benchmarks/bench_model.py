@@ -483,6 +483,57 @@ def experiments(units: list[str], args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def mask_paths(units: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Packed rows through the tiny preset's latent transformer (forward + backward, its mask built in the step):
+    the dense block-causal ``(B, 1, L, L)`` mask against the mask the backbone builds from the position ids.
+
+    ``args.rows`` rows of ``args.length`` positions, each packed with texts of 16 units (fewer in short rows);
+    A B A B rounds.
+    """
+    from ilt_core.modeling.model import build_model
+    from ilt_core.text.collator import TextUnits
+
+    model = build_model(tiny_spec("bytes-only"), seed=0)
+    model.train()
+    latent = model.latent_transformer
+    text_units = max(min(16, args.length // 2 - 1), 1)  # at least two texts a row
+    texts = common.chunk_texts(units, args.rows * (args.length // (text_units + 1)), text_units)
+    batch = model.processor.collate([TextUnits(t) for t in texts], packing=True, max_units=args.length)
+    segments, positions = batch.segment_ids, batch.position_ids
+    embeds = torch.randn(*segments.shape, latent.hidden_size)
+    masks: dict[str, Any] = {}
+
+    def step(arm: str) -> Any:
+        def go() -> None:
+            if arm == "dense":  # as a latent transformer without the capability
+                latent.masks_from_position_ids = lambda: False
+            else:
+                latent.__dict__.pop("masks_from_position_ids", None)
+            mask = model._latent_mask(segments, positions, embeds.device)
+            masks[arm] = None if mask is None else tuple(mask.shape)
+            latent(embeds, attention_mask=mask, position_ids=positions).hidden_states.square().mean().backward()
+            model.zero_grad(set_to_none=True)
+
+        return go
+
+    t = common.interleaved({"dense": step("dense"), "positions": step("positions")}, max(args.exp_repeats, 3))
+    latent.__dict__.pop("masks_from_position_ids", None)
+    rows, length = segments.shape
+    result = {
+        "rows": rows,
+        "positions_per_row": length,
+        "texts": len(texts),
+        "dense_mask_shape": masks["dense"],
+        "dense_mask_bytes": rows * length * length,  # boolean; the hf plugin adds an additive float copy
+        "positions_path_mask": masks["positions"],
+        "dense_s": common.median(t["dense"]),
+        "positions_s": common.median(t["positions"]),
+        "speedup": common.ratio(t, "dense", "positions"),
+    }
+    common.log(f"mask paths: {result}")
+    return result
+
+
 def _give_grads(params: list[torch.Tensor]) -> None:
     """Small gradients on every parameter, so an optimizer step does its full work."""
     for p in params:
@@ -552,6 +603,13 @@ def print_report(results: dict[str, Any]) -> None:
     print(f"matrix-product calibration: {results['calibration_gflop_per_s']:.1f} GFLOP/s (1024^2 float32, same run)")
     if "reference" in results["configs"]:
         print(f"\n{NO_REFERENCE}")
+    if "mask_paths" in results:
+        m = results["mask_paths"]
+        print(
+            f"packed rows {m['rows']} x {m['positions_per_row']} ({m['texts']} texts), latent forward + backward: "
+            f"dense mask {m['dense_s']:.3f} s, mask from position ids {m['positions_s']:.3f} s "
+            f"({m['speedup']:.2f}x); the dense mask holds {m['dense_mask_bytes'] / 2**20:.1f} MiB as booleans"
+        )
     print("(wall clock on a machine shared with other work: noisy; ratios within one run are the reliable part)")
 
 
@@ -574,6 +632,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-flops", action="store_true", help="skip counting FLOPs (one extra step each)")
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 2x8, 1 step, no warm-up")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--mask-paths",
+        action="store_true",
+        help="packed rows through the latent: dense block-causal mask vs the mask built from position ids (A/B; "
+        "alone, without --configs, only this)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.length, args.steps, args.warmup, args.batches, args.exp_repeats = 2, 8, 1, 0, 1, 1
@@ -592,7 +656,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "calibration_gflop_per_s": matmul_gflops(),
         "configs": {},
     }
-    specs = config_specs(args.reference, args.configs)
+    # --mask-paths alone runs only that A/B
+    specs = {} if args.mask_paths and args.configs is None else config_specs(args.reference, args.configs)
     for name, spec in specs.items():
         if args.no_isolate:
             results["configs"][name] = bench_config(name, spec, units, args)
@@ -605,6 +670,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
     if args.experiments:
         results["experiments"] = experiments(units, args)
+    if args.mask_paths:
+        results["mask_paths"] = mask_paths(units, args)
     print_report(results)
     common.write_json(args.out, results)
     return results

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import transformers
 import yaml
 from torch import nn
 from transformers import PreTrainedModel
@@ -37,6 +38,7 @@ from ilt_core.modeling.config import (
     renderer_key_json,
     resolve_spec,
 )
+from ilt_core.modeling.parameters import count_parameters
 from ilt_core.plugins.registry import BuildContext, get_registry
 from ilt_core.specs.spec import ModelSpec, check_components, load_spec
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
@@ -370,8 +372,6 @@ class ILTModel(PreTrainedModel):
     # ---- summaries and checkpoints -----------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part, embedding tables excluded (as the README table counts them)."""
-        from ilt_core.modeling.parameters import count_parameters
-
         parts = {
             "image_encoder": self.image_encoder,
             "bytes_encoder": self.bytes_encoder,
@@ -447,8 +447,6 @@ class ILTModel(PreTrainedModel):
         return files[0]
 
     def _generation_file(self) -> dict[str, Any]:
-        import transformers
-
         byte_config = _generation_config_of(self.bytes_decoder)
         return {
             **self.generation_defaults,

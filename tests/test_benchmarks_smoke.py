@@ -168,3 +168,34 @@ def test_bench_reference_runs_the_project_between_the_reference_runs(tmp_path):
     assert ratios["train_img_words_per_s"]["ratio"] is None  # not measured on either side: no ratio
     assert data["text_mismatch"] and "WARNING: the reference ran on another text" in done.stdout
     assert "| train_noimg_words_per_s |" in done.stdout
+
+
+@pytest.mark.slow
+def test_bench_learning_quick_curves_per_variant_and_seed(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench_learning.py"), "--quick", "--seeds", "2", "--out", str(tmp_path)]
+        + ["--variants", "bytes=nano-baseline-bytes,ilt=nano-no-images+lr-width+dec-std-0.02", "--threads", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((tmp_path / "learning.json").read_text(encoding="utf-8"))
+    bytes_, ilt = data["results"]
+    assert (bytes_["kind"], ilt["kind"]) == ("baseline", "ilt") and ilt["treatments"] == ["lr-width", "dec-std-0.02"]
+    for r in data["results"]:
+        assert r["seeds"] == [0, 1] and [p["step"] for p in r["curve"]] == [0, 1, 2]  # --quick: 2 steps
+        for p in r["curve"]:
+            values = [run["curve"][r["curve"].index(p)]["bits_per_byte"] for run in r["runs"]]
+            assert p["min"] == min(values) and p["max"] == max(values) and positive(p["bits_per_byte"])
+    assert ilt["curve"][0]["bits_per_byte"] > ilt["curve"][-1]["bits_per_byte"]  # two steps at 2e-3 already learn
+    assert "| ilt |" in done.stdout and (tmp_path / "learning.png").read_bytes()[:4] == b"\x89PNG"
+    bad = subprocess.run(
+        [sys.executable, str(BENCH / "bench_learning.py"), "--quick", "--variants", "x=nano+lr-everything-2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "unknown treatment 'lr-everything-2'" in bad.stderr

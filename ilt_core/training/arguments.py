@@ -90,7 +90,16 @@ class DataTrainingArguments:
     validation_split_percentage: int = field(
         default=5, metadata={"help": "without validation data, hold out this %% of the training texts"}
     )
-    streaming: bool = field(default=False, metadata={"help": "stream a hub dataset (needs --max_train_samples)"})
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "stream the training texts (files, globs, parquet shards, hub datasets): no preprocessing, "
+            "units, blocks and packed rows made on the fly; needs --max_steps; shards shuffled in an order drawn "
+            "from --seed; under torchrun each rank reads its own shards. --dataloader_num_workers N renders "
+            "batches in N worker processes that split a rank's shards: a single file gets one worker. "
+            "Validation: --validation_file, or the first --max_eval_samples texts of the stream (held out)"
+        },
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "passed to datasets.load_dataset"})
 
 

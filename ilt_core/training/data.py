@@ -427,6 +427,10 @@ def _text_batches(f: SourceFile, column: str, flag: str, skip: bool, stats: Text
         yield pa.array(texts, pa.string())
 
 
+#: The per-file reader, public for the streaming path (:mod:`ilt_core.training.streaming`): the same bad-record rules.
+read_text_batches = _text_batches
+
+
 def _file_key(f: SourceFile, column: str) -> str:
     st = f.path.stat()
     parts = [PREPROCESSING_VERSION, str(f.path.resolve()), st.st_size, st.st_mtime_ns, f.format, column]
@@ -845,6 +849,7 @@ __all__ = [
     "pack_blocks",
     "pack_offsets",
     "read_hub_dataset",
+    "read_text_batches",
     "resolve_files",
     "resolve_source",
     "rows_from_units",

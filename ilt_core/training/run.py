@@ -3,7 +3,7 @@
     ilt train --model_spec tiny --train_file train.txt --validation_file dev.txt \\
         --output_dir runs/tiny --max_steps 1000 --per_device_train_batch_size 8 --block_size 128
     ilt train --model_spec small --dataset_name HuggingFaceFW/fineweb-2 --dataset_config_name heb_Hebr \\
-        --streaming --max_train_samples 200000 --output_dir runs/small-he ...
+        --streaming --max_steps 100000 --dataloader_num_workers 4 --output_dir runs/small-he ...
     ilt train --model_name_or_path runs/tiny --data_recipe he-news ...       # continue from a checkpoint
     torchrun --nproc_per_node 2 -m ilt_core.cli.main train ...                    # DistributedDataParallel
 
@@ -43,6 +43,10 @@ Where ``ilt train`` differs from run_clm.py:
   ``--data_recipe NAME`` prepares one of :mod:`ilt_data.recipes` (train / validation splits).
   Without validation data, the first ``--validation_split_percentage`` % of the training texts is
   held out (run_clm's rule).
+- **Streaming.** ``--streaming`` reads the sources as they train, with no preprocessing
+  (:mod:`ilt_core.training.streaming`): shards in an order drawn from ``--seed``, each rank its own
+  shards, batches made in ``--dataloader_num_workers`` processes (one shard per worker at most),
+  ``--max_steps`` required; ``--resume_from_checkpoint`` continues with the texts after the checkpoint.
 - **Memory.** Texts, blocks and rows live in memory-mapped Arrow files; the collator renders per
   batch through a render cache capped at ``--render_cache_bytes`` (default 256 MiB per process).
 - **Metrics.** ``eval_loss`` is the mean cross-entropy (nats) per label byte (each unit's bytes plus
@@ -98,6 +102,7 @@ from ilt_core.training.arguments import (
 )
 from ilt_core.training.data import UnitCollator
 from ilt_core.training.resume import check_compatible, last_complete_checkpoint, resolve_resume
+from ilt_core.training.streaming import plan_stream, prepare_stream
 
 REPLICAS_NAME = "replicas.json"
 
@@ -359,13 +364,18 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
     has_eval_source = bool(
         data.validation_file or data.data_recipe or data.dataset_name or data.validation_split_percentage > 0
     )
+    if data.streaming:  # a stream has no percentage to hold out: --validation_file or --max_eval_samples texts
+        has_eval_source = bool(data.validation_file or data.data_recipe or data.max_eval_samples)
     need_eval = training_args.do_eval and (has_eval_source or not eval_optional)
     if training_args.disable_tqdm:
         import datasets  # heavy; imported by the data steps anyway
 
         datasets.disable_progress_bars()
     with training_args.main_process_first(desc="checking the data sources"):  # one process downloads / prepares
-        sources = resolve_sources(data, training_args.do_train, need_eval)
+        if data.streaming:
+            sources = plan_stream(data, training_args.do_train, need_eval, training_args.max_steps)
+        else:
+            sources = resolve_sources(data, training_args.do_train, need_eval)
 
     set_seed(training_args.seed)
     model = _build_model(margs, training_args.seed)
@@ -388,7 +398,12 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
         model.processor.cache.max_bytes = ilt.render_cache_bytes
     # rank 0 reads and maps into the Arrow cache first; the other ranks then load it
     with training_args.main_process_first(desc="preparing the training data"):
-        prepared = build_datasets(sources, model.spec.max_unit_bytes, block_size, data, ilt)
+        if data.streaming:  # nothing prepared ahead: the stream makes rows as training asks
+            prepared = prepare_stream(
+                sources, model.processor, block_size, data, ilt, training_args, training_args.do_train
+            )
+        else:
+            prepared = build_datasets(sources, model.spec.max_unit_bytes, block_size, data, ilt)
     for line in prepared.summary:
         say(line)
     if prepared.validation is None:
@@ -453,7 +468,15 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
             raise
         trainer.save_model()
         metrics = dict(train_output.metrics)
-        metrics["train_samples"] = len(prepared.train)
+        if data.streaming:  # what the stream gave (gathered from every DataLoader worker)
+            loader = trainer.stream_loader
+            metrics["train_samples"] = int(collator.stats["texts"])
+            metrics["train_units"] = int(collator.stats["units"])
+            metrics["train_bad_records"] = loader.bad_records if loader is not None else 0
+            if trainer.stream_note:
+                say(trainer.stream_note)
+        else:
+            metrics["train_samples"] = len(prepared.train)
         metrics.update({k: v for k, v in prepared.metrics.items() if k.startswith("train_")})
         if budget is not None and budget.stopped_at is not None:
             say(f"time budget of {ilt.max_train_minutes} min reached at step {budget.stopped_at}")

@@ -6,6 +6,7 @@ Imported only when training starts (transformers' Trainer is slow to import), fr
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -15,9 +16,11 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
+from ilt_core.errors import ILTError
 from ilt_core.modeling.checkpoint import CARD_NAME, load_state, read_weights
 from ilt_core.modeling.flops import batch_flops
 from ilt_core.training.resume import TRAINING_ARGS_JSON, check_compatible
+from ilt_core.training.streaming import StreamingLoader, StreamingRows, position_path
 
 if TYPE_CHECKING:
     from ilt_core.modeling.model import ILTModel
@@ -124,11 +127,59 @@ class ILTTrainer(Trainer):
       training data named by :attr:`training_data` and the last ``eval_bits_per_byte``), loading: the ILT
       checkpoint reader with a spec check;
     - ``total_flos``: :meth:`floating_point_ops` counts each batch with the model's own FLOP formula
-      (:mod:`ilt_core.modeling.flops`, the benchmark harness's), not transformers' ``input_ids`` estimate.
+      (:mod:`ilt_core.modeling.flops`, the benchmark harness's), not transformers' ``input_ids`` estimate;
+    - a streamed training set (:class:`~ilt_core.training.streaming.StreamingRows`): its own DataLoader
+      (workers make whole batches; not dispatched from rank 0 nor re-sharded by accelerate, each rank
+      reads its own shards), its position saved in every checkpoint (``data_position-rank<R>.json``)
+      and restored on resume instead of Trainer's skipping of already-seen batches.
     """
 
     loss_is_scaled_for_ga = None  # decided per step from num_items_in_batch, as for transformers models
     training_data: str = ""  # what the model is trained on, for the model card (set by whoever builds the trainer)
+    stream_loader: StreamingLoader | None = None
+    stream_note: str = ""  # what resuming the stream did, for the log
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(self.train_dataset, StreamingRows):
+            # the stream restarts itself at the saved position: Trainer must not skip (render and drop) batches
+            self.args.ignore_data_skip = True
+
+    # ---- streamed training data -----------------------------------------------------------
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        self._resuming_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def get_train_dataloader(self) -> Any:
+        if not isinstance(self.train_dataset, StreamingRows):
+            return super().get_train_dataloader()
+        if self.stream_loader is None:
+            args = self.args
+            self.stream_loader = StreamingLoader(
+                self.train_dataset,
+                self.data_collator,
+                pin_memory=args.dataloader_pin_memory and torch.cuda.is_available(),  # pinning helps a GPU only
+                prefetch_factor=args.dataloader_prefetch_factor,
+                multiprocessing_context=args.dataloader_multiprocessing_context,
+            )
+            resume = getattr(self, "_resuming_from", None)
+            if resume:
+                path = position_path(resume, self.train_dataset.rank)
+                if not path.is_file():
+                    raise ILTError(
+                        f"--resume_from_checkpoint {resume}: no {path.name} in it (saved by a map-style run?); "
+                        f"resume it without --streaming, or start from its weights with --model_name_or_path {resume}"
+                    )
+                state = json.loads(path.read_text(encoding="utf-8"))
+                self.stream_note = self.stream_loader.load_state_dict(state, str(path))
+        return self.stream_loader
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        if self.stream_loader is not None:  # every rank writes its own position (its own shards)
+            path = position_path(output_dir, self.train_dataset.rank)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.stream_loader.state_dict(), indent=1), encoding="utf-8")
 
     def floating_point_ops(self, inputs: Any) -> float:
         """Training FLOPs of one batch (forward + backward), summed by Trainer into ``total_flos``."""

@@ -1,0 +1,275 @@
+"""`ilt train --streaming`: shards per rank and worker, a reproducible order, statistics from workers, exact resume.
+
+The stream is checked on its own first (a micro model's processor, a few text shards written here),
+then through `run_training` on the micro spec of `test_training.py` for a handful of steps.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import islice
+from pathlib import Path
+
+import pytest
+import yaml
+from test_training import hebrew_sentences, losses, micro_spec
+
+from ilt_core.errors import ILTError
+from ilt_core.training.data import TextStats, UnitCollator, resolve_source
+from ilt_core.training.run import run_training
+from ilt_core.training.streaming import (
+    StreamingLoader,
+    StreamingRows,
+    TextStream,
+    rank_shards,
+    reader_shards,
+    shard_order,
+)
+
+SHARDS = 4
+PER_SHARD = 15
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("stream")
+    folder = root / "shards"
+    folder.mkdir()
+    for i in range(SHARDS):
+        # numbered: every text of the corpus differs from every other
+        texts = [f"{t} ({PER_SHARD * i + j})" for j, t in enumerate(hebrew_sentences(PER_SHARD, offset=PER_SHARD * i))]
+        if i == 1:  # one long text: split into several blocks, some of which open a batch
+            texts.insert(3, " ".join(hebrew_sentences(9, offset=200)))
+        (folder / f"part-{i}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    spec = root / "micro.yaml"
+    spec.write_text(yaml.safe_dump(micro_spec(), allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return {"folder": folder, "spec": spec, "root": root}
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from ilt_core.modeling.model import build_model
+
+    return build_model(micro_spec(), seed=0).processor
+
+
+def stream_of(folder: Path) -> TextStream:
+    source = resolve_source(str(folder), "--train_file", None)
+    return TextStream(source.description, source.column, "--train_file", source.files)
+
+
+def rows_of(processor, folder: Path, **kwargs) -> StreamingRows:
+    options = {"packing": True, "seed": 0, **kwargs}
+    return StreamingRows(stream_of(folder), processor, 24, 3, **options)
+
+
+def take(loader: StreamingLoader, n: int) -> list[dict]:
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if len(out) == n:
+            break
+    return out
+
+
+def texts_in(batch: dict) -> int:
+    return int(batch["position_ids"].eq(0).logical_and(batch["attention_mask"].bool()).sum())
+
+
+def batch_key(batch: dict) -> tuple:
+    return tuple(batch["unit_index"].flatten().tolist()), tuple(batch["unit_input_ids"].flatten().tolist())
+
+
+# ------------------------------------------------------------------------------------------------
+# Who reads what
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("num_shards", "world"), [(8, 2), (7, 2), (3, 4), (1, 1), (5, 5)])
+def test_ranks_and_workers_split_the_shards_without_overlap(num_shards, world) -> None:
+    seen: list[int] = []
+    strides = set()
+    for rank in range(world):
+        mine, stride = rank_shards(num_shards, rank, world)
+        strides.add(stride)
+        for workers in (1, 2, 3):
+            split = [s for w in range(workers) for s in reader_shards(mine, w, workers)]
+            assert sorted(split) == sorted(mine)  # every worker's share, together: the rank's shards, once each
+        seen += mine
+    if num_shards >= world:
+        assert sorted(seen) == list(range(num_shards)) and strides == {1}  # each shard on exactly one rank
+        sizes = [len(rank_shards(num_shards, r, world)[0]) for r in range(world)]
+        assert max(sizes) - min(sizes) == (0 if num_shards % world == 0 else 1)
+    else:  # fewer shards than ranks: every rank reads all of them and keeps one text in `world`
+        assert strides == {world} and seen == list(range(num_shards)) * world
+    orders = {tuple(shard_order(range(num_shards), 0, epoch, 0)) for epoch in range(6)}
+    assert (len(orders) > 1) == (num_shards > 2)  # the order changes with the epoch
+    assert shard_order(range(num_shards), 0, 3, 0) == shard_order(range(num_shards), 0, 3, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The stream
+# ------------------------------------------------------------------------------------------------
+
+
+def test_stream_covers_every_text_in_fitting_rows_and_is_reproducible(processor, shards) -> None:
+    sink = UnitCollator(processor, 24)
+    loader = StreamingLoader(rows_of(processor, shards["folder"]), sink)
+    batches = take(loader, 30)
+    for b in batches:
+        assert b["unit_index"].shape[0] <= 3 and b["unit_index"].shape[1] <= 24
+        assert "ilt_stream" not in b
+    # the first epoch holds every text once: 4 x 15 sentences and the long text, which ends once
+    total = sum(texts_in(b) for b in batches)
+    assert total > SHARDS * PER_SHARD + 1  # 30 batches go past one epoch (the stream cycles)
+    assert sink.stats["batches"] == 30 and sink.stats["texts"] >= total
+    # the same seed gives the same stream; another seed another shard order
+    again = take(StreamingLoader(rows_of(processor, shards["folder"]), UnitCollator(processor, 24)), 30)
+    assert [batch_key(b) for b in batches] == [batch_key(b) for b in again]
+    other = take(StreamingLoader(rows_of(processor, shards["folder"], seed=1), UnitCollator(processor, 24)), 30)
+    assert [batch_key(b) for b in batches] != [batch_key(b) for b in other]
+
+
+def test_workers_render_the_batches_and_their_statistics_reach_the_main_process(processor, shards) -> None:
+    # two workers read two shards each; the main process's collator learns what the workers counted
+    sink = UnitCollator(processor, 24)
+    dataset = rows_of(processor, shards["folder"], num_workers=2)
+    loader = StreamingLoader(dataset, sink)
+    batches = take(loader, 8)
+    assert dataset.num_workers == 2 and loader.num_workers == 2
+    assert sink.stats["batches"] == 8
+    assert sink.stats["units"] == sum(int(b["attention_mask"].sum()) - texts_in(b) for b in batches)
+    assert sink.stats["texts"] == sum(texts_in(b) for b in batches) and sink.stats["seconds"] > 0
+    assert sink.data_fingerprint != UnitCollator(processor, 24).data_fingerprint
+    # a single file gets one worker, whatever was asked
+    single = rows_of(processor, shards["folder"] / "part-0.txt", num_workers=3)
+    assert single.num_workers == 1 and "of 3 asked" in single.describe()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_loader_restarted_from_its_state_continues_with_the_same_batches(processor, shards, workers) -> None:
+    reference = take(
+        StreamingLoader(rows_of(processor, shards["folder"], num_workers=workers), UnitCollator(processor, 24)), 12
+    )
+    for k in (3, 7):  # odd: the resumed round robin starts at the second worker
+        first = StreamingLoader(rows_of(processor, shards["folder"], num_workers=workers), UnitCollator(processor, 24))
+        take(first, k)
+        state = json.loads(json.dumps(first.state_dict()))  # as a checkpoint holds it
+        resumed = StreamingLoader(
+            rows_of(processor, shards["folder"], num_workers=workers), UnitCollator(processor, 24)
+        )
+        resumed.load_state_dict(state, "test")
+        after = take(resumed, 12 - k)
+        assert [batch_key(b) for b in after] == [batch_key(b) for b in reference[k:]], k
+
+
+def test_resume_skips_texts_without_segmenting_them(processor, shards, monkeypatch) -> None:
+    import ilt_core.training.streaming as streaming
+
+    loader = StreamingLoader(rows_of(processor, shards["folder"]), UnitCollator(processor, 24))
+    take(loader, 10)
+    state = loader.state_dict()
+    calls = []
+    real = streaming.segment
+    monkeypatch.setattr(streaming, "segment", lambda text, n: calls.append(text) or real(text, n))
+    resumed = StreamingLoader(rows_of(processor, shards["folder"]), UnitCollator(processor, 24))
+    resumed.load_state_dict(state, "test")
+    take(resumed, 1)
+    # only the texts of the one batch made after the position are segmented (a batch holds <= 3 x 23 units)
+    assert 0 < len(calls) <= 3 * 23 // 5 + 2
+
+
+def test_two_ranks_read_disjoint_texts(processor, shards) -> None:
+    seen = []
+    for rank in (0, 1):
+        dataset = rows_of(processor, shards["folder"], rank=rank, world_size=2)
+        texts = set()
+        for block, _ in islice(dataset._blocks(0, (0, 0, 0, 0), TextStats("x")), 200):  # > 2 epochs of 2 shards
+            if block.complete:
+                texts.add("".join(block.units))
+        seen.append(texts)
+    # each rank read its own 2 shards (30 short texts and, on one rank, the long one's last block)
+    assert {len(seen[0]), len(seen[1])} == {2 * PER_SHARD, 2 * PER_SHARD + 1}
+    assert not seen[0] & seen[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# Through `ilt train`
+# ------------------------------------------------------------------------------------------------
+
+
+def stream_args(shards: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "--model_spec", str(shards["spec"]),
+        "--train_file", str(shards["folder"]),
+        "--streaming",
+        "--output_dir", str(out),
+        "--block_size", "24",
+        "--per_device_train_batch_size", "3",
+        "--learning_rate", "3e-3",
+        "--logging_steps", "1",
+        "--report_to", "none",
+        "--disable_tqdm", "true",
+        "--seed", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_streaming_needs_max_steps_and_says_so_in_one_line(shards, tmp_path) -> None:
+    with pytest.raises(ILTError, match=r"--streaming: pass --max_steps N") as info:
+        run_training(stream_args(shards, tmp_path / "x"))
+    assert "\n" not in str(info.value) and not (tmp_path / "x").exists()
+
+
+def test_held_out_texts_are_the_first_of_the_stream_and_never_trained_on(shards, tmp_path, capsys) -> None:
+    from ilt_core.training import streaming
+
+    result = run_training(
+        stream_args(shards, tmp_path / "h", "--max_steps", "2", "--max_eval_samples", "4", "--save_strategy", "no")
+    )
+    out = capsys.readouterr().out
+    assert "validation: the first 4 texts of the training stream" in out
+    assert result.eval_metrics["eval_bytes"] > 0
+    stream = result.trainer.train_dataset.stream
+    assert stream.held_out == {0: 4}
+    first = set(streaming.first_texts(stream, 4)[0])
+    trained = set()
+    for block, _ in islice(result.trainer.train_dataset._blocks(0, (0, 0, 0, 0), TextStats("x")), 200):
+        trained.add("".join(block.units))
+    every = {t for f in sorted(shards["folder"].iterdir()) for t in f.read_text(encoding="utf-8").splitlines()}
+    assert len(first) == 4 and not first & trained
+    assert {t for t in every if len(t) < 80} - first <= trained  # the other short texts all are trained on
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_interrupted_streaming_run_resumes_with_the_same_losses(shards, tmp_path, workers) -> None:
+    from transformers import TrainerCallback
+
+    args = ("--max_steps", "5", "--save_steps", "3", "--eval_strategy", "no", "--dataloader_num_workers", workers)
+    reference = losses(run_training(stream_args(shards, tmp_path / "a", *args)).log_history)
+    assert sorted(reference) == [1, 2, 3, 4, 5]
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(stream_args(shards, tmp_path / "b", *args), callbacks=[Interrupt()])
+    position = json.loads((tmp_path / "b" / "checkpoint-3" / "data_position-rank0.json").read_text())
+    assert position["batches"] == 3
+    resumed = run_training(stream_args(shards, tmp_path / "b", *args, "--resume_from_checkpoint", "last"))
+    after = losses(resumed.log_history)
+    for step in (4, 5):
+        assert abs(after[step] - reference[step]) < 1e-5, (step, after[step], reference[step])
+    # the resumed run made only the batches after the checkpoint
+    assert resumed.trainer.stream_loader.batches == 5 and resumed.trainer.data_collator.stats["batches"] == 2
+
+
+def test_help_says_a_single_file_gets_one_worker(capsys) -> None:
+    from ilt_core.training.run import parse_train_args
+
+    with pytest.raises(SystemExit):
+        parse_train_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "a single file gets one worker" in shown and "--streaming" in shown

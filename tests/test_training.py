@@ -402,3 +402,30 @@ def test_two_processes_keep_identical_weights_and_learn(corpus, tmp_path) -> Non
     assert replicas["in_sync"] and len(set(replicas["digests"])) == 1
     history = losses(json.loads((out / "trainer_state.json").read_text())["log_history"])
     assert history[6] < history[1] - 0.2, history
+
+
+@pytest.mark.slow
+def test_two_processes_stream_their_own_shards_and_keep_identical_weights(corpus, tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(4):  # 4 parquet shards, 2 per rank; numbered texts, all different
+        texts = [f"{t} ({i}.{j})" for j, t in enumerate(hebrew_sentences(12, offset=12 * i))]
+        pq.write_table(pa.table({"text": texts}), shards / f"part-{i}.parquet")
+    out = tmp_path / "ddp-stream"
+    argv = base_args(corpus, out, "--max_steps", "6", "--save_strategy", "no", "--eval_strategy", "no")
+    argv[argv.index("--train_file") + 1] = str(shards / "*.parquet")
+    argv += ["--streaming", "--per_device_train_batch_size", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "ilt_core.cli", "train", *argv]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0: 2 of 4 shards" in done.stdout, done.stdout[-2000:]
+    replicas = json.loads((out / "replicas.json").read_text())
+    assert replicas["world_size"] == 2 and replicas["parallel_mode"] == "distributed"
+    # each rank read its own shards (6 steps of 2 rows each: less than its 24 texts), yet both hold the same weights
+    assert len(set(replicas["data_digests"])) == 2 and min(replicas["units_seen"]) > 0
+    assert replicas["in_sync"] and len(set(replicas["digests"])) == 1

@@ -12,7 +12,8 @@ on the command line only.
 
 The project's side follows the reference's protocol on the same text: the configuration the reference builds
 (``bench_model.reference_spec``: BERT 2 x 128 bytes encoder, ViT 12 x 192 image encoder, GPT-NeoX 6 x 512
-latent, Llama 2 x 256 decoder, labels of the next 32 bytes), a training step (forward, backward, AdamW lr 1e-4,
+latent, Llama 2 x 256 decoder, labels of the next 32 bytes; words rendered ``--image-height`` 16 px high, as the
+reference renders them), a training step (forward, backward, AdamW lr 1e-4,
 fp32) on batches of 8 texts x 64 words cut from the text, ``--warmup`` untimed and ``--steps`` timed steps
 (median), with and without images; greedy generation of 4 prompts of 16 words, 32 new words each decoded to
 32 bytes (ms a step = seconds / 32); text -> batch words/s with a cold and a warm render cache. Each
@@ -91,7 +92,7 @@ def run_reference(command: str, text: Path, out: Path) -> dict[str, Any]:
     """Run ``--reference-cmd`` once (``{text}`` and ``{out}`` filled in) and read the JSON it wrote."""
     argv = [part.replace("{text}", str(text)).replace("{out}", str(out)) for part in shlex.split(command)]
     log(f"A: {' '.join(argv)}")
-    done = subprocess.run(argv, check=False)
+    done = subprocess.run(argv, check=False, stdout=sys.stderr)  # its own summary: progress, not our table
     if done.returncode != 0 or not out.is_file():
         raise SystemExit(f"bench_reference: --reference-cmd exited {done.returncode} without writing {out}")
     return reference_figures(out)
@@ -118,7 +119,7 @@ def child(kind: str, variant: str, text_path: Path, args: argparse.Namespace) ->
     torch.set_num_threads(args.threads)
     rows, words = (2, 8) if args.quick else (ROWS, WORDS)
     units = text_units(text_path.read_text(encoding="utf-8").strip())
-    spec = bench_model.reference_spec(images=variant == "img")
+    spec = {**bench_model.reference_spec(images=variant == "img"), "image_height": args.image_height}
     model = build_model(spec, seed=0)
     if kind == "train":
         model.train()
@@ -173,7 +174,8 @@ def run_ours(text: Path, args: argparse.Namespace) -> dict[str, Any]:
             out = Path(tmp) / "child.json"
             argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--variant", variant]
             argv += ["--text", str(text), "--child-out", str(out), "--threads", str(args.threads)]
-            argv += ["--steps", str(args.steps), "--warmup", str(args.warmup)] + (["--quick"] if args.quick else [])
+            argv += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--image-height", str(args.image_height)]
+            argv += ["--quick"] if args.quick else []
             log(f"B: {kind} {variant}")
             done = subprocess.run(argv, env=env, check=False)
             if done.returncode != 0 or not out.is_file():
@@ -218,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="A/B rounds with --reference-cmd (default 2)")
     p.add_argument("--threads", type=int, default=2, help="torch and OpenMP threads of both sides (default 2)")
     p.add_argument("--omp-wait-policy", default=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    p.add_argument(
+        "--image-height", type=int, default=16, help="pixels the project renders words at (the reference's: 16)"
+    )
     p.add_argument("--steps", type=int, default=10, help="timed training steps (the reference's protocol: 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed training steps first (the reference's: 3)")
     p.add_argument("--out", type=Path, help="write every figure and ratio here as JSON")

@@ -273,3 +273,39 @@ def test_help_says_a_single_file_gets_one_worker(capsys) -> None:
         parse_train_args(["--help"])
     shown = " ".join(capsys.readouterr().out.split())
     assert "a single file gets one worker" in shown and "--streaming" in shown
+
+
+def test_a_hub_dataset_streams_shard_by_shard(shards, tmp_path, capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    hub = tmp_path / "hub"  # a local folder stands for the hub (load_dataset reads it the same way)
+    hub.mkdir()
+    for i in range(3):
+        texts = [f"{t} ({i}.{j})" for j, t in enumerate(hebrew_sentences(10, offset=10 * i))]
+        pq.write_table(pa.table({"id": list(range(10)), "body": texts}), hub / f"train-{i}.parquet")
+    argv = stream_args(shards, tmp_path / "hub-run", "--max_steps", "2", "--save_strategy", "no")
+    argv[argv.index("--train_file") : argv.index("--train_file") + 2] = ["--dataset_name", str(hub)]
+    result = run_training(argv + ["--text_column_name", "body", "--dataloader_num_workers", "2"])
+    out = capsys.readouterr().out
+    assert "(3 shards)" in out and "rank 0: 3 of 3 shards, 2 DataLoader workers" in out
+    assert result.train_metrics["train_samples"] > 0 and result.trainer.data_collator.stats["batches"] == 2
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_bad_record_in_the_stream_is_one_line_or_skipped_and_counted(shards, tmp_path, workers) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for i in range(2):
+        lines = [f"{t} ({i}.{j})".encode() for j, t in enumerate(hebrew_sentences(6, offset=6 * i))]
+        if i == 1:
+            lines.insert(2, b"\xff\xfe not utf-8")
+        (folder / f"part-{i}.txt").write_bytes(b"\n".join(lines) + b"\n")
+    argv = stream_args(shards, tmp_path / "bad-run", "--max_steps", "3", "--save_strategy", "no")
+    argv[argv.index("--train_file") + 1] = str(folder)
+    argv += ["--dataloader_num_workers", workers, "--per_device_train_batch_size", "1"]
+    with pytest.raises(ILTError, match=r"part-1\.txt line 3: not UTF-8") as info:
+        run_training(argv)
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+    result = run_training(argv + ["--skip_bad_records"])
+    assert result.train_metrics["train_bad_records"] == 1

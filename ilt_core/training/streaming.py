@@ -326,6 +326,15 @@ class StreamingRows(torch.utils.data.IterableDataset):
 
     # ---- rows and batches -----------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self._batches()
+        except ILTError as exc:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            # from a worker, as an item: DataLoader would re-raise it with the worker's traceback in its message
+            yield {STREAM_KEY: {"error": str(exc)}}
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         reader = ((info.id if info is not None else 0) + self.rotation) % self.num_readers
         start = tuple(self.start_positions.get(reader, START))
@@ -396,6 +405,8 @@ class StreamingLoader(torch.utils.data.DataLoader):
         dataset.start_positions = dict(self.positions)
         for batch in super().__iter__():
             info = batch.pop(STREAM_KEY)
+            if "error" in info:  # a bad record, named by its file and line, met in a worker
+                raise ILTError(info["error"])
             self.positions[int(info["reader"])] = tuple(info["position"])  # type: ignore[assignment]
             self.batches += 1
             stats = info["stats"]

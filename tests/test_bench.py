@@ -478,3 +478,26 @@ def test_a_mix_whose_every_swept_rate_fails_is_reported_failed(tmp_path):
     assert result["status"] == "error" and "every rate of the sweep failed" in result["error"]
     assert result["sweep"][0]["bits_per_byte"] is None and "loss became" in result["sweep"][0]["error"]
     assert "none: every rate failed" in (out / "results.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_a_flop_budget_stops_every_seed_at_the_first_step_past_it(tmp_path):
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(TEXTS * 4) + "\n", encoding="utf-8")
+    (tmp_path / "small-bytes.yaml").write_text(SMALL_BYTES)
+    out = tmp_path / "report"
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["bench", "--mixes", "small-bytes", "--mix-dir", str(tmp_path), "--train-file", str(train)]
+        + ["--eval-file", str(train), "--eval-lines", "2", "--budget-bytes", "0", "--budget-flops", "2e8"]
+        + ["--seeds", "2", "--curve-lines", "2", "--curve-points", "2", "--threads", "1", "--in-process"]
+        + ["--gen-new-units", "1", "--gen-prompt-units", "2", "--t2b-lines", "2", "--matmul-size", "64"]
+        + ["--out", str(out)]
+    )
+    assert args.func(args) == 0
+    (result,) = json.loads((out / "results.json").read_text(encoding="utf-8"))["results"]
+    for run in result["runs"]:
+        per_step = run["train_flops"] / run["steps"]  # every step of this baseline does the same work
+        assert 2e8 <= run["train_flops"] < 2e8 + per_step
+        assert [p["train_flops"] >= 1e8 for p in run["curve"]] == [False, True, True]  # points at 0, 1/2, all

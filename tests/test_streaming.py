@@ -146,6 +146,25 @@ def test_workers_render_the_batches_and_their_statistics_reach_the_main_process(
     assert single.num_workers == 1 and "of 3 asked" in single.describe()
 
 
+def test_a_batch_packed_for_the_trip_from_a_worker_comes_back_equal(processor, shards) -> None:
+    import torch
+
+    from ilt_core.training.streaming import pack_tensors, unpack_tensors
+
+    batch = take(StreamingLoader(rows_of(processor, shards["folder"]), UnitCollator(processor, 24)), 1)[0]
+    batch["image_groups"] = [(torch.arange(3), torch.rand(3, 3, 8, 5)), (torch.arange(1), torch.rand(1, 3, 8, 7))]
+    packed = pack_tensors(batch)
+    assert sum(isinstance(v, torch.Tensor) for v in packed.values()) == 0  # one buffer, inside a tuple
+    back = unpack_tensors(packed)
+    assert back.keys() == batch.keys()
+    for key, value in batch.items():
+        if key == "image_groups":
+            for (i, p), (j, q) in zip(value, back[key], strict=True):
+                assert torch.equal(i, j) and torch.equal(p, q) and q.dtype == p.dtype
+        else:
+            assert torch.equal(value, back[key]) and back[key].dtype == value.dtype, key
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_loader_restarted_from_its_state_continues_with_the_same_batches(processor, shards, workers) -> None:
     reference = take(
@@ -161,6 +180,19 @@ def test_a_loader_restarted_from_its_state_continues_with_the_same_batches(proce
         resumed.load_state_dict(state, "test")
         after = take(resumed, 12 - k)
         assert [batch_key(b) for b in after] == [batch_key(b) for b in reference[k:]], k
+
+
+def test_a_state_saved_with_another_layout_restarts_the_stream_at_the_next_epoch(processor, shards) -> None:
+    first = StreamingLoader(rows_of(processor, shards["folder"], num_workers=2), UnitCollator(processor, 24))
+    take(first, 5)
+    state = first.state_dict()
+    other = StreamingLoader(rows_of(processor, shards["folder"]), UnitCollator(processor, 24))  # one reader, not 2
+    with pytest.warns(UserWarning, match=r"num_readers 2 -> 1.*restarts at epoch 1"):
+        other.load_state_dict(state, "ckpt")
+    assert other.positions == {0: (1, 0, 0, 0)}
+    fresh_epoch_1 = StreamingLoader(rows_of(processor, shards["folder"]), UnitCollator(processor, 24))
+    fresh_epoch_1.positions = {0: (1, 0, 0, 0)}
+    assert [batch_key(b) for b in take(other, 3)] == [batch_key(b) for b in take(fresh_epoch_1, 3)]
 
 
 def test_resume_skips_texts_without_segmenting_them(processor, shards, monkeypatch) -> None:
@@ -219,6 +251,8 @@ def test_streaming_needs_max_steps_and_says_so_in_one_line(shards, tmp_path) -> 
     with pytest.raises(ILTError, match=r"--streaming: pass --max_steps N") as info:
         run_training(stream_args(shards, tmp_path / "x"))
     assert "\n" not in str(info.value) and not (tmp_path / "x").exists()
+    with pytest.raises(ILTError, match=r"--max_train_samples 10: not with --streaming"):
+        run_training(stream_args(shards, tmp_path / "x", "--max_steps", "2", "--max_train_samples", "10"))
 
 
 def test_held_out_texts_are_the_first_of_the_stream_and_never_trained_on(shards, tmp_path, capsys) -> None:

@@ -473,8 +473,6 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
             metrics["train_samples"] = int(collator.stats["texts"])
             metrics["train_units"] = int(collator.stats["units"])
             metrics["train_bad_records"] = loader.bad_records if loader is not None else 0
-            if trainer.stream_note:
-                say(trainer.stream_note)
         else:
             metrics["train_samples"] = len(prepared.train)
         metrics.update({k: v for k, v in prepared.metrics.items() if k.startswith("train_")})

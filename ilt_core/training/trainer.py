@@ -172,6 +172,8 @@ class ILTTrainer(Trainer):
                     )
                 state = json.loads(path.read_text(encoding="utf-8"))
                 self.stream_note = self.stream_loader.load_state_dict(state, str(path))
+                if self.args.process_index == 0:
+                    print(f"[ilt train] {self.stream_note}", flush=True)
         return self.stream_loader
 
     def _save_rng_state(self, output_dir: str) -> None:

@@ -1,0 +1,231 @@
+"""Streaming training data (`ilt train --streaming`): start-up and memory by corpus size, and the pipeline's words/s by workers.
+
+    .venv/bin/python benchmarks/bench_stream.py --out benchmarks/results/bench_stream.json
+    .venv/bin/python benchmarks/bench_stream.py --sizes 10 100 --steps 50 --pipeline-batches 100
+    .venv/bin/python benchmarks/bench_stream.py --quick                      # smoke run (tiny corpora)
+
+The corpora are :mod:`bench_data_scale`'s (the same generator, sizes, shards and ``--work`` folder,
+so a corpus either script wrote is reused): Hebrew lines from he-news and he-mishnah with a share of
+their words respelled, as ``--shards`` parquet shards with a ``text`` column.
+
+1. **Streaming runs.** For each size, one fresh process trains the same small model as
+   :mod:`bench_data_scale` for ``--steps`` optimizer steps with ``--streaming`` on the parquet shards
+   (``--loader-workers`` DataLoader workers), and reports the seconds from launch to the end of the
+   first step and the peak RSS over the steps (the main process; each worker is a process of its
+   own, reported as the workers' peak). Goal (issue 14): at the largest size, time to step 1 within
+   +20% of the smallest size's, and peak RSS within +15%.
+2. **Pipeline words/s (no model).** For 0, 1 and 2 workers (``--pipeline-workers``), one fresh
+   process streams the largest corpus through :class:`ilt_core.training.streaming.StreamingLoader`
+   (segmenting, blocking, packing, rendering the word images and encoding the bytes, as training
+   does, with the small model's processor) and counts the units (words with their whitespace) of
+   ``--pipeline-batches`` batches after the first (worker start-up excluded). Goal: 2 workers give
+   at least 1.7x the words/s of 1 (needs 2 free cores: on a shared machine the figure says how much
+   the others left).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
+
+common.omp_wait_policy_default()
+
+import bench_data_scale as scale  # noqa: E402  (the corpora and the small model)
+
+RSS_GOAL = 1.15
+FIRST_STEP_GOAL = 1.20
+WORKERS_GOAL = 1.7
+
+
+def _children_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def train_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train with --streaming and measure (in its own process)."""
+    from transformers import TrainerCallback
+
+    from ilt_core.training import run as training_run
+
+    marks: dict[str, Any] = {}
+
+    class Measure(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            marks["hwm_reset"] = scale._reset_peak_rss()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                marks["first_step_s"] = time.time() - spec["launched"]
+            if state.global_step == spec["steps"]:
+                marks["peak_rss_steps_mib"] = scale._status_kib("VmHWM") / 1024
+                marks["steps_s"] = time.time() - spec["launched"] - marks["first_step_s"]
+
+    argv = [
+        "--model_spec", "tiny", "--set", *scale.SMALL_MODEL,
+        "--train_file", spec["train_file"],
+        "--streaming",
+        "--dataloader_num_workers", str(spec["loader_workers"]),
+        "--do_train",
+        "--output_dir", spec["output_dir"],
+        "--block_size", str(spec["block_size"]),
+        "--per_device_train_batch_size", str(spec["batch_size"]),
+        "--max_steps", str(spec["steps"]),
+        "--learning_rate", "5e-4",
+        "--save_strategy", "no",
+        "--eval_strategy", "no",
+        "--logging_steps", "100000",
+        "--report_to", "none",
+        "--disable_tqdm", "true",
+        "--dataloader_pin_memory", "false",
+        "--seed", "0",
+    ]  # fmt: skip
+    result = training_run.run_training(argv, callbacks=[Measure()])
+    marks["units"] = result.train_metrics.get("train_units")
+    marks["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    marks["workers_peak_rss_mib"] = _children_peak_mib() if spec["loader_workers"] else 0.0
+    return marks
+
+
+def pipeline_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """The data pipeline alone: batches from a StreamingLoader with ``workers`` workers; units per second."""
+    from ilt_core.modeling.model import build_model
+    from ilt_core.specs.spec import load_spec
+    from ilt_core.training.data import UnitCollator, resolve_source
+    from ilt_core.training.streaming import StreamingLoader, StreamingRows, TextStream
+
+    model = build_model(load_spec("tiny", list(scale.SMALL_MODEL)), seed=0)
+    source = resolve_source(spec["train_file"], "--train_file", None)
+    stream = TextStream(source.description, source.column, "--train_file", source.files)
+    dataset = StreamingRows(
+        stream, model.processor, spec["block_size"], spec["batch_size"], num_workers=spec["workers"], seed=0
+    )
+    sink = UnitCollator(model.processor, spec["block_size"])
+    loader = StreamingLoader(dataset, sink, prefetch_factor=4 if spec["workers"] else None)
+    start = time.perf_counter()
+    first = None
+    for i, _ in enumerate(loader):
+        if i == 0:  # worker start-up and the first batch: not counted
+            first = time.perf_counter()
+            units0 = sink.stats["units"]
+        if i == spec["batches"]:
+            break
+    seconds = time.perf_counter() - first
+    units = sink.stats["units"] - units0
+    return {
+        "workers": spec["workers"],
+        "batches": spec["batches"],
+        "units": units,
+        "seconds": seconds,
+        "words_per_s": units / seconds,
+        "first_batch_s": first - start,
+        "collate_seconds_in_workers": sink.stats["seconds"],
+    }
+
+
+def run_child(kind: str, spec: dict[str, Any], label: str) -> dict[str, Any]:
+    spec = {**spec, "launched": time.time()}
+    done = subprocess.run(
+        [sys.executable, __file__, f"--{kind}-child", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    results = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not results:
+        raise SystemExit(f"{label}: the child process failed:\n{done.stderr[-3000:]}")
+    return json.loads(results[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=float, nargs="+", default=[10, 100, 1000], help="corpus sizes in MB")
+    p.add_argument("--shards", type=int, default=8, help="parquet shards per corpus")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps per streaming run")
+    p.add_argument("--loader-workers", type=int, default=0, help="--dataloader_num_workers of the streaming runs")
+    p.add_argument("--pipeline-workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--pipeline-batches", type=int, default=200, help="batches timed per pipeline run")
+    p.add_argument("--batch-size", type=int, default=4, help="rows per step")
+    p.add_argument("--block-size", type=int, default=32, help="units per row (positions)")
+    p.add_argument("--respell", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=Path("/tmp/ilt-bench-data-scale"), help="corpora (shared)")
+    p.add_argument("--quick", action="store_true", help="smoke run: corpora of 0.1 and 0.3 MB, 2 steps, 5 batches")
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
+    p.add_argument("--train-child", help=argparse.SUPPRESS)
+    p.add_argument("--pipeline-child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.train_child:
+        print("RESULT " + json.dumps(train_child(json.loads(args.train_child))), flush=True)
+        return 0
+    if args.pipeline_child:
+        print("RESULT " + json.dumps(pipeline_child(json.loads(args.pipeline_child))), flush=True)
+        return 0
+    if args.quick:
+        args.sizes, args.steps, args.shards, args.pipeline_batches = [0.1, 0.3], 2, 3, 5
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    corpora = [scale.make_corpus(size, args.work, args.shards, args.respell, args.seed) for size in args.sizes]
+    base = {"block_size": args.block_size, "batch_size": args.batch_size, "output_dir": str(args.work / "out-stream")}
+    runs = []
+    for corpus in corpora:
+        label = f"{corpus['size_mb']:g} MB parquet, streaming"
+        common.log(f"{label}: training {args.steps} steps, {args.loader_workers} workers")
+        spec = {**base, "train_file": corpus["parquet"], "steps": args.steps, "loader_workers": args.loader_workers}
+        r = run_child("train", spec, label)
+        runs.append({"size_mb": corpus["size_mb"], "corpus_bytes": corpus["bytes"], **r})
+        common.log(f"{label}: first step at {r['first_step_s']:.1f} s, peak RSS {r['peak_rss_steps_mib']:.0f} MiB")
+    pipeline = []
+    largest = corpora[-1]
+    for workers in args.pipeline_workers:
+        label = f"pipeline {largest['size_mb']:g} MB, {workers} workers"
+        spec = {**base, "train_file": largest["parquet"], "workers": workers, "batches": args.pipeline_batches}
+        r = run_child("pipeline", spec, label)
+        pipeline.append(r)
+        common.log(f"{label}: {r['words_per_s']:,.0f} words/s")
+    small, large = runs[0], runs[-1]
+    by_workers = {r["workers"]: r["words_per_s"] for r in pipeline}
+    goals = {
+        "first_step_ratio": large["first_step_s"] / small["first_step_s"],
+        "peak_rss_steps_ratio": large["peak_rss_steps_mib"] / small["peak_rss_steps_mib"],
+        "two_vs_one_worker": by_workers[2] / by_workers[1] if 1 in by_workers and 2 in by_workers else None,
+    }
+    report = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if "child" not in k},
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "corpora": corpora,
+        "streaming_runs": runs,
+        "pipeline": pipeline,
+        "goals": goals,
+    }
+    common.write_json(args.out, report)
+    print("| corpus | time to step 1 | peak RSS, steps (main) | peak RSS, workers | steps/s |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in runs:
+        rate = (args.steps - 1) / r["steps_s"] if r["steps_s"] > 0 else 0.0
+        print(
+            f"| {r['size_mb']:g} MB | {r['first_step_s']:.1f} s | {r['peak_rss_steps_mib']:,.0f} MiB "
+            f"| {r['workers_peak_rss_mib']:,.0f} MiB | {rate:.2f} |"
+        )
+    print("\n| DataLoader workers | words/s | first batch |")
+    print("| --- | --- | --- |")
+    for r in pipeline:
+        print(f"| {r['workers']} | {r['words_per_s']:,.0f} | {r['first_batch_s']:.1f} s |")
+    print(
+        f"\n{large['size_mb']:g} MB vs {small['size_mb']:g} MB: time to step 1 x{goals['first_step_ratio']:.2f} "
+        f"(goal <= {FIRST_STEP_GOAL}), peak RSS over the steps x{goals['peak_rss_steps_ratio']:.2f} (goal <= {RSS_GOAL})"
+    )
+    if goals["two_vs_one_worker"] is not None:
+        print(f"2 workers vs 1: x{goals['two_vs_one_worker']:.2f} words/s (goal >= {WORKERS_GOAL})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -218,6 +218,21 @@ def merge_seeds(runs: list[dict]) -> dict:
     return {**{k: first[k] for k in keep}, "seeds": [r["seed"] for r in runs], "curve": curve, "runs": runs}
 
 
+def init_scales(mix: Any, texts: list[str], seed: int) -> dict[str, float]:
+    """Standard deviations at initialisation: the encoder mapping's outputs (unit embeddings), the decoder
+    mapping's (prefixes) on ``texts``, and the decoder's byte embeddings they sit beside."""
+    from ilt_core.modeling.model import build_model
+
+    model = build_model(mix.spec, seed=seed).eval()
+    seen: dict[str, float] = {}
+    model.encoder_mapping.register_forward_hook(lambda m, i, o: seen.__setitem__("unit_embeddings", float(o.std())))
+    model.decoder_mapping.register_forward_hook(lambda m, i, o: seen.__setitem__("decoder_prefixes", float(o.std())))
+    with torch.no_grad():
+        model(**model.processor(texts).model_inputs())
+        seen["decoder_byte_embeddings"] = float(model.bytes_decoder.embed(torch.arange(256)[None]).std())
+    return seen
+
+
 def table_cell(point: dict | None, spread: bool) -> str:
     """``mean [min–max]`` of one curve point (the mean alone for one seed)."""
     if point is None:
@@ -271,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     p.add_argument("--out", default="benchmarks/results/learning", help="output folder")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 4 held-out texts")
+    p.add_argument(
+        "--init-scales", action="store_true", help="print each ILT variant's mapping output scales at init, and stop"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.eval_lines = 2, 4
@@ -287,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
         "eval": read_lines(files["validation"], args.eval_lines),
         "sha": sha256_file(files["train"]),
     }
+    if args.init_scales:
+        for label, name, _ in parsed:
+            mix = mixes.get(name) or next(m for m in mixes.values() if str(m.path) == name or m.path.stem == name)
+            if mix.kind == "ilt":
+                scales = init_scales(mix, texts["eval"][:8], args.seed)
+                print(f"{label}: " + ", ".join(f"{k} std {v:.3f}" for k, v in scales.items()))
+        return 0
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     runs: dict[str, list[dict]] = {label: [] for label, _, _ in parsed}
     for seed in range(args.seed, args.seed + args.seeds):  # seed by seed: the machine's drift touches every variant

@@ -9,10 +9,11 @@ The training loop is in plain sight (:func:`train`): the seed sets the initialis
 (one seeded permutation of the training lines, re-drawn each epoch: every mix reads the same texts in the
 same order), AdamW (betas 0.9/0.95, weight decay 0.1, gradient clipping 1.0) and the same schedule for every
 mix: linear warm-up over the first 10 steps, then cosine decay to 10% of the peak learning rate as the budget
-is used up. An ILT model's encoders and decoder train at the peak rate times the latent's width over their own
-(``settings["lr_scaling"] = "width"``, :func:`width_factors`; ``"none"``: one rate for every component). The budget is training bytes, training FLOPs (:mod:`ilt_core.modeling.flops`) or seconds, any
-of them; the share used is the largest of ``bytes / budget bytes``, ``FLOPs / budget FLOPs`` and
-``seconds / budget seconds``. Validation points are taken at fixed shares of the budget (``curve_points``),
+is used up. An ILT model's encoders and decoder train at the peak rate times the latent's width over their
+own (``settings["lr_scaling"] = "width"``, :func:`width_factors`; ``"none"``: one rate for every component).
+The budget is training bytes, training FLOPs (:mod:`ilt_core.modeling.flops`) or seconds, any of them; the
+share used is the largest of ``bytes / budget bytes``, ``FLOPs / budget FLOPs`` and ``seconds / budget
+seconds``. Validation points are taken at fixed shares of the budget (``curve_points``),
 so the seeds' curves line up; the clock stops while they are evaluated. Wall-clock figures are reported,
 never budgeted unless asked. Throughput, step time and the data share leave out the first step (one-time
 costs) when at least three steps ran.

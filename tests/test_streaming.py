@@ -343,3 +343,13 @@ def test_a_bad_record_in_the_stream_is_one_line_or_skipped_and_counted(shards, t
     assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
     result = run_training(argv + ["--skip_bad_records"])
     assert result.train_metrics["train_bad_records"] == 1
+
+
+def test_validation_file_is_read_as_in_the_map_style_path(shards, tmp_path, capsys) -> None:
+    validation = tmp_path / "dev.txt"
+    validation.write_text("\n".join(hebrew_sentences(5, offset=300)) + "\n", encoding="utf-8")
+    argv = stream_args(shards, tmp_path / "v", "--max_steps", "1", "--save_strategy", "no")
+    result = run_training(argv + ["--validation_file", str(validation), "--cache_dir", str(tmp_path / "cache")])
+    assert "(--validation_file): 5 texts" in capsys.readouterr().out
+    assert result.eval_metrics["eval_samples"] >= 1 and result.eval_metrics["eval_bytes"] > 0
+    assert result.trainer.train_dataset.stream.held_out == {}  # nothing of the stream held out

@@ -152,8 +152,12 @@ def test_a_batch_packed_for_the_trip_from_a_worker_comes_back_equal(processor, s
     from ilt_core.training.streaming import pack_tensors, unpack_tensors
 
     batch = take(StreamingLoader(rows_of(processor, shards["folder"]), UnitCollator(processor, 24)), 1)[0]
-    batch["image_groups"] = [(torch.arange(3), torch.rand(3, 3, 8, 5)), (torch.arange(1), torch.rand(1, 3, 8, 7))]
+    gray = torch.rand(3, 1, 8, 5).expand(-1, 3, -1, -1)  # as images_to_batches makes them: one channel, viewed 3 times
+    batch["image_groups"] = [(torch.arange(3), gray), (torch.arange(1), torch.rand(1, 3, 8, 7))]
     packed = pack_tensors(batch)
+    buffer, _ = packed["ilt_packed_tensors"]
+    plain = sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
+    assert buffer.numel() <= plain + 3 + (3 * 8 * 5 + 3 * 8 * 7) * 4 + 8 * 12  # the gray channel once
     assert sum(isinstance(v, torch.Tensor) for v in packed.values()) == 0  # one buffer, inside a tuple
     back = unpack_tensors(packed)
     assert back.keys() == batch.keys()

@@ -391,7 +391,7 @@ def pack_tensors(batch: dict[str, Any]) -> dict[str, Any]:
 
     def walk(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
-            tensors.append(value.contiguous())
+            tensors.append(value)
             return (_PACKED, len(tensors) - 1)
         if isinstance(value, dict):
             return {k: v if k == STREAM_KEY else walk(v) for k, v in value.items()}
@@ -402,9 +402,14 @@ def pack_tensors(batch: dict[str, Any]) -> dict[str, Any]:
     tree = walk(batch)
     layout, parts, offset = [], [], 0
     for t in tensors:
-        raw = t.reshape(-1).view(torch.uint8)
+        # an expanded dimension (stride 0, e.g. the gray channel of word images viewed 3 times) travels once
+        base = t
+        for dim in range(t.dim()):
+            if t.stride(dim) == 0 and t.shape[dim] > 1:
+                base = base.narrow(dim, 0, 1)
+        raw = base.contiguous().reshape(-1).view(torch.uint8)
         pad = -raw.numel() % 8  # every tensor starts 8-byte aligned (a view as int64 / float64 needs it)
-        layout.append((offset, raw.numel(), t.dtype, tuple(t.shape)))
+        layout.append((offset, raw.numel(), t.dtype, tuple(base.shape), tuple(t.shape)))
         parts += [raw, torch.zeros(pad, dtype=torch.uint8)] if pad else [raw]
         offset += raw.numel() + pad
     buffer = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
@@ -414,7 +419,7 @@ def pack_tensors(batch: dict[str, Any]) -> dict[str, Any]:
 def unpack_tensors(packed: dict[str, Any]) -> dict[str, Any]:
     """The batch :func:`pack_tensors` packed: its tensors as views into the one buffer (no copy)."""
     buffer, layout = packed[_PACKED]
-    tensors = [buffer[o : o + n].view(dtype).view(shape) for o, n, dtype, shape in layout]
+    tensors = [buffer[o : o + n].view(dtype).view(base).expand(shape) for o, n, dtype, base, shape in layout]
 
     def walk(value: Any) -> Any:
         if isinstance(value, tuple) and len(value) == 2 and value[0] == _PACKED:

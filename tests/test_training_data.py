@@ -415,8 +415,10 @@ def test_dataset_name_goes_through_load_dataset_and_the_same_cached_map(tmp_path
     assert td.MAP_CALLS == calls  # the hub dataset's Arrow cache takes the map's cache files too
 
 
-def test_preparing_the_data_holds_python_memory_flat_in_the_corpus_size(tmp_path) -> None:
+def test_preparing_the_data_holds_python_memory_flat_in_the_corpus_size(tmp_path, monkeypatch) -> None:
     import tracemalloc
+
+    monkeypatch.setattr(td, "MAP_BATCH_SIZE", 1000)  # both corpora span several map batches
 
     def peaks(n_texts: int) -> tuple[int, int, int, int]:
         path = write_txt(tmp_path / f"t{n_texts}.txt", texts_for(n_texts, seed=n_texts))

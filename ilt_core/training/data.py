@@ -72,7 +72,12 @@ PARQUET_SUFFIXES = (".parquet",)
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 FORMATS = {"text": TEXT_SUFFIXES, "json": JSON_SUFFIXES, "csv": CSV_SUFFIXES, "parquet": PARQUET_SUFFIXES}
 _TEXT_SCHEMA = pa.schema([("text", pa.string())])
-_BATCH_CHARS = 1 << 17  # characters per Arrow record batch written (bounds the Python strings held at once)
+_BATCH_CHARS = 1 << 17  # characters turned into one Arrow array at a time (bounds the Python strings held)
+#: Bytes of text per Arrow record batch written, and blocks per record batch of the map's output. Few,
+#: large record batches: opening a memory-mapped Arrow file reads every batch's header, and each read
+#: maps the pages around it (the kernel's fault-around, 64 KiB), so RSS grows with the number of batches.
+RECORD_BATCH_BYTES = 16 << 20
+MAP_BATCH_SIZE = 10_000
 _READ_BYTES = 1 << 18  # bytes of lines read (and decoded) at once
 _GLOB_CHARS = set("*?[")
 #: Counts calls of the blocking map function in this process (tests check that a cached run maps nothing).
@@ -454,9 +459,14 @@ def _convert_file(args: tuple[SourceFile, str, str, bool, str]) -> TextStats:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, _TEXT_SCHEMA) as writer:
+            pending: list[pa.Array] = []
             for array in _text_batches(f, column, flag, skip, stats):
-                if len(array):
-                    writer.write_batch(pa.record_batch([array], schema=_TEXT_SCHEMA))
+                pending.append(array)
+                if sum(a.nbytes for a in pending) >= RECORD_BATCH_BYTES:
+                    writer.write_batch(pa.record_batch([pa.concat_arrays(pending)], schema=_TEXT_SCHEMA))
+                    pending = []
+            if pending and sum(len(a) for a in pending):
+                writer.write_batch(pa.record_batch([pa.concat_arrays(pending)], schema=_TEXT_SCHEMA))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -616,6 +626,8 @@ def make_blocks(
     blocks = texts.map(
         _blocks_of_texts,
         batched=True,
+        batch_size=MAP_BATCH_SIZE,
+        writer_batch_size=MAP_BATCH_SIZE * 2,
         num_proc=workers,
         fn_kwargs={"max_unit_bytes": max_unit_bytes, "block_size": block_size},
         remove_columns=texts.column_names,

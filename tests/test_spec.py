@@ -91,7 +91,7 @@ def test_malformed_spec_gives_one_clear_line(tmp_path, capsys, name, text, needl
 
 
 def test_missing_file_and_preset_names():
-    with pytest.raises(SpecError, match="presets: medium, small, tiny"):
+    with pytest.raises(SpecError, match="presets: medium, micro, small, tiny"):
         load_spec("no-such-preset")
 
 

@@ -80,14 +80,7 @@ def train_child(spec: dict[str, Any]) -> dict[str, Any]:
         "--block_size", str(spec["block_size"]),
         "--per_device_train_batch_size", str(spec["batch_size"]),
         "--max_steps", str(spec["steps"]),
-        "--learning_rate", "5e-4",
-        "--save_strategy", "no",
-        "--eval_strategy", "no",
-        "--logging_steps", "100000",
-        "--report_to", "none",
-        "--disable_tqdm", "true",
-        "--dataloader_pin_memory", "false",
-        "--seed", "0",
+        *common.QUIET_TRAINING_ARGS,
     ]  # fmt: skip
     result = training_run.run_training(argv, callbacks=[Measure()])
     marks["units"] = result.train_metrics.get("train_units")

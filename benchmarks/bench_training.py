@@ -84,14 +84,7 @@ def run_one(args: argparse.Namespace, packing: bool) -> dict[str, Any]:
             "--block_size", str(args.block_size),
             "--per_device_train_batch_size", str(args.batch_size),
             "--max_steps", str(steps),
-            "--learning_rate", "5e-4",
-            "--save_strategy", "no",
-            "--eval_strategy", "no",
-            "--logging_steps", "100000",
-            "--report_to", "none",
-            "--disable_tqdm", "true",
-            "--dataloader_pin_memory", "false",
-            "--seed", "0",
+            *common.QUIET_TRAINING_ARGS,
             "--packing" if packing else "--no_packing",
         ]  # fmt: skip
         run_training(argv, callbacks=[Measure()])

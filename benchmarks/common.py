@@ -25,6 +25,17 @@ from typing import Any
 
 #: Benchmark texts: (recipe, split). The test split is fixed by the recipe, so the words are too.
 TEXTS = {"he": ("he-news", "test"), "en": ("en-brown", "test")}
+#: ``ilt train`` flags every training benchmark shares: one fixed rate and seed, no saving, evaluation or logging.
+QUIET_TRAINING_ARGS = [
+    "--learning_rate", "5e-4",
+    "--save_strategy", "no",
+    "--eval_strategy", "no",
+    "--logging_steps", "100000",
+    "--report_to", "none",
+    "--disable_tqdm", "true",
+    "--dataloader_pin_memory", "false",
+    "--seed", "0",
+]  # fmt: skip
 
 
 def omp_wait_policy_default() -> str:

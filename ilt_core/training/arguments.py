@@ -118,6 +118,18 @@ class ILTArguments:
             "for the first N optimizer steps, then everything"
         },
     )
+    lr_scaling: str = field(
+        default="width",
+        metadata={
+            "choices": ["width", "none"],
+            "help": "learning rate per component: width = --learning_rate x the latent transformer's width / the "
+            "component's own for the image encoder, bytes encoder and bytes decoder (the latent and the mappings at "
+            "--learning_rate; with Adam a narrow component learns less per step at one rate); none = one rate for "
+            "every parameter. The schedule and weight decay (none on norms and biases) apply to every group. width "
+            "needs an --optim that takes parameter groups (adamw_torch, adamw_torch_fused, adafactor, sgd, ...); "
+            "galore_*, apollo_*, lomo and adalomo make their own and are refused: use none with them",
+        },
+    )
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "stop training (and save) after this many minutes of wall-clock time"}
     )

@@ -64,7 +64,9 @@ Where ``ilt train`` differs from run_clm.py:
 - **ILT-only options.** ``--freeze_pretrained_steps N`` trains only the layers a spec adds around
   its backbones (the two mappings and the bytes models' byte embeddings and output heads) for the
   first N optimizer steps, then everything. ``--max_train_minutes M`` stops training (and saves)
-  after M minutes of wall-clock time.
+  after M minutes of wall-clock time. ``--lr_scaling width`` (the default) trains the image encoder, bytes
+  encoder and bytes decoder at ``--learning_rate`` x the latent transformer's width / their own (one optimizer
+  parameter group per component; ``none``: one rate for all, Trainer's groups).
 - **Several processes.** ``torchrun --nproc_per_node N -m ilt_core.cli.main train ...`` trains with
   DistributedDataParallel through Trainer (gloo on CPUs, NCCL on GPUs); at the end every rank
   hashes its weights and ``replicas.json`` in ``--output_dir`` records whether they agree. FSDP
@@ -445,6 +447,7 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
         eval_dataset=prepared.validation if training_args.do_eval else None,
         data_collator=collator,
         callbacks=all_callbacks,
+        lr_scaling=ilt.lr_scaling,
     )
     result = TrainResult(output_dir=training_args.output_dir, trainer=trainer)
     rows = training_args.per_device_train_batch_size

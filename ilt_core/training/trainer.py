@@ -19,6 +19,7 @@ from transformers import Trainer, TrainerCallback
 from ilt_core.errors import ILTError
 from ilt_core.modeling.checkpoint import CARD_NAME, load_state, read_weights
 from ilt_core.modeling.flops import batch_flops
+from ilt_core.modeling.parameters import LR_SCALINGS, learning_rate_groups
 from ilt_core.training.resume import TRAINING_ARGS_JSON, check_compatible
 from ilt_core.training.streaming import StreamingLoader, StreamingRows, position_path
 
@@ -128,6 +129,11 @@ class ILTTrainer(Trainer):
       checkpoint reader with a spec check;
     - ``total_flos``: :meth:`floating_point_ops` counts each batch with the model's own FLOP formula
       (:mod:`ilt_core.modeling.flops`, the benchmark harness's), not transformers' ``input_ids`` estimate;
+    - the optimizer: with ``lr_scaling="width"`` (``--lr_scaling``, the default) one parameter group per
+      component and weight decay (:func:`~ilt_core.modeling.parameters.learning_rate_groups`: each component at
+      ``--learning_rate`` x the latent's width / its own, no decay on norms and biases as Trainer decides),
+      built by Trainer's own ``create_optimizer`` for any ``--optim`` that takes parameter groups; with
+      ``"none"`` Trainer's two groups at one rate;
     - a streamed training set (:class:`~ilt_core.training.streaming.StreamingRows`): its own DataLoader
       (workers make whole batches; not dispatched from rank 0 nor re-sharded by accelerate, each rank
       reads its own shards), its position saved in every checkpoint (``data_position-rank<R>.json``)
@@ -139,11 +145,65 @@ class ILTTrainer(Trainer):
     stream_loader: StreamingLoader | None = None
     stream_note: str = ""  # what resuming the stream did, for the log
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, lr_scaling: str = "width", **kwargs: Any) -> None:
+        if lr_scaling not in LR_SCALINGS:
+            raise ILTError(f"--lr_scaling {lr_scaling}: expected one of {', '.join(LR_SCALINGS)}")
+        self.lr_scaling = lr_scaling
         super().__init__(*args, **kwargs)
         if isinstance(self.train_dataset, StreamingRows):
             # the stream restarts itself at the saved position: Trainer must not skip (render and drop) batches
             self.args.ignore_data_skip = True
+
+    # ---- the optimizer: a learning rate per component -----------------------------------------
+    #: ``--optim`` values whose optimizer makes its own parameter groups (low-rank projections, layer-wise or
+    #: fused-backward updates): they cannot take per-component rates, and are refused with ``--lr_scaling width``.
+    OWN_GROUP_KEYS = ("params", "model", "optimizer_dict")
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """Trainer's optimizer, with :func:`learning_rate_groups` as its parameter groups (``lr_scaling="width"``).
+
+        The groups go through Trainer's own path (``optimizer_cls_and_kwargs`` with ``params``), so the optimizer
+        class and its arguments (``--optim``, ``--optim_args``, betas, eps, fused) are exactly Trainer's.
+        """
+        if self.optimizer is not None or self.lr_scaling == "none":
+            return super().create_optimizer(model)
+        from transformers.trainer_optimizer import is_optimizer_factory  # with Trainer: imported already
+
+        opt_model = self.model if model is None else model
+        saved = self.optimizer_cls_and_kwargs
+        cls, kwargs = saved if saved is not None else self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        own = [k for k in self.OWN_GROUP_KEYS if k in kwargs]
+        if is_optimizer_factory(cls) or own:
+            raise ILTError(
+                f"--optim {self.args.optim}: this optimizer makes its own parameter groups, so it cannot train each "
+                f"component at its own rate; pass --lr_scaling none to use it (one rate for every component)"
+            )
+        ilt_model = self.accelerator.unwrap_model(opt_model, keep_torch_compile=False)
+        groups = learning_rate_groups(
+            ilt_model,
+            self.args.learning_rate,
+            "width",
+            weight_decay=self.args.weight_decay,
+            decay_names=self.get_decay_parameter_names(opt_model),
+            named_parameters=opt_model.named_parameters(),
+        )
+        self.optimizer_cls_and_kwargs = (cls, {**kwargs, "params": groups})
+        try:
+            return super().create_optimizer(model)
+        finally:
+            self.optimizer_cls_and_kwargs = saved
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        try:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        except ValueError as exc:  # torch: the saved groups do not fit this optimizer's
+            if "parameter group" not in str(exc):
+                raise
+            raise ILTError(
+                f"--resume_from_checkpoint {checkpoint}: its optimizer state does not fit this run's parameter "
+                f"groups ({str(exc).strip()}); resume with the --lr_scaling (now {self.lr_scaling}) and --optim "
+                f"it was trained with"
+            ) from None
 
     # ---- streamed training data -----------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:

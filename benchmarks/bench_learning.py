@@ -11,15 +11,19 @@ and treatments applied to the built model before training:
 - ``no-dropout``: every dropout module off (the bytes encoder's BERT has 0.1 in the presets);
 - ``lr-<part>-<factor>``: that part's learning rate times ``factor`` (parts: ``image_encoder``,
   ``bytes_encoder``, ``latent_transformer``, ``bytes_decoder``, ``mappings``);
-- ``lr-width``: every component at the rate times the latent's width over its own (what ``ilt bench`` does,
-  :func:`ilt_bench.run.width_factors`); without it, one rate for every component;
+- ``lr-width``: every component at the rate times the latent's width over its own (what ``ilt train`` and
+  ``ilt bench`` do: :func:`ilt_core.modeling.parameters.learning_rate_groups`); without it, one rate for every
+  component;
+- ``decay-all``: weight decay on every parameter (what ``ilt bench`` did before its groups became ``ilt train``'s,
+  which leave norms and biases undecayed);
 - ``enc-std-<s>`` / ``dec-std-<s>``: the encoder / decoder mapping's outputs at about std ``s`` (weights
   ``N(0, s^2 / fan_in)``, bias 0), the scale of the token embeddings they stand in for;
 - ``dec-bos-<s>``: the decoder mapping's bias at the decoder's BOS embedding, its weights as ``dec-std-<s>``;
 - ``warmup-<steps>``: linear warm-up over that many steps instead of the harness's 10.
 
 Every variant trains on the same texts in the same order (the ``ilt bench`` stream, seed ``--seed``) with the
-harness's optimiser (AdamW 0.9/0.95, weight decay 0.1, clipping 1.0) and evaluates held-out bits-per-byte at
+harness's optimiser (AdamW 0.9/0.95, weight decay 0.1 except on norms and biases, clipping 1.0; the parameter
+groups of ``ilt train``) and evaluates held-out bits-per-byte at
 fixed steps. Writes ``learning.json`` and ``learning.png`` (bits-per-byte against steps and training bytes)
 into ``--out`` and prints the table.
 """
@@ -40,8 +44,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see b
 
 import torch  # noqa: E402
 from ilt_bench.mixes import resolve_mixes  # noqa: E402
-from ilt_bench.run import BaselineRunner, ILTRunner, lr_at, read_lines, text_stream, width_factors  # noqa: E402
+from ilt_bench.run import WEIGHT_DECAY, BaselineRunner, ILTRunner, lr_at, read_lines, text_stream  # noqa: E402
 from torch import nn  # noqa: E402
+
+from ilt_core.modeling.parameters import learning_rate_groups  # noqa: E402
 
 DEFAULT_VARIANTS = (
     "bytes=nano-baseline-bytes",
@@ -73,7 +79,7 @@ def parse_variant(text: str) -> tuple[str, str, list[str]]:
         raise SystemExit(f"--variants: {text!r}: expected LABEL=MIX[+TREATMENT...]")
     mix, *treatments = rest.split("+")
     for t in treatments:
-        ok = t in ("torch-init", "no-dropout", "lr-width") or t.startswith("warmup-")
+        ok = t in ("torch-init", "no-dropout", "lr-width", "decay-all") or t.startswith("warmup-")
         if t.startswith(("enc-std-", "dec-std-", "dec-bos-")):
             ok = _is_float(t[8:])
         if t.startswith("lr-") and t != "lr-width":
@@ -131,20 +137,29 @@ def apply_treatments(runner: Any, treatments: list[str]) -> None:
 
 
 def param_groups(runner: Any, treatments: list[str], lr: float) -> list[dict[str, Any]]:
-    factors = {}
-    if "lr-width" in treatments:  # the harness's rule: lr x the latent's width / the component's
-        factors.update(width_factors(runner.model))
+    """``ilt train``'s groups (width rates with ``lr-width``, else one rate; ``decay-all``: decay everything), each
+    group split by part where an ``lr-<part>-<factor>`` treatment sets that part's factor."""
+    model = getattr(runner, "model", None) or runner.lm.model
+    decay_names = [n for n, _ in model.named_parameters()] if "decay-all" in treatments else None
+    scaling = "width" if "lr-width" in treatments else "none"
+    groups = learning_rate_groups(model, lr, scaling, weight_decay=WEIGHT_DECAY, decay_names=decay_names)
+    overrides = {}
     for t in treatments:
         if t.startswith("lr-") and t != "lr-width":
             part, _, factor = t[3:].rpartition("-")
-            factors[part] = float(factor)
-    if not factors:
-        return [{"params": [p for p in runner.parameters() if p.requires_grad], "factor": 1.0}]
-    groups: dict[float, list] = {}
-    for name, p in runner.model.named_parameters():
-        if p.requires_grad:
-            groups.setdefault(factors.get(part_of(name), 1.0), []).append(p)
-    return [{"params": ps, "factor": f} for f, ps in groups.items()]
+            overrides[part] = float(factor)
+    if not overrides:
+        return groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    split = []
+    for g in groups:
+        by_part: dict[str, list] = {}
+        for p in g["params"]:
+            by_part.setdefault(part_of(names[id(p)]), []).append(p)
+        for part, params in by_part.items():
+            factor = overrides.get(part, g["factor"])  # the peak rate x this, in place of the width factor
+            split.append({**g, "params": params, "factor": factor, "lr": lr * factor})
+    return split
 
 
 def run_variant(label: str, mix: Any, treatments: list[str], args: argparse.Namespace, texts: dict, seed: int) -> dict:
@@ -160,7 +175,7 @@ def run_variant(label: str, mix: Any, treatments: list[str], args: argparse.Name
     apply_treatments(runner, treatments)
     warmup = next((int(t.split("-")[1]) for t in treatments if t.startswith("warmup-")), 10)
     groups = param_groups(runner, treatments, args.lr)
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))  # weight decay: per group
     stream = text_stream(texts["train"], seed)
     torch.manual_seed(seed)
     points, nbytes, start = [], 0, time.perf_counter()

@@ -13,8 +13,16 @@ import torch
 from ilt_bench.baselines import BaselineLM, BaselineSpec, ByteCodec, TokenStream, train_bpe
 from ilt_bench.harness import add_bench_parser
 from ilt_bench.mixes import load_mix, resolve_mixes
-from ilt_bench.report import FIGURES, aggregate_runs, goal_checks, mean_curve, missing_figures, separations
-from ilt_bench.run import ILTRunner, budget_share, lr_at, take_blocks, text_stream
+from ilt_bench.report import (
+    FIGURES,
+    aggregate_runs,
+    goal_checks,
+    mean_curve,
+    missing_figures,
+    separations,
+    sweep_edge,
+)
+from ilt_bench.run import ILTRunner, budget_share, lr_at, take_blocks, text_stream, total_flops
 
 from ilt_core import hookimpl
 from ilt_core.errors import ILTError
@@ -253,24 +261,47 @@ def test_same_seed_same_data_order_and_schedule_shape():
 
 
 def test_ilt_components_train_at_the_rate_times_the_latent_width_over_their_own(tmp_path):
+    from ilt_core.modeling.parameters import learning_rate_groups
+
     (tmp_path / "small-ilt.yaml").write_text(SMALL_ILT)
     runner = ILTRunner(load_mix(tmp_path / "small-ilt.yaml").to_dict(), {"seed": 0}, torch.device("cpu"))
-    groups = {g["name"]: g for g in runner.param_groups("width")}
+    groups = runner.param_groups("width", 1e-3)
     # SMALL_ILT: latent 64 wide, bytes encoder and bytes decoder 32: twice the rate; the latent and mappings 1x
-    assert {name: g["factor"] for name, g in groups.items()} == {
-        "bytes_encoder": 2.0,
-        "bytes_decoder": 2.0,
-        "rest": 1.0,
-    }
-    assert all(
-        n.startswith("bytes_decoder.")
-        for n, p in runner.model.named_parameters()
-        if any(p is q for q in groups["bytes_decoder"]["params"])
-    )
-    every = [id(p) for g in groups.values() for p in g["params"]]
+    assert {g["name"]: g["factor"] for g in groups} == {"bytes_encoder": 2.0, "bytes_decoder": 2.0, "rest": 1.0}
+    names = {id(p): n for n, p in runner.model.named_parameters()}
+    for g in groups:
+        assert all(names[id(p)].split(".")[0] == g["name"] or g["name"] == "rest" for p in g["params"])
+    assert {g["weight_decay"] for g in groups} == {0.1, 0.0}  # no decay on norms and biases, as ilt train
+    every = [id(p) for g in groups for p in g["params"]]
     assert sorted(every) == sorted(id(p) for p in runner.parameters()) and len(set(every)) == len(every)
-    one = runner.param_groups("none")
-    assert [(g["name"], g["factor"]) for g in one] == [("rest", 1.0)] and len(one[0]["params"]) == len(every)
+    # ilt train's groups exactly (the same function), so the two train each component alike
+    core = learning_rate_groups(runner.model, 1e-3, "width", weight_decay=0.1)
+    assert [[id(p) for p in g["params"]] for g in groups] == [[id(p) for p in g["params"]] for g in core]
+    one = runner.param_groups("none", 1e-3)
+    assert {(g["name"], g["factor"]) for g in one} == {("rest", 1.0)} and len(one) == 2
+    assert sum(len(g["params"]) for g in one) == len(every)
+
+
+def test_bench_flops_are_ilt_trains_count(tmp_path):
+    """The harness adds each batch's FLOPs with the function ILTTrainer reports as total_flos."""
+    from ilt_core.modeling.flops import batch_flops
+
+    (tmp_path / "small-ilt.yaml").write_text(SMALL_ILT)
+    runner = ILTRunner(load_mix(tmp_path / "small-ilt.yaml").to_dict(), {"seed": 0}, torch.device("cpu"))
+    stream, expected = text_stream(TEXTS, 0), 0.0
+    for _ in range(2):
+        batch, _, nbytes = runner.next_batch(stream)
+        runner.count_flops(batch, nbytes)
+        expected += batch_flops(runner.model, batch)
+        assert runner.flops.num_bytes > 0
+    assert total_flops(runner.flops) == pytest.approx(expected, rel=1e-12) and expected > 0
+    assert set(runner.flops.parts) == {
+        "bytes_encoder",
+        "latent_transformer",
+        "bytes_decoder",
+        "encoder_mapping",
+        "decoder_mapping",
+    }
 
 
 def test_flops_formula_and_attention_shapes():
@@ -376,6 +407,21 @@ def test_seeds_aggregate_to_mean_and_min_max_and_separations_need_a_gap_wider_th
     assert separations([mix("one", [3.0]), mix("two", [4.0])]) == []  # one seed: no spread, no verdict
 
 
+def test_a_rate_at_either_end_of_the_sweep_is_flagged():
+    points = [{"lr": x, "bits_per_byte": b} for x, b in ((1e-3, 3.0), (2e-3, 2.5), (4e-3, 2.4))]
+    assert sweep_edge(points, 4e-3) == "highest" and sweep_edge(points, 1e-3) == "lowest"
+    assert sweep_edge(points, 2e-3) is None  # both neighbours tried: a best inside the sweep
+    # a rate above that failed (diverged) bounds the chosen one: not at the edge
+    failed_above = [*points, {"lr": 8e-3, "bits_per_byte": None, "error": "loss became nan"}]
+    assert sweep_edge(failed_above, 4e-3) is None
+    assert sweep_edge(points[:1], 1e-3) is None and sweep_edge(points, None) is None  # no sweep; nothing chosen
+    # the default sweep reaches well above the rate the nano report's mixes all chose (4e-3)
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    rates = [float(x) for x in parser.parse_args(["bench"]).lr_sweep.split(",")]
+    assert max(rates) >= 4 * 4e-3 and rates == sorted(rates)
+
+
 def test_mean_curve_keeps_the_points_every_seed_has():
     curves = [
         [{"train_bytes": 0, "bits_per_byte": 8.0}, {"train_bytes": 10, "bits_per_byte": 5.0}],
@@ -452,6 +498,11 @@ def test_bench_end_to_end_writes_every_figure_for_every_mix(tmp_path):
     assert "| small-ilt |" in markdown and "| small-bytes |" in markdown
     assert "gen b1 units/s (bytes/s)" in markdown and "## Which mixes separate" in markdown
     assert "| mix | lr 0.001 | lr 0.003 | chosen |" in markdown and "small-bytes: learning rate 0.002" in markdown
+    # two rates: whichever won is at an edge of the sweep, and the report says so
+    edge = "highest" if ilt["lr"] == 3e-3 else "lowest"
+    assert ilt["lr_edge"] == edge and base["lr_edge"] is None
+    assert f"**At the edge of the sweep:** small-ilt chose the {edge} rate tried" in markdown
+    assert f"| {ilt['lr']:g} (**{edge} tried**) |" in markdown
     assert "No reference measurement in this run" in markdown and "reference (another day)" not in markdown
     for png in ("bpb_vs_flops.png", "bpb_vs_bytes.png", "throughput.png"):
         data = (out / png).read_bytes()

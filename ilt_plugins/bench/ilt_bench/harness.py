@@ -38,6 +38,9 @@ from ilt_core.plugins.registry import get_registry
 from ilt_core.text.lines import read_text_lines
 
 DEFAULT_DATA = "he-news"
+#: ``--lr-sweep``: doubling rates. The nano report's sweep (1e-3, 2e-3, 4e-3) chose its highest for every mix,
+#: so it reaches 4x higher; a mix choosing an end of it is flagged in the report (``report.sweep_edge``).
+DEFAULT_LR_SWEEP = "1e-3,2e-3,4e-3,8e-3,1.6e-2"
 #: The reference's generation protocol: greedy, batch 4, prompts of 16 words, 32 new words, each to 32 bytes.
 REFERENCE_GENERATION = {"batch_size": 4, "prompt_units": 16, "new_units": 32, "byte_cap": 32}
 
@@ -179,7 +182,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from ilt_bench.mixes import resolve_mixes
-    from ilt_bench.report import aggregate_runs, write_report
+    from ilt_bench.report import aggregate_runs, sweep_edge, write_report
     from ilt_core.modeling.flops import measure_matmul_peak
 
     check_budget(args)
@@ -243,6 +246,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"bench: [{mix.name}] FAILED: every rate of the sweep failed ({points[0]['error']})", flush=True)
             else:
                 print(f"bench: [{mix.name}] learning rate {best:g} (sweep: {sweep_text(points)})", flush=True)
+                edge = sweep_edge(points, best)
+                if edge:
+                    print(
+                        f"bench: [{mix.name}] warning: {best:g} is the {edge} rate of --lr-sweep; its best rate may "
+                        f"lie beyond (the report flags it)",
+                        flush=True,
+                    )
             chosen[mix.name] = (best, points, "sweep")
 
     runs: dict[str, list[dict[str, Any]]] = {m.name: [] for m in mixes}
@@ -265,7 +275,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             error = f"every rate of the sweep failed ({points[0]['error']}); give --lr"
             runs[mix.name] = [{"name": mix.name, "kind": mix.kind, "status": "error", "error": error}]
         result = aggregate_runs(runs[mix.name])
-        result.update(mix_file=str(mix.path), lr=lr, lr_choice=how, sweep=points)
+        result.update(mix_file=str(mix.path), lr=lr, lr_choice=how, sweep=points, lr_edge=sweep_edge(points, lr))
         results.append(result)
     report = {
         "command": _command_line(args),
@@ -345,7 +355,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the first seed")
     p.add_argument("--lr", type=float, default=None, help="one AdamW peak learning rate for every mix (no sweep)")
     p.add_argument(
-        "--lr-sweep", default="1e-3,2e-3,4e-3", help="rates each mix tries first (unless --lr or its bench.lr)"
+        "--lr-sweep",
+        default=DEFAULT_LR_SWEEP,
+        help="rates each mix tries first (unless --lr or its bench.lr); a mix that chooses the highest or lowest "
+        "is flagged in the report (its best rate may lie beyond)",
     )
     p.add_argument(
         "--lr-scaling",

@@ -162,6 +162,20 @@ def separations(results: list[dict[str, Any]], path: str = "bits_per_byte") -> l
 # ---- goals -------------------------------------------------------------------------------------------
 
 
+def sweep_edge(points: list[dict[str, Any]], chosen: float | None) -> str | None:
+    """``"highest"`` / ``"lowest"`` when the chosen rate is the highest / lowest rate the sweep tried (failed rates
+    count: a rate that diverged above the chosen one bounds it), else None. A rate at the edge may not be the
+    best: the best may lie beyond the rates tried. One rate tried is no sweep (None)."""
+    rates = sorted({float(p["lr"]) for p in points})
+    if chosen is None or len(rates) < 2:
+        return None
+    if chosen >= rates[-1]:
+        return "highest"
+    if chosen <= rates[0]:
+        return "lowest"
+    return None
+
+
 def goal_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The peak-memory goal for each reference-tiny mix present in ``results``.
 
@@ -328,11 +342,24 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         rates = sorted({p["lr"] for r in swept for p in r["sweep"]})
         lines.append("| mix | " + " | ".join(f"lr {x:g}" for x in rates) + " | chosen |")
         lines.append("|---" * (len(rates) + 2) + "|")
+        edges = []
         for r in swept:
             by = {p["lr"]: p["bits_per_byte"] for p in r["sweep"]}
             cells = [_num(by.get(x)) if by.get(x) is not None else ("failed" if x in by else "-") for x in rates]
             chosen = f"{r['lr']:g}" if r.get("lr") else "none: every rate failed"
+            edge = sweep_edge(r["sweep"], r.get("lr"))
+            if edge:
+                chosen += f" (**{edge} tried**)"
+                edges.append((r["name"], edge))
             lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {chosen} |")
+        if edges:
+            lines += [
+                "",
+                "**At the edge of the sweep:** "
+                + "; ".join(f"{name} chose the {edge} rate tried" for name, edge in edges)
+                + ". Its best rate may lie beyond: run again with a wider `--lr-sweep` (its figures above are at "
+                "the best rate tried, not necessarily its best).",
+            ]
     for r in results:
         if r.get("lr_choice") and r["lr_choice"] != "sweep":
             lines.append(f"- {r['name']}: learning rate {r['lr']:g} ({r['lr_choice']})")

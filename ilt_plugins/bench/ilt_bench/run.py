@@ -7,11 +7,14 @@ fresh process per run keeps peak-memory figures apart (``ru_maxrss`` is per proc
 
 The training loop is in plain sight (:func:`train`): the seed sets the initialisation and the data order
 (one seeded permutation of the training lines, re-drawn each epoch: every mix reads the same texts in the
-same order), AdamW (betas 0.9/0.95, weight decay 0.1, gradient clipping 1.0) and the same schedule for every
-mix: linear warm-up over the first 10 steps, then cosine decay to 10% of the peak learning rate as the budget
-is used up. An ILT model's encoders and decoder train at the peak rate times the latent's width over their
-own (``settings["lr_scaling"] = "width"``, :func:`width_factors`; ``"none"``: one rate for every component).
-The budget is training bytes, training FLOPs (:mod:`ilt_core.modeling.flops`) or seconds, any of them; the
+same order), AdamW (betas 0.9/0.95, weight decay 0.1 except on norms and biases, as ``ilt train``; gradient
+clipping 1.0) and the same schedule for every mix: linear warm-up over the first 10 steps, then cosine decay
+to 10% of the peak learning rate as the budget is used up. An ILT model's encoders and decoder train at the
+peak rate times the latent's width over their own (``settings["lr_scaling"] = "width"``; ``"none"``: one
+rate for every component): the parameter groups are ``ilt train``'s,
+:func:`ilt_core.modeling.parameters.learning_rate_groups`. The budget is training bytes, training FLOPs
+(counted per batch by :func:`ilt_core.modeling.flops.count_ilt_batch`, the count ``ilt train`` reports as
+``total_flos``) or seconds, any of them; the
 share used is the largest of ``bytes / budget bytes``, ``FLOPs / budget FLOPs`` and ``seconds / budget
 seconds``. Validation points are taken at fixed shares of the budget (``curve_points``),
 so the seeds' curves line up; the clock stops while they are evaluated. Wall-clock figures are reported,
@@ -43,6 +46,7 @@ from ilt_core.text.segmentation import utf8_len
 
 WARMUP_STEPS = 10
 MIN_LR_SHARE = 0.1
+WEIGHT_DECAY = 0.1
 
 
 # ---- small helpers -----------------------------------------------------------------------------
@@ -62,23 +66,6 @@ def text_stream(lines: Sequence[str], seed: int) -> Iterator[str]:
         for i in order:
             yield lines[i]
         epoch += 1
-
-
-def width_factors(model: Any) -> dict[str, float]:
-    """Learning-rate factor per ILT component: the latent transformer's width over the component's.
-
-    With Adam, a narrower transformer learns less per step at the same rate (its updates move each output by
-    about rate x width); one rate for every component left the narrow bytes decoder behind the rest (and a byte
-    baseline as wide as the latent far ahead of it): ``benchmarks/bench_learning.py`` measures it. The latent
-    and the mappings keep the peak rate.
-    """
-    width = int(model.latent_transformer.hidden_size)
-    factors = {}
-    for part in ("image_encoder", "bytes_encoder", "bytes_decoder"):
-        component = getattr(model, part, None)
-        if component is not None and int(getattr(component, "hidden_size", 0) or 0) > 0:
-            factors[part] = width / int(component.hidden_size)
-    return factors
 
 
 def lr_at(step: int, share: float, peak: float) -> float:
@@ -140,7 +127,7 @@ class ILTRunner:
     """An :class:`~ilt_core.modeling.model.ILTModel` fed by packed rows of ``block_units`` units."""
 
     def __init__(self, mix: dict[str, Any], settings: dict[str, Any], device: torch.device) -> None:
-        from ilt_core.modeling.flops import FlopCounter
+        from ilt_core.modeling.flops import ilt_counter
         from ilt_core.modeling.model import build_model
 
         self.device = device
@@ -149,33 +136,17 @@ class ILTRunner:
         self.batch_size = int(mix["bench"]["batch_size"])
         self.block_units = min(int(mix["bench"]["block_units"]), self.model.max_units)
         self._pending: list[Any] = []
-        self.flops = FlopCounter()
-        m = self.model
-        self._parts = {
-            name: self.flops.part(name, module)
-            for name, module in (
-                ("image_encoder", m.image_encoder),
-                ("bytes_encoder", m.bytes_encoder),
-                ("latent_transformer", m.latent_transformer),
-                ("bytes_decoder", m.bytes_decoder),
-            )
-            if module is not None
-        }
-        self._enc_map = self.flops.part("encoder_mapping", m.encoder_mapping)
-        self._dec_map = self.flops.part("decoder_mapping", m.decoder_mapping)
+        self.flops = ilt_counter(self.model)  # one part per component and mapping: ilt train's count
 
     def parameters(self) -> Any:
         return self.model.parameters()
 
-    def param_groups(self, scaling: str) -> list[dict[str, Any]]:
-        """AdamW groups, one per component, each with its learning-rate ``factor`` (see :func:`width_factors`)."""
-        factors = width_factors(self.model) if scaling == "width" else {}
-        groups: dict[str, list[torch.nn.Parameter]] = {}
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                part = name.split(".")[0]
-                groups.setdefault(part if part in factors else "rest", []).append(p)
-        return [{"params": ps, "name": part, "factor": factors.get(part, 1.0)} for part, ps in groups.items()]
+    def param_groups(self, scaling: str, lr: float) -> list[dict[str, Any]]:
+        """AdamW groups, one per component and weight decay, each with its learning-rate ``factor``: ``ilt train``'s
+        (:func:`~ilt_core.modeling.parameters.learning_rate_groups`)."""
+        from ilt_core.modeling.parameters import learning_rate_groups
+
+        return learning_rate_groups(self.model, lr, scaling, weight_decay=WEIGHT_DECAY)
 
     def parameter_counts(self) -> dict[str, int]:
         return self.model.parameter_counts()
@@ -198,27 +169,10 @@ class ILTRunner:
         return self.model(**batch.to(self.device).model_inputs()).loss
 
     def count_flops(self, batch: Any, nbytes: int) -> None:
-        """Add the batch's tokens and sequence lengths per part (see :mod:`ilt_core.modeling.flops`)."""
-        m, parts = self.model, self._parts
-        num_distinct = batch.unit_input_ids.shape[0]
-        if "bytes_encoder" in parts:
-            parts["bytes_encoder"].add(batch.unit_attention_mask.sum(1))
-        if "image_encoder" in parts:
-            from ilt_core.modeling.flops import image_sequence_length
+        """Add the batch's tokens and sequence lengths per part (:func:`ilt_core.modeling.flops.count_ilt_batch`)."""
+        from ilt_core.modeling.flops import count_ilt_batch
 
-            for idx, pixels in batch.image_groups:
-                s = image_sequence_length(m.image_encoder, pixels.shape[-2], pixels.shape[-1])
-                parts["image_encoder"].add([s] * int(idx.numel()))
-        # one attended sequence per text inside a packed row
-        seg = batch.segment_ids
-        lengths = [int((seg[b] == s).sum()) for b in range(seg.shape[0]) for s in range(int(seg[b].max()) + 1)]
-        parts["latent_transformer"].add(lengths)
-        label_len = (batch.labels != -100).sum(-1)
-        label_len = label_len[label_len > 0]
-        parts["bytes_decoder"].add(label_len)
-        self._enc_map.add_tokens(num_distinct)
-        self._dec_map.add_tokens(int(label_len.numel()))
-        self.flops.num_bytes += nbytes
+        count_ilt_batch(self.flops, self.model, batch, nbytes)
 
     def bits_per_byte(self, texts: Sequence[str]) -> Any:
         from ilt_core.evaluation import bits_per_byte
@@ -317,9 +271,12 @@ class BaselineRunner:
     def parameters(self) -> Any:
         return self.lm.model.parameters()
 
-    def param_groups(self, scaling: str) -> list[dict[str, Any]]:
-        """One group: a baseline is one transformer of one width."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "name": "transformer", "factor": 1.0}]
+    def param_groups(self, scaling: str, lr: float) -> list[dict[str, Any]]:
+        """One rate: a baseline is one transformer of one width (two groups: with and without weight decay)."""
+        from ilt_core.modeling.parameters import learning_rate_groups
+
+        groups = learning_rate_groups(self.lm.model, lr, "none", weight_decay=WEIGHT_DECAY)
+        return [{**g, "name": "transformer"} for g in groups]
 
     def parameter_counts(self) -> dict[str, int]:
         return self.lm.parameter_counts()
@@ -412,8 +369,8 @@ def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], cur
     points = max(1, int(settings.get("curve_points") or 8))
     texts = text_stream(train_lines, settings["seed"])
     torch.manual_seed(settings["seed"])
-    groups = runner.param_groups(settings.get("lr_scaling", "width"))
-    optimizer = torch.optim.AdamW(groups, lr=settings["lr"], betas=(0.9, 0.95), weight_decay=0.1)
+    groups = runner.param_groups(settings.get("lr_scaling", "width"), settings["lr"])
+    optimizer = torch.optim.AdamW(groups, lr=settings["lr"], betas=(0.9, 0.95))  # weight decay: per group
 
     def share(seconds: float, nbytes: int) -> float:
         return budget_share(settings, seconds, nbytes, total_flops(runner.flops))

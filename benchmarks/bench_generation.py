@@ -14,7 +14,16 @@ Random weights rarely write ``eos``, so every unit is forced to exactly ``--unit
 inference step (:mod:`ilt_hf.fast_vit`). ``--parts`` splits one step at the longest context into what both loops
 share (encoding the new units, decoding their bytes) and the latent's part (one cached step, or the recomputation),
 and prints the cache speed-up those parts allow: (recompute + shared) / (cached + shared), and its ceiling with a
-free cached step, (recompute + shared) / shared.
+free cached step, (recompute + shared) / shared; beside them the whole cached step and what the parts leave
+unexplained (the loop's own overhead: bookkeeping, text of the units, the stop checks).
+
+``--reference img`` (or ``noimg``) runs the reference implementation's setup instead of ``--preset``
+(``bench_model.reference_spec``, words rendered 16 px high) at its generation protocol: batch 4, 16-unit prompts,
+every unit decoded to 32 bytes (defaults of ``--contexts``, ``--batches``, ``--unit-bytes`` then 16, 4, 32). The
+new units of ``--parts`` are then units this setup generated (32-byte words of random bytes, as in the protocol),
+encoded afresh each call with the render cache warm, as the protocol's timed runs find them.
+
+    .venv/bin/python benchmarks/bench_generation.py --reference img --parts --threads 2
 
 Goals checked at the end: with the cache, time per new unit at 256 units of context <= 1.5x the time at 16; at 256
 units of context the cached loop >= 5x faster than recomputing.
@@ -141,16 +150,26 @@ def vit_per_image(model, batches: list[int], repeats: int) -> list[dict]:
     return rows
 
 
-def parts_of_step(model, context: int, batch: int, unit_bytes: int, repeats: int) -> dict[str, float]:
-    """Milliseconds of each part of one decoding step for ``batch`` prompts of ``context`` units (fastest runs)."""
-    prompts = [prompt_of(context, r) for r in range(batch)]
+def parts_of_step(model, prompts: list[str], unit_bytes: int, repeats: int, generated: bool) -> dict[str, float]:
+    """Milliseconds of each part of one decoding step for ``prompts`` (fastest runs), and of the whole step.
+
+    ``generated``: the new units are units the model generates from these prompts (rendered once, then found in
+    the render cache, each call encoding them afresh, as in the reference protocol's timed runs); otherwise
+    short units never seen before (each rendered and encoded).
+    """
+    batch = len(prompts)
     generation = forced_generation(model, prompts, 8, True, unit_bytes)
     hyps, decoding = generation.hypotheses, generation.decoding
     fresh = iter(range(10**6))
+    pool = []
+    if generated:
+        pool = [u for h in forced_generation(model, prompts, 8, True, unit_bytes).results() for u in h.units]
 
-    def new_units() -> list[str]:  # never seen before: each is rendered and encoded
+    def new_units() -> list[str]:
         n = next(fresh)
-        return [f"n{n:04d}r{r} " for r in range(batch)]
+        if pool:
+            return [pool[(n * batch + r) % len(pool)] for r in range(batch)]
+        return [f"n{n:04d}r{r} " for r in range(batch)]  # never seen before: each is rendered and encoded
 
     with torch.inference_mode():
         embed = UnitEmbeddings(model)
@@ -165,19 +184,31 @@ def parts_of_step(model, context: int, batch: int, unit_bytes: int, repeats: int
             latent.step(units)
             return 1000 * (time.perf_counter() - start)
 
-        return {
-            "encode_new_units": best_ms(lambda: embed(new_units()), repeats),
+        def encode() -> None:
+            UnitEmbeddings(model)(new_units())  # a fresh memo: every unit encoded again
+
+        parts = {
+            "encode_new_units": best_ms(encode, repeats),
             "decode_unit_bytes": best_ms(lambda: decode_unit_ids(model, latents, decoding), repeats),
             "latent_cached_step": min(latent_ms(cached) for _ in range(repeats + 1)),
             "latent_recomputed": min(latent_ms(recomputed) for _ in range(repeats + 1)),
         }
+    whole = min(min(step_times(model, prompts, 4, True, unit_bytes)) for _ in range(max(1, repeats // 2)))
+    parts["whole_cached_step"] = 1000 * whole
+    explained = parts["encode_new_units"] + parts["decode_unit_bytes"] + parts["latent_cached_step"]
+    parts["unexplained_overhead"] = parts["whole_cached_step"] - explained
+    return parts
 
 
-def step_parts(model, context: int, batches: list[int], unit_bytes: int, repeats: int) -> list[dict]:
-    """The parts of one step at ``context`` units per batch size, and the cache speed-up they allow."""
+def step_parts(model, context: int, batches: list[int], unit_bytes: int, repeats: int, prompts_of=None) -> list[dict]:
+    """The parts of one step at ``context`` units per batch size, and the cache speed-up they allow.
+
+    ``prompts_of(batch)``: the prompts (the reference protocol's); default: ``prompt_of`` rows of distinct words.
+    """
     rows = []
     for batch in batches:
-        times = parts_of_step(model, context, batch, unit_bytes, repeats)
+        prompts = prompts_of(batch) if prompts_of else [prompt_of(context, r) for r in range(batch)]
+        times = parts_of_step(model, prompts, unit_bytes, repeats, generated=prompts_of is not None)
         shared = times["encode_new_units"] + times["decode_unit_bytes"]
         allowed = (times["latent_recomputed"] + shared) / (times["latent_cached_step"] + shared)
         ceiling = (times["latent_recomputed"] + shared) / shared
@@ -189,6 +220,22 @@ def step_parts(model, context: int, batches: list[int], unit_bytes: int, repeats
             flush=True,
         )
     return rows
+
+
+def reference_setup(variant: str) -> tuple[dict, object]:
+    """The reference implementation's setup (``bench_model.reference_spec``, 16 px words) and its protocol's
+    prompts: ``prompts_of(batch)`` gives ``batch`` prompts of 16 consecutive he-news units."""
+    import bench_model
+
+    spec = {**bench_model.reference_spec(images=variant == "img"), "image_height": 16}
+    from ilt_core.text.segmentation import segment
+
+    units = common.load_text("he", 64 * 16, segment)
+
+    def prompts_of(batch: int) -> list[str]:
+        return ["".join(p) for p in common.chunk_texts(units, batch, 16)]
+
+    return spec, prompts_of
 
 
 def main() -> int:
@@ -205,15 +252,27 @@ def main() -> int:
     parser.add_argument("--decoder", action="store_true", help="also time the bytes decoder alone (see above)")
     parser.add_argument("--vit", action="store_true", help="also time the image encoder: transformers vs fused")
     parser.add_argument("--parts", action="store_true", help="also split one step into its parts (see above)")
+    parser.add_argument(
+        "--reference", choices=["img", "noimg"], help="the reference's setup and protocol instead of --preset"
+    )
     args = parser.parse_args()
+    spec, prompts_of = args.preset, None
+    if args.reference:
+        spec, prompts_of = reference_setup(args.reference)
+        defaults = parser.parse_args([])
+        for name, value in (("contexts", [16]), ("batches", [4]), ("unit_bytes", 32)):
+            if getattr(args, name) == getattr(defaults, name):
+                setattr(args, name, value)
     if args.threads:
         torch.set_num_threads(args.threads)
     decoder_rows = decoder_per_byte(args.preset, args.batches, 32, 3 * args.repeats) if args.decoder else []
 
-    model = build_model(args.preset, seed=0).to(args.device).eval()
+    model = build_model(spec, seed=0).to(args.device).eval()
     vit_rows = vit_per_image(model, args.batches, 5 * args.repeats) if args.vit else []
     part_rows = (
-        step_parts(model, max(args.contexts), args.batches, args.unit_bytes, 3 * args.repeats) if args.parts else []
+        step_parts(model, max(args.contexts), args.batches, args.unit_bytes, 3 * args.repeats, prompts_of)
+        if args.parts
+        else []
     )
     rows = []
     header = f"{'context':>8} {'batch':>6} {'cache':>6} {'s/step(min)':>12} {'s/step(med)':>12} {'units/s':>10}"
@@ -221,7 +280,7 @@ def main() -> int:
     print("-" * len(header))
     for context in args.contexts:
         for batch in args.batches:
-            prompts = [prompt_of(context, r) for r in range(batch)]
+            prompts = prompts_of(batch) if prompts_of else [prompt_of(context, r) for r in range(batch)]
             step_times(model, prompts, 2, True, args.unit_bytes)  # warm the render cache and kernels
             for use_cache in (True, False):
                 times = []
@@ -262,7 +321,7 @@ def main() -> int:
             }
     print(json.dumps(goals, indent=2))
     result = dict(
-        preset=args.preset,
+        preset=args.preset if not args.reference else f"reference-{args.reference}",
         device=args.device,
         torch_threads=torch.get_num_threads(),
         cpu_count=os.cpu_count(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ilt_hf import fast_greedy
 from ilt_hf.fast_greedy import fused_llama_supported
 from test_generation import PROMPTS, small_model, swapped
 from test_hf_plugin import LATENT_CONFIGS
@@ -139,3 +140,24 @@ def test_the_loop_gives_the_same_text_with_or_without_the_fast_greedy_path(optio
         slow = generate(model, PROMPTS, 4, max_unit_bytes=5, return_scores=True, **options)
     assert [r.units for r in slow] == [r.units for r in fast]
     assert [r.finish_reason for r in slow] == [r.finish_reason for r in fast]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_small_cpu_batch_runs_on_one_thread_and_gives_the_callers_count_back(name, monkeypatch):
+    """Few rows: the loop sets one intra-op thread (same ids as with the caller's threads), then restores them."""
+    dec = decoder(name)
+    prefix = torch.randn(4, 1, D)
+    seen = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n) or real(n))
+    before = torch.get_num_threads()
+    real(2)
+    try:
+        got = dec.greedy(prefix, 12, EOS, PAD)
+        assert torch.get_num_threads() == 2 and seen == [1, 2]
+        monkeypatch.setattr(fast_greedy, "ONE_THREAD_ROWS", 3)  # 4 rows: more than that, threads left alone
+        seen.clear()
+        assert torch.equal(dec.greedy(prefix, 12, EOS, PAD), got) and seen == []
+    finally:
+        real(before)
+    assert torch.equal(got, reference(dec, prefix, 12))

@@ -16,6 +16,8 @@ cache than in the matrices. Two paths, both giving the same ids as ``generate(do
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +44,8 @@ def fused_llama_supported(config: Any) -> bool:
 
 
 class FusedLlamaWeights(FusedWeights):
-    """Per layer: input norm, q/k/v in one matrix, o, post-attention norm, gate/up in one matrix, down."""
+    """Per layer: input norm, q/k/v in one matrix, o (transposed), post-attention norm, gate/up in one matrix,
+    down (transposed): the transposed ones are the second operand of an ``addmm`` that adds the residual."""
 
     def build(self, lm: Any) -> None:
         layers = []
@@ -54,18 +57,13 @@ class FusedLlamaWeights(FusedWeights):
                 (
                     layer.input_layernorm.weight.detach(),
                     qkv,
-                    a.o_proj.weight.detach(),
+                    a.o_proj.weight.detach().t(),  # (H * hd, D): x + att @ this in one addmm
                     layer.post_attention_layernorm.weight.detach(),
                     gate_up,
-                    m.down_proj.weight.detach(),
+                    m.down_proj.weight.detach().t(),  # (I, D)
                 )
             )
         self.layers = layers
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
 
 
 @dataclass(frozen=True)
@@ -85,66 +83,95 @@ class _Rules:
         if t < self.min_new_tokens:
             logits[:, self.eos_id] = float("-inf")
 
+    def biases(self, vocab: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive logit biases ``(V,)``: 0, or -inf where barred; the first also bars ``eos`` (before the minimum).
+
+        Adding 0 leaves a logit exactly as it was, so ``argmax(logits + bias)`` is what :meth:`bar` then ``argmax``
+        give, in one ``addmm`` with the output head.
+        """
+        late = like.new_zeros(vocab)
+        if self.suppress:
+            late[self.suppress] = float("-inf")
+        early = late.clone()
+        early[self.eos_id] = float("-inf")
+        return early, late
+
 
 @torch.no_grad()
 def _fused_llama_greedy(lm: Any, fused: FusedLlamaWeights, embeds: torch.Tensor, rules: _Rules) -> torch.Tensor:
-    """The fused Llama loop: ids ``(N, max_new_tokens)``; keys/values ``(n, Hkv, T0 + max_new_tokens, hd)``
-    preallocated per layer, ``n`` the rows still writing (finished rows are dropped from every tensor)."""
+    """The fused Llama loop: ids ``(N, max_new_tokens)``.
+
+    Tokens are rows of 2-D tensors (``(n * L, D)``, ``n`` the rows still writing, ``L`` the new positions: ``T0``
+    at the first step, then 1); keys/values ``(n, Hkv, T0 + max_new_tokens, hd)`` are preallocated per layer and
+    finished rows are dropped from every tensor. Per layer and byte about a dozen calls: the norm, one product for
+    q/k/v, RoPE on q and k together (a multiply, the halves swapped, one ``addcmul``), two cache writes, attention, the
+    output projection with its residual in one ``addmm``, the norm, gate/up, SiLU and product in place, and
+    ``down`` with its residual in one ``addmm``; the output head adds the barred ids' ``-inf`` in its ``addmm``.
+    """
     cfg = lm.config
     max_new_tokens, eos_id = rules.max_new_tokens, rules.eos_id
     fused.refresh(lm)
     N, T0, D = embeds.shape
     H, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
     hd = getattr(cfg, "head_dim", None) or D // H
+    Q, K = H * hd, Hkv * hd
     eps = float(cfg.rms_norm_eps)
     total = T0 + max_new_tokens
     dtype = lm.model.embed_tokens.weight.dtype
     device = embeds.device
     positions = torch.arange(total, device=device)[None]
     cos, sin = lm.model.rotary_emb(embeds.to(dtype), positions)  # (1, total, hd)
-    cos, sin = cos[0].to(dtype), sin[0].to(dtype)
+    # per position, one row for q's and k's heads side by side: (total, Q + K). rotate_half(x) * sin, per head
+    # [-x2 * s1, x1 * s2], is the halves swapped times [-s1, s2] (negation is exact)
+    cos = cos[0].to(dtype).repeat(1, H + Hkv)
+    sin = sin[0].to(dtype).view(total, 2, hd // 2) * torch.tensor([-1.0, 1.0], dtype=dtype, device=device)[:, None]
+    sin = sin.reshape(total, hd).repeat(1, H + Hkv)
     keys = [embeds.new_empty(N, Hkv, total, hd, dtype=dtype) for _ in fused.layers]
     values = [embeds.new_empty(N, Hkv, total, hd, dtype=dtype) for _ in fused.layers]
     norm_w = lm.model.norm.weight.detach()
-    head_w = lm.get_output_embeddings().weight.detach()
+    head_t = lm.get_output_embeddings().weight.detach().t()  # (D, V)
+    embed_w = lm.model.embed_tokens.weight.detach()
+    early, late = rules.biases(head_t.shape[1], head_t)
     gqa = H != Hkv
+    inter = fused.layers[0][4].shape[0] // 2 if fused.layers else 0
 
     out = torch.full((N, max_new_tokens), rules.pad_id, dtype=torch.long, device=device)
     rows = torch.arange(N, device=device)  # the batch rows still writing
-    x = embeds.to(dtype)
-    start = 0
+    x = embeds.to(dtype).reshape(N * T0, D)
+    n, L, start = N, T0, 0
     for t in range(max_new_tokens):
-        L = x.shape[1]
-        c, s = cos[start : start + L], sin[start : start + L]
-        for i, (w_in, w_qkv, w_o, w_post, w_gu, w_down) in enumerate(fused.layers):
-            h = F.rms_norm(x, (D,), w_in, eps)
-            q, k, v = F.linear(h, w_qkv).split([H * hd, Hkv * hd, Hkv * hd], dim=-1)
-            q = q.view(-1, L, H, hd).transpose(1, 2)
-            k = k.view(-1, L, Hkv, hd).transpose(1, 2)
-            q = q * c + _rotate_half(q) * s
-            k = k * c + _rotate_half(k) * s
-            keys[i][:, :, start : start + L] = k
-            values[i][:, :, start : start + L] = v.view(-1, L, Hkv, hd).transpose(1, 2)
+        c, s = cos[start : start + L], sin[start : start + L]  # (L, Q + K)
+        end = start + L
+        for i, (w_in, w_qkv, w_o_t, w_post, w_gu, w_down_t) in enumerate(fused.layers):
+            y = F.linear(F.rms_norm(x, (D,), w_in, eps), w_qkv).view(n, L, -1)  # q, k, v
+            qk = y[..., : Q + K]
+            swapped = qk.unflatten(-1, (H + Hkv, 2, hd // 2)).flip(-2).flatten(-3)  # per head [x2, x1]
+            qk = torch.addcmul(qk * c, swapped, s)  # RoPE on q and k: (n, L, Q + K)
+            keys[i][:, :, start:end] = qk[..., Q:].view(n, L, Hkv, hd).transpose(1, 2)
+            values[i][:, :, start:end] = y[..., Q + K : Q + K + K].view(n, L, Hkv, hd).transpose(1, 2)
+            q = qk[..., :Q].view(n, L, H, hd).transpose(1, 2)
             att = F.scaled_dot_product_attention(
-                q, keys[i][:, :, : start + L], values[i][:, :, : start + L], is_causal=L > 1, enable_gqa=gqa
+                q, keys[i][:, :, :end], values[i][:, :, :end], is_causal=L > 1, enable_gqa=gqa
             )
-            x = x + F.linear(att.transpose(1, 2).reshape(-1, L, H * hd), w_o)
-            gate, up = F.linear(F.rms_norm(x, (D,), w_post, eps), w_gu).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w_down)
-        logits = F.linear(F.rms_norm(x[:, -1], (D,), norm_w, eps), head_w).float()
-        rules.bar(logits, t)
+            x = torch.addmm(x, att.transpose(1, 2).reshape(n * L, Q), w_o_t)
+            gu = F.linear(F.rms_norm(x, (D,), w_post, eps), w_gu)
+            gate = F.silu(gu[:, :inter], inplace=True).mul_(gu[:, inter:])
+            x = torch.addmm(x, gate, w_down_t)
+        last = x if L == 1 else x.view(n, L, D)[:, -1]
+        logits = torch.addmm(early if t < rules.min_new_tokens else late, F.rms_norm(last, (D,), norm_w, eps), head_t)
         token = logits.argmax(-1)  # (n,)
         out[rows, t] = token
-        start += L
-        alive = token != eos_id
-        if not bool(alive.all()):
-            if not bool(alive.any()):
-                break
-            keep = alive.nonzero().squeeze(1)
-            rows, token = rows[keep], token[keep]
-            keys = [k_[keep] for k_ in keys]
-            values = [v_[keep] for v_ in values]
-        x = lm.model.embed_tokens(token[:, None])
+        start, L = end, 1
+        if t >= rules.min_new_tokens:  # before the minimum eos is barred: no row can end
+            alive = token != eos_id
+            if not bool(alive.all()):
+                if not bool(alive.any()):
+                    break
+                keep = alive.nonzero().squeeze(1)
+                rows, token, n = rows[keep], token[keep], int(keep.numel())
+                keys = [k_[keep] for k_ in keys]
+                values = [v_[keep] for v_ in values]
+        x = F.embedding(token, embed_w)
     return out
 
 
@@ -188,6 +215,28 @@ def greedy_decode(
     if max_new_tokens <= 0:
         return torch.empty(embeds.shape[0], 0, dtype=torch.long, device=embeds.device)
     rules = _Rules(max_new_tokens, eos_id, pad_id, list(suppress_tokens or []), int(min_new_tokens or 0))
-    if fused is not None and fused_llama_supported(lm.config):
-        return _fused_llama_greedy(lm, fused, embeds, rules)
-    return _loop_greedy(lm, embeds, rules, cache_arg)
+    with _few_rows_one_thread(embeds):
+        if fused is not None and fused_llama_supported(lm.config):
+            return _fused_llama_greedy(lm, fused, embeds, rules)
+        return _loop_greedy(lm, embeds, rules, cache_arg)
+
+
+#: Up to this many rows the CPU loop runs on one intra-op thread (``None``: as the caller set). Each byte step is
+#: a dozen products of a few rows by a small matrix (4 x 256 by 256 x 1280 at the reference setup's batch): with
+#: two threads each product is a parallel region whose wake-up and join cost more than the split saves (measured
+#: here, ``benchmarks/bench_generation.py --decoder-threads``).
+ONE_THREAD_ROWS: int | None = 16
+
+
+@contextmanager
+def _few_rows_one_thread(embeds: torch.Tensor) -> Iterator[None]:
+    """One intra-op thread for a CPU batch of at most :data:`ONE_THREAD_ROWS` rows; the caller's count after."""
+    threads = torch.get_num_threads()
+    if ONE_THREAD_ROWS is None or embeds.device.type != "cpu" or embeds.shape[0] > ONE_THREAD_ROWS or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

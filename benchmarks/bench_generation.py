@@ -9,7 +9,8 @@ Random weights rarely write ``eos``, so every unit is forced to exactly ``--unit
 (``max_unit_bytes=--unit-bytes`` and ``suppress_tokens=[eos]``): each configuration does the same decoder work.
 
 ``--decoder`` first times the bytes decoder alone, per byte: ``transformers.generate`` against the plugin's
-``greedy`` loop (same ids), for the preset's decoder and a 2-layer one (the reference setup's), batch 1 and 8.
+``greedy`` loop (same ids), for the preset's decoder and a 2-layer one (the reference setup's), batch 1 and 8, and
+``greedy`` on the caller's threads (its rule of one thread for a few rows off).
 ``--vit`` times the image encoder on the new units' word images: the transformers ViT forward against the fused
 inference step (:mod:`ilt_hf.fast_vit`). ``--parts`` splits one step at the longest context into what both loops
 share (encoding the new units, decoding their bytes) and the latent's part (one cached step, or the recomputation),
@@ -99,6 +100,9 @@ def decoder_per_byte(preset: str, batches: list[int], byte_count: int, repeats: 
                     p, m, max_new_tokens=byte_count, do_sample=False, suppress_tokens=[EOS_ID]
                 ),
                 "greedy": lambda p=prefix, d=decoder: d.greedy(p, byte_count, EOS_ID, PAD_ID, [EOS_ID]),
+                "greedy_callers_threads": lambda p=prefix, d=decoder: callers_threads(
+                    lambda: d.greedy(p, byte_count, EOS_ID, PAD_ID, [EOS_ID])
+                ),
             }
             best = {name: 1000 * common.fastest(run, repeats) / byte_count for name, run in runs.items()}
             rows.append(
@@ -107,15 +111,29 @@ def decoder_per_byte(preset: str, batches: list[int], byte_count: int, repeats: 
                     batch=batch,
                     generate_ms_per_byte=best["generate"],
                     greedy_ms_per_byte=best["greedy"],
+                    greedy_callers_threads_ms_per_byte=best["greedy_callers_threads"],
                     speedup=best["generate"] / best["greedy"],
                 )
             )
             print(
                 f"decoder {n_layers} layers, batch {batch}: generate {best['generate']:.2f} ms/byte, "
-                f"greedy {best['greedy']:.2f} ms/byte ({best['generate'] / best['greedy']:.2f}x)",
+                f"greedy {best['greedy']:.2f} ms/byte ({best['generate'] / best['greedy']:.2f}x), "
+                f"greedy on the caller's {torch.get_num_threads()} threads {best['greedy_callers_threads']:.2f} ms/byte",
                 flush=True,
             )
     return rows
+
+
+def callers_threads(run):
+    """``run()`` with the fused greedy loop on the caller's thread count (``ilt_hf.fast_greedy.ONE_THREAD_ROWS``
+    off), for the A/B of its one-thread rule."""
+    from ilt_hf import fast_greedy
+
+    saved, fast_greedy.ONE_THREAD_ROWS = fast_greedy.ONE_THREAD_ROWS, None
+    try:
+        return run()
+    finally:
+        fast_greedy.ONE_THREAD_ROWS = saved
 
 
 def best_ms(run, repeats: int) -> float:

@@ -224,7 +224,7 @@ def greedy_decode(
 #: Up to this many rows the CPU loop runs on one intra-op thread (``None``: as the caller set). Each byte step is
 #: a dozen products of a few rows by a small matrix (4 x 256 by 256 x 1280 at the reference setup's batch): with
 #: two threads each product is a parallel region whose wake-up and join cost more than the split saves (measured
-#: here, ``benchmarks/bench_generation.py --decoder-threads``).
+#: here: ``benchmarks/bench_generation.py --decoder``, greedy against greedy on the caller's threads).
 ONE_THREAD_ROWS: int | None = 16
 
 

@@ -38,6 +38,7 @@ from ilt_core.modeling.config import (
     renderer_key_json,
     resolve_spec,
 )
+from ilt_core.modeling.memory import return_freed_memory
 from ilt_core.modeling.parameters import count_parameters
 from ilt_core.plugins.registry import BuildContext, get_registry
 from ilt_core.specs.spec import ModelSpec, check_components, load_spec
@@ -219,9 +220,14 @@ class ILTModel(PreTrainedModel):
         ``Trainer`` calls this for ``--activation_checkpointing`` (or the older
         ``--gradient_checkpointing``); the spec field ``activation_checkpointing: true`` does it at build time.
         Only active in training mode. ``every_n_layers`` and ``offload`` are hints a component may ignore.
+        The activations it frees must also leave the process: on glibc, blocks above 1 MiB are then unmapped
+        when freed (:func:`ilt_core.modeling.memory.return_freed_memory`, process-wide).
         """
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
-        return self._set_checkpointing(True, kwargs, every_n_layers, offload)
+        roles = self._set_checkpointing(True, kwargs, every_n_layers, offload)
+        if roles:
+            return_freed_memory()
+        return roles
 
     def activation_checkpointing_disable(self) -> list[str]:
         """Undo :meth:`activation_checkpointing_enable`."""

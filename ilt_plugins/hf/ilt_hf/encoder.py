@@ -13,12 +13,43 @@ from ilt_hf.backbone import HFWrapper
 from ilt_hf.loading import Source, SourceArgs, accepts_kwarg, set_special_tokens
 
 POOLINGS = ("mean", "cls")
+#: fewest units before a batch is split into length groups (below it, one call costs less than several)
+MIN_ROWS_TO_GROUP = 64
+#: at most this many length groups a batch
+MAX_LENGTH_GROUPS = 3
+
+
+def length_groups(attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, int]] | None:
+    """Rows of a right-padded ``(N, T)`` mask in up to :data:`MAX_LENGTH_GROUPS` groups of similar length.
+
+    Returns ``[(rows (G,), width)]`` (each group's rows run cut to ``width`` columns: the longest of them), or None
+    when one call over the whole batch is as good: few rows, left padding, or under 10% of the tokens saved.
+    Units are short and their lengths spread (he-news: 1-22 bytes, mean 10.6): padding every unit to the longest
+    one in a batch doubles the encoder's work; three groups cut it by a third.
+    """
+    rows, width = attention_mask.shape
+    if rows < MIN_ROWS_TO_GROUP:
+        return None
+    lengths = attention_mask.sum(1)
+    positions = torch.arange(width, device=attention_mask.device)
+    if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
+        return None  # not right-padded: cutting columns would cut real bytes
+    order = torch.argsort(lengths, stable=True)
+    groups = []
+    for part in torch.tensor_split(order, MAX_LENGTH_GROUPS):
+        if part.numel():
+            groups.append((part, max(int(lengths[part[-1]]), 1)))
+    if sum(len(part) * cut for part, cut in groups) > 0.9 * rows * width:
+        return None
+    return groups
 
 
 class HFTextEncoder(HFWrapper):
     """Bytes encoder: ``forward(input_ids (N, T), attention_mask (N, T))`` -> ``(N, hidden_size)``.
 
     ``pooling="mean"`` averages the last hidden states over the real bytes (mask 1); ``"cls"`` takes position 0.
+    A large right-padded batch runs in groups of similar length (:func:`length_groups`): the same vectors, less
+    padding.
     """
 
     def __init__(self, model: nn.Module, pooling: str) -> None:
@@ -29,6 +60,17 @@ class HFTextEncoder(HFWrapper):
         self.vocab_size: int = int(model.get_input_embeddings().weight.shape[0])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        groups = length_groups(attention_mask)
+        if groups is None:
+            return self._encode(input_ids, attention_mask)
+        parts = [self._encode(input_ids[rows, :cut], attention_mask[rows, :cut]) for rows, cut in groups]
+        order = torch.cat([rows for rows, _ in groups])
+        back = torch.empty_like(order)
+        back[order] = torch.arange(order.numel(), device=order.device)
+        return torch.cat(parts)[back]
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(N, T)`` ids and mask -> pooled ``(N, hidden_size)``, in one call of the model."""
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]

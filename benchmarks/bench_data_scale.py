@@ -152,6 +152,12 @@ def _status_kib(field: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _rss_parts_mib() -> dict[str, float]:
+    """Resident memory now, by kind: anonymous (the heap, tensors), file-backed (mapped files and
+    libraries) and shared memory, in MiB (``/proc/self/status``)."""
+    return {kind: round(_status_kib(f"Rss{kind}") / 1024, 1) for kind in ("Anon", "File", "Shmem")}
+
+
 def _reset_peak_rss() -> bool:
     try:  # Linux: "5" resets the high-water mark VmHWM to the current RSS
         Path("/proc/self/clear_refs").write_text("5")
@@ -186,9 +192,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step == 1:
                 marks["first_step_s"] = time.time() - spec["launched"]
+                marks["rss_step1_mib"] = _rss_parts_mib()
             if state.global_step == spec["steps"]:
                 marks["peak_rss_steps_mib"] = _status_kib("VmHWM") / 1024
                 marks["rss_end_mib"] = _status_kib("VmRSS") / 1024
+                marks["rss_last_step_mib"] = _rss_parts_mib()
                 marks["steps_s"] = time.time() - spec["launched"] - marks["first_step_s"]
 
     argv = [
@@ -259,6 +267,8 @@ def summarize(corpus: dict[str, Any], fmt: str, run: int, r: dict[str, Any]) -> 
         "peak_rss_mib": r["peak_rss_mib"],
         "steps_s": r["steps_s"],
         "hwm_reset": r["hwm_reset"],
+        "rss_step1_mib": r.get("rss_step1_mib"),
+        "rss_last_step_mib": r.get("rss_last_step_mib"),
         "first_step_runs_s": r.get("first_step_runs_s", [r["first_step_s"]]),
         **({"error_after_steps": r["error_after_steps"]} if "error_after_steps" in r else {}),
     }

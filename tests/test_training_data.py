@@ -277,12 +277,156 @@ def test_the_training_dataset_is_arrow_backed_and_reads_rows_lazily(tmp_path) ->
     assert rows.blocks.cache_files and all(
         Path(f["filename"]).parent == tmp_path / "cache" / "ilt-texts" for f in rows.blocks.cache_files
     )
-    # the blocks live in a memory-mapped Arrow file, the rows are one int64 offsets array
+    # the blocks live in a memory-mapped Arrow file; the rows' int64 offsets in another, read by pread
     assert all(isinstance(t, datasets.table.MemoryMappedTable) for t in _tables(rows.blocks.data))
-    assert isinstance(rows.offsets, np.ndarray) and rows.offsets.dtype == np.int64
+    assert (
+        isinstance(rows.offsets, td.RowOffsets) and Path(rows.offsets.path).parent == tmp_path / "cache" / "ilt-texts"
+    )
+    lengths = rows.blocks.data.column("units").combine_chunks().value_lengths().to_numpy()
+    assert np.array_equal(rows.offsets.to_numpy(), td.pack_offsets(lengths, 24))
     held = {name: type(value).__name__ for name, value in vars(rows).items()}
-    assert held == {"blocks": "Dataset", "offsets": "ndarray", "stats": "BlockStats"}, held
-    assert not any(isinstance(v, (list, dict)) for v in vars(rows).values())
+    assert held == {"blocks": "Dataset", "offsets": "RowOffsets", "stats": "BlockStats", "reader": "BlockReader"}
+    assert not any(isinstance(v, (list, dict, np.ndarray)) for v in vars(rows).values())
+    # the reader holds nine file positions per record batch, nothing per row
+    layouts = rows.reader.layouts.values()
+    assert sum(layout.nbytes for layout, _, _ in layouts) == 9 * 8 * sum(len(layout) for layout, _, _ in layouts)
+    assert sum(len(layout) for layout, _, _ in layouts) < rows.stats.blocks
+
+
+def _arrow_rows(blocks, start: int, stop: int) -> list[td.TextUnits]:
+    """Blocks ``start:stop`` as pyarrow reads them (no pread): what a row read must equal."""
+    part = blocks.data.table.slice(start, stop - start)
+    units, complete = part.column("units").to_pylist(), part.column("complete").to_pylist()
+    return [td.TextUnits(u, c) for u, c in zip(units, complete, strict=True)]
+
+
+def _blocks_over_files(tmp_path: Path, n_texts: int = 2400) -> datasets.Dataset:
+    """Blocks of ``n_texts`` texts mapped by 2 processes (2 Arrow files) in record batches of 100 blocks."""
+    path = write_txt(tmp_path / "t.txt", texts_for(n_texts, seed=3) + ["א" * 5 + " " + "ב" * 3000])
+    texts, _ = td.load_texts(td.resolve_source(str(path), "--train_file", None), tmp_path / "cache")
+    blocks, _ = td.make_blocks(texts, 32, 8, num_workers=2)
+    return blocks
+
+
+def test_a_row_read_by_pread_equals_the_arrow_rows(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(td, "MAP_BATCH_SIZE", 50)  # many record batches: reads cross their bounds
+    blocks = _blocks_over_files(tmp_path)
+    assert len(blocks.cache_files) == 2
+    reader = td.BlockReader.of(blocks)
+    assert reader is not None and len(reader) == len(blocks) and len(reader.segments) == 2
+    assert all(len(layout) > 5 for layout, _, _ in reader.layouts.values())
+    n = len(blocks)
+    rng = random.Random(0)
+    spans = [(0, 1), (0, n), (n - 1, n), (7, 7)] + [(a, min(n, a + rng.randint(1, 300))) for a in range(0, n, 97)]
+    for start, stop in spans:
+        assert reader.read(start, stop) == _arrow_rows(blocks, start, stop), (start, stop)
+    # a slice of the dataset (not at its start) and a selection of its columns read the same
+    part = blocks.select(range(n // 3, n // 3 + 400)).select_columns(["units", "complete"])
+    sliced = td.BlockReader.of(part)
+    assert sliced is not None and sliced.read(0, 400) == _arrow_rows(part, 0, 400)
+    # what the reader cannot place in the files (an indices mapping, a table in memory) is read through datasets
+    shuffled = blocks.shuffle(seed=0)
+    assert td.BlockReader.of(shuffled) is None
+    in_memory = datasets.Dataset.from_dict(blocks[:50])
+    assert td.BlockReader.of(in_memory) is None
+    offsets = td.pack_offsets(np.asarray(shuffled["length"], dtype=np.int32), 8)
+    rows = td.RowDataset(shuffled, offsets, td.BlockStats())
+    assert rows.reader is None
+    assert rows[3] == [
+        td.TextUnits(u, c)
+        for u, c in zip(
+            shuffled[offsets[3] : offsets[4]]["units"], shuffled[offsets[3] : offsets[4]]["complete"], strict=True
+        )
+    ]
+
+
+def test_a_row_read_reads_only_that_rows_bytes_and_maps_no_file_pages(tmp_path, monkeypatch) -> None:
+    import gc
+    import re
+
+    blocks = _blocks_over_files(tmp_path, n_texts=16_000)  # about 4 MB of blocks
+    rows = td.pack_blocks(blocks, 8)
+    read_bytes: list[int] = []
+    pread = td._Files.pread
+
+    def counting(self, path: str, size: int, position: int) -> bytes:
+        read_bytes.append(size)
+        return pread(self, path, size, position)
+
+    monkeypatch.setattr(td._Files, "pread", counting)
+    order = list(range(len(rows)))
+    random.Random(1).shuffle(order)
+    for i in order[:200]:
+        read_bytes.clear()
+        row = rows[i]
+        utf8 = sum(len(u.encode("utf-8")) for b in row for u in b.units)
+        units = sum(len(b.units) for b in row)
+        # the offsets (16 bytes), then per record batch: list offsets, string offsets, the strings, the bits
+        assert sum(read_bytes) <= 16 + 2 * (4 * (len(row) + 1) + 4 * (units + 1) + utf8 + len(row) // 8 + 2), i
+
+    def rss_file() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"^RssFile:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024
+
+    # a fresh process's view: the blocks files opened again (packing read their columns through the old map)
+    files, offsets, stats = [f["filename"] for f in blocks.cache_files], rows.offsets.path, rows.stats
+    assert sum(Path(f).stat().st_size for f in files) > 3_000_000
+    del rows, blocks
+    gc.collect()
+    fresh = datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in files])
+    rows = td.RowDataset(fresh, td.RowOffsets.open(offsets), stats)
+    rows[order[0]]
+    before = rss_file()
+    for i in order:  # every row, at random: through a memory map most of the file would be mapped (64 KiB a fault)
+        rows[i]
+    assert rss_file() - before < 512 * 1024, rss_file() - before
+
+
+def test_the_row_sampler_is_trainers_order_as_one_int64_tensor() -> None:
+    import tracemalloc
+
+    import torch
+    from accelerate.data_loader import SeedableRandomSampler
+
+    n = 5000
+    sampler = td.RowSampler(n, seed=42)
+    orders = []
+    for epoch in range(3):
+        # Trainer's sampler, as accelerate prepares it: seeded --data_seed (else --seed) + epoch
+        reference = SeedableRandomSampler(data_source=range(n), data_seed=42)
+        reference.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+        assert orders[-1] == list(reference), epoch
+        assert sorted(orders[-1]) == list(range(n))  # a permutation of the rows
+    assert orders[0] != orders[1] != orders[2]  # another order each epoch
+    again = td.RowSampler(n, seed=42)
+    assert list(again) == orders[0] and list(again) == orders[1]  # from the seed alone; a pass moves an epoch on
+    assert list(td.RowSampler(n, seed=43)) != orders[0]
+    assert sampler.permutation().dtype == torch.int64 and len(sampler) == n
+
+    # a million rows: no list of a million Python ints (36 MB) at any time, only the tensor (8 MB, untraced)
+    big = td.RowSampler(1_000_000, seed=0)
+    tracemalloc.start()
+    try:
+        total = sum(1 for _ in big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == 1_000_000 and peak < 2_000_000, peak
+
+
+def test_ilt_trainer_orders_rows_with_the_row_sampler_seeded_from_the_arguments() -> None:
+    from types import SimpleNamespace
+
+    from ilt_core.training.trainer import ILTTrainer
+
+    rows = td.rows_from_units([["א "] * 5] * 30, 4)
+    for data_seed, seed in ((None, 7), (3, 7)):
+        args = SimpleNamespace(train_sampling_strategy="random", data_seed=data_seed, seed=seed)
+        sampler = ILTTrainer._get_train_sampler(SimpleNamespace(args=args, train_dataset=rows))
+        assert isinstance(sampler, td.RowSampler) and len(sampler) == len(rows)
+        assert sampler.seed == (data_seed if data_seed is not None else seed)
 
 
 def _tables(table) -> list:

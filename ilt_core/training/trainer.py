@@ -20,6 +20,7 @@ from ilt_core.errors import ILTError
 from ilt_core.modeling.checkpoint import CARD_NAME, load_state, read_weights
 from ilt_core.modeling.flops import batch_flops
 from ilt_core.modeling.parameters import LR_SCALINGS, learning_rate_groups
+from ilt_core.training.data import RowDataset, RowSampler
 from ilt_core.training.resume import TRAINING_ARGS_JSON, check_compatible
 from ilt_core.training.streaming import StreamingLoader, StreamingRows, position_path
 
@@ -204,6 +205,18 @@ class ILTTrainer(Trainer):
                 f"groups ({str(exc).strip()}); resume with the --lr_scaling (now {self.lr_scaling}) and --optim "
                 f"it was trained with"
             ) from None
+
+    # ---- map-style training data: the order of the rows -----------------------------------
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """Trainer's random order over a :class:`~ilt_core.training.data.RowDataset`, held as one int64
+        tensor (:class:`~ilt_core.training.data.RowSampler`, seeded ``--data_seed`` else ``--seed``,
+        plus the epoch, as accelerate seeds Trainer's sampler): the same rows in the same order on every
+        rank and after a resume, without a list of one Python int per row."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(dataset, RowDataset) and self.args.train_sampling_strategy == "random":
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return RowSampler(len(dataset), seed)
+        return super()._get_train_sampler(train_dataset)
 
     # ---- streamed training data -----------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:

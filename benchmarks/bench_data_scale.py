@@ -20,7 +20,9 @@ with every backbone narrowed, images on) for ``--steps`` optimizer steps through
   (interpreter start, imports, reading and preprocessing or loading the cache, model, step 1); for
   run 2, the fastest of run 2 and ``--timing-repeats`` more 1-step runs on the same cache;
 - ``peak_rss_steps_mib``: the peak resident memory over steps 1..``--steps`` (the kernel's high-water
-  mark, reset when training begins); ``peak_rss_mib``: over the whole process;
+  mark, reset when training begins); ``peak_rss_mib``: over the whole process; ``rss_step1_mib`` and
+  ``rss_last_step_mib``: resident memory by kind (``Anon``: heap and tensors; ``File``: mapped files
+  and libraries; ``Shmem``) after step 1 and after the last step, to tell what grows;
 - ``reading_s`` / ``preprocessing_s``: turning the files into Arrow texts, and segmenting, blocking
   and packing them (``datasets.map`` with ``--workers`` processes); ``units_per_s`` and ``mb_per_s``
   over both (run 1; run 2 loads the cache).
@@ -297,16 +299,26 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _parts(r: dict[str, Any]) -> str:
+    first, last = r.get("rss_step1_mib"), r.get("rss_last_step_mib")
+    if not first or not last:
+        return "-"
+    return f"{first['Anon']:,.0f} / {first['File']:,.0f} -> {last['Anon']:,.0f} / {last['File']:,.0f} MiB"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    head = "| corpus | format | run | read + preprocess | units/s | MB/s | time to step 1 | peak RSS, steps | peak RSS, all |"
-    lines = [head, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    head = (
+        "| corpus | format | run | read + preprocess | units/s | MB/s | time to step 1 | peak RSS, steps | peak RSS, all "
+        "| anon / file RSS, step 1 -> last |"
+    )
+    lines = [head, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(rows, key=lambda r: (r["size_mb"], r["format"], r["run"])):
         prep = "cache" if r["run"] == 2 else f"{r['reading_s']:.1f} + {r['preprocessing_s']:.1f} s"
         ups = f"{r['units_per_s']:,.0f}" if r["units_per_s"] else "-"
         mbs = f"{r['mb_per_s']:.2f}" if r["mb_per_s"] else "-"
         lines.append(
             f"| {r['size_mb']:g} MB | {r['format']} | {r['run']} | {prep} | {ups} | {mbs} | {r['first_step_s']:.1f} s "
-            f"| {r['peak_rss_steps_mib']:,.0f} MiB | {r['peak_rss_mib']:,.0f} MiB |"
+            f"| {r['peak_rss_steps_mib']:,.0f} MiB | {r['peak_rss_mib']:,.0f} MiB | {_parts(r)} |"
         )
     return "\n".join(lines)
 

@@ -382,7 +382,7 @@ def test_a_row_read_reads_only_that_rows_bytes_and_maps_no_file_pages(tmp_path, 
     assert rss_file() - before < 512 * 1024, rss_file() - before
 
 
-def test_the_row_sampler_is_trainers_order_as_one_int64_tensor() -> None:
+def test_the_row_sampler_is_trainers_order_as_one_tensor() -> None:
     import tracemalloc
 
     import torch
@@ -403,9 +403,9 @@ def test_the_row_sampler_is_trainers_order_as_one_int64_tensor() -> None:
     again = td.RowSampler(n, seed=42)
     assert list(again) == orders[0] and list(again) == orders[1]  # from the seed alone; a pass moves an epoch on
     assert list(td.RowSampler(n, seed=43)) != orders[0]
-    assert sampler.permutation().dtype == torch.int64 and len(sampler) == n
+    assert sampler.permutation().dtype == torch.int32 and len(sampler) == n  # 4 bytes a row
 
-    # a million rows: no list of a million Python ints (36 MB) at any time, only the tensor (8 MB, untraced)
+    # a million rows: no list of a million Python ints (36 MB) at any time, only the tensor (4 MB, untraced)
     big = td.RowSampler(1_000_000, seed=0)
     tracemalloc.start()
     try:

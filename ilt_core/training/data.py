@@ -34,7 +34,7 @@ them) and is cached there, so that memory and a second run's start-up do not gro
 5. **Batches.** :class:`RowDataset` reads a row's blocks from the Arrow files when asked, by
    ``os.pread`` of just the row's bytes (:class:`BlockReader`, :class:`RowOffsets`: a memory map read
    at random rows would keep mapping file pages, RSS growing toward the files' size), in the order of
-   :class:`RowSampler` (Trainer's seeded permutation, one int64 tensor);
+   :class:`RowSampler` (Trainer's seeded permutation, one int32 tensor);
    :class:`UnitCollator` renders and byte-encodes them per batch through the processor (whose
    byte-capped render cache makes a repeated word free) into ``Batch.model_inputs()``.
 """
@@ -1017,13 +1017,15 @@ class RowDataset(torch.utils.data.Dataset):
 
 
 class RowSampler(torch.utils.data.Sampler[int]):
-    """Trainer's random order of the rows, held as one int64 tensor (8 bytes a row).
+    """Trainer's random order of the rows, held as one tensor (4 bytes a row; 8 past 2**31 rows).
 
     Trainer's ``RandomSampler`` (made accelerate's ``SeedableRandomSampler`` when prepared) yields
     ``torch.randperm(n, generator).tolist()`` with the generator seeded ``seed + epoch``: the same
     order here, so runs, resumed runs and every rank see the same rows in the same order, but yielded
     from the tensor in chunks instead of a list of ``n`` Python ints (about 36 bytes a row: 160 MB
     for the 4.2 million rows of a 1 GB corpus). ``seed`` is ``--data_seed``, else ``--seed``.
+    ``torch.randperm`` draws the same permutation in int32 as in int64 (tests check it against
+    accelerate's sampler), so int32 holds it wherever the row count fits.
     """
 
     def __init__(self, num_rows: int, seed: int) -> None:
@@ -1037,10 +1039,11 @@ class RowSampler(torch.utils.data.Sampler[int]):
         self.epoch = int(epoch)
 
     def permutation(self) -> torch.Tensor:
-        """This epoch's order: int64 ``(num_rows,)``."""
+        """This epoch's order: int32 (int64 past 2**31 rows) ``(num_rows,)``."""
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.num_rows, generator=generator)
+        dtype = torch.int32 if self.num_rows < 2**31 else torch.int64
+        return torch.randperm(self.num_rows, generator=generator, dtype=dtype)
 
     def __iter__(self) -> Iterator[int]:
         order = self.permutation()

@@ -208,7 +208,7 @@ class ILTTrainer(Trainer):
 
     # ---- map-style training data: the order of the rows -----------------------------------
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        """Trainer's random order over a :class:`~ilt_core.training.data.RowDataset`, held as one int64
+        """Trainer's random order over a :class:`~ilt_core.training.data.RowDataset`, held as one int32
         tensor (:class:`~ilt_core.training.data.RowSampler`, seeded ``--data_seed`` else ``--seed``,
         plus the epoch, as accelerate seeds Trainer's sampler): the same rows in the same order on every
         rank and after a resume, without a list of one Python int per row."""

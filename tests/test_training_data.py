@@ -12,6 +12,7 @@ import gzip
 import json
 import lzma
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -320,6 +321,12 @@ def test_a_row_read_by_pread_equals_the_arrow_rows(tmp_path, monkeypatch) -> Non
     spans = [(0, 1), (0, n), (n - 1, n), (7, 7)] + [(a, min(n, a + rng.randint(1, 300))) for a in range(0, n, 97)]
     for start, stop in spans:
         assert reader.read(start, stop) == _arrow_rows(blocks, start, stop), (start, stop)
+    # a DataLoader worker gets the dataset pickled: it reopens the files by path
+    rows = td.pack_blocks(blocks, 8)
+    clone = pickle.loads(pickle.dumps(rows))
+    assert clone.reader is not None and [clone[i] for i in range(0, len(rows), 41)] == [
+        rows[i] for i in range(0, len(rows), 41)
+    ]
     # a slice of the dataset (not at its start) and a selection of its columns read the same
     part = blocks.select(range(n // 3, n // 3 + 400)).select_columns(["units", "complete"])
     sliced = td.BlockReader.of(part)

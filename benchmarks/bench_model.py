@@ -10,7 +10,7 @@ Configurations (batch 8 texts x 64 units of he-news, consecutive words of the te
 - ``tiny-full``, ``tiny-image-only``, ``tiny-bytes-only``: the tiny preset (``labels: unit``).
 - ``--reference`` adds ``reference`` and ``reference-no-images``, the setup of the reference
   implementation: bytes encoder BERT 2 x 128, image encoder ViT 12 x 192 patch 16, latent GPT-NeoX
-  6 x 512, bytes decoder Llama 2 x 256, labels = the next 32 bytes, modality dropout 0.
+  6 x 512, bytes decoder Llama 2 x 256, labels = the next 32 bytes, modality dropout 0, words 16 px high.
 - ``--configs reference reference-checkpointed``: the reference setup without and with activation checkpointing.
 
 Per configuration: median step seconds, units (words) and UTF-8 bytes per second, text -> batch
@@ -62,10 +62,13 @@ def tiny_spec(variant: str) -> dict[str, Any]:
 
 
 def reference_spec(images: bool = True, **attn: str) -> dict[str, Any]:
-    """The reference implementation's setup (see the module docstring); ``attn``: role -> attn_implementation."""
+    """The reference implementation's setup (see the module docstring); ``attn``: role -> attn_implementation.
+
+    Words rendered 16 px high, as the reference renders them (one row of 16 px patches).
+    """
     spec = tiny_spec("full" if images else "bytes-only")
     spec["bytes_decoder"]["config"]["num_hidden_layers"] = 2
-    spec.update(labels="bytes", label_bytes=32, modality_dropout=0.0)
+    spec.update(labels="bytes", label_bytes=32, modality_dropout=0.0, image_height=16)
     for role, implementation in attn.items():
         spec[role]["attn_implementation"] = implementation
     return spec

@@ -13,12 +13,17 @@ on the command line only.
 The project's side follows the reference's protocol on the same text: the configuration the reference builds
 (``bench_model.reference_spec``: BERT 2 x 128 bytes encoder, ViT 12 x 192 image encoder, GPT-NeoX 6 x 512
 latent, Llama 2 x 256 decoder, labels of the next 32 bytes; words rendered ``--image-height`` 16 px high, as the
-reference renders them), a training step (forward, backward, AdamW lr 1e-4,
-fp32) on batches of 8 texts x 64 words cut from the text, ``--warmup`` untimed and ``--steps`` timed steps
+reference renders them), a training step (forward, backward, AdamW lr 1e-4 in the fused implementation that
+``ilt train`` uses, fp32) on batches of 8 texts x 64 words cut from the text, ``--warmup`` untimed and ``--steps`` timed steps
 (median), with and without images; greedy generation of 4 prompts of 16 words, 32 new words each decoded to
 32 bytes (ms a step = seconds / 32); text -> batch words/s with a cold and a warm render cache. Each
 measurement runs in a fresh process (peak memory is its own), with the same threads and ``OMP_WAIT_POLICY``
 as the reference's run (``--threads``, ``--omp-wait-policy``: its ``run.sh`` uses 2 and PASSIVE).
+
+Beside the training figures: GFLOP a word of each side's step (ours counted with ``torch.utils.flop_counter``
+in the run; the reference's from ``--reference-gflop``, its README's count) and, with ``--bounds`` (a
+``bench_bounds.py`` JSON), the goal of 1.5x the reference's words/s against the ceiling of the project's matrix
+products alone at torch's BLAS speed.
 
 Rounds alternate A (the reference) and B (the project); each figure's ratio is the project's median over the
 rounds against the reference's (for times: the reference's over the project's, so above 1 is faster).
@@ -124,7 +129,8 @@ def child(kind: str, variant: str, text_path: Path, args: argparse.Namespace) ->
     if kind == "train":
         model.train()
         batches = bench_model.make_batches(model, units, rows, words, 1 if args.quick else 3)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)  # the reference's optimizer
+        # the reference's optimizer and rate, in the implementation `ilt train` uses (Trainer's adamw_torch_fused)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         times = []
         for i in range(args.warmup + args.steps):
             batch = batches[i % len(batches)]
@@ -134,11 +140,15 @@ def child(kind: str, variant: str, text_path: Path, args: argparse.Namespace) ->
         step = statistics.median(times)
         per_batch = statistics.fmean(bench_model.text_units_in(b) for b in batches)
         nbytes = statistics.fmean(int(b.num_bytes.sum()) for b in batches)
+        peak = peak_rss_bytes() / 2**20  # before counting FLOPs: that pass keeps no optimizer step's memory
+        gflop = bench_model.step_flops(model, batches[0]) / 1e9
         return {
             "words_per_s": per_batch / step,
             "text_bytes_per_s": nbytes / step,
             "step_median_s": step,
-            "peak_rss_mib": peak_rss_bytes() / 2**20,
+            "peak_rss_mib": peak,
+            "gflop_per_step": gflop,
+            "gflop_per_word": gflop / bench_model.text_units_in(batches[0]),
         }
     if kind == "generate":
         from ilt_core.generation.loop import generate
@@ -189,6 +199,7 @@ def run_ours(text: Path, args: argparse.Namespace) -> dict[str, Any]:
         elif kind == "train":
             figures[f"train_{variant}_words_per_s"] = result["words_per_s"]
             figures[f"train_{variant}_peak_rss_mib"] = result["peak_rss_mib"]
+            figures[f"train_{variant}_gflop_per_word"] = result["gflop_per_word"]
         else:
             figures[f"generate_{variant}_ms_per_step"] = result["ms_per_step"]
     return figures
@@ -212,6 +223,37 @@ def compare(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> list[di
     return rows
 
 
+#: training goals of issue 16 (ratios to the reference, above 1: the project better)
+TRAINING_GOALS = {"train_img_words_per_s": 1.5, "train_noimg_words_per_s": 1.5}
+
+
+def work_and_ceilings(
+    rows: list[dict[str, Any]], ours: list[dict[str, Any]], reference_gflop: list[float], bounds: Path | None
+) -> list[str]:
+    """Lines beside the training figures: GFLOP a word on each side, the goal in words/s, and the matrix-product
+    ceiling of the project's step (``bench_bounds.py`` JSON: its products alone at torch's per-shape speed)."""
+    bound_data = json.loads(bounds.read_text(encoding="utf-8")) if bounds else None
+    lines = []
+    for variant, setup, ref_gflop in (("img", "with images", 0), ("noimg", "without images", 1)):
+        name = f"train_{variant}_words_per_s"
+        row = next((r for r in rows if r["figure"] == name), None)
+        ours_gflop = [o[f"train_{variant}_gflop_per_word"] for o in ours if f"train_{variant}_gflop_per_word" in o]
+        if row is None or not row["reference"]:
+            continue
+        goal = TRAINING_GOALS[name] * statistics.median(row["reference"])
+        parts = [f"{name}: goal {TRAINING_GOALS[name]:.1f}x the reference = {goal:,.1f} words/s"]
+        if ours_gflop:
+            parts.append(f"project {statistics.median(ours_gflop):.3f} GFLOP/word")
+        if len(reference_gflop) == 2:
+            parts.append(f"reference {reference_gflop[ref_gflop] / (ROWS * WORDS):.3f} GFLOP/word")
+        if bound_data and setup in bound_data.get("setups", {}):
+            b = bound_data["setups"][setup]
+            ceiling = b.get("training_words_per_s_bound_torch", b["training_words_per_s_bound"])
+            parts.append(f"ceiling {ceiling:,.1f} words/s (products alone, torch's BLAS; goal = {goal / ceiling:.0%})")
+        lines.append("; ".join(parts))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--text", type=Path, required=True, help="the text both sides run on (plain UTF-8)")
@@ -226,6 +268,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10, help="timed training steps (the reference's protocol: 10)")
     p.add_argument("--warmup", type=int, default=3, help="untimed training steps first (the reference's: 3)")
     p.add_argument("--out", type=Path, help="write every figure and ratio here as JSON")
+    p.add_argument(
+        "--bounds", type=Path, help="bench_bounds.py JSON: print the matrix-product ceiling beside the training goals"
+    )
+    p.add_argument(
+        "--reference-gflop",
+        type=float,
+        nargs=2,
+        default=[],
+        metavar=("IMG", "NOIMG"),
+        help="GFLOP of the reference's training step with and without images (its README: torch.utils.flop_counter)",
+    )
     p.add_argument(
         "--only", nargs="*", help="the project's measurements to run: prep, train, train-img, generate-noimg..."
     )
@@ -269,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         fmt = lambda xs: ", ".join(f"{x:,.1f}" for x in xs) or "-"  # noqa: E731
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
         print(f"| {row['figure']} | {fmt(row['reference'])} | {fmt(row['project'])} | {ratio} |")
+    work = work_and_ceilings(rows, ours, args.reference_gflop, args.bounds)
+    for line in work:
+        print(line)
     if mismatched:
         print(f"WARNING: the reference ran on another text (sha256 {mismatched[0][:12]}, ours {sha[:12]})")
     if args.out:
@@ -283,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
             "omp_wait_policy": args.omp_wait_policy,
             "rounds": {"reference": theirs, "project": ours},
             "ratios": rows,
+            "work_and_ceilings": work,
+            "reference_gflop_per_step": args.reference_gflop,
             "text_mismatch": bool(mismatched),
         }
         args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")

@@ -122,6 +122,9 @@ def test_bench_bounds_quick(tmp_path):
         words = r["words_per_training_step"]
         bound = max(words / train["best_s"], words / r["training_s_at_peak"])
         assert math.isclose(r["training_words_per_s_bound"], bound)
+        # torch's BLAS alone (the ceiling of a torch step) is never above the bound over both libraries
+        assert r["training_words_per_s_bound_torch"] <= r["training_words_per_s_bound"] + 1e-9
+        assert math.isclose(r["training_gflop_per_word"], train["gflop"] / words)
         assert math.isclose(r["generation_ms_per_step_bound"], 1000 * gen["best_s"])
         # no figure of the reference implementation from another run: nothing to divide by
         assert not [key for key in r if key.startswith("reference_") or key.endswith("_speedup_bound")]
@@ -150,7 +153,7 @@ def test_bench_reference_runs_the_project_between_the_reference_runs(tmp_path):
     done = subprocess.run(
         [sys.executable, str(BENCH / "bench_reference.py"), "--text", str(text), "--quick", "--rounds", "2"]
         + ["--reference-cmd", f"{sys.executable} {fake} {{text}} {{out}}", "--only", "train-noimg", "prep"]
-        + ["--out", str(out)],
+        + ["--out", str(out), "--reference-gflop", "339", "248"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -158,6 +161,10 @@ def test_bench_reference_runs_the_project_between_the_reference_runs(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads(out.read_text(encoding="utf-8"))
+    # the work beside the speed: FLOPs a word on both sides, and the goal in words/s (1.5x the reference's 150)
+    assert all(positive(r["train_noimg_gflop_per_word"]) for r in data["rounds"]["project"])
+    assert "train_noimg_words_per_s: goal 1.5x the reference = 225.0 words/s" in done.stdout
+    assert f"reference {248 / 512:.3f} GFLOP/word" in done.stdout
     assert len(data["rounds"]["reference"]) == 2 and len(data["rounds"]["project"]) == 2  # A B A B
     ratios = {r["figure"]: r for r in data["ratios"]}
     row = ratios["train_noimg_words_per_s"]

@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_data_scale.py --out benchmarks/results/bench_data_scale.json
     .venv/bin/python benchmarks/bench_data_scale.py --sizes 1 4 --steps 20      # a small run
     .venv/bin/python benchmarks/bench_data_scale.py --quick                      # smoke run (tiny corpora)
+    .venv/bin/python benchmarks/bench_data_scale.py --sizes 1000 --formats parquet --keep-caches
+    .venv/bin/python benchmarks/bench_data_scale.py --row-reads /tmp/ilt-bench-data-scale/cache-1000mb-parquet
 
 Corpora: Hebrew lines drawn at random from the he-news and he-mishnah recipes (fetched from the
 package registries by :mod:`ilt_data.recipes`), a share of each line's words (``--respell``, default
@@ -26,6 +28,10 @@ with every backbone narrowed, images on) for ``--steps`` optimizer steps through
 - ``reading_s`` / ``preprocessing_s``: turning the files into Arrow texts, and segmenting, blocking
   and packing them (``datasets.map`` with ``--workers`` processes); ``units_per_s`` and ``mb_per_s``
   over both (run 1; run 2 loads the cache).
+
+``--row-reads CACHE`` measures instead what reading 300 random rows of cached blocks adds to RSS, by
+way of reading (each in its own process): through the memory map (``datasets``, as ``RowDataset``
+read rows before; ``pyarrow`` alone on the same map) and by ``os.pread`` (what it does now).
 
 Goals (issue 13), per format: run 2 on the largest size reaches its first step within +20% of the
 smallest size's run 2 (and of its run 1), and its peak RSS over the steps stays within +15%.
@@ -243,6 +249,70 @@ def run_one(args: argparse.Namespace, train_file: str, cache_dir: Path, label: s
     return json.loads(results[-1])
 
 
+# ---- row reads: what reading rows at random adds to RSS, by way of reading ------------------------
+
+
+def _blocks_files(cache: Path) -> list[str]:
+    """The largest blocks dataset cached under ``cache`` (``datasets.map``'s ``cache-<fingerprint>*.arrow``)."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted((cache / "ilt-texts").glob("cache-*.arrow")):
+        groups.setdefault(path.name.split("_")[0], []).append(path)
+    if not groups:
+        raise SystemExit(f"--row-reads {cache}: no cached blocks under {cache / 'ilt-texts'} (run with --keep-caches)")
+    return [str(p) for p in max(groups.values(), key=lambda ps: sum(p.stat().st_size for p in ps))]
+
+
+def row_read_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Read ``reads`` random rows of 1-2 blocks one way (its own process: its own mappings)."""
+    import datasets
+
+    from ilt_core.training import data as td
+
+    files = _blocks_files(Path(spec["cache"]))
+    blocks = datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in files])
+    blocks = blocks.select_columns(["units", "complete"])
+    rng = random.Random(spec["seed"])
+    starts = [rng.randrange(len(blocks) - 2) for _ in range(spec["reads"])]
+    spans = [(a, a + 1 + rng.randint(0, 1)) for a in starts]
+    reader, table = td.BlockReader.of(blocks), blocks.data.table
+    read = {
+        "datasets": lambda a, b: blocks[a:b],  # what RowDataset did: a memory-mapped datasets.Dataset
+        "pyarrow": lambda a, b: table.slice(a, b - a).to_pylist(),  # the same map, through pyarrow alone
+        "pread": lambda a, b: reader.read(a, b),  # what RowDataset does now
+    }[spec["way"]]
+    before = _rss_parts_mib()
+    for a, b in spans:
+        read(a, b)
+    after = _rss_parts_mib()
+    size = sum(Path(f).stat().st_size for f in files)
+    return {
+        "way": spec["way"],
+        "reads": spec["reads"],
+        "blocks_bytes": size,
+        "file_mib": round(after["File"] - before["File"], 1),
+        "anon_mib": round(after["Anon"] - before["Anon"], 1),
+    }
+
+
+def row_reads(cache: Path, reads: int, seed: int) -> list[dict[str, Any]]:
+    out = []
+    for way in ("datasets", "pyarrow", "pread"):
+        spec = json.dumps({"cache": str(cache), "reads": reads, "seed": seed, "way": way})
+        done = subprocess.run([sys.executable, __file__, "--row-read-child", spec], capture_output=True, text=True)
+        results = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode != 0 or not results:
+            raise SystemExit(f"row reads ({way}) failed:\n{done.stderr[-3000:]}")
+        r = json.loads(results[-1])
+        out.append(r)
+        print(
+            f"{way}: {reads} random rows of 1-2 blocks ({r['blocks_bytes'] / 1e6:,.0f} MB of blocks): "
+            f"file-backed RSS +{r['file_mib']:.1f} MiB ({r['file_mib'] * 1024 / reads:,.0f} KiB a row), "
+            f"anonymous +{r['anon_mib']:.1f} MiB",
+            flush=True,
+        )
+    return out
+
+
 # ---- the table ------------------------------------------------------------------------------
 
 
@@ -351,10 +421,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-caches", action="store_true", help="keep the Arrow caches after the runs")
     p.add_argument("--quick", action="store_true", help="smoke run: corpora of 0.1 and 0.3 MB, 2 steps, no repeats")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
+    p.add_argument(
+        "--row-reads",
+        type=Path,
+        metavar="CACHE",
+        help="instead of training: the RSS that reading rows at random adds, through a memory map (datasets, "
+        "pyarrow) and by pread, on the blocks cached in CACHE (e.g. WORK/cache-1000mb-parquet after --keep-caches)",
+    )
+    p.add_argument("--reads", type=int, default=300, help="--row-reads: rows read")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--row-read-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child))), flush=True)
+        return 0
+    if args.row_read_child:
+        print("RESULT " + json.dumps(row_read_child(json.loads(args.row_read_child))), flush=True)
+        return 0
+    if args.row_reads:
+        common.write_json(args.out, {"row_reads": row_reads(args.row_reads, args.reads, args.seed)})
         return 0
     if args.quick:
         args.sizes, args.steps, args.shards, args.timing_repeats = [0.1, 0.3], 2, 3, 0

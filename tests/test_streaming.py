@@ -146,25 +146,38 @@ def test_workers_render_the_batches_and_their_statistics_reach_the_main_process(
     assert single.num_workers == 1 and "of 3 asked" in single.describe()
 
 
-def test_a_batch_packed_for_the_trip_from_a_worker_comes_back_equal(processor, shards) -> None:
+@pytest.mark.parametrize("inband", [True, False])
+def test_a_batch_packed_for_the_trip_from_a_worker_comes_back_equal(processor, shards, monkeypatch, inband) -> None:
+    import numpy as np
     import torch
 
+    from ilt_core.training import streaming
     from ilt_core.training.streaming import pack_tensors, unpack_tensors
 
+    if not inband:  # every batch larger than the limit: one shared-memory tensor
+        monkeypatch.setattr(streaming, "INBAND_MAX_BYTES", 0)
     batch = take(StreamingLoader(rows_of(processor, shards["folder"]), UnitCollator(processor, 24)), 1)[0]
-    gray = torch.rand(3, 1, 8, 5).expand(-1, 3, -1, -1)  # as images_to_batches makes them: one channel, viewed 3 times
-    batch["image_groups"] = [(torch.arange(3), gray), (torch.arange(1), torch.rand(1, 3, 8, 7))]
+    gray = torch.rand(3, 1, 8, 5).expand(-1, 3, -1, -1)  # float images: one channel, viewed 3 times
+    levels = torch.randint(0, 256, (2, 1, 8, 7), dtype=torch.uint8)  # uint8 images, as training sends them
+    batch["image_groups"] = [
+        (torch.arange(3), gray),
+        (torch.arange(1), torch.rand(1, 3, 8, 7)),
+        (torch.arange(2), levels),
+    ]
     packed = pack_tensors(batch)
     buffer, _ = packed["ilt_packed_tensors"]
+    # in-band: a numpy array, pickled into the pipe (no shared-memory segment, no file descriptor to fetch)
+    assert isinstance(buffer, np.ndarray) if inband else isinstance(buffer, torch.Tensor)
     plain = sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
-    assert buffer.numel() <= plain + 3 + (3 * 8 * 5 + 3 * 8 * 7) * 4 + 8 * 12  # the gray channel once
+    images = (3 * 8 * 5 + 3 * 8 * 7) * 4 + 2 * 8 * 7
+    assert buffer.nbytes <= plain + 3 * 8 + images + 8 * 13  # the gray channel once, 8-byte alignment
     assert sum(isinstance(v, torch.Tensor) for v in packed.values()) == 0  # one buffer, inside a tuple
     back = unpack_tensors(packed)
     assert back.keys() == batch.keys()
     for key, value in batch.items():
         if key == "image_groups":
             for (i, p), (j, q) in zip(value, back[key], strict=True):
-                assert torch.equal(i, j) and torch.equal(p, q) and q.dtype == p.dtype
+                assert torch.equal(i, j) and torch.equal(p, q) and q.dtype == p.dtype and q.shape == p.shape
         else:
             assert torch.equal(value, back[key]) and back[key].dtype == value.dtype, key
 

@@ -5,8 +5,10 @@ T = bytes per unit, K = label bytes per position):
 
 - ``unit_input_ids`` / ``unit_attention_mask`` ``(U, T)``: the bytes of each distinct unit; row 0
   is always the text-start marker (a lone ``bos``).
-- ``image_groups``: ``[(indices (G,), pixels (G, 3, H, W))]``, the distinct units' images grouped
-  by width (one width per group, so no image is padded).
+- ``image_groups``: ``[(indices (G,), pixels)]``, the distinct units' images grouped by width (one
+  width per group, so no image is padded); ``pixels`` float ``(G, 3, H, W)`` in ``[0, 1]``, or, as
+  training collates them (``ILTProcessor.with_pixels("uint8")``), the gray levels ``uint8 (G, 1, H, W)``:
+  a quarter of the bytes, made the same floats by the model's image entry.
 - ``unit_index`` ``(B, L)``: which distinct unit sits at each position (0 at padding).
 - ``attention_mask`` ``(B, L)``: 1 for real positions. Rows are right-padded.
 - ``position_ids`` ``(B, L)``: restart at 0 at every text (packing puts several texts in a row).
@@ -57,7 +59,12 @@ class Batch:
 
     @property
     def packed(self) -> bool:
-        """True when some row holds more than one text (needs a block-diagonal mask)."""
+        """True when some row holds more than one text.
+
+        Position ids restart at each text, so a latent transformer that builds its attention mask from
+        them (``masks_from_position_ids``) keeps the texts apart with no mask passed; only one that
+        cannot is given a dense block-causal mask built from ``segment_ids`` (see ``ILTModel._latent_mask``).
+        """
         return bool((self.segment_ids > 0).any())
 
     def to(self, device: torch.device | str) -> Batch:

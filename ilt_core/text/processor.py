@@ -8,11 +8,13 @@ segmentation (:func:`ilt_core.text.segmentation.segment`), UTF-8 byte ids
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from ilt_core.errors import ILTError
 from ilt_core.text.byte_tokenizer import ByteTokenizer
 from ilt_core.text.collator import Batch, TextUnits, collate_units
 from ilt_core.text.render_cache import RenderCache, images_to_batches
@@ -24,6 +26,10 @@ class ILTProcessor:
 
     ``renderer`` may be None for a model without an image encoder. ``max_units`` (including the
     start marker) is the default row length; longer texts are cut unless the caller splits them.
+    ``pixels`` is the form of the word images in a batch (see
+    :func:`~ilt_core.text.render_cache.images_to_batches`): ``"float"`` ``(G, 3, H, W)`` in
+    ``[0, 1]``, or ``"uint8"`` ``(G, 1, H, W)`` gray levels, a quarter of the bytes, which the
+    model turns into the same floats (what training collates: :meth:`with_pixels`).
     """
 
     def __init__(
@@ -35,7 +41,10 @@ class ILTProcessor:
         label_bytes: int = 32,
         max_units: int | None = None,
         cache_size: int = 200_000,
+        pixels: str = "float",
     ) -> None:
+        if pixels not in ("float", "uint8"):
+            raise ILTError(f"ILTProcessor: pixels={pixels!r}; expected 'float' or 'uint8'")
         self.tokenizer = ByteTokenizer()
         self.renderer = renderer
         self.cache = RenderCache(renderer, maxsize=cache_size) if renderer is not None else None
@@ -43,6 +52,18 @@ class ILTProcessor:
         self.labels = labels
         self.label_bytes = label_bytes
         self.max_units = max_units
+        self.pixels = pixels
+
+    def with_pixels(self, pixels: str) -> ILTProcessor:
+        """This processor with word images in another form (``"float"`` or ``"uint8"``).
+
+        The copy shares the renderer and its cache (one cache, one byte cap).
+        """
+        if pixels not in ("float", "uint8"):
+            raise ILTError(f"ILTProcessor.with_pixels: pixels={pixels!r}; expected 'float' or 'uint8'")
+        other = copy.copy(self)
+        other.pixels = pixels
+        return other
 
     def segment(self, text: str) -> list[str]:
         """The units of ``text`` (no start marker); ``"".join`` gives ``text`` back."""
@@ -53,9 +74,12 @@ class ILTProcessor:
         return self.tokenizer.encode(unit)
 
     def render_units(self, units: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Images of distinct ``units`` grouped by width: ``[(indices (G,), pixels (G, 3, H, W))]``."""
+        """Images of distinct ``units`` grouped by width: ``[(indices (G,), pixels)]``.
+
+        ``pixels``: float ``(G, 3, H, W)`` or uint8 ``(G, 1, H, W)``, as the processor's ``pixels`` says.
+        """
         assert self.cache is not None
-        return images_to_batches(self.cache.render_many(units))
+        return images_to_batches(self.cache.render_many(units), self.pixels)
 
     def collate(
         self,

@@ -177,15 +177,33 @@ def _check_max_bytes(value: Any) -> int:
     return value
 
 
-def images_to_batches(images: Sequence[np.ndarray]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+#: The float of each gray level, ``level / 255`` in float32 (``numpy.divide``'s correctly rounded
+#: division): word images become model inputs only through this table, so uint8 and float images
+#: give the encoder the same floats on every device (a GPU divides by a constant as a multiplication
+#: by its reciprocal, which rounds 126 of the 256 levels otherwise).
+GRAY_LEVELS = np.divide(np.arange(256, dtype=np.uint8), np.float32(255), dtype=np.float32)
+GRAY_LEVELS.flags.writeable = False
+_gray_levels_on: dict[torch.device, torch.Tensor] = {}
+
+
+def images_to_batches(images: Sequence[np.ndarray], pixels: str = "float") -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Group word images by size, for image encoders that take one width per call.
 
     ``images``: N ``uint8`` ``(H, W_i)`` arrays (0 ink, 255 paper) that share ``H``.
     Returns one ``(indices, pixels)`` pair per distinct width, by increasing width:
-    ``indices`` is a ``LongTensor (G,)`` of positions in ``images`` (increasing), ``pixels`` a
-    ``FloatTensor (G, 3, H, W)`` in ``[0, 1]`` (one gray channel viewed 3 times: ``expand``, not copied), where
-    ``pixels[j]`` is ``images[indices[j]]``. Every index appears in exactly one group.
+    ``indices`` is a ``LongTensor (G,)`` of positions in ``images`` (increasing) and ``pixels[j]``
+    is ``images[indices[j]]``, as
+
+    - ``pixels="float"``: a ``FloatTensor (G, 3, H, W)`` in ``[0, 1]`` (one gray channel viewed 3
+      times: ``expand``, not copied), what an image encoder takes;
+    - ``pixels="uint8"``: the gray levels as drawn, ``uint8 (G, 1, H, W)``: a quarter of the bytes
+      to send from a DataLoader worker and to a GPU; :func:`pixels_as_float` (the model's image
+      entry) makes them exactly the float form.
+
+    Every index appears in exactly one group.
     """
+    if pixels not in ("float", "uint8"):
+        raise ILTError(f"images_to_batches: pixels={pixels!r}; expected 'float' or 'uint8'")
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, image in enumerate(images):
         if image.ndim != 2:
@@ -197,10 +215,27 @@ def images_to_batches(images: Sequence[np.ndarray]) -> list[tuple[torch.Tensor, 
     batches = []
     for shape in sorted(groups, key=lambda s: s[1]):
         indices = groups[shape]
-        stacked = np.stack([images[i] for i in indices])  # (G, H, W) uint8
-        # one numpy pass (faster than torch's convert/divide chain); the 3 channels are a view, not 3 copies
-        gray = np.empty((len(indices), 1, *shape), dtype=np.float32)
-        np.divide(stacked[:, None], np.float32(255), out=gray)
-        pixels = torch.from_numpy(gray).expand(-1, 3, -1, -1)
-        batches.append((torch.tensor(indices, dtype=torch.long), pixels))
+        stacked = np.stack([images[i] for i in indices])[:, None]  # (G, 1, H, W) uint8
+        if pixels == "uint8":
+            group = torch.from_numpy(stacked)
+        else:  # the 3 channels are a view, not 3 copies
+            group = torch.from_numpy(GRAY_LEVELS[stacked]).expand(-1, 3, -1, -1)
+        batches.append((torch.tensor(indices, dtype=torch.long), group))
     return batches
+
+
+def pixels_as_float(pixels: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """Word images as an image encoder takes them: ``float32 (G, 3, H, W)`` in ``[0, 1]`` on ``device``.
+
+    ``uint8`` pixels (``(G, 1, H, W)`` gray levels, or 3 channels) travel to ``device`` as they are,
+    4x smaller than floats, and become there exactly the floats :func:`images_to_batches` makes
+    (through :data:`GRAY_LEVELS`); float pixels are only moved. None: stay where they are.
+    """
+    if pixels.dtype != torch.uint8:
+        return pixels if device is None else pixels.to(device)
+    if device is not None:
+        pixels = pixels.to(device)
+    table = _gray_levels_on.get(pixels.device)
+    if table is None:  # 1 KiB per device, copied there once
+        table = _gray_levels_on[pixels.device] = torch.from_numpy(GRAY_LEVELS.copy()).to(pixels.device)
+    return table[pixels.long()].expand(-1, 3, -1, -1)

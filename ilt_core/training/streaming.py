@@ -22,7 +22,10 @@ and memory do not depend on the corpus size.
 - **Workers.** The rank's shards are split again among ``--dataloader_num_workers`` processes
   (reader ``l`` takes the rank's shards ``l, l + A, ...``); each renders its own batches with its
   own render cache, capped at ``--render_cache_bytes``. A rank never starts more workers than it
-  has shards: a single file gets one worker. With no workers the main process reads.
+  has shards: a single file gets one worker. With no workers the main process reads. A worker's
+  batch travels to the main process as one byte buffer (:func:`pack_tensors`), word images in it as
+  uint8 gray levels (:func:`ilt_core.training.data.make_collator`), so that the main process, which
+  also runs the model, spends next to nothing per batch on receiving it.
 - **Order.** Each reader visits its shards in an order drawn from ``--seed``, the epoch and the
   reader (no example buffer): the stream is the same on every run with the same seed, shards,
   ranks and workers. Texts keep their order inside a shard.
@@ -60,6 +63,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ilt_core.errors import ILTError
@@ -343,7 +347,7 @@ class StreamingRows(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         reader = ((info.id if info is not None else 0) + self.rotation) % self.num_readers
         start = tuple(self.start_positions.get(reader, START))
-        collator = td.UnitCollator(self.processor, self.block_size, self.packing)
+        collator = td.make_collator(self.processor, self.block_size, self.packing)
         stats = td.TextStats(self.stream.description)
         rows: list[list[TextUnits]] = []
         row: list[TextUnits] = []
@@ -378,63 +382,126 @@ class StreamingRows(torch.utils.data.IterableDataset):
 
 
 _PACKED = "ilt_packed_tensors"
+#: A worker's batch of at most this many bytes (one packed buffer) travels inside the pickle, through
+#: the DataLoader's pipe; a larger one in one shared-memory segment. A segment's file descriptor is
+#: fetched by the main process over a socket from the worker's resource-sharer thread, with an
+#: authentication round trip: about 1 ms and a wake-up of the worker per batch here, which took the
+#: main process 40% of its time with 2 workers, more than copying a few hundred KiB through the pipe
+#: (0.08 ms of the main thread for 256 KiB; the copy costs more than the round trip from ~1 MiB on).
+INBAND_MAX_BYTES = 512 * 2**10
 
 
 def pack_tensors(batch: dict[str, Any]) -> dict[str, Any]:
-    """``batch`` with every tensor moved into one flat byte tensor, for the trip from a worker.
+    """``batch`` with every tensor moved into one flat byte buffer, for the trip from a worker.
 
     A DataLoader worker sends each tensor as its own shared-memory segment with a file descriptor:
     about 0.25 ms a tensor here, so the ~20 tensors of a batch (more with many image widths) cost more
-    than collating it. One buffer costs one segment. :func:`unpack_tensors` gives views into it back.
+    than collating it. One buffer costs one: a numpy ``uint8`` array, pickled in-band (no segment
+    at all) up to :data:`INBAND_MAX_BYTES`, a ``torch.uint8`` tensor above. An expanded dimension
+    (stride 0, e.g. float word images' gray channel viewed 3 times) travels once.
+    :func:`unpack_tensors` gives views into the buffer back.
     """
     tensors: list[torch.Tensor] = []
 
     def walk(value: Any) -> Any:
         if isinstance(value, torch.Tensor):
             tensors.append(value)
-            return (_PACKED, len(tensors) - 1)
+            return _Slot(len(tensors) - 1)
         if isinstance(value, dict):
             return {k: v if k == STREAM_KEY else walk(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return type(value)(walk(v) for v in value)
+            return type(value)([walk(v) for v in value])
         return value
 
     tree = walk(batch)
     layout, parts, offset = [], [], 0
     for t in tensors:
-        # an expanded dimension (stride 0, e.g. the gray channel of word images viewed 3 times) travels once
         base = t
         for dim in range(t.dim()):
             if t.stride(dim) == 0 and t.shape[dim] > 1:
                 base = base.narrow(dim, 0, 1)
-        raw = base.contiguous().reshape(-1).view(torch.uint8)
-        pad = -raw.numel() % 8  # every tensor starts 8-byte aligned (a view as int64 / float64 needs it)
-        layout.append((offset, raw.numel(), t.dtype, tuple(base.shape), tuple(t.shape)))
-        parts += [raw, torch.zeros(pad, dtype=torch.uint8)] if pad else [raw]
-        offset += raw.numel() + pad
-    buffer = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
-    return {_PACKED: (buffer, layout), "tree": tree}
+        raw = _as_numpy(base.contiguous()).reshape(-1).view(np.uint8)
+        expanded = tuple(t.shape) if base is not t else None
+        layout.append((offset, raw.size, _NUMPY_DTYPES.get(t.dtype), t.dtype, tuple(base.shape), expanded))
+        parts.append((offset, raw))
+        offset += raw.size + (-raw.size % 8)  # every tensor starts 8-byte aligned (int64 / float64 views)
+    buffer = np.empty(offset, dtype=np.uint8)
+    for o, raw in parts:
+        buffer[o : o + raw.size] = raw
+    sent: Any = buffer if offset <= INBAND_MAX_BYTES else torch.from_numpy(buffer)
+    return {_PACKED: (sent, layout), "tree": tree}
 
 
-def unpack_tensors(packed: dict[str, Any]) -> dict[str, Any]:
-    """The batch :func:`pack_tensors` packed: its tensors as views into the one buffer (no copy)."""
+class _Slot:
+    """Where a packed tensor sat in the batch: the index of its entry in the layout."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Slot, (self.index,))
+
+
+def unpack_tensors(packed: dict[str, Any], pin_memory: bool = False) -> dict[str, Any]:
+    """The batch :func:`pack_tensors` packed: its tensors as views into the one buffer (no copy).
+
+    ``pin_memory``: the buffer is first copied into pinned memory (one copy for the whole batch).
+    This runs in the main process for every batch, where each microsecond is taken from the model:
+    views are cut with numpy (a few times cheaper per tensor than torch's slicing) and wrapped with
+    ``torch.from_numpy``.
+    """
     buffer, layout = packed[_PACKED]
-    tensors = [buffer[o : o + n].view(dtype).view(base).expand(shape) for o, n, dtype, base, shape in layout]
+    if pin_memory:
+        buffer = (buffer if isinstance(buffer, torch.Tensor) else torch.from_numpy(buffer)).pin_memory()
+    array = buffer.numpy() if isinstance(buffer, torch.Tensor) else buffer
+    tensors = []
+    for o, n, np_dtype, dtype, base, expanded in layout:
+        if np_dtype is None:  # no numpy twin (bfloat16): a torch view
+            t = torch.from_numpy(array[o : o + n]).view(dtype).view(base)
+        else:
+            t = torch.from_numpy(array[o : o + n].view(np_dtype).reshape(base))
+        tensors.append(t if expanded is None else t.expand(expanded))
+    return _rebuild(packed["tree"], tensors)
 
-    def walk(value: Any) -> Any:
-        if isinstance(value, tuple) and len(value) == 2 and value[0] == _PACKED:
-            return tensors[value[1]]
-        if isinstance(value, dict):
-            return {k: v if k == STREAM_KEY else walk(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(walk(v) for v in value)
-        return value
 
-    return walk(packed["tree"])
+def _rebuild(value: Any, tensors: list[torch.Tensor]) -> Any:
+    kind = type(value)
+    if kind is _Slot:
+        return tensors[value.index]
+    if kind is dict:
+        return {k: v if k == STREAM_KEY else _rebuild(v, tensors) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return kind([_rebuild(v, tensors) for v in value])
+    return value
+
+
+_NUMPY_DTYPES = {
+    dtype: np.dtype(name)
+    for dtype, name in (
+        (torch.bool, "bool"),
+        (torch.uint8, "uint8"),
+        (torch.int8, "int8"),
+        (torch.int16, "int16"),
+        (torch.int32, "int32"),
+        (torch.int64, "int64"),
+        (torch.float16, "float16"),
+        (torch.float32, "float32"),
+        (torch.float64, "float64"),
+    )
+}
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A contiguous CPU tensor's bytes as a numpy array (a view; bfloat16 through its raw bytes)."""
+    if t.dtype in _NUMPY_DTYPES:
+        return t.detach().numpy()
+    return t.detach().reshape(-1).view(torch.uint8).numpy()
 
 
 def _identity(batch: Any) -> Any:
-    return unpack_tensors(batch) if _PACKED in batch else batch
+    return batch  # a worker's batch is unpacked in the main process (StreamingLoader.__iter__), not here
 
 
 class StreamingLoader(torch.utils.data.DataLoader):
@@ -452,6 +519,8 @@ class StreamingLoader(torch.utils.data.DataLoader):
             kwargs.pop("prefetch_factor", None)
             kwargs.pop("multiprocessing_context", None)
         kwargs.pop("persistent_workers", None)  # the start positions change between passes
+        # pinned here, as one buffer per batch (see __iter__), not tensor by tensor in a pinning thread
+        self.pin_batches = bool(kwargs.pop("pin_memory", False))
         super().__init__(dataset, batch_size=None, collate_fn=_identity, num_workers=workers, **kwargs)
         self.sink = sink
         self.batches = 0
@@ -465,6 +534,10 @@ class StreamingLoader(torch.utils.data.DataLoader):
         dataset.rotation = self.batches % dataset.num_readers
         dataset.start_positions = dict(self.positions)
         for batch in super().__iter__():
+            if _PACKED in batch:  # from a worker
+                batch = unpack_tensors(batch, self.pin_batches)
+            elif self.pin_batches:  # made here: one copy into pinned memory too
+                batch = unpack_tensors(pack_tensors(batch), pin_memory=True)
             info = batch.pop(STREAM_KEY)
             if "error" in info:  # a bad record, named by its file and line, met in a worker
                 raise ILTError(info["error"])

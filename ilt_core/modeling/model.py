@@ -45,6 +45,7 @@ from ilt_core.specs.spec import ModelSpec, check_components, load_spec
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 from ilt_core.text.collator import IGNORE_INDEX
 from ilt_core.text.processor import ILTProcessor
+from ilt_core.text.render_cache import pixels_as_float
 
 MODALITIES = ("image", "bytes")
 
@@ -270,7 +271,11 @@ class ILTModel(PreTrainedModel):
         unit_attention_mask: torch.Tensor,
         image_groups: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        """Embeddings ``(U, D)`` of U distinct units from their bytes ``(U, T)`` and images by width."""
+        """Embeddings ``(U, D)`` of U distinct units from their bytes ``(U, T)`` and images by width.
+
+        ``image_groups``: ``[(indices (G,), pixels)]``, pixels float ``(G, 3, H, W)`` in ``[0, 1]`` or
+        uint8 gray levels ``(G, 1, H, W)`` (the same images give the same embeddings either way).
+        """
         U = unit_input_ids.shape[0]
         parts = []
         device = self.encoder_mapping.weight.device
@@ -285,7 +290,8 @@ class ILTModel(PreTrainedModel):
             if "image" in self.disabled or not image_groups:
                 vec = torch.zeros(U, width, device=device)
             else:
-                vecs = [self.image_encoder(pixels.to(device)) for _, pixels in image_groups]
+                # uint8 gray levels (how training batches carry them) become floats here, on the device
+                vecs = [self.image_encoder(pixels_as_float(pixels, device)) for _, pixels in image_groups]
                 order = torch.cat([idx for idx, _ in image_groups]).to(device)
                 vec = torch.empty(U, width, device=device, dtype=vecs[0].dtype)
                 vec[order] = torch.cat(vecs)

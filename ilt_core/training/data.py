@@ -1130,6 +1130,16 @@ def read_hub_dataset(
 # ---------------------------------------------------------------------------------------------
 
 
+def make_collator(processor: Any, block_size: int, packing: bool = True) -> UnitCollator:
+    """The training collator of ``processor`` (map-style and streamed rows alike).
+
+    Its batches carry the word images as uint8 gray levels ``(G, 1, H, W)`` (``processor.with_pixels``):
+    a quarter of the bytes of floats to send from a DataLoader worker and to an accelerator; the
+    model makes them the same floats (:func:`ilt_core.text.render_cache.pixels_as_float`).
+    """
+    return UnitCollator(processor.with_pixels("uint8"), block_size, packing)
+
+
 @dataclass
 class UnitCollator:
     """``collate_fn`` for Trainer: rows of blocks -> ``Batch.model_inputs()`` (a dict of kwargs).

@@ -31,7 +31,8 @@ with every backbone narrowed, images on) for ``--steps`` optimizer steps through
 
 ``--row-reads CACHE`` measures instead what reading 300 random rows of cached blocks adds to RSS, by
 way of reading (each in its own process): through the memory map (``datasets``, as ``RowDataset``
-read rows before; ``pyarrow`` alone on the same map) and by ``os.pread`` (what it does now).
+read rows before; ``pyarrow`` alone on the same map; ``mmap-random``: the files mapped by Python's
+``mmap`` with ``madvise(MADV_RANDOM)``, read by pyarrow) and by ``os.pread`` (what it does now).
 
 Goals (issue 13), per format: run 2 on the largest size reaches its first step within +20% of the
 smallest size's run 2 (and of its run 1), and its peak RSS over the steps stays within +15%.
@@ -264,7 +265,10 @@ def _blocks_files(cache: Path) -> list[str]:
 
 def row_read_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Read ``reads`` random rows of 1-2 blocks one way (its own process: its own mappings)."""
+    import mmap
+
     import datasets
+    import pyarrow as pa
 
     from ilt_core.training import data as td
 
@@ -275,9 +279,16 @@ def row_read_child(spec: dict[str, Any]) -> dict[str, Any]:
     starts = [rng.randrange(len(blocks) - 2) for _ in range(spec["reads"])]
     spans = [(a, a + 1 + rng.randint(0, 1)) for a in starts]
     reader, table = td.BlockReader.of(blocks), blocks.data.table
+    if spec["way"] == "mmap-random":  # the files mapped by Python's mmap, madvise(MADV_RANDOM), read by pyarrow
+        maps = [mmap.mmap(os.open(f, os.O_RDONLY), 0, access=mmap.ACCESS_READ) for f in files]
+        for m in maps:
+            m.madvise(mmap.MADV_RANDOM)
+        parts = [pa.ipc.open_stream(pa.py_buffer(m)).read_all() for m in maps]
+        table = pa.concat_tables(parts).select(["units", "complete"])
     read = {
         "datasets": lambda a, b: blocks[a:b],  # what RowDataset did: a memory-mapped datasets.Dataset
         "pyarrow": lambda a, b: table.slice(a, b - a).to_pylist(),  # the same map, through pyarrow alone
+        "mmap-random": lambda a, b: table.slice(a, b - a).to_pylist(),
         "pread": lambda a, b: reader.read(a, b),  # what RowDataset does now
     }[spec["way"]]
     before = _rss_parts_mib()
@@ -296,7 +307,7 @@ def row_read_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def row_reads(cache: Path, reads: int, seed: int) -> list[dict[str, Any]]:
     out = []
-    for way in ("datasets", "pyarrow", "pread"):
+    for way in ("datasets", "pyarrow", "mmap-random", "pread"):
         spec = json.dumps({"cache": str(cache), "reads": reads, "seed": seed, "way": way})
         done = subprocess.run([sys.executable, __file__, "--row-read-child", spec], capture_output=True, text=True)
         results = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]

@@ -164,17 +164,17 @@ class ILTTrainer(Trainer):
         """Trainer's optimizer, with :func:`learning_rate_groups` as its parameter groups (``lr_scaling="width"``).
 
         The groups go through Trainer's own path (``optimizer_cls_and_kwargs`` with ``params``), so the optimizer
-        class and its arguments (``--optim``, ``--optim_args``, betas, eps, fused) are exactly Trainer's.
+        class and its arguments (``--optim``, ``--optim_args``, betas, eps, fused) are exactly Trainer's. An
+        optimizer Trainer does not build here (a DeepSpeed config's own ``optimizer`` block) trains at one rate.
         """
         if self.optimizer is not None or self.lr_scaling == "none":
             return super().create_optimizer(model)
-        from transformers.trainer_optimizer import is_optimizer_factory  # with Trainer: imported already
-
         opt_model = self.model if model is None else model
         saved = self.optimizer_cls_and_kwargs
         cls, kwargs = saved if saved is not None else self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-        own = [k for k in self.OWN_GROUP_KEYS if k in kwargs]
-        if is_optimizer_factory(cls) or own:
+        # a factory (not an Optimizer class: Muon, Dion) builds the optimizer from the model, groups and all
+        factory = not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer))
+        if factory or any(k in kwargs for k in self.OWN_GROUP_KEYS):
             raise ILTError(
                 f"--optim {self.args.optim}: this optimizer makes its own parameter groups, so it cannot train each "
                 f"component at its own rate; pass --lr_scaling none to use it (one rate for every component)"

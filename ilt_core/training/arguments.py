@@ -127,7 +127,8 @@ class ILTArguments:
             "--learning_rate; with Adam a narrow component learns less per step at one rate); none = one rate for "
             "every parameter. The schedule and weight decay (none on norms and biases) apply to every group. width "
             "needs an --optim that takes parameter groups (adamw_torch, adamw_torch_fused, adafactor, sgd, ...); "
-            "galore_*, apollo_*, lomo and adalomo make their own and are refused: use none with them",
+            "galore_*, apollo_*, lomo and adalomo make their own and are refused: use none with them (a DeepSpeed "
+            "config's own optimizer also trains at one rate)",
         },
     )
     max_train_minutes: float | None = field(

@@ -22,7 +22,9 @@ unexplained (the loop's own overhead: bookkeeping, text of the units, the stop c
 (``bench_model.reference_spec``, words rendered 16 px high) at its generation protocol: batch 4, 16-unit prompts,
 every unit decoded to 32 bytes (defaults of ``--contexts``, ``--batches``, ``--unit-bytes`` then 16, 4, 32). The
 new units of ``--parts`` are then units this setup generated (32-byte words of random bytes, as in the protocol),
-encoded afresh each call with the render cache warm, as the protocol's timed runs find them.
+encoded afresh each call with the render cache warm, as the protocol's timed runs find them; and beside each part
+the time its matrix products take alone (``<part>_products``: ``bench_bounds``' timing of every shape, fastest of
+torch and numpy, operand layouts, the caller's threads and one): what the part would cost without any overhead.
 
     .venv/bin/python benchmarks/bench_generation.py --reference img --parts --threads 2
 
@@ -168,8 +170,34 @@ def vit_per_image(model, batches: list[int], repeats: int) -> list[dict]:
     return rows
 
 
-def parts_of_step(model, prompts: list[str], unit_bytes: int, repeats: int, generated: bool) -> dict[str, float]:
+def products_floor_ms(run) -> float:
+    """Milliseconds the matrix products of one ``run()`` take alone (``bench_bounds``: each shape timed with torch
+    and numpy in every operand layout, operands hot in cache), at the faster of the caller's threads and one."""
+    from unittest import mock
+
+    import bench_bounds
+
+    recorder = bench_bounds.MatmulRecorder()
+    # dispatch modes do not see inference-mode tensors: the part runs under no_grad (the same kernels)
+    with mock.patch("torch.inference_mode", torch.no_grad), torch.no_grad(), recorder:
+        run()
+    threads, total = torch.get_num_threads(), 0.0
+    for shape, count in recorder.counts.items():
+        best = float("inf")
+        for n in dict.fromkeys([threads, 1]):
+            torch.set_num_threads(n)
+            best = min(best, *bench_bounds.time_shape(shape, 3).values())
+        torch.set_num_threads(threads)
+        total += count * best
+    return 1000 * total
+
+
+def parts_of_step(
+    model, prompts: list[str], unit_bytes: int, repeats: int, generated: bool, floors: bool = False
+) -> dict[str, float]:
     """Milliseconds of each part of one decoding step for ``prompts`` (fastest runs), and of the whole step.
+
+    ``floors``: beside each part, its matrix products alone (:func:`products_floor_ms`), ``<part>_products_ms``.
 
     ``generated``: the new units are units the model generates from these prompts (rendered once, then found in
     the render cache, each call encoding them afresh, as in the reference protocol's timed runs); otherwise
@@ -211,6 +239,14 @@ def parts_of_step(model, prompts: list[str], unit_bytes: int, repeats: int, gene
             "latent_cached_step": min(latent_ms(cached) for _ in range(repeats + 1)),
             "latent_recomputed": min(latent_ms(recomputed) for _ in range(repeats + 1)),
         }
+    if floors:  # outside inference mode: a dispatch mode does not see its tensors' products
+        runs = {
+            "encode_new_units": encode,
+            "decode_unit_bytes": lambda: decode_unit_ids(model, latents, decoding),
+            "latent_cached_step": lambda: cached.step(new_units()),
+        }
+        for name, run in runs.items():
+            parts[f"{name}_products_ms"] = products_floor_ms(run)
     whole = min(min(step_times(model, prompts, 4, True, unit_bytes)) for _ in range(max(1, repeats // 2)))
     parts["whole_cached_step"] = 1000 * whole
     explained = parts["encode_new_units"] + parts["decode_unit_bytes"] + parts["latent_cached_step"]
@@ -226,14 +262,16 @@ def step_parts(model, context: int, batches: list[int], unit_bytes: int, repeats
     rows = []
     for batch in batches:
         prompts = prompts_of(batch) if prompts_of else [prompt_of(context, r) for r in range(batch)]
-        times = parts_of_step(model, prompts, unit_bytes, repeats, generated=prompts_of is not None)
+        times = parts_of_step(
+            model, prompts, unit_bytes, repeats, generated=prompts_of is not None, floors=prompts_of is not None
+        )
         shared = times["encode_new_units"] + times["decode_unit_bytes"]
         allowed = (times["latent_recomputed"] + shared) / (times["latent_cached_step"] + shared)
         ceiling = (times["latent_recomputed"] + shared) / shared
         rows.append(dict(context=context, batch=batch, **times, speedup_allowed=allowed, speedup_ceiling=ceiling))
         print(
             f"parts at {context} units, batch {batch}: "
-            + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items())
+            + ", ".join(f"{k.removesuffix('_ms')} {v:.1f} ms" for k, v in times.items())
             + f"; cache speed-up these allow {allowed:.2f}x, ceiling with a free cached step {ceiling:.2f}x",
             flush=True,
         )

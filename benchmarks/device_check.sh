@@ -159,6 +159,14 @@ def main() -> int:
         units = sum(len(o.units) for o in outputs)
         print(f"generate batch {len(batch)}: {units / seconds:,.1f} units/s ({units} units in {seconds:.2f} s, fp32)")
     print(f"sample: {prompts[0]!r} -> {outputs[0].text[:80]!r}")
+
+    # training batches carry word images as uint8, made floats on the device: the loss must not change
+    processor = model.processor
+    with torch.no_grad():
+        as_float = model(**processor(prompts).to(model.device).model_inputs()).loss
+        as_uint8 = model(**processor.with_pixels("uint8")(prompts).to(model.device).model_inputs()).loss
+    same = bool(torch.equal(as_float, as_uint8))
+    print(f"uint8 vs float word images on the device: loss {as_uint8.item():.7f} vs {as_float.item():.7f}, equal: {same}")
     return 0
 
 

@@ -222,3 +222,14 @@ def test_fused_adamw_takes_the_groups_and_own_group_optimizers_are_refused(files
     assert len(plain.create_optimizer().param_groups) == 2
     with pytest.raises(ILTError, match="--lr_scaling depth"):
         ILTTrainer(model=model, args=args, lr_scaling="depth")
+
+
+def test_lr_scaling_is_in_ilt_train_help_and_a_bad_value_is_a_usage_error(capsys) -> None:
+    from ilt_core.training.arguments import _argument_parser, parse_train_args
+
+    text = " ".join(_argument_parser().format_help().split())
+    assert "--lr_scaling {width,none}" in text and "x the latent transformer's width / the component's own" in text
+    assert "use none with them" in text  # which --optim values are refused
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_args(["--model_spec", "micro", "--output_dir", "/nonexistent", "--lr_scaling", "depth"])
+    assert exit_info.value.code == 2 and "invalid choice: 'depth'" in capsys.readouterr().err

@@ -218,6 +218,13 @@ def test_fused_adamw_takes_the_groups_and_own_group_optimizers_are_refused(files
         trainer = ILTTrainer(model=model, args=args, optimizer_cls_and_kwargs=cls_and_kwargs)
         with pytest.raises(ILTError, match="pass --lr_scaling none"):
             trainer.create_optimizer()
+    # a wrapper whose parameters are not the components' own (FSDP's flat parameters): refused, not one rate silently
+    trainer = ILTTrainer(model=model, args=args)
+    flat = torch.nn.Module()
+    flat.flat_param = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    trainer.accelerator.unwrap_model = lambda wrapped, **kw: model if wrapped is flat else wrapped
+    with pytest.raises(ILTError, match="use_orig_params: true"):
+        trainer.create_optimizer(flat)
     plain = ILTTrainer(model=model, args=args, lr_scaling="none")
     assert len(plain.create_optimizer().param_groups) == 2
     with pytest.raises(ILTError, match="--lr_scaling depth"):

@@ -19,7 +19,7 @@ from transformers import Trainer, TrainerCallback
 from ilt_core.errors import ILTError
 from ilt_core.modeling.checkpoint import CARD_NAME, load_state, read_weights
 from ilt_core.modeling.flops import batch_flops
-from ilt_core.modeling.parameters import LR_SCALINGS, learning_rate_groups
+from ilt_core.modeling.parameters import LR_SCALINGS, learning_rate_groups, width_factors
 from ilt_core.training.data import RowDataset, RowSampler
 from ilt_core.training.resume import TRAINING_ARGS_JSON, check_compatible
 from ilt_core.training.streaming import StreamingLoader, StreamingRows, position_path
@@ -188,6 +188,12 @@ class ILTTrainer(Trainer):
             decay_names=self.get_decay_parameter_names(opt_model),
             named_parameters=opt_model.named_parameters(),
         )
+        if width_factors(ilt_model) and all(g["name"] == "rest" for g in groups):
+            # the wrapper's parameters are not the components' own (FSDP's flattened parameters): one rate, silently
+            raise ILTError(
+                "--lr_scaling width: none of the optimizer's parameters is a component's own (FSDP with flattened "
+                "parameters?); set use_orig_params: true in --fsdp_config, or pass --lr_scaling none"
+            )
         self.optimizer_cls_and_kwargs = (cls, {**kwargs, "params": groups})
         try:
             return super().create_optimizer(model)

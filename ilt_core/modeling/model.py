@@ -38,7 +38,7 @@ from ilt_core.modeling.config import (
     renderer_key_json,
     resolve_spec,
 )
-from ilt_core.modeling.memory import return_freed_memory
+from ilt_core.modeling.memory import keep_freed_memory, return_freed_memory
 from ilt_core.modeling.parameters import count_parameters
 from ilt_core.plugins.registry import BuildContext, get_registry
 from ilt_core.specs.spec import ModelSpec, check_components, load_spec
@@ -352,7 +352,13 @@ class ILTModel(PreTrainedModel):
         num_bytes: torch.Tensor | None = None,
         **_: Any,
     ) -> ILTOutput:
-        """Loss and logits for a collated batch (see :mod:`ilt_core.text.collator` for the shapes)."""
+        """Loss and logits for a collated batch (see :mod:`ilt_core.text.collator` for the shapes).
+
+        A training forward (train mode, gradients on) sets the process to reuse freed pages
+        (:func:`ilt_core.modeling.memory.keep_freed_memory`) unless activation checkpointing asked to return them.
+        """
+        if self.training and torch.is_grad_enabled():
+            keep_freed_memory()  # no page faults in every step for its large activations
         device = self.encoder_mapping.weight.device
         unit_embeds = self.encode_units(unit_input_ids, unit_attention_mask, image_groups)
         inputs_embeds = unit_embeds[unit_index.to(device)]  # (B, L, D)

@@ -15,8 +15,10 @@ Random weights rarely write ``eos``, so every unit is forced to exactly ``--unit
 inference step (:mod:`ilt_hf.fast_vit`). ``--parts`` splits one step at the longest context into what both loops
 share (encoding the new units, decoding their bytes) and the latent's part (one cached step, or the recomputation),
 and prints the cache speed-up those parts allow: (recompute + shared) / (cached + shared), and its ceiling with a
-free cached step, (recompute + shared) / shared; beside them the whole cached step and what the parts leave
-unexplained (the loop's own overhead: bookkeeping, text of the units, the stop checks).
+free cached step, (recompute + shared) / shared; beside them the whole cached step (fastest and median gap), what
+the parts leave unexplained (the loop's own overhead: bookkeeping, text of the units, the stop checks), and the
+whole step on the caller's threads, interleaved with it (``whole_cached_step_callers_threads``: the A/B of the
+one-thread rule for few rows, ``ONE_THREAD_ROWS`` in ``ilt_core.generation.loop`` and ``ilt_hf.fast_greedy``).
 
 ``--reference img`` (or ``noimg``) runs the reference implementation's setup instead of ``--preset``
 (``bench_model.reference_spec``, words rendered 16 px high) at its generation protocol: batch 4, 16-unit prompts,
@@ -47,6 +49,7 @@ import torch
 
 from ilt_core.generation import Generation, GenerationOptions
 from ilt_core.generation.decoding import LatentState, UnitEmbeddings, decode_unit_ids
+from ilt_core.generation.loop import GenerationSession
 from ilt_core.modeling.model import build_model
 from ilt_core.text.byte_tokenizer import EOS_ID, PAD_ID
 
@@ -127,15 +130,18 @@ def decoder_per_byte(preset: str, batches: list[int], byte_count: int, repeats: 
 
 
 def callers_threads(run):
-    """``run()`` with the fused greedy loop on the caller's thread count (``ilt_hf.fast_greedy.ONE_THREAD_ROWS``
-    off), for the A/B of its one-thread rule."""
+    """``run()`` on the caller's thread count: the one-thread rules for few rows off (``ONE_THREAD_ROWS`` of
+    ``ilt_core.generation.loop`` and of ``ilt_hf.fast_greedy``), for their A/B."""
     from ilt_hf import fast_greedy
 
-    saved, fast_greedy.ONE_THREAD_ROWS = fast_greedy.ONE_THREAD_ROWS, None
+    from ilt_core.generation import loop
+
+    saved = loop.ONE_THREAD_ROWS, fast_greedy.ONE_THREAD_ROWS
+    loop.ONE_THREAD_ROWS = fast_greedy.ONE_THREAD_ROWS = None
     try:
         return run()
     finally:
-        fast_greedy.ONE_THREAD_ROWS = saved
+        loop.ONE_THREAD_ROWS, fast_greedy.ONE_THREAD_ROWS = saved
 
 
 def best_ms(run, repeats: int) -> float:
@@ -217,7 +223,8 @@ def parts_of_step(
             return [pool[(n * batch + r) % len(pool)] for r in range(batch)]
         return [f"n{n:04d}r{r} " for r in range(batch)]  # never seen before: each is rendered and encoded
 
-    with torch.inference_mode():
+    # the parts on the threads a generation call of this batch runs on (its one-thread rule for few rows)
+    with torch.inference_mode(), GenerationSession(model, None, batch):
         embed = UnitEmbeddings(model)
         cached, recomputed = LatentState(model, embed, True), LatentState(model, embed, False)
         latents = cached.start([h.context for h in hyps])
@@ -247,8 +254,19 @@ def parts_of_step(
         }
         for name, run in runs.items():
             parts[f"{name}_products_ms"] = products_floor_ms(run)
-    whole = min(min(step_times(model, prompts, 4, True, unit_bytes)) for _ in range(max(1, repeats // 2)))
-    parts["whole_cached_step"] = 1000 * whole
+    # the whole step, and (interleaved, A B A B) the same on the caller's threads: the one-thread rule's A/B
+    whole: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(max(1, repeats // 2)):
+        for rule in (True, False):
+            whole[rule] += (
+                step_times(model, prompts, 4, True, unit_bytes)
+                if rule
+                else callers_threads(lambda: step_times(model, prompts, 4, True, unit_bytes))
+            )
+    parts["whole_cached_step"] = 1000 * min(whole[True])
+    parts["whole_cached_step_median"] = 1000 * statistics.median(whole[True])
+    parts["whole_cached_step_callers_threads"] = 1000 * min(whole[False])
+    parts["whole_cached_step_callers_threads_median"] = 1000 * statistics.median(whole[False])
     explained = parts["encode_new_units"] + parts["decode_unit_bytes"] + parts["latent_cached_step"]
     parts["unexplained_overhead"] = parts["whole_cached_step"] - explained
     return parts

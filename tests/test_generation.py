@@ -514,3 +514,31 @@ def test_generation_steps_yield_prompt_indices():
     model = small_model()
     events = list(Generation(model, ["a", "b "], GenerationOptions(max_new_units=2)).steps())
     assert sorted(p for p, _ in events) == [0, 0, 1, 1]
+
+
+def test_a_few_rows_run_on_one_thread_and_the_callers_count_comes_back(monkeypatch):
+    """A CPU call of at most ONE_THREAD_ROWS rows runs on one intra-op thread (same text), then restores the count;
+    more rows (prompts x beams) keep the caller's threads."""
+    from ilt_hf import fast_greedy
+
+    from ilt_core.generation import loop
+
+    model = small_model()
+    monkeypatch.setattr(fast_greedy, "ONE_THREAD_ROWS", None)  # the decoder's own rule: tested in test_fast_greedy
+    seen = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n) or real(n))
+    before = torch.get_num_threads()
+    real(2)
+    try:
+        one = generate(model, PROMPTS, 3)
+        assert seen[0] == 1 and seen[-1] == 2 and torch.get_num_threads() == 2
+        monkeypatch.setattr(loop, "ONE_THREAD_ROWS", 2 * len(PROMPTS) - 1)  # 2 beams x 5 prompts: more rows
+        seen.clear()
+        beams = generate(model, PROMPTS, 3, num_beams=2)
+        assert 1 not in seen and torch.get_num_threads() == 2
+        monkeypatch.setattr(loop, "ONE_THREAD_ROWS", None)
+        assert generate(model, PROMPTS, 3) == one and 1 not in seen
+    finally:
+        real(before)
+    assert len(beams) == len(PROMPTS)

@@ -84,17 +84,27 @@ class GenerationResult:
     finish_reason: str
 
 
+#: Up to this many rows (prompts x beams x candidates) generation on a CPU runs on one intra-op thread (``None``:
+#: the caller's count). Its products have a few rows (4 x 512 by 512 x 2048 in the latent's cached step, 4 x 256
+#: by 256 x 1280 per byte in the decoder), and with two threads each is a parallel region whose wake-up and join
+#: cost more than the split saves (``benchmarks/bench_generation.py --reference img --parts`` times the whole step
+#: both ways, interleaved; figures in ``benchmarks/README.md``).
+ONE_THREAD_ROWS: int | None = 16
+
+
 class GenerationSession:
-    """Eval mode, no gradients and the seeded random state for one generation call; restores all three on exit.
+    """Eval mode, no gradients, the seeded random state and (a few rows on a CPU, :data:`ONE_THREAD_ROWS`) one
+    intra-op thread for one generation call; restores all four on exit.
 
     It may be entered and left many times (streaming enters it around each step only, so nothing leaks into the
     caller's code between yields): the seeded random state carries on from one entry to the next.
     """
 
-    def __init__(self, model: Any, seed: int | None) -> None:
+    def __init__(self, model: Any, seed: int | None, rows: int = 1) -> None:
         self.model, self.seed = model, seed
         device = model.encoder_mapping.weight.device
         self.cuda = device if device.type == "cuda" else None
+        self.one_thread = device.type == "cpu" and ONE_THREAD_ROWS is not None and rows <= ONE_THREAD_ROWS
         self.state: tuple[torch.Tensor, torch.Tensor | None] | None = None  # our random state between entries
 
     def _rng(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -106,6 +116,9 @@ class GenerationSession:
             torch.cuda.set_rng_state(state[1], self.cuda)
 
     def __enter__(self) -> GenerationSession:
+        self.threads = torch.get_num_threads()
+        if self.one_thread and self.threads > 1:
+            torch.set_num_threads(1)
         self.was_training = self.model.training
         if self.was_training:
             self.model.eval()
@@ -126,6 +139,8 @@ class GenerationSession:
         self.grad.__exit__(*exc)
         if self.was_training:
             self.model.train()
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
 
 def _prompts_to_hypotheses(model: Any, prompts: list[str]) -> list[Hypothesis]:
@@ -192,7 +207,9 @@ class Generation:
         if options.max_new_units == 0:
             for h in self.hypotheses:
                 h.done = True
-        self.session = GenerationSession(model, options.seed)
+        # rows the model runs at once: beams, or word-level sampling's candidates, multiply the prompts
+        rows = len(self.hypotheses) * max(options.num_beams, options.unit_candidates if options.do_sample else 1)
+        self.session = GenerationSession(model, options.seed, rows)
 
     def steps(self) -> Iterator[tuple[int, str]]:
         """Yield ``(prompt index, new text)`` each time a row's unit is decoded (greedy and sampling only).

@@ -209,7 +209,7 @@ class ILTTrainer(Trainer):
             raise ILTError(
                 f"--resume_from_checkpoint {checkpoint}: its optimizer state does not fit this run's parameter "
                 f"groups ({str(exc).strip()}); resume with the --lr_scaling (now {self.lr_scaling}) and --optim "
-                f"it was trained with"
+                f"it was trained with (none for a checkpoint saved before --lr_scaling existed)"
             ) from None
 
     # ---- map-style training data: the order of the rows -----------------------------------

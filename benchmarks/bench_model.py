@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_model.py --reference --out runs/bench_model.json   # + reference setup
     .venv/bin/python benchmarks/bench_model.py --reference --experiments                 # + A/B speed-ups
     .venv/bin/python benchmarks/bench_model.py --quick                                   # smoke run
+    .venv/bin/python benchmarks/bench_model.py --breakdown --threads 2                   # the step by component
 
 Configurations (batch 8 texts x 64 units of he-news, consecutive words of the test split):
 
@@ -537,6 +538,83 @@ def mask_paths(units: list[str], args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def breakdown(units: list[str], args: argparse.Namespace, images: bool) -> dict[str, Any]:
+    """The reference setup's training step by component: each part's forward + backward alone (the optimizer: its
+    step), its GFLOP (``torch.utils.flop_counter``), wall and CPU seconds (medians of interleaved rounds) and the
+    GFLOP/s it reaches, beside the whole step's. CPU seconds are the process's (every thread): steadier than wall
+    clock on a shared machine.
+    """
+    import time
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ilt_core.modeling.model import build_model
+    from ilt_core.text.collator import IGNORE_INDEX
+
+    model = build_model(reference_spec(images), seed=0)
+    model.train()
+    batch = make_batches(model, units, args.rows, args.length, 1)[0]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    selected = batch.labels[..., 0] != IGNORE_INDEX
+    label_ids = batch.labels[selected]
+    latents = torch.randn(label_ids.shape[0], model.latent_transformer.hidden_size, requires_grad=True)
+    x = torch.randn(*batch.unit_index.shape, model.latent_transformer.hidden_size, requires_grad=True)
+    logits = torch.randn(*label_ids.shape, model.bytes_decoder.vocab_size, requires_grad=True)
+
+    def backward_of(fn: Any) -> Any:
+        def run() -> None:
+            fn().float().square().mean().backward()
+            model.zero_grad(set_to_none=True)
+
+        return run
+
+    def loss() -> None:
+        F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), label_ids.reshape(-1), ignore_index=IGNORE_INDEX
+        ).backward()
+
+    parts: dict[str, Any] = {}
+    if images:
+        parts["image_encoder"] = backward_of(lambda: torch.cat([model.image_encoder(p) for _, p in batch.image_groups]))
+    parts["bytes_encoder"] = backward_of(lambda: model.bytes_encoder(batch.unit_input_ids, batch.unit_attention_mask))
+    parts["latent_transformer"] = backward_of(
+        lambda: model.latent_transformer(x, position_ids=batch.position_ids).hidden_states
+    )
+    parts["bytes_decoder"] = backward_of(lambda: model.decode_logits(latents, label_ids))
+    parts["loss"] = loss
+    parts["optimizer_step"] = lambda: (
+        _give_grads([p for p in model.parameters() if p.requires_grad]),
+        optimizer.step(),
+    )
+    parts["whole_step"] = lambda: train_step(model, optimizer, batch)
+    flops = {}
+    for name, fn in parts.items():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fn()
+        flops[name] = counter.get_total_flops() / 1e9
+    cpu: dict[str, list[float]] = {name: [] for name in parts}
+
+    def cpu_timed(name: str, fn: Any) -> Any:
+        def run() -> None:
+            start = time.process_time()
+            fn()
+            cpu[name].append(time.process_time() - start)
+
+        return run
+
+    wall = common.interleaved({n: cpu_timed(n, f) for n, f in parts.items()}, max(args.exp_repeats, 2))
+    result = {}
+    for name in parts:
+        w, c = common.median(wall[name]), common.median(cpu[name][1:])  # the first call is interleaved's warm-up
+        result[name] = {"gflop": flops[name], "wall_s": w, "cpu_s": c, "gflop_per_wall_s": flops[name] / w}
+    whole = result["whole_step"]
+    for r in result.values():
+        r["share_of_step_cpu"] = r["cpu_s"] / whole["cpu_s"]
+    common.log(f"breakdown ({'with' if images else 'without'} images): {result}")
+    return result
+
+
 def _give_grads(params: list[torch.Tensor]) -> None:
     """Small gradients on every parameter, so an optimizer step does its full work."""
     for p in params:
@@ -606,6 +684,14 @@ def print_report(results: dict[str, Any]) -> None:
     print(f"matrix-product calibration: {results['calibration_gflop_per_s']:.1f} GFLOP/s (1024^2 float32, same run)")
     if "reference" in results["configs"]:
         print(f"\n{NO_REFERENCE}")
+    for setup, parts in results.get("breakdown", {}).items():
+        print(f"\nreference setup {setup}, by component (forward + backward alone; matmul calibration above):")
+        print("  part                  GFLOP   wall s   CPU s  GFLOP/s (wall)  share of step CPU")
+        for name, r in parts.items():
+            print(
+                f"  {name:<20} {r['gflop']:6.1f} {r['wall_s']:8.2f} {r['cpu_s']:7.2f} {r['gflop_per_wall_s']:15.1f} "
+                f"{r['share_of_step_cpu']:18.0%}"
+            )
     if "mask_paths" in results:
         m = results["mask_paths"]
         print(
@@ -641,6 +727,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="packed rows through the latent: dense block-causal mask vs the mask built from position ids (A/B; "
         "alone, without --configs, only this)",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="the reference setup's step by component, with and without images: GFLOP, wall and CPU seconds (alone, "
+        "without --configs, only this)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.length, args.steps, args.warmup, args.batches, args.exp_repeats = 2, 8, 1, 0, 1, 1
@@ -660,7 +752,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "configs": {},
     }
     # --mask-paths alone runs only that A/B
-    specs = {} if args.mask_paths and args.configs is None else config_specs(args.reference, args.configs)
+    alone = (args.mask_paths or args.breakdown) and args.configs is None
+    specs = {} if alone else config_specs(args.reference, args.configs)
     for name, spec in specs.items():
         if args.no_isolate:
             results["configs"][name] = bench_config(name, spec, units, args)
@@ -675,6 +768,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["experiments"] = experiments(units, args)
     if args.mask_paths:
         results["mask_paths"] = mask_paths(units, args)
+    if args.breakdown:
+        results["breakdown"] = {
+            "with images": breakdown(units, args, images=True),
+            "without images": breakdown(units, args, images=False),
+        }
     print_report(results)
     common.write_json(args.out, results)
     return results

@@ -54,6 +54,7 @@ and memory do not depend on the corpus size.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import random
 import time
@@ -533,7 +534,18 @@ class StreamingLoader(torch.utils.data.DataLoader):
         # the next batch comes from reader batches % readers: the first worker plays that reader
         dataset.rotation = self.batches % dataset.num_readers
         dataset.start_positions = dict(self.positions)
-        for batch in super().__iter__():
+        if self.num_workers:
+            # the workers are forked here: with every object of this process frozen out of the cyclic
+            # garbage collector's reach, their collections do not touch (and so copy) this process's heap,
+            # page after page (what the Python docs advise before a fork); this process unfreezes at once
+            gc.freeze()
+            try:
+                batches = super().__iter__()
+            finally:
+                gc.unfreeze()
+        else:
+            batches = super().__iter__()
+        for batch in batches:
             if _PACKED in batch:  # from a worker
                 batch = unpack_tensors(batch, self.pin_batches)
             elif self.pin_batches:  # made here: one copy into pinned memory too

@@ -19,7 +19,8 @@ their words respelled, as ``--shards`` parquet shards with a ``text`` column.
    process streams the largest corpus through :class:`ilt_core.training.streaming.StreamingLoader`
    (segmenting, blocking, packing, rendering the word images and encoding the bytes, as training
    does, with the small model's processor) and counts the units (words with their whitespace) of
-   ``--pipeline-batches`` batches after the first (worker start-up excluded). Goal: 2 workers give
+   ``--pipeline-batches`` batches after the first (worker start-up excluded; ``--pipeline-warmup W``:
+   after the first W, when the render caches, one per worker, are warmer). Goal: 2 workers give
    at least 1.7x the words/s of 1 (needs 2 free cores: on a shared machine the figure says how much
    the others left). ``--pipeline-rounds R`` runs the 0, 1, 2 workers R times, interleaved, and
    reports each count's median run and the median of the rounds' 2-vs-1 ratios. Beside words/s, the
@@ -110,12 +111,13 @@ def pipeline_child(spec: dict[str, Any]) -> dict[str, Any]:
     loader = StreamingLoader(dataset, sink, prefetch_factor=4 if spec["workers"] else None)
     start = time.perf_counter()
     first = None
+    skip = spec.get("warmup", 1)
     for i, _ in enumerate(loader):
-        if i == 0:  # worker start-up and the first batch: not counted
+        if i == skip - 1:  # worker start-up and the first batches (default: 1): not counted
             first = time.perf_counter()
             units0 = sink.stats["units"]
             cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        if i == spec["batches"]:
+        if i == skip - 1 + spec["batches"]:
             break
     seconds = time.perf_counter() - first
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -133,8 +135,8 @@ def pipeline_child(spec: dict[str, Any]) -> dict[str, Any]:
         "main_cpu_ms_per_batch": 1e3
         * (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime)
         / spec["batches"],
-        # all batches, the first included (its CPU time cannot be told apart in the workers)
-        "workers_cpu_ms_per_batch": 1e3 * (workers_cpu.ru_utime + workers_cpu.ru_stime) / (spec["batches"] + 1),
+        # all batches, the warm-up included (its CPU time cannot be told apart in the workers)
+        "workers_cpu_ms_per_batch": 1e3 * (workers_cpu.ru_utime + workers_cpu.ru_stime) / (spec["batches"] + skip),
     }
 
 
@@ -157,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loader-workers", type=int, default=0, help="--dataloader_num_workers of the streaming runs")
     p.add_argument("--pipeline-workers", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--pipeline-batches", type=int, default=200, help="batches timed per pipeline run")
+    p.add_argument(
+        "--pipeline-warmup",
+        type=int,
+        default=1,
+        help="batches made before the timed ones (default 1: worker start-up; more: warmer render caches, one per worker)",
+    )
     p.add_argument(
         "--pipeline-rounds", type=int, default=1, help="pipeline runs per worker count, interleaved (medians reported)"
     )
@@ -201,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         for workers in args.pipeline_workers:
             label = f"pipeline {largest['size_mb']:g} MB, {workers} workers (round {k + 1})"
             spec = {**base, "train_file": largest["parquet"], "workers": workers, "batches": args.pipeline_batches}
+            spec["warmup"] = max(1, args.pipeline_warmup)
             r = run_child("pipeline", spec, label)
             rounds[workers].append(r)
             common.log(f"{label}: {r['words_per_s']:,.0f} words/s")
@@ -228,15 +237,16 @@ def main(argv: list[str] | None = None) -> int:
         "goals": goals,
     }
     common.write_json(args.out, report)
-    print("| corpus | time to step 1 | peak RSS, steps (main) | peak RSS, workers | steps/s |")
-    print("| --- | --- | --- | --- | --- |")
+    if runs:
+        print("| corpus | time to step 1 | peak RSS, steps (main) | peak RSS, workers | steps/s |")
+        print("| --- | --- | --- | --- | --- |")
     for r in runs:
         rate = (args.steps - 1) / r["steps_s"] if r["steps_s"] > 0 else 0.0
         print(
             f"| {r['size_mb']:g} MB | {r['first_step_s']:.1f} s | {r['peak_rss_steps_mib']:,.0f} MiB "
             f"| {r['workers_peak_rss_mib']:,.0f} MiB | {rate:.2f} |"
         )
-    print("\n| DataLoader workers | words/s | first batch | CPU ms a batch, main process | CPU ms a batch, workers |")
+    print("\n| DataLoader workers | words/s | untimed start | CPU ms a batch, main process | CPU ms a batch, workers |")
     print("| --- | --- | --- | --- | --- |")
     for r in pipeline:
         print(

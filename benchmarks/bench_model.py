@@ -611,8 +611,38 @@ def breakdown(units: list[str], args: argparse.Namespace, images: bool) -> dict[
     whole = result["whole_step"]
     for r in result.values():
         r["share_of_step_cpu"] = r["cpu_s"] / whole["cpu_s"]
+        r["gflop_per_cpu_s"] = r["gflop"] / r["cpu_s"] if r["cpu_s"] > 0 else 0.0
+    # the ceiling in the same unit: torch's matrix products alone, per CPU second (steady under shared load)
+    latent_width = model.latent_transformer.hidden_size
+    decoder_width = model.bytes_decoder.hidden_size
+    tokens = label_ids.numel()
+    shapes = {
+        "1024x1024x1024": (1024, 1024, 1024),
+        f"decoder {tokens}x{decoder_width}x{decoder_width}": (tokens, decoder_width, decoder_width),
+        f"latent {x.shape[0] * x.shape[1]}x{latent_width}x{4 * latent_width}": (
+            x.shape[0] * x.shape[1],
+            latent_width,
+            4 * latent_width,
+        ),
+    }
+    result["matmul_gflop_per_cpu_s"] = {name: matmul_gflop_per_cpu_s(*shape) for name, shape in shapes.items()}
     common.log(f"breakdown ({'with' if images else 'without'} images): {result}")
     return result
+
+
+def matmul_gflop_per_cpu_s(m: int, k: int, n: int, repeats: int = 5) -> float:
+    """GFLOP per CPU second (every thread's) of a float32 ``(m, k) @ (k, n)`` product: the best of 3 rounds."""
+    import time
+
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, (time.process_time() - start) / repeats)
+    return 2 * m * k * n / best / 1e9
 
 
 def _give_grads(params: list[torch.Tensor]) -> None:
@@ -686,12 +716,16 @@ def print_report(results: dict[str, Any]) -> None:
         print(f"\n{NO_REFERENCE}")
     for setup, parts in results.get("breakdown", {}).items():
         print(f"\nreference setup {setup}, by component (forward + backward alone; matmul calibration above):")
-        print("  part                  GFLOP   wall s   CPU s  GFLOP/s (wall)  share of step CPU")
+        print("  part                  GFLOP   wall s   CPU s  GFLOP/s (wall)  GFLOP/CPU s  share of step CPU")
         for name, r in parts.items():
+            if name == "matmul_gflop_per_cpu_s":
+                continue
             print(
                 f"  {name:<20} {r['gflop']:6.1f} {r['wall_s']:8.2f} {r['cpu_s']:7.2f} {r['gflop_per_wall_s']:15.1f} "
-                f"{r['share_of_step_cpu']:18.0%}"
+                f"{r['gflop_per_cpu_s']:12.1f} {r['share_of_step_cpu']:18.0%}"
             )
+        ceiling = ", ".join(f"{k} {v:.0f}" for k, v in parts.get("matmul_gflop_per_cpu_s", {}).items())
+        print(f"  torch's matrix products alone, GFLOP per CPU second: {ceiling}")
     if "mask_paths" in results:
         m = results["mask_paths"]
         print(

@@ -286,7 +286,14 @@ def test_the_training_dataset_is_arrow_backed_and_reads_rows_lazily(tmp_path) ->
     lengths = rows.blocks.data.column("units").combine_chunks().value_lengths().to_numpy()
     assert np.array_equal(rows.offsets.to_numpy(), td.pack_offsets(lengths, 24))
     held = {name: type(value).__name__ for name, value in vars(rows).items()}
-    assert held == {"blocks": "Dataset", "offsets": "RowOffsets", "stats": "BlockStats", "reader": "BlockReader"}
+    assert held == {
+        "offsets": "RowOffsets",
+        "stats": "BlockStats",
+        "reader": "BlockReader",
+        "_blocks": "NoneType",  # no open dataset: it would keep the record batches' headers mapped
+        "_reopen": "bytes",
+    }, held
+    assert len(rows._reopen) < 10_000
     assert not any(isinstance(v, (list, dict, np.ndarray)) for v in vars(rows).values())
     # the reader holds nine file positions per record batch, nothing per row
     layouts = rows.reader.layouts.values()

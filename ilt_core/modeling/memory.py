@@ -37,6 +37,8 @@ DEFAULT_MMAP_MAX = 65536
 #: blocks above this many bytes are mapped for themselves and unmapped when freed (a 64 x 32 x 256 float32
 #: activation is 2 MiB; smaller blocks stay in the heap, where reuse is cheap)
 DEFAULT_THRESHOLD = 1 << 20
+#: glibc's default: the heap is trimmed when this much is free at its top (memory-saving setting)
+DEFAULT_TRIM_THRESHOLD = 128 * 1024
 #: the heap is trimmed only when this much is free at its top: never, in practice
 NEVER_TRIM = 1 << 62
 
@@ -70,7 +72,7 @@ def return_freed_memory(threshold: int = DEFAULT_THRESHOLD) -> bool:
         return False
     _chosen[:] = ["return"]
     done = _mallopt(libc, M_MMAP_MAX, DEFAULT_MMAP_MAX) and _mallopt(libc, M_MMAP_THRESHOLD, threshold)
-    return done and _mallopt(libc, M_TRIM_THRESHOLD, 2 * threshold)
+    return done and _mallopt(libc, M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
 
 
 def keep_freed_memory() -> bool:

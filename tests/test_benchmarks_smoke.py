@@ -111,6 +111,25 @@ def test_bench_generation_small(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_model_breakdown_quick(tmp_path):
+    data = run_script("bench_model", tmp_path, "--breakdown", "--threads", "1")
+    assert data["configs"] == {}  # --breakdown alone runs only the breakdown
+    with_images, without = data["breakdown"]["with images"], data["breakdown"]["without images"]
+    assert "image_encoder" in with_images and "image_encoder" not in without
+    for parts in (with_images, without):
+        components = ("bytes_encoder", "latent_transformer", "bytes_decoder")
+        for name in components:
+            assert positive(parts[name]["gflop"]) and positive(parts[name]["cpu_s"]), name
+        assert positive(parts["optimizer_step"]["cpu_s"]) and positive(parts["whole_step"]["gflop"])
+        # the components' products are the step's, but for the two mappings
+        assert (
+            sum(parts[n]["gflop"] for n in (*components, "image_encoder") if n in parts) <= parts["whole_step"]["gflop"]
+        )
+        assert parts["whole_step"]["share_of_step_cpu"] == 1.0
+        assert all(positive(v) for v in parts["matmul_gflop_per_cpu_s"].values())
+
+
+@pytest.mark.slow
 def test_bench_bounds_quick(tmp_path):
     data = run_script("bench_bounds", tmp_path)
     assert set(data["setups"]) == {"with images", "without images"} and positive(data["peak_gflop_per_s"])

@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_model.py --reference --experiments                 # + A/B speed-ups
     .venv/bin/python benchmarks/bench_model.py --quick                                   # smoke run
     .venv/bin/python benchmarks/bench_model.py --breakdown --threads 2                   # the step by component
+    .venv/bin/python benchmarks/bench_model.py --page-faults-ab 2 --threads 2 --no-flops # malloc defaults vs kept pages
 
 Configurations (batch 8 texts x 64 units of he-news, consecutive words of the test split):
 
@@ -28,6 +29,7 @@ import gc
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -172,14 +174,23 @@ def bench_config(name: str, spec: dict[str, Any], units: list[str], args: argpar
     batches = [b.to(args.device) for b in batches]
     # fused AdamW: what the Trainer uses by default with torch >= 2.8 (and 4x faster than the for-loop one here)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    times, losses = [], []
+    times, losses, usage = [], [], []
     for i in range(args.warmup + args.steps):
         batch = batches[i % len(batches)]
+        before = resource.getrusage(resource.RUSAGE_SELF)
         seconds, loss = common.timed(lambda b=batch, m=model, o=optimizer: train_step(m, o, b))
+        after = resource.getrusage(resource.RUSAGE_SELF)
         common.log(f"{name}: step {i + 1}/{args.warmup + args.steps} {seconds:.2f} s loss {loss:.3f}")
         if i >= args.warmup:
             times.append(seconds)
             losses.append(loss)
+            usage.append(
+                (
+                    after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+                    after.ru_stime - before.ru_stime,
+                    after.ru_minflt - before.ru_minflt,
+                )
+            )
     flops = step_flops(model, batches[0]) if not args.no_flops else 0
     step_s = common.median(times)
     words = sum(text_units_in(b) for b in batches) / len(batches)
@@ -192,6 +203,10 @@ def bench_config(name: str, spec: dict[str, Any], units: list[str], args: argpar
         "bytes_per_batch": text_bytes,
         "step_s": step_s,
         "step_s_all": times,
+        # CPU seconds of every thread, of them in the kernel, and page faults: a step's medians
+        "step_cpu_s": common.median([u[0] for u in usage]),
+        "step_kernel_cpu_s": common.median([u[1] for u in usage]),
+        "step_page_faults": common.median([u[2] for u in usage]),
         "units_per_s": words / step_s,
         "bytes_per_s": text_bytes / step_s,
         "last_loss": losses[-1],
@@ -208,7 +223,7 @@ def bench_config(name: str, spec: dict[str, Any], units: list[str], args: argpar
     return result
 
 
-def bench_config_isolated(name: str, argv: list[str]) -> dict[str, Any]:
+def bench_config_isolated(name: str, argv: list[str], extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """:func:`bench_config` in a fresh process, so its peak RSS holds only this configuration.
 
     (In one process the allocator keeps memory freed by an earlier configuration resident.)
@@ -219,7 +234,7 @@ def bench_config_isolated(name: str, argv: list[str]) -> dict[str, Any]:
     dropping = False  # inside the values of --configs / --out
     for arg in argv:
         if arg.startswith("-"):
-            dropping = arg.split("=")[0] in ("--configs", "--out")
+            dropping = arg.split("=")[0] in ("--configs", "--out", "--page-faults-ab")
             if dropping or arg in ("--experiments", "--reference"):
                 continue
         elif dropping:
@@ -228,7 +243,7 @@ def bench_config_isolated(name: str, argv: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ilt-bench-model-") as tmp:
         out = Path(tmp) / "config.json"
         command = [sys.executable, str(Path(__file__).resolve()), *child_args]
-        command += ["--no-isolate", "--configs", name, "--out", str(out)]
+        command += ["--no-isolate", "--configs", name, "--out", str(out), *extra]
         done = subprocess.run(command, stderr=None, stdout=subprocess.DEVNULL, check=False)
         if done.returncode != 0 or not out.exists():
             raise RuntimeError(f"bench_model: configuration {name!r} failed in its process (exit {done.returncode})")
@@ -762,6 +777,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "alone, without --configs, only this)",
     )
     parser.add_argument(
+        "--page-faults-ab",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="the reference configuration's step with the C library's allocation defaults (A) and with a training "
+        "forward's keep_freed_memory (B), in fresh processes, A B A B: page faults, CPU and kernel seconds, peak RSS",
+    )
+    parser.add_argument("--malloc-defaults", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="the reference setup's step by component, with and without images: GFLOP, wall and CPU seconds (alone, "
@@ -786,7 +810,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "configs": {},
     }
     # --mask-paths alone runs only that A/B
-    alone = (args.mask_paths or args.breakdown) and args.configs is None
+    if args.malloc_defaults:  # arm A of --page-faults-ab: glibc's settings as they are
+        from ilt_core.modeling import memory
+
+        memory.keep_defaults()
+    alone = (args.mask_paths or args.breakdown or args.page_faults_ab) and args.configs is None
     specs = {} if alone else config_specs(args.reference, args.configs)
     for name, spec in specs.items():
         if args.no_isolate:
@@ -802,6 +830,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["experiments"] = experiments(units, args)
     if args.mask_paths:
         results["mask_paths"] = mask_paths(units, args)
+    if args.page_faults_ab:
+        argv_now = argv if argv is not None else sys.argv[1:]
+        rounds: dict[str, list[dict[str, Any]]] = {"malloc_defaults": [], "keep_freed_memory": []}
+        for _ in range(args.page_faults_ab):
+            for arm in rounds:
+                extra = ("--malloc-defaults",) if arm == "malloc_defaults" else ()
+                rounds[arm].append(bench_config_isolated("reference", argv_now, extra))
+        keys = ("step_page_faults", "step_cpu_s", "step_kernel_cpu_s", "step_s", "peak_rss_mb")
+        results["page_faults_ab"] = {
+            arm: {k: common.median([r[k] for r in runs]) for k in keys} | {"rounds": runs}
+            for arm, runs in rounds.items()
+        }
+        for arm, r in results["page_faults_ab"].items():
+            print(f"{arm}: " + ", ".join(f"{k} {r[k]:,.2f}" for k in keys))
     if args.breakdown:
         results["breakdown"] = {
             "with images": breakdown(units, args, images=True),

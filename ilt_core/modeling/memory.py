@@ -61,6 +61,12 @@ def _mallopt(libc: ctypes.CDLL, param: int, value: int) -> bool:
     return bool(libc.mallopt(param, min(int(value), 2**31 - 1)))
 
 
+def keep_defaults() -> None:
+    """Leave the C library's settings as they are in this process: :func:`keep_freed_memory` then changes nothing
+    (for comparisons: ``benchmarks/bench_model.py --page-faults-ab``)."""
+    _chosen[:] = ["defaults"]
+
+
 def return_freed_memory(threshold: int = DEFAULT_THRESHOLD) -> bool:
     """For memory: the C library maps every block above ``threshold`` bytes by itself and unmaps it when freed.
 

@@ -1203,6 +1203,7 @@ __all__ = [
     "check_parquet_footers",
     "hold_out",
     "load_texts",
+    "make_collator",
     "make_blocks",
     "pack_blocks",
     "pack_offsets",

@@ -102,7 +102,7 @@ from ilt_core.training.arguments import (
     is_config_file,
     parse_train_args,
 )
-from ilt_core.training.data import UnitCollator
+from ilt_core.training.data import make_collator
 from ilt_core.training.resume import check_compatible, last_complete_checkpoint, resolve_resume
 from ilt_core.training.streaming import plan_stream, prepare_stream
 
@@ -427,7 +427,7 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
         new_parameter_names,
     )
 
-    collator = UnitCollator(model.processor, block_size, ilt.packing)
+    collator = make_collator(model.processor, block_size, ilt.packing)
     all_callbacks = list(callbacks or [])
     if ilt.freeze_pretrained_steps:
         freeze = FreezePretrainedCallback(model, ilt.freeze_pretrained_steps)

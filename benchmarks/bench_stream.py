@@ -25,7 +25,10 @@ their words respelled, as ``--shards`` parquet shards with a ``text`` column.
    the others left). ``--pipeline-rounds R`` runs the 0, 1, 2 workers R times, interleaved, and
    reports each count's median run and the median of the rounds' 2-vs-1 ratios. Beside words/s, the
    CPU milliseconds per batch of the main process (all its threads: what training's main process,
-   which also runs the model, gives to the data) and of the workers together.
+   which also runs the model, gives to the data) and of the workers together. ``--pipeline-scaling``:
+   each round also runs two 0-worker pipelines at once in two processes; their summed words/s over
+   the round's one alone is what the machine gives two processes of this work with nothing sent
+   between them: the most 2 workers can give over 1 here.
 """
 
 from __future__ import annotations
@@ -151,6 +154,27 @@ def run_child(kind: str, spec: dict[str, Any], label: str) -> dict[str, Any]:
     return json.loads(results[-1])
 
 
+def run_children_at_once(kind: str, specs: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+    """:func:`run_child` for several children started together (each its own process, running side by side)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, f"--{kind}-child", json.dumps({**spec, "launched": time.time()})],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for spec in specs
+    ]
+    out = []
+    for proc in procs:
+        stdout, stderr = proc.communicate()
+        results = [line[7:] for line in stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode != 0 or not results:
+            raise SystemExit(f"{label}: a child process failed:\n{stderr[-3000:]}")
+        out.append(json.loads(results[-1]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=float, nargs="+", default=[10, 100, 1000], help="corpus sizes in MB")
@@ -179,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     p.add_argument("--train-child", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--pipeline-scaling",
+        action="store_true",
+        help="each round also runs two 0-worker pipelines at once, in two processes: their summed words/s over one "
+        "alone is what this machine gives two processes doing this work side by side, the bound of 2 workers vs 1",
+    )
     p.add_argument("--pipeline-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.train_child:
@@ -204,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"size_mb": corpus["size_mb"], "corpus_bytes": corpus["bytes"], **r})
         common.log(f"{label}: first step at {r['first_step_s']:.1f} s, peak RSS {r['peak_rss_steps_mib']:.0f} MiB")
     rounds: dict[int, list[dict[str, Any]]] = {w: [] for w in args.pipeline_workers}
+    scaling: list[list[dict[str, Any]]] = []  # per round: two 0-worker pipelines run at once
     largest = corpora[-1]
     for k in range(args.pipeline_rounds):  # interleaved: 0, 1, 2 workers, then again
         for workers in args.pipeline_workers:
@@ -213,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
             r = run_child("pipeline", spec, label)
             rounds[workers].append(r)
             common.log(f"{label}: {r['words_per_s']:,.0f} words/s")
+        if args.pipeline_scaling:
+            label = f"pipeline {largest['size_mb']:g} MB, two 0-worker processes at once (round {k + 1})"
+            spec = {**base, "train_file": largest["parquet"], "workers": 0, "batches": args.pipeline_batches}
+            spec["warmup"] = max(1, args.pipeline_warmup)
+            pair = run_children_at_once("pipeline", [spec, spec], label)
+            scaling.append(pair)
+            rates = " + ".join(f"{r['words_per_s']:,.0f}" for r in pair)
+            common.log(f"{label}: {rates} words/s")
     # per worker count, the run with the median words/s (of an odd number of rounds; the upper middle otherwise)
     pipeline = [sorted(rs, key=lambda r: r["words_per_s"])[len(rs) // 2] for rs in rounds.values()]
     goals: dict[str, Any] = {}
@@ -226,6 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         ratios = sorted(b["words_per_s"] / a["words_per_s"] for a, b in zip(rounds[1], rounds[2], strict=True))
         goals["two_vs_one_worker"] = ratios[len(ratios) // 2]
         goals["two_vs_one_worker_rounds"] = ratios
+    if scaling and 0 in rounds:
+        # per round: two processes side by side against one alone (the round's 0-worker run)
+        bounds = sorted(
+            sum(r["words_per_s"] for r in pair) / alone["words_per_s"]
+            for pair, alone in zip(scaling, rounds[0], strict=True)
+        )
+        goals["two_processes_vs_one"] = bounds[len(bounds) // 2]
+        goals["two_processes_vs_one_rounds"] = bounds
     report = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if "child" not in k},
         "cpus": os.cpu_count(),
@@ -234,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "streaming_runs": runs,
         "pipeline": pipeline,
         "pipeline_rounds": {str(w): rs for w, rs in rounds.items()},
+        "pipeline_two_at_once": scaling,
         "goals": goals,
     }
     common.write_json(args.out, report)
@@ -263,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
         each = ", ".join(f"x{q:.2f}" for q in goals["two_vs_one_worker_rounds"])
         rounds_note = f" (median of {len(rounds[1])} rounds: {each})" if len(rounds[1]) > 1 else ""
         print(f"2 workers vs 1: x{goals['two_vs_one_worker']:.2f} words/s{rounds_note} (goal >= {WORKERS_GOAL})")
+    if "two_processes_vs_one" in goals:
+        each = ", ".join(f"x{q:.2f}" for q in goals["two_processes_vs_one_rounds"])
+        print(
+            f"two 0-worker pipelines at once vs one alone: x{goals['two_processes_vs_one']:.2f} words/s ({each}): "
+            "what this machine gives two processes of this work, with nothing sent between them"
+        )
     return 0
 
 

@@ -18,7 +18,10 @@ and prints the cache speed-up those parts allow: (recompute + shared) / (cached 
 free cached step, (recompute + shared) / shared; beside them the whole cached step (fastest and median gap), what
 the parts leave unexplained (the loop's own overhead: bookkeeping, text of the units, the stop checks), and the
 whole step on the caller's threads, interleaved with it (``whole_cached_step_callers_threads``: the A/B of the
-one-thread rule for few rows, ``ONE_THREAD_ROWS`` in ``ilt_core.generation.loop`` and ``ilt_hf.fast_greedy``).
+one-thread rule for few rows, ``ONE_THREAD_ROWS`` in ``ilt_core.generation.loop`` and ``ilt_hf.fast_greedy``), and
+with the latent's cached step and the bytes encoder through the transformers forward (``whole_cached_step_transformers``,
+``latent_cached_step_transformers``, ``encode_new_units_transformers``: the A/B of the fused GPT-NeoX step,
+:mod:`ilt_hf.fast_neox`, and BERT forward, :mod:`ilt_hf.fast_bert`).
 
 ``--reference img`` (or ``noimg``) runs the reference implementation's setup instead of ``--preset``
 (``bench_model.reference_spec``, words rendered 16 px high) at its generation protocol: batch 4, 16-unit prompts,
@@ -144,6 +147,22 @@ def callers_threads(run):
         loop.ONE_THREAD_ROWS, fast_greedy.ONE_THREAD_ROWS = saved
 
 
+def transformers_path(model, run, roles=("latent_transformer", "bytes_encoder")):
+    """``run()`` with the fused inference steps of ``roles`` off (:mod:`ilt_hf.fast_neox` for the latent's cached
+    step, :mod:`ilt_hf.fast_bert` for the bytes encoder): those parts through the transformers forward, for the
+    A/B. A component without the switch runs as it is."""
+    switched = []
+    for role in roles:
+        switch = getattr(getattr(model, role, None), "set_fused_inference", None)
+        if switch is not None and switch(False) is False:
+            switched.append(switch)
+    try:
+        return run()
+    finally:
+        for switch in switched:
+            switch(True)
+
+
 def best_ms(run, repeats: int) -> float:
     """Fastest of ``repeats`` timed calls of ``run`` (after one warm-up call), in milliseconds."""
     return 1000 * common.fastest(run, repeats)
@@ -229,6 +248,8 @@ def parts_of_step(
         cached, recomputed = LatentState(model, embed, True), LatentState(model, embed, False)
         latents = cached.start([h.context for h in hyps])
         recomputed.start([h.context for h in hyps])
+        plain = LatentState(model, embed, True)  # the same cached step through the transformers forward
+        transformers_path(model, lambda: plain.start([h.context for h in hyps]))
 
         def latent_ms(latent) -> float:
             units = new_units()
@@ -246,6 +267,14 @@ def parts_of_step(
             "latent_cached_step": min(latent_ms(cached) for _ in range(repeats + 1)),
             "latent_recomputed": min(latent_ms(recomputed) for _ in range(repeats + 1)),
         }
+        # the fused cached step's A/B, interleaved: the same step through the transformers forward
+        fused_ab, plain_ab = [], []
+        for _ in range(repeats + 1):
+            fused_ab.append(latent_ms(cached))
+            plain_ab.append(transformers_path(model, lambda: latent_ms(plain)))
+        parts["latent_cached_step"] = min(parts["latent_cached_step"], *fused_ab)
+        parts["latent_cached_step_transformers"] = min(plain_ab)
+        parts["encode_new_units_transformers"] = best_ms(lambda: transformers_path(model, encode), repeats)
     if floors:  # outside inference mode: a dispatch mode does not see its tensors' products
         runs = {
             "encode_new_units": encode,
@@ -254,19 +283,24 @@ def parts_of_step(
         }
         for name, run in runs.items():
             parts[f"{name}_products_ms"] = products_floor_ms(run)
-    # the whole step, and (interleaved, A B A B) the same on the caller's threads: the one-thread rule's A/B
-    whole: dict[bool, list[float]] = {True: [], False: []}
+
+    # the whole step, and (interleaved, A B C A B C) the same on the caller's threads (the one-thread rule's A/B)
+    # and with the latent's cached step through the transformers forward (the fused step's A/B)
+    def run_step() -> list[float]:
+        return step_times(model, prompts, 4, True, unit_bytes)
+
+    arms = {
+        "": run_step,
+        "_callers_threads": lambda: callers_threads(run_step),
+        "_transformers": lambda: transformers_path(model, run_step),
+    }
+    whole: dict[str, list[float]] = {arm: [] for arm in arms}
     for _ in range(max(1, repeats // 2)):
-        for rule in (True, False):
-            whole[rule] += (
-                step_times(model, prompts, 4, True, unit_bytes)
-                if rule
-                else callers_threads(lambda: step_times(model, prompts, 4, True, unit_bytes))
-            )
-    parts["whole_cached_step"] = 1000 * min(whole[True])
-    parts["whole_cached_step_median"] = 1000 * statistics.median(whole[True])
-    parts["whole_cached_step_callers_threads"] = 1000 * min(whole[False])
-    parts["whole_cached_step_callers_threads_median"] = 1000 * statistics.median(whole[False])
+        for arm, run in arms.items():
+            whole[arm] += run()
+    for arm, times in whole.items():
+        parts[f"whole_cached_step{arm}"] = 1000 * min(times)
+        parts[f"whole_cached_step{arm}_median"] = 1000 * statistics.median(times)
     explained = parts["encode_new_units"] + parts["decode_unit_bytes"] + parts["latent_cached_step"]
     parts["unexplained_overhead"] = parts["whole_cached_step"] - explained
     return parts

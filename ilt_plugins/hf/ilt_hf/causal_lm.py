@@ -22,6 +22,7 @@ from ilt_core.plugins.protocols import LatentOutput
 from ilt_core.plugins.registry import BuildContext, component
 from ilt_hf.backbone import HFWrapper
 from ilt_hf.fast_greedy import FusedLlamaWeights, greedy_decode
+from ilt_hf.fast_neox import FusedNeoXWeights, fused_neox_supported, neox_cached_step
 from ilt_hf.loading import Source, SourceArgs, max_positions, set_special_tokens
 
 
@@ -121,6 +122,8 @@ class HFLatentTransformer(HFWrapper):
         if takes_mapping and "sliding_attention" in layer_types and getattr(cfg, "sliding_window", None):
             self._sliding_window = int(cfg.sliding_window)
             self._sliding_layer = layer_types.index("sliding_attention")
+        # eval with gradients off, one new unit over the cache (generation): GPT-NeoX's fused step (ilt_hf.fast_neox)
+        self._fused_step = FusedNeoXWeights() if fused_neox_supported(model) else None
 
     def _mask_4d(self, mask: torch.Tensor, inputs_embeds: torch.Tensor, past_key_values: Any) -> Any:
         batch, length = inputs_embeds.shape[:2]
@@ -199,6 +202,21 @@ class HFLatentTransformer(HFWrapper):
         param = next(self.model.parameters())
         inputs_embeds = inputs_embeds.to(dtype=param.dtype)
         if (
+            self._fused_step is not None
+            and past_key_values is not None
+            and use_cache
+            and attention_mask is not None
+            and position_ids is not None
+            and not self.model.training
+            and not torch.is_grad_enabled()
+            and getattr(self.model.config, "_attn_implementation", None) in ("sdpa", "eager")
+        ):
+            hidden = neox_cached_step(
+                self.model, self._fused_step, inputs_embeds, attention_mask, position_ids, past_key_values
+            )
+            if hidden is not None:
+                return LatentOutput(hidden_states=hidden, past_key_values=past_key_values)
+        if (
             attention_mask is None
             and position_ids is not None
             and past_key_values is None
@@ -230,6 +248,20 @@ class HFLatentTransformer(HFWrapper):
         return LatentOutput(
             hidden_states=out.last_hidden_state, past_key_values=output_cache(out) if use_cache else None
         )
+
+    def set_fused_inference(self, enabled: bool) -> bool:
+        """Let a cached step of one new unit (eval mode, gradients off) take the fused GPT-NeoX step of
+        :mod:`ilt_hf.fast_neox`.
+
+        On by default for a GPT-NeoX the step reproduces; ``False`` sends every call through the transformers forward
+        (the fused weights are kept for when it is switched back on). Returns whether the fused step is in use.
+        """
+        if not enabled:
+            self._fused_off = self._fused_step or getattr(self, "_fused_off", None)
+            self._fused_step = None
+        elif self._fused_step is None and fused_neox_supported(self.model):
+            self._fused_step = getattr(self, "_fused_off", None) or FusedNeoXWeights()
+        return self._fused_step is not None
 
     def select_cache(self, cache: Any, rows: torch.Tensor) -> Any:
         """``protocols.LatentCache``: keep batch rows ``rows`` ``(N',)`` (they may repeat) of a transformers cache."""

@@ -10,6 +10,7 @@ from torch import nn
 from ilt_core.errors import ILTError
 from ilt_core.plugins.registry import BuildContext, component
 from ilt_hf.backbone import HFWrapper
+from ilt_hf.fast_bert import FusedBertWeights, fused_bert_forward, fused_bert_supported
 from ilt_hf.loading import Source, SourceArgs, accepts_kwarg, set_special_tokens
 
 POOLINGS = ("mean", "cls")
@@ -58,6 +59,21 @@ class HFTextEncoder(HFWrapper):
         self.pooling = pooling
         self.hidden_size: int = int(model.config.hidden_size)
         self.vocab_size: int = int(model.get_input_embeddings().weight.shape[0])
+        # eval with gradients off (generation, evaluation): BERT takes the fused forward of ilt_hf.fast_bert
+        self._fused = FusedBertWeights() if fused_bert_supported(model) else None
+
+    def set_fused_inference(self, enabled: bool) -> bool:
+        """Let inference (eval mode, gradients off) take the fused BERT forward of :mod:`ilt_hf.fast_bert`.
+
+        On by default for a BERT the forward reproduces; ``False`` sends every call through the transformers forward
+        (the fused weights are kept for when it is switched back on). Returns whether the fused forward is in use.
+        """
+        if not enabled:
+            self._fused_off = self._fused or getattr(self, "_fused_off", None)
+            self._fused = None
+        elif self._fused is None and fused_bert_supported(self.model):
+            self._fused = getattr(self, "_fused_off", None) or FusedBertWeights()
+        return self._fused is not None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         groups = length_groups(attention_mask)
@@ -71,7 +87,15 @@ class HFTextEncoder(HFWrapper):
 
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``(N, T)`` ids and mask -> pooled ``(N, hidden_size)``, in one call of the model."""
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+        if (
+            self._fused is not None
+            and not self.training
+            and not torch.is_grad_enabled()
+            and getattr(self.model.config, "_attn_implementation", None) in ("sdpa", "eager")
+        ):
+            hidden = fused_bert_forward(self.model, self._fused, input_ids, attention_mask)
+        else:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.to(hidden.dtype)[..., None]

@@ -1,0 +1,164 @@
+"""The latent transformer's cached decoding step for GPT-NeoX without the transformers layers.
+
+At generation time the latent runs one new unit per row over its KV cache: a handful of rows (4 at the reference
+protocol) through 6 layers of 512-wide products, so the step is bound by per-call overhead, not arithmetic. The
+transformers forward builds a 4-D mask from the 2-D padding mask, goes through its output-capturing and
+keyword-merging decorators, and runs about 30 small calls per layer. This step reads and writes the same
+``DynamicCache`` (so the loop's ``select_cache`` / ``crop_cache_left`` and a later transformers call see the same
+cache) and runs per layer: the input norm, q/k/v in one product, RoPE on the rotary part of q and k together (a
+multiply, the halves swapped, one ``addcmul``), two cache appends, attention with the padding mask as a boolean
+mask (none when no row is padded), the output projection and the MLP's second product with the residual inside
+``addmm``, and their biases as one precomputed sum.
+
+It runs only in eval mode with gradients off, for one new position per row over a plain ``DynamicCache``; anything
+else (training, a prefill, another cache or attention implementation) takes the transformers forward. The result
+equals that forward to float rounding (``tests/test_fast_neox.py``); ``benchmarks/bench_generation.py --parts``
+times both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ilt_hf.fused_weights import FusedWeights
+
+__all__ = ["FusedNeoXWeights", "fused_neox_supported", "neox_cached_step"]
+
+# attention implementations whose results the step reproduces (eager to float rounding: its softmax is float32)
+_ATTENTION = frozenset({"sdpa", "eager"})
+
+
+def fused_neox_supported(model: nn.Module) -> bool:
+    """True for a transformers ``GPTNeoXModel`` with plain RoPE and SDPA or eager attention."""
+    cfg = getattr(model, "config", None)
+    layers = getattr(model, "layers", None)
+    if cfg is None or not layers:
+        return False
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", "default") if isinstance(rope, dict) else "default"
+    first = layers[0]
+    return (
+        getattr(cfg, "model_type", None) == "gpt_neox"
+        and rope_type == "default"
+        and getattr(cfg, "_attn_implementation", None) in _ATTENTION
+        and hasattr(model, "rotary_emb")
+        and hasattr(model, "final_layer_norm")
+        and all(hasattr(getattr(first, "attention", None), n) for n in ("query_key_value", "dense", "rotary_ndims"))
+        and all(hasattr(getattr(first, "mlp", None), n) for n in ("dense_h_to_4h", "dense_4h_to_h", "act"))
+    )
+
+
+def _bias(linear: nn.Linear) -> torch.Tensor:
+    if linear.bias is not None:
+        return linear.bias.detach()
+    return linear.weight.new_zeros(linear.weight.shape[0])
+
+
+class FusedNeoXWeights(FusedWeights):
+    """Per layer: the two norms, q/k/v and its bias, the output projection (transposed) and its bias, the MLP's first
+    product and bias, its second (transposed) and bias, and the sum of the two output biases (parallel residual)."""
+
+    def build(self, model: Any) -> None:
+        layers = []
+        for layer in model.layers:
+            a, m = layer.attention, layer.mlp
+            layers.append(
+                (
+                    layer.input_layernorm,
+                    a.query_key_value.weight.detach(),  # (3 * D, D), per head [q, k, v]
+                    _bias(a.query_key_value),
+                    a.dense.weight.detach().t(),  # (D, D): x + att @ this in one addmm
+                    _bias(a.dense),
+                    layer.post_attention_layernorm,
+                    m.dense_h_to_4h.weight.detach(),
+                    _bias(m.dense_h_to_4h),
+                    m.dense_4h_to_h.weight.detach().t(),  # (I, D)
+                    _bias(m.dense_4h_to_h),
+                    _bias(a.dense) + _bias(m.dense_4h_to_h),
+                    m.act,
+                    bool(layer.use_parallel_residual),
+                )
+            )
+        self.layers = layers
+
+
+def _norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+def _plain_cache_layers(cache: Any, count: int, rows: int, past: int) -> list[Any] | None:
+    """The cache's layers when each is a filled ``DynamicLayer`` of ``rows`` rows and ``past`` positions, else None."""
+    from transformers.cache_utils import DynamicLayer  # transformers is imported once a component is built
+
+    layers = getattr(cache, "layers", None)
+    if layers is None or len(layers) != count:
+        return None
+    for layer in layers:
+        keys = getattr(layer, "keys", None)
+        if type(layer) is not DynamicLayer or keys is None or keys.ndim != 4 or keys.shape[0] != rows:
+            return None
+        if keys.shape[-2] != past:
+            return None
+    return list(layers)
+
+
+@torch.no_grad()
+def neox_cached_step(
+    model: Any,
+    fused: FusedNeoXWeights,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Any,
+) -> torch.Tensor | None:
+    """One new position per row over the cache: the final-normed hidden states ``(N, 1, D)``, or None.
+
+    ``inputs_embeds`` ``(N, 1, D)`` in the model's dtype; ``attention_mask`` ``(N, P + 1)`` (1 real, 0 left padding;
+    ``P`` cached positions); ``position_ids`` ``(N, 1)``; ``cache`` a ``DynamicCache`` of ``P`` positions, appended
+    to in place as the transformers forward would. None (nothing touched) when the cache is not plain
+    ``DynamicLayer`` layers of that size: the caller then runs the transformers forward.
+    """
+    N, L, D = inputs_embeds.shape
+    if L != 1 or attention_mask.ndim != 2 or attention_mask.shape[0] != N:
+        return None
+    cfg = model.config
+    layers = _plain_cache_layers(cache, len(model.layers), N, attention_mask.shape[1] - 1)
+    if layers is None:
+        return None
+    fused.refresh(model)
+    H = int(cfg.num_attention_heads)
+    hd = D // H
+    r = int(model.layers[0].attention.rotary_ndims)
+    scale = hd**-0.5
+    x = inputs_embeds.reshape(N, D)
+    cos, sin = model.rotary_emb(inputs_embeds, position_ids)  # (N, 1, r), as the transformers forward computes them
+    cos = cos.view(N, 1, 1, r)
+    # rotate_half(x) * sin, per vector [-x2 * s1, x1 * s2], is the halves swapped times [-s1, s2] (negation is exact)
+    sin = (sin.view(N, 1, 2, r // 2) * torch.tensor([-1.0, 1.0], dtype=sin.dtype, device=sin.device)[:, None]).view(
+        N, 1, 1, r
+    )
+    # the padding mask as SDPA's boolean mask (N, 1, 1, P + 1); none when no row is padded, as transformers passes
+    mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
+    for layer, (ln1, w_qkv, b_qkv, w_o_t, b_o, ln2, w_1, b_1, w_2_t, b_2, b_out, act, parallel) in zip(
+        layers, fused.layers, strict=True
+    ):
+        y = F.linear(_norm(x, ln1), w_qkv, b_qkv).view(N, H, 3, hd)  # per head q, k, v
+        rot = y[:, :, :2, :r]  # the rotary part of q and k: (N, H, 2, r)
+        swapped = rot.unflatten(-1, (2, r // 2)).flip(-2).flatten(-2)  # per vector [x2, x1]
+        rot.copy_(torch.addcmul(rot * cos, swapped, sin))
+        layer.keys = torch.cat([layer.keys, y[:, :, 1, None]], dim=-2)  # (N, H, P + 1, hd)
+        layer.values = torch.cat([layer.values, y[:, :, 2, None]], dim=-2)
+        att = F.scaled_dot_product_attention(y[:, :, 0, None], layer.keys, layer.values, attn_mask=mask, scale=scale)
+        att = att.reshape(N, D)  # (N, H, 1, hd) laid out as (N, 1, H, hd): one position
+        if parallel:  # x + attention + mlp(norm(x))
+            g = act(F.linear(_norm(x, ln2), w_1, b_1))
+            x = torch.addmm(torch.addmm(x, att, w_o_t), g, w_2_t).add_(b_out)
+        else:  # a = x + attention; a + mlp(norm(a))
+            x = torch.addmm(x, att, w_o_t).add_(b_o)
+            g = act(F.linear(_norm(x, ln2), w_1, b_1))
+            x = torch.addmm(x, g, w_2_t).add_(b_2)
+    return _norm(x, model.final_layer_norm).view(N, 1, D)

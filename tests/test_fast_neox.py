@@ -1,0 +1,174 @@
+"""``ilt_hf.fast_neox``: the fused GPT-NeoX cached step gives the transformers forward's hidden states and cache.
+
+A 2-layer GPT-NeoX latent with random weights (biases and norms perturbed, so a dropped term shows) reads
+left-padded rows, then steps one unit at a time over its cache; the fused path must equal the transformers path
+(float rounding aside) in the hidden states and in the cache it leaves, follow in-place weight updates, leave
+training and gradients to transformers, and fall back for whatever it does not reproduce.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from ilt_hf import causal_lm, fast_neox
+from test_hf_plugin import LATENT_CONFIGS
+
+from ilt_core import BuildContext, get_registry
+
+CONTEXT = BuildContext()
+D = LATENT_CONFIGS["gpt_neox"]["hidden_size"]
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def latent(parallel: bool = True, attn: str = "sdpa", **config):
+    torch.manual_seed(0)
+    cfg = {**LATENT_CONFIGS["gpt_neox"], "use_parallel_residual": parallel, **config}
+    lat = get_registry().build(
+        "hf:causal-lm", "latent_transformer", CONTEXT, {"config": cfg, "attn_implementation": attn}
+    )
+    with torch.no_grad():
+        for name, p in lat.model.named_parameters():
+            if name.endswith("bias") or "layernorm" in name or "layer_norm" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    return lat.eval()
+
+
+def counting(monkeypatch) -> list[int]:
+    """Counts the fused steps that ran (returned hidden states, not None)."""
+    calls = []
+    real = fast_neox.neox_cached_step
+
+    def step(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if out is not None:
+            calls.append(1)
+        return out
+
+    monkeypatch.setattr(causal_lm, "neox_cached_step", step)
+    return calls
+
+
+def prefill(lat, lengths: list[int]):
+    """Left-padded rows of ``lengths`` units: (embeds, mask, positions) and the cache after them."""
+    torch.manual_seed(1)
+    N, L = len(lengths), max(lengths)
+    embeds = torch.randn(N, L, D)
+    mask = torch.zeros(N, L, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, L - n :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = lat(embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+    return mask, positions[:, -1] + 1, out.past_key_values
+
+
+def run_steps(lat, lengths: list[int], steps: int, fused: bool):
+    """Hidden states ``(steps, N, D)`` of ``steps`` cached one-unit steps, and the cache's keys/values after."""
+    assert lat.set_fused_inference(fused) is fused
+    try:
+        mask, position, cache = prefill(lat, lengths)
+        torch.manual_seed(2)
+        hidden = []
+        for _ in range(steps):
+            new = torch.randn(len(lengths), 1, D)
+            mask = torch.cat([mask, mask.new_ones(len(lengths), 1)], dim=1)
+            with torch.no_grad():
+                out = lat(
+                    new, attention_mask=mask, position_ids=position[:, None], past_key_values=cache, use_cache=True
+                )
+            cache, position = out.past_key_values, position + 1
+            hidden.append(out.hidden_states[:, -1])
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        return torch.stack(hidden), kv
+    finally:
+        lat.set_fused_inference(True)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("lengths", [[5, 5, 5], [6, 2, 4, 1]])
+def test_fused_step_equals_transformers_hidden_states_and_cache(parallel, attn, lengths, monkeypatch):
+    lat = latent(parallel, attn)
+    calls = counting(monkeypatch)
+    expected, expected_kv = run_steps(lat, lengths, 4, fused=False)
+    assert calls == []
+    got, got_kv = run_steps(lat, lengths, 4, fused=True)
+    assert len(calls) == 4  # every step took the fused path
+    torch.testing.assert_close(got, expected, **TOL)
+    assert not torch.allclose(got[0, 0], got[0, 1])
+    for (k, v), (ek, ev) in zip(got_kv, expected_kv, strict=True):
+        assert k.shape == ek.shape == (len(lengths), 4, max(lengths) + 4, D // 4)
+        torch.testing.assert_close(k, ek, **TOL)
+        torch.testing.assert_close(v, ev, **TOL)
+
+
+def test_fused_step_follows_in_place_weight_updates(monkeypatch):
+    lat = latent()
+    calls = counting(monkeypatch)
+    before, _ = run_steps(lat, [3, 2], 2, fused=True)
+    with torch.no_grad():  # as an optimizer step would: in place
+        lat.model.layers[1].mlp.dense_4h_to_h.bias.add_(1.0)
+        lat.model.layers[0].attention.query_key_value.weight.mul_(2.0)
+    after, _ = run_steps(lat, [3, 2], 2, fused=True)
+    assert len(calls) == 4
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, run_steps(lat, [3, 2], 2, fused=False)[0], **TOL)
+
+
+def test_training_gradients_and_other_caches_take_the_transformers_path(monkeypatch):
+    lat = latent()
+    calls = counting(monkeypatch)
+    mask, position, cache = prefill(lat, [3, 3])
+    new = torch.randn(2, 1, D)
+    mask = torch.cat([mask, mask.new_ones(2, 1)], dim=1)
+    args = dict(attention_mask=mask, position_ids=position[:, None], use_cache=True)
+    lat(new, past_key_values=copy.deepcopy(cache), **args)  # gradients on
+    lat.train()
+    with torch.no_grad():
+        lat(new, past_key_values=copy.deepcopy(cache), **args)  # training mode
+    lat.eval()
+    assert calls == []
+    with torch.no_grad():
+        # a mask that does not match the cache's length: not a step the fused path knows, transformers decides
+        assert (
+            fast_neox.neox_cached_step(
+                lat.model, fast_neox.FusedNeoXWeights(), new, mask[:, 1:], position[:, None], cache
+            )
+            is None
+        )
+        two = torch.randn(2, 2, D)  # two new positions: a prefill, not one step
+        assert (
+            fast_neox.neox_cached_step(lat.model, fast_neox.FusedNeoXWeights(), two, mask, position[:, None], cache)
+            is None
+        )
+        lat(new, past_key_values=cache, **args)
+    assert calls == [1]
+
+
+def test_other_latents_are_not_fused():
+    assert fast_neox.fused_neox_supported(latent().model)
+    llama = get_registry().build("hf:causal-lm", "latent_transformer", CONTEXT, {"config": LATENT_CONFIGS["llama"]})
+    assert llama.set_fused_inference(True) is False
+    scaled = latent(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
+    assert not fast_neox.fused_neox_supported(scaled.model) and scaled.set_fused_inference(True) is False
+
+
+def test_generation_gives_the_same_text_with_the_fused_step_on_and_off(monkeypatch):
+    from test_generation import PROMPTS, small_model, stops_for
+
+    from ilt_core.generation import generate
+
+    model = small_model("gpt_neox")
+    lat = model.latent_transformer
+    stop = stops_for(model, PROMPTS)  # rows end at different steps: the cache loses rows in between
+    calls = counting(monkeypatch)
+    fused = generate(model, PROMPTS, 6, stop=stop)
+    assert calls  # the cached steps took the fused path
+    assert lat.set_fused_inference(False) is False
+    try:
+        plain = generate(model, PROMPTS, 6, stop=stop)
+    finally:
+        lat.set_fused_inference(True)
+    assert fused == plain

@@ -161,3 +161,39 @@ def test_a_small_cpu_batch_runs_on_one_thread_and_gives_the_callers_count_back(n
     finally:
         real(before)
     assert torch.equal(got, reference(dec, prefix, 12))
+
+
+def counting_numpy_products(monkeypatch) -> list[int]:
+    """Counts the fused loop's numpy products (``fast_greedy._np_mm``) by their rows."""
+    rows = []
+    real = fast_greedy._np_mm
+
+    def product(a, w):
+        rows.append(a.shape[0])
+        return real(a, w)
+
+    monkeypatch.setattr(fast_greedy, "_np_mm", product)
+    return rows
+
+
+def test_small_products_go_through_numpy_with_the_same_ids_and_large_ones_through_torch(monkeypatch):
+    """Float32 on a CPU, products of few rows run in numpy; the ids equal torch's products' and generate's. Where
+    the first step (the prefix's rows) is over the limit and later steps are not, each step picks its own path."""
+    dec = decoder("llama", eos_scale=3.0)
+    torch.manual_seed(4)
+    prefix = torch.randn(3, 2, D)  # first step: 3 x 2 rows; then 3 (fewer as rows end)
+    expected = reference(dec, prefix, 14)
+    assert bool((expected == EOS).any())
+    rows = counting_numpy_products(monkeypatch)
+    assert torch.equal(dec.greedy(prefix, 14, EOS, PAD), expected)
+    layers = len(dec.lm.model.layers)
+    # q/k/v, o, gate, up and down per layer over every prefix position, then the head over each row's last
+    assert rows[: 5 * layers + 1] == [6] * (5 * layers) + [3]
+    monkeypatch.setattr(fast_greedy, "NUMPY_PRODUCTS", False)
+    rows.clear()
+    assert torch.equal(dec.greedy(prefix, 14, EOS, PAD), expected) and rows == []
+    monkeypatch.setattr(fast_greedy, "NUMPY_PRODUCTS", True)
+    largest = max(w.size for w in dec._fused.numpy_layers[0])
+    monkeypatch.setattr(fast_greedy, "NUMPY_MAX_MULTIPLY_ADDS", 3 * largest)  # 6 rows over, 3 rows under
+    assert torch.equal(dec.greedy(prefix, 14, EOS, PAD), expected)
+    assert rows and max(rows) <= 3 and rows[0] == 3  # the first step ran in torch, the later ones in numpy

@@ -7,6 +7,9 @@ cache than in the matrices. Two paths, both giving the same ids as ``generate(do
 - Llama-family decoders (``model_type`` llama, no biases, plain RoPE, SiLU MLP; e.g. tiny-lm) run a hand-written
   step with q/k/v and gate/up fused into one matrix each, a static KV cache and ``F.rms_norm``: about half the
   calls of the transformers layer. Finished rows leave the batch.
+  On a CPU in float32 its products with few rows go through numpy (OpenBLAS's single-threaded small-matrix
+  kernels, 2-3x MKL's for 4 rows on these AMD machines; :data:`NUMPY_MAX_MULTIPLY_ADDS`); larger ones, and any
+  other device or dtype, through torch.
 - Any other causal LM runs its own forward in a loop with a ``DynamicCache`` (the ``generate`` overhead goes, the
   model's own stays).
 
@@ -21,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -43,11 +47,41 @@ def fused_llama_supported(config: Any) -> bool:
     )
 
 
+#: Products of at most this many multiply-adds (rows x inner x columns) with float32 CPU operands go through numpy
+#: (OpenBLAS) instead of torch (MKL), when :data:`NUMPY_PRODUCTS` is on. A byte step's products have a few rows
+#: (4 x 256 by 256 x 768 at the reference setup) and MKL's kernels for so few rows run 2-3x slower than OpenBLAS's
+#: small-matrix kernels on the AMD EPYC of these machines (``benchmarks/bench_generation.py --decoder``); OpenBLAS
+#: takes that single-threaded small-matrix path up to 100^3 multiply-adds and starts its own threads above it.
+NUMPY_MAX_MULTIPLY_ADDS = 1_000_000
+#: Whether the fused Llama loop sends its small CPU products to numpy (see :data:`NUMPY_MAX_MULTIPLY_ADDS`).
+NUMPY_PRODUCTS = True
+
+
 class FusedLlamaWeights(FusedWeights):
     """Per layer: input norm, q/k/v in one matrix, o (transposed), post-attention norm, gate/up in one matrix,
-    down (transposed): the transposed ones are the second operand of an ``addmm`` that adds the residual."""
+    down (transposed): the transposed ones are the second operand of an ``addmm`` that adds the residual.
+
+    For float32 CPU weights also ``numpy_layers`` (per layer q/k/v, o, gate, up, down as C-ordered ``(in, out)``
+    numpy arrays) and ``numpy_head`` ``(D, V)``: copies (the decoder's size again) for the numpy products.
+    """
 
     def build(self, lm: Any) -> None:
+        self.numpy_layers: list[tuple[np.ndarray, ...]] = []
+        self.numpy_head: np.ndarray | None = None
+        head = lm.get_output_embeddings().weight
+        if head.device.type == "cpu" and head.dtype == torch.float32:
+
+            def as_numpy(w: torch.Tensor) -> np.ndarray:
+                return w.detach().t().contiguous().numpy()  # (in, out), C-ordered: OpenBLAS's fast layout
+
+            for layer in lm.model.layers:
+                a, m = layer.self_attn, layer.mlp
+                qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+                self.numpy_layers.append(
+                    (as_numpy(qkv), as_numpy(a.o_proj.weight), as_numpy(m.gate_proj.weight))
+                    + (as_numpy(m.up_proj.weight), as_numpy(m.down_proj.weight))
+                )
+            self.numpy_head = as_numpy(head)
         layers = []
         for layer in lm.model.layers:
             a, m = layer.self_attn, layer.mlp
@@ -97,6 +131,105 @@ class _Rules:
         return early, late
 
 
+@dataclass(frozen=True)
+class _Dims:
+    """The sizes a byte step reads: width, heads, key/value heads, head size, q and k widths, MLP width, norm eps."""
+
+    D: int
+    H: int
+    Hkv: int
+    hd: int
+    Q: int
+    K: int
+    inter: int
+    eps: float
+    gqa: bool
+
+
+def _np_mm(a: torch.Tensor, w: np.ndarray) -> torch.Tensor:
+    """``a (M, in) @ w (in, out)`` through numpy (OpenBLAS): a new float32 CPU tensor ``(M, out)``."""
+    return torch.from_numpy(np.matmul(a.contiguous().numpy(), w))
+
+
+def _attend(
+    y: torch.Tensor,
+    i: int,
+    n: int,
+    L: int,
+    start: int,
+    c: torch.Tensor,
+    s: torch.Tensor,
+    keys: list,
+    values: list,
+    d: _Dims,
+) -> torch.Tensor:
+    """RoPE on q and k of ``y`` ``(n, L, Q + 2K)``, the new keys/values into layer ``i``'s cache, attention:
+    ``(n * L, Q)``."""
+    Q, K, hd, end = d.Q, d.K, d.hd, start + L
+    y = y.view(n, L, -1)
+    qk = y[..., : Q + K]
+    swapped = qk.unflatten(-1, (d.H + d.Hkv, 2, hd // 2)).flip(-2).flatten(-3)  # per head [x2, x1]
+    qk = torch.addcmul(qk * c, swapped, s)  # RoPE on q and k: (n, L, Q + K)
+    keys[i][:, :, start:end] = qk[..., Q:].view(n, L, d.Hkv, hd).transpose(1, 2)
+    values[i][:, :, start:end] = y[..., Q + K : Q + K + K].view(n, L, d.Hkv, hd).transpose(1, 2)
+    q = qk[..., :Q].view(n, L, d.H, hd).transpose(1, 2)
+    att = F.scaled_dot_product_attention(
+        q, keys[i][:, :, :end], values[i][:, :, :end], is_causal=L > 1, enable_gqa=d.gqa
+    )
+    return att.transpose(1, 2).reshape(n * L, Q)
+
+
+def _torch_byte_step(
+    x: torch.Tensor,
+    fused: Any,
+    n: int,
+    L: int,
+    start: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    keys: list,
+    values: list,
+    d: _Dims,
+) -> torch.Tensor:
+    """Every layer for tokens ``x`` ``(n * L, D)`` with torch's products; returns the new ``x``."""
+    c, s = cos[start : start + L], sin[start : start + L]  # (L, Q + K)
+    D, eps, inter = d.D, d.eps, d.inter
+    for i, (w_in, w_qkv, w_o_t, w_post, w_gu, w_down_t) in enumerate(fused.layers):
+        y = F.linear(F.rms_norm(x, (D,), w_in, eps), w_qkv)  # q, k, v
+        x = torch.addmm(x, _attend(y, i, n, L, start, c, s, keys, values, d), w_o_t)
+        gu = F.linear(F.rms_norm(x, (D,), w_post, eps), w_gu)
+        gate = F.silu(gu[:, :inter], inplace=True).mul_(gu[:, inter:])
+        x = torch.addmm(x, gate, w_down_t)
+    return x
+
+
+def _numpy_byte_step(
+    x: torch.Tensor,
+    fused: Any,
+    numpy_layers: list,
+    n: int,
+    L: int,
+    start: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    keys: list,
+    values: list,
+    d: _Dims,
+) -> torch.Tensor:
+    """:func:`_torch_byte_step` with the products in numpy (:data:`NUMPY_MAX_MULTIPLY_ADDS`); gate and up apart."""
+    c, s = cos[start : start + L], sin[start : start + L]
+    D, eps = d.D, d.eps
+    for i, ((w_in, _, _, w_post, _, _), (w_qkv, w_o, w_gate, w_up, w_down)) in enumerate(
+        zip(fused.layers, numpy_layers, strict=True)
+    ):
+        y = _np_mm(F.rms_norm(x, (D,), w_in, eps), w_qkv)
+        x = _np_mm(_attend(y, i, n, L, start, c, s, keys, values, d), w_o).add_(x)
+        h = F.rms_norm(x, (D,), w_post, eps)
+        gate = F.silu(_np_mm(h, w_gate), inplace=True).mul_(_np_mm(h, w_up))
+        x = _np_mm(gate, w_down).add_(x)
+    return x
+
+
 @torch.no_grad()
 def _fused_llama_greedy(lm: Any, fused: FusedLlamaWeights, embeds: torch.Tensor, rules: _Rules) -> torch.Tensor:
     """The fused Llama loop: ids ``(N, max_new_tokens)``.
@@ -107,6 +240,8 @@ def _fused_llama_greedy(lm: Any, fused: FusedLlamaWeights, embeds: torch.Tensor,
     q/k/v, RoPE on q and k together (a multiply, the halves swapped, one ``addcmul``), two cache writes, attention, the
     output projection with its residual in one ``addmm``, the norm, gate/up, SiLU and product in place, and
     ``down`` with its residual in one ``addmm``; the output head adds the barred ids' ``-inf`` in its ``addmm``.
+    Float32 on a CPU, a step whose largest product has at most :data:`NUMPY_MAX_MULTIPLY_ADDS` multiply-adds runs
+    its products in numpy (:func:`_numpy_byte_step`: the residuals and biases added after each product).
     """
     cfg = lm.config
     max_new_tokens, eos_id = rules.max_new_tokens, rules.eos_id
@@ -132,33 +267,27 @@ def _fused_llama_greedy(lm: Any, fused: FusedLlamaWeights, embeds: torch.Tensor,
     head_t = lm.get_output_embeddings().weight.detach().t()  # (D, V)
     embed_w = lm.model.embed_tokens.weight.detach()
     early, late = rules.biases(head_t.shape[1], head_t)
-    gqa = H != Hkv
-    inter = fused.layers[0][4].shape[0] // 2 if fused.layers else 0
+    dims = _Dims(D, H, Hkv, hd, Q, K, fused.layers[0][4].shape[0] // 2 if fused.layers else 0, eps, H != Hkv)
 
     out = torch.full((N, max_new_tokens), rules.pad_id, dtype=torch.long, device=device)
     rows = torch.arange(N, device=device)  # the batch rows still writing
     x = embeds.to(dtype).reshape(N * T0, D)
     n, L, start = N, T0, 0
+    numpy_layers = fused.numpy_layers if NUMPY_PRODUCTS and device.type == "cpu" else []
+    largest = max(w.size for w in numpy_layers[0]) if numpy_layers else 0  # multiply-adds of one row's product
     for t in range(max_new_tokens):
-        c, s = cos[start : start + L], sin[start : start + L]  # (L, Q + K)
+        if numpy_layers and n * L * largest <= NUMPY_MAX_MULTIPLY_ADDS:
+            x = _numpy_byte_step(x, fused, numpy_layers, n, L, start, cos, sin, keys, values, dims)
+        else:
+            x = _torch_byte_step(x, fused, n, L, start, cos, sin, keys, values, dims)
         end = start + L
-        for i, (w_in, w_qkv, w_o_t, w_post, w_gu, w_down_t) in enumerate(fused.layers):
-            y = F.linear(F.rms_norm(x, (D,), w_in, eps), w_qkv).view(n, L, -1)  # q, k, v
-            qk = y[..., : Q + K]
-            swapped = qk.unflatten(-1, (H + Hkv, 2, hd // 2)).flip(-2).flatten(-3)  # per head [x2, x1]
-            qk = torch.addcmul(qk * c, swapped, s)  # RoPE on q and k: (n, L, Q + K)
-            keys[i][:, :, start:end] = qk[..., Q:].view(n, L, Hkv, hd).transpose(1, 2)
-            values[i][:, :, start:end] = y[..., Q + K : Q + K + K].view(n, L, Hkv, hd).transpose(1, 2)
-            q = qk[..., :Q].view(n, L, H, hd).transpose(1, 2)
-            att = F.scaled_dot_product_attention(
-                q, keys[i][:, :, :end], values[i][:, :, :end], is_causal=L > 1, enable_gqa=gqa
-            )
-            x = torch.addmm(x, att.transpose(1, 2).reshape(n * L, Q), w_o_t)
-            gu = F.linear(F.rms_norm(x, (D,), w_post, eps), w_gu)
-            gate = F.silu(gu[:, :inter], inplace=True).mul_(gu[:, inter:])
-            x = torch.addmm(x, gate, w_down_t)
         last = x if L == 1 else x.view(n, L, D)[:, -1]
-        logits = torch.addmm(early if t < rules.min_new_tokens else late, F.rms_norm(last, (D,), norm_w, eps), head_t)
+        bias = early if t < rules.min_new_tokens else late
+        normed = F.rms_norm(last, (D,), norm_w, eps)
+        if fused.numpy_head is not None and NUMPY_PRODUCTS and n * fused.numpy_head.size <= NUMPY_MAX_MULTIPLY_ADDS:
+            logits = _np_mm(normed, fused.numpy_head).add_(bias)
+        else:
+            logits = torch.addmm(bias, normed, head_t)
         token = logits.argmax(-1)  # (n,)
         out[rows, t] = token
         start, L = end, 1

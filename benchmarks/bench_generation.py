@@ -10,7 +10,8 @@ Random weights rarely write ``eos``, so every unit is forced to exactly ``--unit
 
 ``--decoder`` first times the bytes decoder alone, per byte: ``transformers.generate`` against the plugin's
 ``greedy`` loop (same ids), for the preset's decoder and a 2-layer one (the reference setup's), batch 1 and 8, and
-``greedy`` on the caller's threads (its rule of one thread for a few rows off).
+``greedy`` on the caller's threads (its rule of one thread for a few rows off) and with torch's products (its numpy
+products for few rows off).
 ``--vit`` times the image encoder on the new units' word images: the transformers ViT forward against the fused
 inference step (:mod:`ilt_hf.fast_vit`). ``--parts`` splits one step at the longest context into what both loops
 share (encoding the new units, decoding their bytes) and the latent's part (one cached step, or the recomputation),
@@ -21,7 +22,9 @@ whole step on the caller's threads, interleaved with it (``whole_cached_step_cal
 one-thread rule for few rows, ``ONE_THREAD_ROWS`` in ``ilt_core.generation.loop`` and ``ilt_hf.fast_greedy``), and
 with the latent's cached step and the bytes encoder through the transformers forward (``whole_cached_step_transformers``,
 ``latent_cached_step_transformers``, ``encode_new_units_transformers``: the A/B of the fused GPT-NeoX step,
-:mod:`ilt_hf.fast_neox`, and BERT forward, :mod:`ilt_hf.fast_bert`).
+:mod:`ilt_hf.fast_neox`, and BERT forward, :mod:`ilt_hf.fast_bert`), with the decoder's products in torch instead of
+numpy (``whole_cached_step_torch_products``, ``decode_unit_bytes_torch_products``: ``ilt_hf.fast_greedy``'s
+``NUMPY_PRODUCTS``), and with all of these off (``whole_cached_step_before``).
 
 ``--reference img`` (or ``noimg``) runs the reference implementation's setup instead of ``--preset``
 (``bench_model.reference_spec``, words rendered 16 px high) at its generation protocol: batch 4, 16-unit prompts,
@@ -111,6 +114,9 @@ def decoder_per_byte(preset: str, batches: list[int], byte_count: int, repeats: 
                 "greedy_callers_threads": lambda p=prefix, d=decoder: callers_threads(
                     lambda: d.greedy(p, byte_count, EOS_ID, PAD_ID, [EOS_ID])
                 ),
+                "greedy_torch_products": lambda p=prefix, d=decoder: torch_products(
+                    lambda: d.greedy(p, byte_count, EOS_ID, PAD_ID, [EOS_ID])
+                ),
             }
             best = {name: 1000 * common.fastest(run, repeats) / byte_count for name, run in runs.items()}
             rows.append(
@@ -120,13 +126,15 @@ def decoder_per_byte(preset: str, batches: list[int], byte_count: int, repeats: 
                     generate_ms_per_byte=best["generate"],
                     greedy_ms_per_byte=best["greedy"],
                     greedy_callers_threads_ms_per_byte=best["greedy_callers_threads"],
+                    greedy_torch_products_ms_per_byte=best["greedy_torch_products"],
                     speedup=best["generate"] / best["greedy"],
                 )
             )
             print(
                 f"decoder {n_layers} layers, batch {batch}: generate {best['generate']:.2f} ms/byte, "
                 f"greedy {best['greedy']:.2f} ms/byte ({best['generate'] / best['greedy']:.2f}x), "
-                f"greedy on the caller's {torch.get_num_threads()} threads {best['greedy_callers_threads']:.2f} ms/byte",
+                f"greedy on the caller's {torch.get_num_threads()} threads {best['greedy_callers_threads']:.2f} ms/byte, "
+                f"greedy with torch's products {best['greedy_torch_products']:.2f} ms/byte",
                 flush=True,
             )
     return rows
@@ -161,6 +169,19 @@ def transformers_path(model, run, roles=("latent_transformer", "bytes_encoder"))
     finally:
         for switch in switched:
             switch(True)
+
+
+def torch_products(run):
+    """``run()`` with the fused greedy loop's numpy products off (``ilt_hf.fast_greedy.NUMPY_PRODUCTS``): every
+    decoder product through torch (MKL), for their A/B."""
+    from ilt_hf import fast_greedy
+
+    saved = fast_greedy.NUMPY_PRODUCTS
+    fast_greedy.NUMPY_PRODUCTS = False
+    try:
+        return run()
+    finally:
+        fast_greedy.NUMPY_PRODUCTS = saved
 
 
 def best_ms(run, repeats: int) -> float:
@@ -264,6 +285,9 @@ def parts_of_step(
         parts = {
             "encode_new_units": best_ms(encode, repeats),
             "decode_unit_bytes": best_ms(lambda: decode_unit_ids(model, latents, decoding), repeats),
+            "decode_unit_bytes_torch_products": best_ms(
+                lambda: torch_products(lambda: decode_unit_ids(model, latents, decoding)), repeats
+            ),
             "latent_cached_step": min(latent_ms(cached) for _ in range(repeats + 1)),
             "latent_recomputed": min(latent_ms(recomputed) for _ in range(repeats + 1)),
         }
@@ -278,7 +302,8 @@ def parts_of_step(
     if floors:  # outside inference mode: a dispatch mode does not see its tensors' products
         runs = {
             "encode_new_units": encode,
-            "decode_unit_bytes": lambda: decode_unit_ids(model, latents, decoding),
+            # torch's products: the recorder sees torch calls only (numpy's products have the same shapes)
+            "decode_unit_bytes": lambda: torch_products(lambda: decode_unit_ids(model, latents, decoding)),
             "latent_cached_step": lambda: cached.step(new_units()),
         }
         for name, run in runs.items():
@@ -293,6 +318,9 @@ def parts_of_step(
         "": run_step,
         "_callers_threads": lambda: callers_threads(run_step),
         "_transformers": lambda: transformers_path(model, run_step),
+        "_torch_products": lambda: torch_products(run_step),
+        # before the fused latent / bytes-encoder steps and the numpy products: all three off
+        "_before": lambda: transformers_path(model, lambda: torch_products(run_step)),
     }
     whole: dict[str, list[float]] = {arm: [] for arm in arms}
     for _ in range(max(1, repeats // 2)):

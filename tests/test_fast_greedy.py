@@ -197,3 +197,13 @@ def test_small_products_go_through_numpy_with_the_same_ids_and_large_ones_throug
     monkeypatch.setattr(fast_greedy, "NUMPY_MAX_MULTIPLY_ADDS", 3 * largest)  # 6 rows over, 3 rows under
     assert torch.equal(dec.greedy(prefix, 14, EOS, PAD), expected)
     assert rows and max(rows) <= 3 and rows[0] == 3  # the first step ran in torch, the later ones in numpy
+
+
+def test_a_decoder_too_wide_for_numpy_products_keeps_no_numpy_copies(monkeypatch):
+    dec = decoder("llama")
+    prefix = torch.randn(2, 1, D)
+    expected = reference(dec, prefix, 8)
+    monkeypatch.setattr(fast_greedy, "NUMPY_MAX_MULTIPLY_ADDS", D * D)  # below one row's MLP product
+    rows = counting_numpy_products(monkeypatch)
+    assert torch.equal(dec.greedy(prefix, 8, EOS, PAD), expected)
+    assert dec._fused.numpy_layers == [] and dec._fused.numpy_head is None and rows == []

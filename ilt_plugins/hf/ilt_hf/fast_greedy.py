@@ -62,14 +62,18 @@ class FusedLlamaWeights(FusedWeights):
     down (transposed): the transposed ones are the second operand of an ``addmm`` that adds the residual.
 
     For float32 CPU weights also ``numpy_layers`` (per layer q/k/v, o, gate, up, down as C-ordered ``(in, out)``
-    numpy arrays) and ``numpy_head`` ``(D, V)``: copies (the decoder's size again) for the numpy products.
+    numpy arrays) and ``numpy_head`` ``(D, V)``: copies (the decoder's size again) for the numpy products, made only
+    for a decoder whose one-row products fit :data:`NUMPY_MAX_MULTIPLY_ADDS` (a larger one never uses them).
     """
 
     def build(self, lm: Any) -> None:
         self.numpy_layers: list[tuple[np.ndarray, ...]] = []
         self.numpy_head: np.ndarray | None = None
         head = lm.get_output_embeddings().weight
-        if head.device.type == "cpu" and head.dtype == torch.float32:
+        cfg = lm.config
+        width = int(cfg.hidden_size)
+        one_row = width * max(int(cfg.intermediate_size), 3 * width)  # about the largest product of one row
+        if head.device.type == "cpu" and head.dtype == torch.float32 and one_row <= NUMPY_MAX_MULTIPLY_ADDS:
 
             def as_numpy(w: torch.Tensor) -> np.ndarray:
                 return w.detach().t().contiguous().numpy()  # (in, out), C-ordered: OpenBLAS's fast layout

@@ -97,7 +97,7 @@ def fused_bert_forward(
     D, H = int(cfg.hidden_size), int(cfg.num_attention_heads)
     hd = D // H
     emb = model.embeddings
-    x = F.embedding(input_ids, emb.word_embeddings.weight) + fused.positions[:T]
+    x = emb.word_embeddings(input_ids) + fused.positions[:T]  # the module: its hooks still see the ids
     x = _norm(x, emb.LayerNorm).view(N * T, D)
     # the padding mask as SDPA's boolean mask (N, 1, 1, T); none when no row is padded
     mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]

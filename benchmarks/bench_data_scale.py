@@ -244,10 +244,7 @@ def run_one(args: argparse.Namespace, train_file: str, cache_dir: Path, label: s
     done = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=False
     )
-    results = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not results:
-        raise SystemExit(f"{label}: the training process failed:\n{done.stderr[-3000:]}")
-    return json.loads(results[-1])
+    return common.child_result(done.stdout, done.stderr, done.returncode, f"{label}: training")
 
 
 # ---- row reads: what reading rows at random adds to RSS, by way of reading ------------------------
@@ -310,10 +307,7 @@ def row_reads(cache: Path, reads: int, seed: int) -> list[dict[str, Any]]:
     for way in ("datasets", "pyarrow", "mmap-random", "pread"):
         spec = json.dumps({"cache": str(cache), "reads": reads, "seed": seed, "way": way})
         done = subprocess.run([sys.executable, __file__, "--row-read-child", spec], capture_output=True, text=True)
-        results = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        if done.returncode != 0 or not results:
-            raise SystemExit(f"row reads ({way}) failed:\n{done.stderr[-3000:]}")
-        r = json.loads(results[-1])
+        r = common.child_result(done.stdout, done.stderr, done.returncode, f"row reads ({way})")
         out.append(r)
         print(
             f"{way}: {reads} random rows of 1-2 blocks ({r['blocks_bytes'] / 1e6:,.0f} MB of blocks): "
@@ -444,10 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--row-read-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(json.loads(args.child))), flush=True)
+        print(common.RESULT_PREFIX + json.dumps(child(json.loads(args.child))), flush=True)
         return 0
     if args.row_read_child:
-        print("RESULT " + json.dumps(row_read_child(json.loads(args.row_read_child))), flush=True)
+        print(common.RESULT_PREFIX + json.dumps(row_read_child(json.loads(args.row_read_child))), flush=True)
         return 0
     if args.row_reads:
         common.write_json(args.out, {"row_reads": row_reads(args.row_reads, args.reads, args.seed)})

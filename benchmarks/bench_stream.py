@@ -144,14 +144,7 @@ def pipeline_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_child(kind: str, spec: dict[str, Any], label: str) -> dict[str, Any]:
-    spec = {**spec, "launched": time.time()}
-    done = subprocess.run(
-        [sys.executable, __file__, f"--{kind}-child", json.dumps(spec)], capture_output=True, text=True, check=False
-    )
-    results = [line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not results:
-        raise SystemExit(f"{label}: the child process failed:\n{done.stderr[-3000:]}")
-    return json.loads(results[-1])
+    return run_children_at_once(kind, [spec], label)[0]
 
 
 def run_children_at_once(kind: str, specs: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
@@ -168,10 +161,7 @@ def run_children_at_once(kind: str, specs: list[dict[str, Any]], label: str) -> 
     out = []
     for proc in procs:
         stdout, stderr = proc.communicate()
-        results = [line[7:] for line in stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode != 0 or not results:
-            raise SystemExit(f"{label}: a child process failed:\n{stderr[-3000:]}")
-        out.append(json.loads(results[-1]))
+        out.append(common.child_result(stdout, stderr, proc.returncode, label))
     return out
 
 
@@ -212,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipeline-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.train_child:
-        print("RESULT " + json.dumps(train_child(json.loads(args.train_child))), flush=True)
+        print(common.RESULT_PREFIX + json.dumps(train_child(json.loads(args.train_child))), flush=True)
         return 0
     if args.pipeline_child:
-        print("RESULT " + json.dumps(pipeline_child(json.loads(args.pipeline_child))), flush=True)
+        print(common.RESULT_PREFIX + json.dumps(pipeline_child(json.loads(args.pipeline_child))), flush=True)
         return 0
     if args.quick:
         args.sizes, args.steps, args.shards, args.pipeline_batches = [0.1, 0.3], 2, 3, 5

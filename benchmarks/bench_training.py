@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--warmup-steps: at least 1 (the first step also builds the optimizer state)")
 
     if args.child:
-        print("RESULT " + json.dumps(run_one(args, CONFIGS[args.child])), flush=True)
+        print(common.RESULT_PREFIX + json.dumps(run_one(args, CONFIGS[args.child])), flush=True)
         return 0
 
     child = ["--preset", args.preset, "--threads", str(args.threads)]
@@ -142,11 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             done = subprocess.run(
                 [sys.executable, __file__, *child, "--child", name], capture_output=True, text=True, check=False
             )
-            lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-            if done.returncode != 0 or not lines:
-                sys.stderr.write(done.stderr[-4000:])
-                raise SystemExit(f"{name}: the training process failed (exit {done.returncode})")
-            results[name].append(json.loads(lines[-1][7:]))
+            results[name].append(common.child_result(done.stdout, done.stderr, done.returncode, f"{name}: training"))
 
     summary = {}
     for name, runs in results.items():

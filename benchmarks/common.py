@@ -159,6 +159,18 @@ def check_finite_positive(tree: Any, where: str = "") -> list[str]:
     return bad
 
 
+#: how a benchmark's child process hands its figures to the parent: one stdout line, this prefix, then JSON
+RESULT_PREFIX = "RESULT "
+
+
+def child_result(stdout: str, stderr: str, returncode: int, label: str) -> Any:
+    """The figures a child printed last after :data:`RESULT_PREFIX`; exits naming ``label`` if it failed."""
+    results = [line[len(RESULT_PREFIX) :] for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if returncode != 0 or not results:
+        raise SystemExit(f"{label}: the child process failed (exit {returncode}):\n{stderr[-3000:]}")
+    return json.loads(results[-1])
+
+
 def write_json(path: str | Path | None, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON to ``path`` (parents created); nothing when ``path`` is None."""
     if path is None:

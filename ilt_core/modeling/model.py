@@ -40,6 +40,7 @@ from ilt_core.modeling.config import (
 )
 from ilt_core.modeling.memory import keep_freed_memory, return_freed_memory
 from ilt_core.modeling.parameters import count_parameters
+from ilt_core.modeling.products import set_cpu_products
 from ilt_core.plugins.registry import BuildContext, get_registry
 from ilt_core.specs.spec import ModelSpec, check_components, load_spec
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
@@ -201,6 +202,7 @@ class ILTModel(PreTrainedModel):
             self.disable(modality)
         if spec.activation_checkpointing:
             self.activation_checkpointing_enable()
+        set_cpu_products(self, spec.cpu_products)
         self.post_init()
 
     def _components(self) -> dict[str, Any]:

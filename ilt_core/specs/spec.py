@@ -68,6 +68,11 @@ class ModelSpec(BaseModel):
     activation_checkpointing: bool = Field(
         False, description="recompute each component's layers in the backward pass: far less memory, ~1/3 more time"
     )
+    cpu_products: Literal["numpy", "torch"] = Field(
+        "numpy",
+        description="linear layers' products on a CPU in float32: 'numpy' (numpy's OpenBLAS, faster on the AMD "
+        "machines we measured) or 'torch' (torch's own BLAS)",
+    )
 
     @model_validator(mode="after")
     def _check_modalities(self) -> ModelSpec:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ilt_core.errors import ILTError
 from ilt_core.evaluation import BitsPerByte
+from ilt_core.modeling.products import set_cpu_products
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE, ByteTokenizer, decode_utf8
 from ilt_core.text.segmentation import segment, utf8_len
 
@@ -265,6 +266,7 @@ class BaselineLM:
         except (TypeError, ValueError) as exc:
             raise ILTError(f"{spec.name}: model: not a valid GPTNeoXConfig ({exc})") from exc
         self.model = GPTNeoXForCausalLM(config)
+        set_cpu_products(self.model, "numpy")  # as ILT models do by default: wall-clock figures compare alike
         self.model.generation_config.eos_token_id = codec.eos_id
         self.model.generation_config.pad_token_id = codec.pad_id
         self.model.generation_config.bos_token_id = codec.bos_id

@@ -1,0 +1,177 @@
+"""The linear layers' matrix products through numpy's OpenBLAS, on a CPU in float32 (training and inference).
+
+On the AMD EPYC machines we train on, the OpenBLAS that ships inside numpy's wheels runs the products of a
+training step 1.3-2x faster than the BLAS torch's wheels call (``benchmarks/bench_bounds.py`` times every product
+of the reference setup's step both ways). :func:`set_cpu_products` swaps each plain ``nn.Linear`` of a model for
+:class:`NumpyLinear`, the same module (same parameters, state dict and ``isinstance``) whose forward and backward
+products go through ``numpy.matmul`` when the call allows it (:func:`numpy_call_allowed`): CPU float32 tensors,
+no autocast, no tensor subclass, no dispatch or function mode (``FlopCounterMode`` and the bounds' recorder count
+torch's products), not while compiling. Everything else takes ``nn.Linear``'s own path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: ``ModelSpec.cpu_products`` values: ``numpy`` (OpenBLAS where allowed) or ``torch`` (torch's own BLAS only).
+CPU_PRODUCTS = ("numpy", "torch")
+
+
+@functools.cache
+def _openblas_threads() -> tuple[Callable[[int], None], Callable[[], int]] | None:
+    """numpy's OpenBLAS ``(set_num_threads, get_num_threads)``, found among the loaded libraries; None if absent."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and line.rstrip().endswith(".so")}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "")):
+            setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+            getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+            if setter is not None and getter is not None:
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                getter.argtypes, getter.restype = [], ctypes.c_int
+                return setter, getter
+    return None
+
+
+class _OneOpenBLASThread:
+    """Within it, OpenBLAS runs each call on the calling thread alone (its setting is restored on exit).
+
+    OpenBLAS's own pool threads spin for a while after each product (``OPENBLAS_THREAD_TIMEOUT``, read once at
+    start-up), taking a core from the torch operations that follow; our split (:func:`_mm`) uses threads that sleep.
+    """
+
+    def __enter__(self) -> None:
+        found = _openblas_threads()
+        self.before = found[1]() if found is not None else 1
+        if self.before != 1:
+            found[0](1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.before != 1:
+            _openblas_threads()[0](self.before)
+
+
+#: Products of fewer multiply-adds run on the calling thread alone (a split costs ~50 us of hand-over).
+SPLIT_MIN_MULTIPLY_ADDS = 4_000_000
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _helpers(n: int) -> ThreadPoolExecutor:
+    """A pool of ``n`` threads (made again when torch's thread count changes)."""
+    global _pool, _pool_size
+    if _pool is None or _pool_size != n:
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+        _pool, _pool_size = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ilt-products"), n
+    return _pool
+
+
+def numpy_call_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when ``F.linear(x, weight)`` may run in numpy: see the module docstring."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and weight.device.type == "cpu"
+        and x.dim() >= 2
+        and x.numel() > 0
+        and type(x) is torch.Tensor
+        and type(weight) in (torch.Tensor, nn.Parameter)
+        and not torch.is_autocast_enabled("cpu")
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._is_torch_function_mode_enabled()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _mm(a: torch.Tensor, b: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``a (M, K) @ b (K, N)`` through ``numpy.matmul`` -> a new float32 tensor ``(M, N)``.
+
+    A transposed view is passed to BLAS as transposed (no copy). Large products are split by output rows over
+    torch's intra-op thread count: one part on this thread, the others on pool threads, each a one-thread BLAS call.
+    """
+    a_np = a.detach().numpy()
+    b_np = b if isinstance(b, np.ndarray) else b.detach().numpy()
+    rows = a_np.shape[0]
+    out = np.empty((rows, b_np.shape[1]), dtype=np.float32)
+    n = min(torch.get_num_threads(), rows // 16)
+    if n < 2 or rows * a_np.shape[1] * b_np.shape[1] < SPLIT_MIN_MULTIPLY_ADDS:
+        np.matmul(a_np, b_np, out=out)
+        return torch.from_numpy(out)
+    cuts = [rows * i // n for i in range(n + 1)]
+    pool = _helpers(n - 1)
+    parts = [pool.submit(np.matmul, a_np[s:e], b_np, out=out[s:e]) for s, e in zip(cuts[1:-1], cuts[2:], strict=True)]
+    np.matmul(a_np[: cuts[1]], b_np, out=out[: cuts[1]])
+    for part in parts:
+        part.result()
+    return torch.from_numpy(out)
+
+
+class _NumpyLinearFunction(torch.autograd.Function):
+    """``x (..., in) @ weight.T (in, out) + bias (out,)`` with its three products in numpy."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        x2 = x.detach().reshape(-1, x.shape[-1]).contiguous()  # (M, in)
+        with _OneOpenBLASThread():
+            out = _mm(x2, weight.detach().numpy().T)  # (M, out)
+        if bias is not None:
+            out.add_(bias.detach())
+        ctx.save_for_backward(x2, weight)
+        ctx.x_shape = x.shape
+        ctx.has_bias = bias is not None
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x2, weight = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1]).contiguous()  # (M, out)
+        grad_x = grad_w = grad_b = None
+        with _OneOpenBLASThread():
+            if ctx.needs_input_grad[0]:
+                grad_x = _mm(g2, weight.detach().numpy()).view(ctx.x_shape)  # (M, out) @ (out, in)
+            if ctx.needs_input_grad[1]:
+                grad_w = _mm(g2.t(), x2.numpy())  # (out, M) @ (M, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g2.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+class NumpyLinear(nn.Linear):
+    """``nn.Linear`` whose products run in numpy's OpenBLAS when :func:`numpy_call_allowed` (else ``F.linear``)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if numpy_call_allowed(input, self.weight):
+            return _NumpyLinearFunction.apply(input, self.weight, self.bias)
+        return F.linear(input, self.weight, self.bias)
+
+
+def set_cpu_products(model: nn.Module, products: str) -> int:
+    """Route the plain ``nn.Linear`` layers of ``model`` through numpy (``"numpy"``) or back to torch
+    (``"torch"``) by swapping their class in place; returns how many layers were switched."""
+    if products not in CPU_PRODUCTS:
+        raise ValueError(f"cpu_products: expected one of {', '.join(CPU_PRODUCTS)}, got {products!r}")
+    source, target = (nn.Linear, NumpyLinear) if products == "numpy" else (NumpyLinear, nn.Linear)
+    switched = 0
+    for module in model.modules():
+        if type(module) is source:
+            module.__class__ = target
+            switched += 1
+    return switched

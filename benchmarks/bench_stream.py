@@ -50,9 +50,13 @@ common.omp_wait_policy_default()
 
 import bench_data_scale as scale  # noqa: E402  (the corpora and the small model)
 
+from ilt_core.training.arguments import DEFAULT_BLOCK_SIZE  # noqa: E402
+
 RSS_GOAL = 1.15
 FIRST_STEP_GOAL = 1.20
 WORKERS_GOAL = 1.7
+#: transformers' TrainingArguments.per_device_train_batch_size default, which ilt train keeps
+PIPELINE_BATCH_SIZE = 8
 
 
 def _children_peak_mib() -> float:
@@ -182,8 +186,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--pipeline-rounds", type=int, default=1, help="pipeline runs per worker count, interleaved (medians reported)"
     )
-    p.add_argument("--batch-size", type=int, default=4, help="rows per step")
-    p.add_argument("--block-size", type=int, default=32, help="units per row (positions)")
+    p.add_argument("--batch-size", type=int, default=4, help="rows per step of the streaming runs")
+    p.add_argument("--block-size", type=int, default=32, help="units per row (positions) of the streaming runs")
+    p.add_argument(
+        "--pipeline-batch-size",
+        type=int,
+        default=PIPELINE_BATCH_SIZE,
+        help="rows per batch of the pipeline runs (default: ilt train's, Trainer's per_device_train_batch_size)",
+    )
+    p.add_argument(
+        "--pipeline-block-size",
+        type=int,
+        default=DEFAULT_BLOCK_SIZE,
+        help="units per row of the pipeline runs (default: ilt train's --block_size)",
+    )
     p.add_argument("--respell", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("/tmp/ilt-bench-data-scale"), help="corpora (shared)")
@@ -209,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.sizes, args.steps, args.shards, args.pipeline_batches = [0.1, 0.3], 2, 3, 5
+        args.pipeline_batch_size, args.pipeline_block_size = args.batch_size, args.block_size
 
     args.work.mkdir(parents=True, exist_ok=True)
     if args.pipeline_only:
@@ -224,19 +241,22 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"size_mb": corpus["size_mb"], "corpus_bytes": corpus["bytes"], **r})
         common.log(f"{label}: first step at {r['first_step_s']:.1f} s, peak RSS {r['peak_rss_steps_mib']:.0f} MiB")
     rounds: dict[int, list[dict[str, Any]]] = {w: [] for w in args.pipeline_workers}
+    shape = {"block_size": args.pipeline_block_size, "batch_size": args.pipeline_batch_size}
     scaling: list[list[dict[str, Any]]] = []  # per round: two 0-worker pipelines run at once
     largest = corpora[-1]
     for k in range(args.pipeline_rounds):  # interleaved: 0, 1, 2 workers, then again
         for workers in args.pipeline_workers:
             label = f"pipeline {largest['size_mb']:g} MB, {workers} workers (round {k + 1})"
-            spec = {**base, "train_file": largest["parquet"], "workers": workers, "batches": args.pipeline_batches}
+            spec = {**base, **shape, "train_file": largest["parquet"], "workers": workers}
+            spec["batches"] = args.pipeline_batches
             spec["warmup"] = max(1, args.pipeline_warmup)
             r = run_child("pipeline", spec, label)
             rounds[workers].append(r)
             common.log(f"{label}: {r['words_per_s']:,.0f} words/s")
         if args.pipeline_scaling:
             label = f"pipeline {largest['size_mb']:g} MB, two 0-worker processes at once (round {k + 1})"
-            spec = {**base, "train_file": largest["parquet"], "workers": 0, "batches": args.pipeline_batches}
+            spec = {**base, **shape, "train_file": largest["parquet"], "workers": 0}
+            spec["batches"] = args.pipeline_batches
             spec["warmup"] = max(1, args.pipeline_warmup)
             pair = run_children_at_once("pipeline", [spec, spec], label)
             scaling.append(pair)

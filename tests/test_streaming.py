@@ -164,10 +164,13 @@ def test_a_batch_packed_for_the_trip_from_a_worker_comes_back_equal(processor, s
         (torch.arange(1), torch.rand(1, 3, 8, 7)),
         (torch.arange(2), levels),
     ]
-    packed = pack_tensors(batch)
+    packed = pack_tensors(batch, shared=True)  # as a worker packs it
     buffer, _ = packed["ilt_packed_tensors"]
-    # in-band: a numpy array, pickled into the pipe (no shared-memory segment, no file descriptor to fetch)
-    assert isinstance(buffer, np.ndarray) if inband else isinstance(buffer, torch.Tensor)
+    # in-band: a numpy array, pickled into the pipe (no shared-memory segment, no file descriptor to fetch);
+    # above the limit: packed straight into a shared-memory segment, which pickling then sends without a copy
+    assert isinstance(buffer, np.ndarray) if inband else isinstance(buffer, torch.Tensor) and buffer.is_shared()
+    if not inband:
+        assert not pack_tensors(batch)["ilt_packed_tensors"][0].is_shared()  # the main process's own: private
     plain = sum(v.numel() * v.element_size() for v in batch.values() if isinstance(v, torch.Tensor))
     images = (3 * 8 * 5 + 3 * 8 * 7) * 4 + 2 * 8 * 7
     assert buffer.nbytes <= plain + 3 * 8 + images + 8 * 13  # the gray channel once, 8-byte alignment

@@ -55,7 +55,7 @@ demo: $(STAMP)
 # of training bytes; writes benchmarks/results/nano/. `make bench BENCH_ARGS="--mixes tiny,baseline-bytes ..."`
 # runs others.
 NANO_MIXES := nano,nano-no-images,nano-baseline-bytes,nano-baseline-bpe
-BENCH_ARGS ?= --mixes $(NANO_MIXES) --budget-bytes 500000 --lr-sweep 2e-3,4e-3,8e-3,1.6e-2 --sweep-share 1 --seeds 3 --out benchmarks/results/nano
+BENCH_ARGS ?= --mixes $(NANO_MIXES) --budget-bytes 500000 --lr-sweep 1e-3,2e-3,4e-3,8e-3 --sweep-share 1 --seeds 3 --out benchmarks/results/nano
 bench: $(STAMP)
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/ilt bench $(BENCH_ARGS)
 

@@ -16,7 +16,8 @@ their words respelled, as ``--shards`` parquet shards with a ``text`` column.
    own, reported as the workers' peak). Goal (issue 14): at the largest size, time to step 1 within
    +20% of the smallest size's, and peak RSS within +15%.
 2. **Pipeline words/s (no model).** For 0, 1 and 2 workers (``--pipeline-workers``), one fresh
-   process streams the largest corpus through :class:`ilt_core.training.streaming.StreamingLoader`
+   process streams the largest corpus in batches of ``ilt train``'s default shape (8 rows x 256 units;
+   ``--pipeline-batch-size``, ``--pipeline-block-size``) through :class:`ilt_core.training.streaming.StreamingLoader`
    (segmenting, blocking, packing, rendering the word images and encoding the bytes, as training
    does, with the small model's processor) and counts the units (words with their whitespace) of
    ``--pipeline-batches`` batches after the first (worker start-up excluded; ``--pipeline-warmup W``:

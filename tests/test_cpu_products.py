@@ -74,6 +74,28 @@ def test_split_product_equals_one_call(monkeypatch) -> None:
     torch.testing.assert_close(split, torch.from_numpy(a.numpy() @ b), rtol=1e-6, atol=1e-6)
 
 
+def test_a_forked_child_splits_products_on_threads_of_its_own(monkeypatch) -> None:
+    """A child forked after a split keeps the parent's pool object but none of its threads: it must make its own."""
+    import multiprocessing as mp
+
+    monkeypatch.setattr(products, "SPLIT_MIN_MULTIPLY_ADDS", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = torch.randn(64, 8)
+        b = np.ones((8, 4), dtype=np.float32)
+        products._mm(a, b)  # the parent's pool now exists
+        child = mp.get_context("fork").Process(target=products._mm, args=(a, b))
+        child.start()
+        child.join(timeout=60)
+        alive = child.is_alive()
+        if alive:
+            child.kill()
+        assert not alive and child.exitcode == 0
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_flop_counter_and_autocast_see_torch_products() -> None:
     """FlopCounterMode counts torch's products: the numpy path must step aside, or training FLOPs read 0."""
     ref, fast = _pair(32, 32, True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -70,16 +71,18 @@ class _OneOpenBLASThread:
 #: Products of fewer multiply-adds run on the calling thread alone (a split costs ~50 us of hand-over).
 SPLIT_MIN_MULTIPLY_ADDS = 4_000_000
 _pool: ThreadPoolExecutor | None = None
-_pool_size = 0
+_pool_key: tuple[int, int] = (0, 0)
 
 
 def _helpers(n: int) -> ThreadPoolExecutor:
-    """A pool of ``n`` threads (made again when torch's thread count changes)."""
-    global _pool, _pool_size
-    if _pool is None or _pool_size != n:
-        if _pool is not None:
+    """A pool of ``n`` threads, made again when torch's thread count changes or in a forked child (whose copy of
+    the parent's pool has no threads: work handed to it would wait forever)."""
+    global _pool, _pool_key
+    key = (os.getpid(), n)
+    if _pool is None or _pool_key != key:
+        if _pool is not None and _pool_key[0] == key[0]:
             _pool.shutdown(wait=True)
-        _pool, _pool_size = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ilt-products"), n
+        _pool, _pool_key = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ilt-products"), key
     return _pool
 
 

@@ -68,7 +68,7 @@ def test_split_product_equals_one_call(monkeypatch) -> None:
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        split = products._mm(a, b)
+        split = products.numpy_matmul(a, b)
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(split, torch.from_numpy(a.numpy() @ b), rtol=1e-6, atol=1e-6)
@@ -84,8 +84,8 @@ def test_a_forked_child_splits_products_on_threads_of_its_own(monkeypatch) -> No
     try:
         a = torch.randn(64, 8)
         b = np.ones((8, 4), dtype=np.float32)
-        products._mm(a, b)  # the parent's pool now exists
-        child = mp.get_context("fork").Process(target=products._mm, args=(a, b))
+        products.numpy_matmul(a, b)  # the parent's pool now exists
+        child = mp.get_context("fork").Process(target=products.numpy_matmul, args=(a, b))
         child.start()
         child.join(timeout=60)
         alive = child.is_alive()

@@ -164,15 +164,15 @@ def test_a_small_cpu_batch_runs_on_one_thread_and_gives_the_callers_count_back(n
 
 
 def counting_numpy_products(monkeypatch) -> list[int]:
-    """Counts the fused loop's numpy products (``fast_greedy._np_mm``) by their rows."""
+    """Counts the fused loop's numpy products (``fast_greedy.numpy_matmul``) by their rows."""
     rows = []
-    real = fast_greedy._np_mm
+    real = fast_greedy.numpy_matmul
 
     def product(a, w):
         rows.append(a.shape[0])
         return real(a, w)
 
-    monkeypatch.setattr(fast_greedy, "_np_mm", product)
+    monkeypatch.setattr(fast_greedy, "numpy_matmul", product)
     return rows
 
 

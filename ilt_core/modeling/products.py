@@ -54,7 +54,7 @@ class _OneOpenBLASThread:
     """Within it, OpenBLAS runs each call on the calling thread alone (its setting is restored on exit).
 
     OpenBLAS's own pool threads spin for a while after each product (``OPENBLAS_THREAD_TIMEOUT``, read once at
-    start-up), taking a core from the torch operations that follow; our split (:func:`_mm`) uses threads that sleep.
+    start-up), taking a core from the torch operations that follow; our split (:func:`numpy_matmul`) uses threads that sleep.
     """
 
     def __enter__(self) -> None:
@@ -104,7 +104,7 @@ def numpy_call_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-def _mm(a: torch.Tensor, b: np.ndarray | torch.Tensor) -> torch.Tensor:
+def numpy_matmul(a: torch.Tensor, b: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``a (M, K) @ b (K, N)`` through ``numpy.matmul`` -> a new float32 tensor ``(M, N)``.
 
     A transposed view is passed to BLAS as transposed (no copy). Large products are split by output rows over
@@ -134,7 +134,7 @@ class _NumpyLinearFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         x2 = x.detach().reshape(-1, x.shape[-1]).contiguous()  # (M, in)
         with _OneOpenBLASThread():
-            out = _mm(x2, weight.detach().numpy().T)  # (M, out)
+            out = numpy_matmul(x2, weight.detach().numpy().T)  # (M, out)
         if bias is not None:
             out.add_(bias.detach())
         ctx.save_for_backward(x2, weight)
@@ -149,9 +149,9 @@ class _NumpyLinearFunction(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         with _OneOpenBLASThread():
             if ctx.needs_input_grad[0]:
-                grad_x = _mm(g2, weight.detach().numpy()).view(ctx.x_shape)  # (M, out) @ (out, in)
+                grad_x = numpy_matmul(g2, weight.detach().numpy()).view(ctx.x_shape)  # (M, out) @ (out, in)
             if ctx.needs_input_grad[1]:
-                grad_w = _mm(g2.t(), x2.numpy())  # (out, M) @ (M, in)
+                grad_w = numpy_matmul(g2.t(), x2.numpy())  # (out, M) @ (M, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b

@@ -441,10 +441,7 @@ def pack_tensors(batch: dict[str, Any], shared: bool = False) -> dict[str, Any]:
 
 def _shared_bytes(n: int) -> torch.Tensor:
     """A ``uint8`` tensor of ``n`` bytes in a new shared-memory segment (its pages are not copied when pickled)."""
-    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
-    if new_shared is None:  # not in this torch: a private buffer moved into shared memory (one copy)
-        return torch.empty(n, dtype=torch.uint8).share_memory_()
-    return torch.empty(0, dtype=torch.uint8).set_(new_shared(n))
+    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n))
 
 
 class _Slot:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ilt_core.modeling.products import numpy_matmul
 from ilt_hf.fused_weights import FusedWeights
 
 __all__ = ["greedy_decode", "fused_llama_supported", "FusedLlamaWeights"]
@@ -150,11 +151,6 @@ class _Dims:
     gqa: bool
 
 
-def _np_mm(a: torch.Tensor, w: np.ndarray) -> torch.Tensor:
-    """``a (M, in) @ w (in, out)`` through numpy (OpenBLAS): a new float32 CPU tensor ``(M, out)``."""
-    return torch.from_numpy(np.matmul(a.contiguous().numpy(), w))
-
-
 def _attend(
     y: torch.Tensor,
     i: int,
@@ -226,11 +222,11 @@ def _numpy_byte_step(
     for i, ((w_in, _, _, w_post, _, _), (w_qkv, w_o, w_gate, w_up, w_down)) in enumerate(
         zip(fused.layers, numpy_layers, strict=True)
     ):
-        y = _np_mm(F.rms_norm(x, (D,), w_in, eps), w_qkv)
-        x = _np_mm(_attend(y, i, n, L, start, c, s, keys, values, d), w_o).add_(x)
+        y = numpy_matmul(F.rms_norm(x, (D,), w_in, eps), w_qkv)
+        x = numpy_matmul(_attend(y, i, n, L, start, c, s, keys, values, d), w_o).add_(x)
         h = F.rms_norm(x, (D,), w_post, eps)
-        gate = F.silu(_np_mm(h, w_gate), inplace=True).mul_(_np_mm(h, w_up))
-        x = _np_mm(gate, w_down).add_(x)
+        gate = F.silu(numpy_matmul(h, w_gate), inplace=True).mul_(numpy_matmul(h, w_up))
+        x = numpy_matmul(gate, w_down).add_(x)
     return x
 
 
@@ -289,7 +285,7 @@ def _fused_llama_greedy(lm: Any, fused: FusedLlamaWeights, embeds: torch.Tensor,
         bias = early if t < rules.min_new_tokens else late
         normed = F.rms_norm(last, (D,), norm_w, eps)
         if fused.numpy_head is not None and NUMPY_PRODUCTS and n * fused.numpy_head.size <= NUMPY_MAX_MULTIPLY_ADDS:
-            logits = _np_mm(normed, fused.numpy_head).add_(bias)
+            logits = numpy_matmul(normed, fused.numpy_head).add_(bias)
         else:
             logits = torch.addmm(bias, normed, head_t)
         token = logits.argmax(-1)  # (n,)

@@ -10,7 +10,9 @@
 #
 # Environment: DEVICE_CHECK_STEPS (default 200), DEVICE_CHECK_CPU=1 (run on the CPU with this checkout's
 # .venv, no install, no bf16), DEVICE_CHECK_SECONDS (the whole check's budget, default 480),
-# DEVICE_CHECK_BATCH (rows per step, default 16), PYTHON (the interpreter; default python3 on the GPU machine).
+# DEVICE_CHECK_BATCH (rows per step, default 16), DEVICE_CHECK_PROFILE=N (profile N steps after the warm-up with
+# torch.profiler and print where their time went; default 0), PYTHON (the interpreter; default python3 on the GPU
+# machine).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$SECONDS
@@ -18,6 +20,7 @@ budget=${DEVICE_CHECK_SECONDS:-480}
 export DEVICE_CHECK_STEPS=${DEVICE_CHECK_STEPS:-200}
 export DEVICE_CHECK_CPU=${DEVICE_CHECK_CPU:-0}
 export DEVICE_CHECK_BATCH=${DEVICE_CHECK_BATCH:-16}
+export DEVICE_CHECK_PROFILE=${DEVICE_CHECK_PROFILE:-0}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
 if ! ls .whl/corpus/*.parquet >/dev/null 2>&1; then
@@ -71,6 +74,7 @@ def main() -> int:
     if cuda:
         print("device:", torch.cuda.get_device_name(0))
     warmup = min(10, steps // 2)  # worker start-up, a cold render cache and kernel selection: not measured
+    profile_steps = int(os.environ["DEVICE_CHECK_PROFILE"])
 
     class Measure(TrainerCallback):
         """Step times (synchronised at each step's end) and the waits for the next batch between steps."""
@@ -81,6 +85,7 @@ def main() -> int:
             self.words: list[int] = []
             self.seen = 0
             self.path = "?"
+            self.profiler = None
 
         def count(self, module, args, kwargs) -> None:  # forward pre-hook: words = units past the start markers
             self.seen += int((kwargs["unit_index"] > 0).sum())
@@ -97,12 +102,26 @@ def main() -> int:
         def on_step_begin(self, args, state, control, **kwargs):
             if self.ends:
                 self.waits.append(time.perf_counter() - self.ends[-1])
+            if profile_steps and state.global_step == warmup:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if cuda:
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                self.profiler = torch.profiler.profile(activities=activities)
+                self.profiler.__enter__()
 
         def on_step_end(self, args, state, control, **kwargs):
             if cuda:
                 torch.cuda.synchronize()
             self.ends.append(time.perf_counter())
             self.words.append(self.seen)
+            if self.profiler is not None and state.global_step == warmup + profile_steps:
+                self.profiler.__exit__(None, None, None)
+                table = self.profiler.key_averages()
+                print(f"profile of steps {warmup + 1}..{warmup + profile_steps} (times are totals over them):")
+                if cuda:
+                    print(table.table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=60))
+                print(table.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+                self.profiler = None
 
     measure = Measure()
     with tempfile.TemporaryDirectory(prefix="ilt-device-check-") as out:
@@ -145,14 +164,18 @@ def main() -> int:
         print(f"  peak GPU memory: {peak / 2**30:.2f} GiB allocated, {reserved / 2**30:.2f} GiB reserved")
 
     texts = pq.read_table(sorted(glob.glob(".whl/corpus/*.parquet"))[0], columns=["text"]).column("text")
-    prompts = ["".join(segment(t)[:8]) for t in texts.to_pylist()[:8]]
+    # the first 8 words of texts of 24 words or more; every unit at least one byte, so no text ends early
+    # (a trained model may end a headline at once: then a timing would count no units)
+    long_texts = [units for units in map(segment, texts.to_pylist()) if len(units) >= 24]
+    prompts = ["".join(units[:8]) for units in long_texts[:8]]
+    fixed_work = {"byte_min_new_tokens": 1}
     model.eval()
     for batch in (prompts[:1], prompts):
-        model.generate(batch, max_new_units=4)  # warm-up: kernels, caches
+        model.generate(batch, max_new_units=4, **fixed_work)  # warm-up: kernels, caches
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        outputs = model.generate(batch, max_new_units=32, return_scores=True)
+        outputs = model.generate(batch, max_new_units=32, return_scores=True, **fixed_work)
         if cuda:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0

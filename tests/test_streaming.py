@@ -7,6 +7,8 @@ then through `run_training` on the micro spec of `test_training.py` for a handfu
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from itertools import islice
 from pathlib import Path
 
@@ -373,3 +375,19 @@ def test_validation_file_is_read_as_in_the_map_style_path(shards, tmp_path, caps
     assert "(--validation_file): 5 texts" in capsys.readouterr().out
     assert result.eval_metrics["eval_samples"] >= 1 and result.eval_metrics["eval_bytes"] > 0
     assert result.trainer.train_dataset.stream.held_out == {}  # nothing of the stream held out
+
+
+def test_warm_text_reading_loads_what_the_first_parquet_filter_loads():
+    """Workers are forked after ``warm_text_reading()``: their first parquet read then imports nothing more
+    (pyarrow.compute's first call imports pandas, ~0.2 s a worker)."""
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from ilt_core.training import data as td\n"
+        "td.warm_text_reading()\n"
+        "before = set(sys.modules)\n"
+        "kept = td._non_blank(pa.array(['x', ' ', None, 'y z'], type=pa.string()))\n"
+        "assert kept.to_pylist() == ['x', 'y z'], kept\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -401,11 +401,22 @@ def _parquet_batches(f: SourceFile, column: str, bad: _BadRecords, stats: TextSt
         stats.records += rows
         for chunk in table.column(0).chunks:
             chunk = chunk.cast(pa.string())
-            keep = pc.and_kleene(pc.is_valid(chunk), pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(chunk)), 0))
-            kept = chunk.filter(pc.fill_null(keep, False))
+            kept = _non_blank(chunk)
             stats.blank += len(chunk) - len(kept)
             stats.texts += len(kept)
             yield kept
+
+
+def _non_blank(chunk: pa.Array) -> pa.Array:
+    """The strings of ``chunk`` (a string array) that are neither null nor whitespace only."""
+    keep = pc.and_kleene(pc.is_valid(chunk), pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(chunk)), 0))
+    return chunk.filter(pc.fill_null(keep, False))
+
+
+def warm_text_reading() -> None:
+    """Load what reading parquet texts loads on first use (pyarrow.compute imports pandas, ~0.2 s), so that
+    DataLoader workers forked after this call inherit it instead of each importing it again."""
+    _non_blank(pa.array([" ", "a"], type=pa.string()))
 
 
 def _text_batches(f: SourceFile, column: str, flag: str, skip: bool, stats: TextStats) -> Iterator[pa.Array]:

@@ -546,6 +546,7 @@ class StreamingLoader(torch.utils.data.DataLoader):
         dataset.rotation = self.batches % dataset.num_readers
         dataset.start_positions = dict(self.positions)
         if self.num_workers:
+            td.warm_text_reading()  # once here, not once in every worker
             # the workers are forked here: with every object of this process frozen out of the cyclic
             # garbage collector's reach, their collections do not touch (and so copy) this process's heap,
             # page after page (what the Python docs advise before a fork); this process unfreezes at once

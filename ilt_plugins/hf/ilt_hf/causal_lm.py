@@ -23,6 +23,7 @@ from ilt_core.plugins.registry import BuildContext, component
 from ilt_hf.backbone import HFWrapper
 from ilt_hf.fast_greedy import FusedLlamaWeights, greedy_decode
 from ilt_hf.fast_neox import FusedNeoXWeights, fused_neox_supported, neox_cached_step
+from ilt_hf.fast_norm import swap_rms_norms
 from ilt_hf.loading import Source, SourceArgs, max_positions, set_special_tokens
 
 
@@ -449,7 +450,9 @@ def build_causal_lm(
             # the token table is removed right after building: don't allocate a hub-sized one first
             cfg.vocab_size = 1
             cfg.pad_token_id = cfg.bos_token_id = cfg.eos_token_id = None
-        return HFLatentTransformer(hf.build(AutoModel, cfg))
+        latent = hf.build(AutoModel, cfg)
+        swap_rms_norms(latent)  # CPU float32: the same norm in fewer passes (fast_norm.py)
+        return HFLatentTransformer(latent)
     if role not in ("bytes_decoder", "bytes_encoder"):
         raise ILTError(f"{where}: hf:causal-lm cannot be a {role}")
     if not hf.pretrained:
@@ -460,6 +463,7 @@ def build_causal_lm(
     if hf.pretrained:
         model.resize_token_embeddings(context.vocab_size)
         set_special_tokens(model.config, context)
+    swap_rms_norms(model)
     if role == "bytes_encoder":
         return HFCausalBytesEncoder(model, pooling)
     generation = model.generation_config

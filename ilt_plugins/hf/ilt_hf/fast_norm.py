@@ -1,0 +1,112 @@
+"""RMSNorm in fewer passes over memory, for CPU float32 training.
+
+transformers' ``LlamaRMSNorm`` (and every RMSNorm copied from it: Mistral, Qwen2, ...) runs as six elementwise
+steps forward (``to``, ``pow``, ``mean``, ``add``/``rsqrt``, two products) and autograd keeps their intermediates and
+replays about ten steps backward, each a full pass over a ``(..., D)`` tensor. A bytes decoder normalises
+``(words x 33, D)`` rows five times a step, so on a CPU (where such passes are bound by memory bandwidth) these
+norms cost more than their arithmetic. :class:`RMSNormFunction` computes the same function with a single reduction
+for the scale (``vector_norm``, no squared temporary), two passes forward and five backward, and saves only the
+input and the per-row scale.
+
+:func:`swap_rms_norms` switches a model's RMSNorm layers to it by swapping their class in place (same parameters,
+state dict and ``isinstance``). A layer is switched only when its class's ``forward`` is, token for token, Llama's
+(so Gemma's ``1 + weight`` norm and any other variant keep theirs). The switched layer steps aside (runs
+transformers' forward) for anything but CPU float32 tensors, and while ``torch.compile`` traces. Its results equal
+transformers' to float rounding (``tests/test_fast_norm.py``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+from functools import cache
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["RMSNormFunction", "rms_norm_is_llamas", "swap_rms_norms"]
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """``y = weight * x / sqrt(mean(x**2, -1) + eps)`` for ``x (..., D)``, ``weight (D,)``; float32."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        d = x.shape[-1]
+        # 1 / rms (..., 1): one reduction pass, no (..., D) temporary
+        rstd = torch.linalg.vector_norm(x, dim=-1, keepdim=True).div_(d**0.5).square_().add_(eps).rsqrt_()
+        ctx.save_for_backward(x, weight, rstd)
+        return (x * rstd).mul_(weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        x, weight, rstd = ctx.saved_tensors
+        d = x.shape[-1]
+        xhat = x * rstd  # (..., D), the normalised input
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad * xhat).reshape(-1, d).sum(0)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            dxhat = grad * weight
+            # d/dx of x * rstd(x): rstd * (dxhat - xhat * mean(dxhat * xhat))
+            mean = torch.linalg.vecdot(dxhat, xhat).unsqueeze_(-1).div_(d)
+            grad_x = dxhat.sub_(xhat.mul_(mean)).mul_(rstd)
+        return grad_x, grad_w, None
+
+
+def _forward(self: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    weight = self.weight
+    if (
+        hidden_states.device.type == "cpu"
+        and hidden_states.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+    ):
+        return RMSNormFunction.apply(hidden_states, weight, float(self.variance_epsilon))
+    return super(type(self), self).forward(hidden_states)
+
+
+def _source(function: Any) -> str | None:
+    try:
+        return textwrap.dedent(inspect.getsource(function))
+    except (OSError, TypeError):
+        return None
+
+
+@cache
+def _llama_forward_source() -> str | None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    return _source(LlamaRMSNorm.forward)
+
+
+@cache
+def rms_norm_is_llamas(cls: type) -> bool:
+    """True when ``cls.forward`` is transformers' ``LlamaRMSNorm.forward``, source for source."""
+    llama = _llama_forward_source()
+    return llama is not None and "forward" in cls.__dict__ and _source(cls.__dict__["forward"]) == llama
+
+
+@cache
+def _fast_class(cls: type) -> type:
+    # a module-level name, so that pickling a switched model finds the class
+    name = f"Fast{cls.__name__}"
+    fast = type(name, (cls,), {"forward": _forward, "__module__": __name__, "__qualname__": name})
+    globals()[name] = fast
+    return fast
+
+
+def swap_rms_norms(model: nn.Module) -> int:
+    """Switch every RMSNorm of ``model`` whose forward is Llama's to :class:`RMSNormFunction`; returns how many."""
+    switched = 0
+    for module in model.modules():
+        cls = type(module)
+        if cls.__module__ == __name__ or not cls.__name__.endswith("RMSNorm") or not rms_norm_is_llamas(cls):
+            continue
+        if not isinstance(getattr(module, "weight", None), torch.Tensor) or not hasattr(module, "variance_epsilon"):
+            continue
+        module.__class__ = _fast_class(cls)
+        switched += 1
+    return switched

@@ -24,6 +24,7 @@ from ilt_hf.backbone import HFWrapper
 from ilt_hf.fast_greedy import FusedLlamaWeights, greedy_decode
 from ilt_hf.fast_neox import FusedNeoXWeights, fused_neox_supported, neox_cached_step
 from ilt_hf.fast_norm import swap_rms_norms
+from ilt_hf.fast_rope import swap_rotary_attention
 from ilt_hf.loading import Source, SourceArgs, max_positions, set_special_tokens
 
 
@@ -451,7 +452,9 @@ def build_causal_lm(
             cfg.vocab_size = 1
             cfg.pad_token_id = cfg.bos_token_id = cfg.eos_token_id = None
         latent = hf.build(AutoModel, cfg)
-        swap_rms_norms(latent)  # CPU float32: the same norm in fewer passes (fast_norm.py)
+        # CPU float32: the same norm and rotary embedding in fewer passes (fast_norm.py, fast_rope.py)
+        swap_rms_norms(latent)
+        swap_rotary_attention(latent)
         return HFLatentTransformer(latent)
     if role not in ("bytes_decoder", "bytes_encoder"):
         raise ILTError(f"{where}: hf:causal-lm cannot be a {role}")
@@ -464,6 +467,7 @@ def build_causal_lm(
         model.resize_token_embeddings(context.vocab_size)
         set_special_tokens(model.config, context)
     swap_rms_norms(model)
+    swap_rotary_attention(model)
     if role == "bytes_encoder":
         return HFCausalBytesEncoder(model, pooling)
     generation = model.generation_config

@@ -317,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if bool(args.reference) == bool(args.reference_cmd):
         raise SystemExit("bench_reference: give --reference JSON... or --reference-cmd, one of the two")
+    if args.bounds is not None and not args.bounds.is_file():  # before the rounds, not after them
+        raise SystemExit(
+            f"bench_reference: --bounds {args.bounds}: no such file (write it first: "
+            f"benchmarks/bench_bounds.py --threads {args.threads} --out {args.bounds})"
+        )
     text = args.text.resolve()
     try:
         sha = hashlib.sha256(text.read_text(encoding="utf-8").strip().encode()).hexdigest()

@@ -144,3 +144,10 @@ def test_partial_rotary_of_gpt_neox_takes_its_own_function_and_gives_the_same_gr
     torch.testing.assert_close(losses[1], losses[0])
     for (name, a), b in zip(native.named_parameters(), fast.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_switching_works_while_a_meta_device_is_the_default():
+    fast_rope._rebound_forward.cache_clear()
+    with torch.device("meta"):
+        model = llama(1)
+        assert swap_rotary_attention(model) == 1

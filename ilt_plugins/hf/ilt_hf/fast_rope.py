@@ -87,9 +87,10 @@ def fast_apply_rotary_pos_emb(
 def _same_rotary(function: Any) -> bool:
     """True when ``function(q, k, cos, sin)`` gives :class:`RotaryFunction`'s result on random float64 inputs
     (what a partial, interleaved or otherwise different rotary would not)."""
+    # on the CPU whatever the default device (a model built under torch.device("meta") counts parameters)
     g = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(2, 3, 5, 8, dtype=torch.float64, generator=g) for _ in range(2))
-    cos, sin = (torch.randn(2, 5, 8, dtype=torch.float64, generator=g) for _ in range(2))
+    q, k = (torch.randn(2, 3, 5, 8, dtype=torch.float64, generator=g, device="cpu") for _ in range(2))
+    cos, sin = (torch.randn(2, 5, 8, dtype=torch.float64, generator=g, device="cpu") for _ in range(2))
     try:
         with torch.no_grad():
             got = function(q, k, cos, sin)

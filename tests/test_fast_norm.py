@@ -87,13 +87,8 @@ def test_switched_layer_keeps_state_dict_isinstance_and_pickles():
     assert swap_rms_norms(fast) == 0  # already switched
 
 
-def test_whole_llama_loss_and_gradients_equal():
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=50)
-    torch.manual_seed(0)
-    native = LlamaForCausalLM(cfg)
-    fast = copy.deepcopy(native)
-    assert swap_rms_norms(fast) == 2 * 2 + 1
-    ids = torch.randint(0, 50, (3, 9))
+def assert_same_training_step(native: torch.nn.Module, fast: torch.nn.Module, ids: torch.Tensor) -> None:
+    """The language-model loss of ``ids`` and every parameter's gradient are the same in both models."""
     losses = []
     for model in (native, fast):
         loss = model(input_ids=ids, labels=ids).loss
@@ -102,6 +97,15 @@ def test_whole_llama_loss_and_gradients_equal():
     torch.testing.assert_close(losses[1], losses[0])
     for (name, a), b in zip(native.named_parameters(), fast.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_whole_llama_loss_and_gradients_equal():
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=50)
+    torch.manual_seed(0)
+    native = LlamaForCausalLM(cfg)
+    fast = copy.deepcopy(native)
+    assert swap_rms_norms(fast) == 2 * 2 + 1
+    assert_same_training_step(native, fast, torch.randint(0, 50, (3, 9)))
 
 
 def test_built_bytes_decoder_uses_it():

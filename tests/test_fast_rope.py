@@ -9,6 +9,7 @@ import pytest
 import torch
 from ilt_hf import fast_rope
 from ilt_hf.fast_rope import RotaryFunction, fast_apply_rotary_pos_emb, swap_rotary_attention
+from test_fast_norm import assert_same_training_step
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama import modeling_llama
 from transformers.models.llama.modeling_llama import LlamaAttention
@@ -75,14 +76,7 @@ def test_whole_llama_loss_and_gradients_equal_and_generation_keeps_its_cache():
     fast = copy.deepcopy(native)
     assert swap_rotary_attention(fast) == 2
     ids = torch.randint(0, 50, (3, 9))
-    losses = []
-    for model in (native, fast):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        losses.append(loss.detach())
-    torch.testing.assert_close(losses[1], losses[0])
-    for (name, a), b in zip(native.named_parameters(), fast.parameters(), strict=True):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_training_step(native, fast, ids)
     # with a KV cache: transformers' forward, the same continuation
     for model in (native, fast):
         model.generation_config.pad_token_id = 0
@@ -135,15 +129,7 @@ def test_partial_rotary_of_gpt_neox_takes_its_own_function_and_gives_the_same_gr
     native = GPTNeoXForCausalLM(cfg)
     fast = copy.deepcopy(native)
     assert swap_rotary_attention(fast) == 2
-    ids = torch.randint(0, 50, (2, 7))
-    losses = []
-    for model in (native, fast):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        losses.append(loss.detach())
-    torch.testing.assert_close(losses[1], losses[0])
-    for (name, a), b in zip(native.named_parameters(), fast.parameters(), strict=True):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert_same_training_step(native, fast, torch.randint(0, 50, (2, 7)))
 
 
 def test_switching_works_while_a_meta_device_is_the_default():

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ilt_hf.class_swap import swap_classes
+
 __all__ = ["RMSNormFunction", "rms_norm_is_llamas", "swap_rms_norms"]
 
 
@@ -89,24 +91,16 @@ def rms_norm_is_llamas(cls: type) -> bool:
     return llama is not None and "forward" in cls.__dict__ and _source(cls.__dict__["forward"]) == llama
 
 
-@cache
-def _fast_class(cls: type) -> type:
-    # a module-level name, so that pickling a switched model finds the class
-    name = f"Fast{cls.__name__}"
-    fast = type(name, (cls,), {"forward": _forward, "__module__": __name__, "__qualname__": name})
-    globals()[name] = fast
-    return fast
+def _wants(layer: nn.Module) -> bool:
+    cls = type(layer)
+    return (
+        cls.__name__.endswith("RMSNorm")
+        and rms_norm_is_llamas(cls)
+        and isinstance(getattr(layer, "weight", None), torch.Tensor)
+        and hasattr(layer, "variance_epsilon")
+    )
 
 
 def swap_rms_norms(model: nn.Module) -> int:
     """Switch every RMSNorm of ``model`` whose forward is Llama's to :class:`RMSNormFunction`; returns how many."""
-    switched = 0
-    for module in model.modules():
-        cls = type(module)
-        if cls.__module__ == __name__ or not cls.__name__.endswith("RMSNorm") or not rms_norm_is_llamas(cls):
-            continue
-        if not isinstance(getattr(module, "weight", None), torch.Tensor) or not hasattr(module, "variance_epsilon"):
-            continue
-        module.__class__ = _fast_class(cls)
-        switched += 1
-    return switched
+    return swap_classes(model, _forward, __name__, _wants)

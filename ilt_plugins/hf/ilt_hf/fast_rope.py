@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ilt_hf.class_swap import swap_classes
+
 __all__ = ["RotaryFunction", "fast_apply_rotary_pos_emb", "swap_rotary_attention"]
 
 
@@ -134,22 +136,11 @@ def _forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return super(type(self), self).forward(*args, **kwargs)
 
 
-@cache
-def _fast_class(cls: type) -> type:
-    # a module-level name, so that pickling a switched model finds the class
-    name = f"Fast{cls.__name__}"
-    fast = type(name, (cls,), {"forward": _forward, "__module__": __name__, "__qualname__": name})
-    globals()[name] = fast
-    return fast
+def _wants(layer: nn.Module) -> bool:
+    cls = type(layer)
+    return cls.__name__.endswith("Attention") and _rebound_forward(cls) is not None
 
 
 def swap_rotary_attention(model: nn.Module) -> int:
     """Switch every attention layer of ``model`` that applies Llama's rotary embedding; returns how many."""
-    switched = 0
-    for module in model.modules():
-        cls = type(module)
-        if cls.__module__ == __name__ or not cls.__name__.endswith("Attention") or _rebound_forward(cls) is None:
-            continue
-        module.__class__ = _fast_class(cls)
-        switched += 1
-    return switched
+    return swap_classes(model, _forward, __name__, _wants)

@@ -225,3 +225,21 @@ def test_bench_learning_quick_curves_per_variant_and_seed(tmp_path):
         timeout=120,
     )
     assert bad.returncode != 0 and "unknown treatment 'lr-everything-2'" in bad.stderr
+
+
+def test_pool_rounds_pairs_each_round_and_pools_the_runs(tmp_path):
+    table = (
+        "| figure | reference | project | ratio (>1: project better) |\n|---|---|---|---|\n"
+        "| train_noimg_words_per_s | {ref} | {ours} | 1.00x |\n| generate_img_ms_per_step | - | - | - |\n"
+    )
+    (tmp_path / "a.log").write_text(table.format(ref="100.0, 200.0", ours="160.0, 220.0"), encoding="utf-8")
+    (tmp_path / "b.log").write_text(table.format(ref="1,000.0", ours="1,400.0"), encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "pool_rounds.py"), str(tmp_path / "a.log"), str(tmp_path / "b.log")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # rounds pair within a run: 1.6, 1.1 and 1.4; medians of sides 200 / 220
+    assert "3 rounds; medians reference 200.0, project 220.0, ratio 1.100" in out
+    assert "per-round ratios 1.100, 1.400, 1.600 (median 1.400); 1 of 3 rounds >= 1.5" in out

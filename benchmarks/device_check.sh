@@ -84,11 +84,14 @@ def main() -> int:
             self.waits: list[float] = []
             self.words: list[int] = []
             self.seen = 0
+            self.groups: list[int] = []
             self.path = "?"
             self.profiler = None
 
         def count(self, module, args, kwargs) -> None:  # forward pre-hook: words = units past the start markers
             self.seen += int((kwargs["unit_index"] > 0).sum())
+            # the image encoder runs once per width group: launches a step grow with them
+            self.groups.append(len(kwargs.get("image_groups") or ()))
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             model.register_forward_pre_hook(self.count, with_kwargs=True)
@@ -158,6 +161,9 @@ def main() -> int:
     print(f"latent attention: {measure.path}")
     print(f"steps {first + 1}..{last + 1} ({measured} measured, {warmup} warm-up not):")
     print(f"  words/s: {words / seconds:,.0f}  ({words / measured:,.0f} words per step, {seconds / measured:.3f} s/step)")
+    if measure.groups:
+        g = measure.groups
+        print(f"  image width groups a forward: mean {sum(g) / len(g):.1f}, min {min(g)}, max {max(g)}")
     print(f"  data pipeline share of step time: {waits / seconds:.1%} (waiting for the next batch)")
     if cuda:
         peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()

@@ -424,6 +424,13 @@ class HFCausalBytesEncoder(HFWrapper):
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def _fewer_passes(model: nn.Module) -> nn.Module:
+    """On CPU float32, Llama-style RMSNorm and rotary embeddings in fewer passes (fast_norm.py, fast_rope.py)."""
+    swap_rms_norms(model)
+    swap_rotary_attention(model)
+    return model
+
+
 @component(
     "causal-lm",
     roles=("latent_transformer", "bytes_decoder", "bytes_encoder"),
@@ -451,11 +458,7 @@ def build_causal_lm(
             # the token table is removed right after building: don't allocate a hub-sized one first
             cfg.vocab_size = 1
             cfg.pad_token_id = cfg.bos_token_id = cfg.eos_token_id = None
-        latent = hf.build(AutoModel, cfg)
-        # CPU float32: the same norm and rotary embedding in fewer passes (fast_norm.py, fast_rope.py)
-        swap_rms_norms(latent)
-        swap_rotary_attention(latent)
-        return HFLatentTransformer(latent)
+        return HFLatentTransformer(_fewer_passes(hf.build(AutoModel, cfg)))
     if role not in ("bytes_decoder", "bytes_encoder"):
         raise ILTError(f"{where}: hf:causal-lm cannot be a {role}")
     if not hf.pretrained:
@@ -466,8 +469,7 @@ def build_causal_lm(
     if hf.pretrained:
         model.resize_token_embeddings(context.vocab_size)
         set_special_tokens(model.config, context)
-    swap_rms_norms(model)
-    swap_rotary_attention(model)
+    _fewer_passes(model)
     if role == "bytes_encoder":
         return HFCausalBytesEncoder(model, pooling)
     generation = model.generation_config

@@ -10,19 +10,18 @@ forward and backward (the rotation's transpose), and saves only ``cos`` and ``si
 parameters, state dict and ``isinstance``): the switched class runs transformers' own ``forward`` code, rebound to
 a namespace where ``apply_rotary_pos_emb`` is :func:`fast_apply_rotary_pos_emb`, which takes the path above for CPU
 float32 tensors rotated over their whole width (outside ``torch.compile``) and the module's own function otherwise
-(GPT-NeoX's partial rotary, other dtypes, GPUs). Only classes whose module's
-``apply_rotary_pos_emb`` gives this rotation (checked on random inputs once per class) are switched, and only calls
-without a KV cache take the rebound code (generation keeps transformers' forward as it is). Results equal transformers' to
-float rounding (``tests/test_fast_rope.py``).
+(GPT-NeoX's partial rotary, other dtypes, GPUs). Only classes whose module's ``apply_rotary_pos_emb`` gives this
+rotation (checked on random inputs once per class) are switched, and only calls without a KV cache take the rebound
+code (generation keeps transformers' forward as it is). Results equal transformers' to float rounding
+(``tests/test_fast_rope.py``).
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import sys
 import types
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 import torch
@@ -124,7 +123,7 @@ def _rebound_forward(cls: type) -> Any:
     original = getattr(module, "apply_rotary_pos_emb", None)
     if not _same_rotary(original):
         return None
-    fast = functools.partial(fast_apply_rotary_pos_emb, original=original)
+    fast = partial(fast_apply_rotary_pos_emb, original=original)
     namespace = {**vars(module), "apply_rotary_pos_emb": fast}
     return types.FunctionType(inner.__code__, namespace, inner.__name__, inner.__defaults__, inner.__closure__)
 

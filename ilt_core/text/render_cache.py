@@ -8,7 +8,8 @@ The cache is capped in bytes (``max_bytes``, default :data:`DEFAULT_MAX_BYTES`; 
 --render_cache_bytes``): a corpus whose vocabulary grows with its size (every large corpus) must
 not make memory grow with it. Each entry is charged its pixels plus :data:`ENTRY_OVERHEAD_BYTES`
 for the Python objects around them. Every process (a DataLoader worker, a DDP rank) holds its own
-cache, each within the cap.
+cache, each within the cap; forked DataLoader workers may also share the images they draw through
+a :class:`~ilt_core.text.shared_images.SharedImages` (:meth:`RenderCache.share`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ilt_core.errors import ILTError
+from ilt_core.text.shared_images import SharedImages
 
 #: Default byte cap of a :class:`RenderCache` (256 MiB: about 40,000 word images of the tiny
 #: preset's 24 x 224 pixels, enough for the head of a Zipf vocabulary that takes most lookups).
@@ -45,6 +47,10 @@ class RenderCache:
 
     ``hits`` and ``misses`` count lookups (each requested unit is one lookup; a miss is one call
     to ``renderer.render``). Safe to share between threads.
+
+    With a :class:`~ilt_core.text.shared_images.SharedImages` attached (:meth:`share`), a unit
+    is looked up there too, and what :meth:`render_many` draws is published there for the other
+    processes (the LRU keeps only what the store has no room for).
     """
 
     def __init__(self, renderer: Any, maxsize: int | None = 200_000, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -61,6 +67,23 @@ class RenderCache:
         self._key_ids: dict[Hashable, int] = {}
         self._images: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+        self.shared: SharedImages | None = None
+        self._shared_key_id = -1
+
+    def share(self, store: SharedImages | None) -> None:
+        """Look units up in ``store`` and publish new images there (None: stop).
+
+        ``store.key`` must be the renderer's ``cache_key()``: a store of images drawn with other
+        settings is refused.
+        """
+        with self._lock:
+            if store is not None and store.key != self.renderer.cache_key():
+                raise ILTError(
+                    f"RenderCache.share: the store holds images of renderer settings {store.key!r}; "
+                    f"this cache's renderer has {self.renderer.cache_key()!r}"
+                )
+            self.shared = store
+            self._shared_key_id = self._key_id() if store is not None else -1
 
     def __len__(self) -> int:
         return len(self._images)
@@ -130,19 +153,40 @@ class RenderCache:
         with self._lock:
             key_id = self._key_id()
             images = self._images
+            # the shared store only while the renderer draws what it holds (its settings can change)
+            shared = self.shared if key_id == self._shared_key_id else None
+            in_store = shared.images if shared is not None else {}
             found: dict[str, np.ndarray] = {}
-            misses_before = self.misses
+            missing: list[str] = []
             for unit in dict.fromkeys(units):  # distinct units, first-seen order
-                key = (key_id, unit)
-                image = images.get(key)
+                image = in_store.get(unit)
                 if image is None:
-                    image = self._render_new(unit)
-                    self.misses += 1
-                    self._store(key, image)
-                else:
+                    key = (key_id, unit)
+                    image = images.get(key)
+                    if image is None:
+                        missing.append(unit)
+                        continue
                     images.move_to_end(key)
                 found[unit] = image
-            self.hits += len(units) - (self.misses - misses_before)
+            if missing and shared is not None and shared.sync():  # drawn by another process since
+                still = []
+                for unit in missing:
+                    image = in_store.get(unit)
+                    if image is None:
+                        still.append(unit)
+                    else:
+                        found[unit] = image
+                missing = still
+            drawn = [(unit, self._render_new(unit)) for unit in missing]
+            self.misses += len(drawn)
+            self.hits += len(units) - len(drawn)
+            if shared is not None and drawn:
+                published = shared.publish(drawn)
+                found.update((unit, in_store[unit]) for unit, _ in drawn[:published])
+                drawn = drawn[published:]
+            for unit, image in drawn:  # kept here: no store, or no room left in it
+                self._store((key_id, unit), image)
+                found[unit] = image
             return [found[unit] for unit in units]
 
     def _store(self, key: tuple[int, str], image: np.ndarray) -> None:

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import multiprocessing
 import random
 import time
 import warnings
@@ -70,12 +71,15 @@ import torch
 from ilt_core.errors import ILTError
 from ilt_core.text.collator import TextUnits
 from ilt_core.text.segmentation import segment
+from ilt_core.text.shared_images import SharedImages
 from ilt_core.training import data as td
 
 #: Name of the per-rank data position file in a checkpoint folder (``{rank}`` filled in).
 POSITION_FILE = "data_position-rank{rank}.json"
 #: Key of the stream's bookkeeping in a batch (popped by :class:`StreamingLoader` before Trainer sees it).
 STREAM_KEY = "ilt_stream"
+#: The smallest ``--render_cache_bytes`` for which workers share a store of images (below, each keeps its own).
+SHARED_MIN_BYTES = 2**20
 _STAT_KEYS = ("batches", "rows", "texts", "units", "bytes", "seconds")
 
 
@@ -545,8 +549,10 @@ class StreamingLoader(torch.utils.data.DataLoader):
         # the next batch comes from reader batches % readers: the first worker plays that reader
         dataset.rotation = self.batches % dataset.num_readers
         dataset.start_positions = dict(self.positions)
+        store = None
         if self.num_workers:
             td.warm_text_reading()  # once here, not once in every worker
+            store = self._shared_images(dataset)
             # the workers are forked here: with every object of this process frozen out of the cyclic
             # garbage collector's reach, their collections do not touch (and so copy) this process's heap,
             # page after page (what the Python docs advise before a fork); this process unfreezes at once
@@ -555,6 +561,8 @@ class StreamingLoader(torch.utils.data.DataLoader):
                 batches = super().__iter__()
             finally:
                 gc.unfreeze()
+                if store is not None:  # the workers have it; this process renders on its own
+                    dataset.processor.cache.share(None)
         else:
             batches = super().__iter__()
         for batch in batches:
@@ -574,6 +582,21 @@ class StreamingLoader(torch.utils.data.DataLoader):
             self.bad_records += int(stats["bad_records"])
             self.first_bad = self.first_bad or info["first_bad"]
             yield batch
+
+    def _shared_images(self, dataset: StreamingRows) -> SharedImages | None:
+        """A store of word images for the workers about to be forked (attached to the processor's cache).
+
+        Only for 2 or more workers started by ``fork`` (the mapping is inherited, not sent), with a
+        render cache that keeps anything: the store is one more ``--render_cache_bytes``, shared.
+        """
+        cache = dataset.processor.cache
+        context = self.multiprocessing_context
+        method = context if isinstance(context, str) else (context or multiprocessing).get_start_method()
+        if self.num_workers < 2 or cache is None or method != "fork" or cache.max_bytes < SHARED_MIN_BYTES:
+            return None
+        store = SharedImages(cache.max_bytes, self.num_workers, cache.renderer.cache_key())
+        cache.share(store)
+        return store
 
     def __len__(self) -> int:
         raise TypeError("a stream has no length")  # Trainer then counts by --max_steps

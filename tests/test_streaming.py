@@ -187,6 +187,64 @@ def test_a_batch_packed_for_the_trip_from_a_worker_comes_back_equal(processor, s
             assert torch.equal(value, back[key]) and back[key].dtype == value.dtype, key
 
 
+def same_batches(a: list[dict], b: list[dict]) -> bool:
+    """Every tensor of every batch equal, word images included."""
+    import torch
+
+    def flat(batch: dict) -> list:
+        out = []
+        for key in sorted(batch):
+            value = batch[key]
+            out += [t for pair in value for t in pair] if key == "image_groups" else [value]
+        return out
+
+    if len(a) != len(b):
+        return False
+    for x, y in zip(map(flat, a), map(flat, b), strict=True):
+        if len(x) != len(y):
+            return False
+        for u, v in zip(x, y, strict=True):
+            if not (torch.equal(u, v) if isinstance(u, torch.Tensor) else u == v):
+                return False
+    return True
+
+
+def test_two_workers_share_the_word_images_they_draw_and_make_the_same_batches(shards, monkeypatch) -> None:
+    import multiprocessing
+
+    from test_render_cache import CountingRenderer
+
+    from ilt_core.text.processor import ILTProcessor
+    from ilt_core.training import streaming
+
+    drawn = multiprocessing.get_context("fork").Value("i", 0)
+
+    class Counting(CountingRenderer):
+        """Counts what every process draws (CountingRenderer's own count stays in each process)."""
+
+        def render(self, unit: str):
+            with drawn.get_lock():
+                drawn.value += 1
+            return super().render(unit)
+
+    def run() -> tuple[list[dict], int]:
+        processor = ILTProcessor(Counting())
+        drawn.value = 0
+        loader = StreamingLoader(rows_of(processor, shards["folder"], num_workers=2), UnitCollator(processor, 24))
+        batches = take(loader, 16)
+        assert processor.cache.shared is None  # the main process draws on its own again
+        return batches, drawn.value
+
+    shared, drawn_shared = run()
+    monkeypatch.setattr(streaming, "SHARED_MIN_BYTES", 2**62)  # a cache too small to share: one each
+    alone, drawn_alone = run()
+    assert same_batches(shared, alone)
+    # the shards share most of their words, drawn once for both workers rather than once by each (97 against
+    # 129 here): without the store each worker draws exactly its own distinct words; two workers that miss the
+    # same word at the same moment both draw it, so how many fewer depends on their timing, but never none
+    assert 0 < drawn_shared < drawn_alone, (drawn_shared, drawn_alone)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_loader_restarted_from_its_state_continues_with_the_same_batches(processor, shards, workers) -> None:
     reference = take(

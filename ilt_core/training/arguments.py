@@ -138,7 +138,8 @@ class ILTArguments:
         default=DEFAULT_MAX_BYTES,
         metadata={
             "help": f"bytes of rendered word images kept per process (least recently used dropped first; default "
-            f"{DEFAULT_MAX_BYTES} = {DEFAULT_MAX_BYTES >> 20} MiB)"
+            f"{DEFAULT_MAX_BYTES} = {DEFAULT_MAX_BYTES >> 20} MiB); 2 or more streaming DataLoader workers also "
+            f"share one store of this size, each drawing a word only if no other has"
         },
     )
 

@@ -48,7 +48,8 @@ Where ``ilt train`` differs from run_clm.py:
   shards, batches made in ``--dataloader_num_workers`` processes (one shard per worker at most),
   ``--max_steps`` required; ``--resume_from_checkpoint`` continues with the texts after the checkpoint.
 - **Memory.** Texts, blocks and rows live in memory-mapped Arrow files; the collator renders per
-  batch through a render cache capped at ``--render_cache_bytes`` (default 256 MiB per process).
+  batch through a render cache capped at ``--render_cache_bytes`` (default 256 MiB per process; streaming
+  workers share one more store of that size).
 - **Metrics.** ``eval_loss`` is the mean cross-entropy (nats) per label byte (each unit's bytes plus
   its closing ``eos`` and each text's end-of-text ``eos``), weighted by bytes across batches;
   ``eval_bits_per_byte`` is the figure :func:`ilt_core.evaluation.bits_per_byte` and ``ilt eval``

@@ -21,7 +21,10 @@ and memory do not depend on the corpus size.
   would leave no way to restart a given worker's stream at a saved position.)
 - **Workers.** The rank's shards are split again among ``--dataloader_num_workers`` processes
   (reader ``l`` takes the rank's shards ``l, l + A, ...``); each renders its own batches with its
-  own render cache, capped at ``--render_cache_bytes``. A rank never starts more workers than it
+  own render cache, capped at ``--render_cache_bytes``. Two or more workers forked by the loader
+  also share the images they draw (:class:`~ilt_core.text.shared_images.SharedImages`, one more
+  ``--render_cache_bytes`` of shared memory): a word one worker drew, the others read rather than
+  draw again (each shard repeats the common words). A rank never starts more workers than it
   has shards: a single file gets one worker. With no workers the main process reads. A worker's
   batch travels to the main process as one byte buffer (:func:`pack_tensors`), word images in it as
   uint8 gray levels (:func:`ilt_core.training.data.make_collator`), so that the main process, which

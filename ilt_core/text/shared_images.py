@@ -64,7 +64,7 @@ class SharedImages:
         self.writers = writers
         self._header = header
         self._map = mmap.mmap(-1, header + writers * self.region_bytes)  # anonymous, MAP_SHARED
-        self._bytes = np.frombuffer(self._map, dtype=np.uint8)
+        self._readonly = memoryview(self._map).toreadonly()  # views on it are read-only arrays
         # fork's semaphore: inherited by the workers as the mapping is
         self._lock = multiprocessing.get_context("fork").Lock()
         self._reset_process_state()
@@ -106,15 +106,14 @@ class SharedImages:
             if region == self.region or at >= length:
                 continue
             base = self._region_base(region)
+            images, data, readonly, entry = self._images, self._map, self._readonly, _ENTRY
             while at < length:
-                key_len, height, width = _ENTRY.unpack_from(self._map, base + at)
-                start = base + at + _ENTRY.size
-                unit = self._map[start : start + key_len].decode("utf-8", "surrogatepass")
-                pixels = start + key_len
-                image = self._bytes[pixels : pixels + height * width].reshape(height, width)
-                image.flags.writeable = False
-                self._images.setdefault(unit, image)
-                at = pixels + height * width - base
+                key_len, height, width = entry.unpack_from(data, base + at)
+                start = base + at + entry.size
+                unit = data[start : start + key_len].decode("utf-8", "surrogatepass")
+                if unit not in images:
+                    images[unit] = np.ndarray((height, width), np.uint8, readonly, start + key_len)
+                at += entry.size + key_len + height * width
                 found += 1
             self._read[region] = at
         return found
@@ -139,7 +138,8 @@ class SharedImages:
             self.region = claimed
         base = self._region_base(self.region)
         at = self._written
-        appended = 0
+        parts: list = []
+        placed: list[tuple[str, int, int, int]] = []  # unit, offset of its pixels, height, width
         for unit, image in items:
             key = unit.encode("utf-8", "surrogatepass")
             height, width = image.shape
@@ -147,16 +147,13 @@ class SharedImages:
             if end > self.region_bytes:
                 self.full = True
                 break
-            _ENTRY.pack_into(self._map, base + at, len(key), height, width)
-            start = base + at + _ENTRY.size
-            self._map[start : start + len(key)] = key
-            pixels = start + len(key)
-            view = self._bytes[pixels : pixels + height * width].reshape(height, width)
-            view[:] = image
-            view.flags.writeable = False
-            self._images[unit] = view
+            parts += (_ENTRY.pack(len(key), height, width), key, np.ascontiguousarray(image).data)
+            placed.append((unit, base + end - height * width, height, width))
             at = end
-            appended += 1
+        appended = len(placed)
+        self._map[base + self._written : base + at] = b"".join(parts)  # one copy into the shared pages
+        for unit, offset, height, width in placed:
+            self._images[unit] = np.ndarray((height, width), np.uint8, self._readonly, offset)
         if appended:
             self._written, self._count = at, self._count + appended
             with self._lock:  # the bytes above are all written before a reader can see the new length

@@ -508,8 +508,18 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Handler of ``ilt train``: everything after ``train`` goes to ``HfArgumentParser``."""
-    run_training(list(args.train_args))
+    """Handler of ``ilt train``: everything after ``train`` goes to ``HfArgumentParser``.
+
+    Under torchrun the process group is destroyed before the process exits: left to the interpreter's
+    finalization, gloo's worker threads may still hold work with Python references, and a rank then
+    aborted now and then after training had finished ("terminate called without an active
+    exception", exit -6; pytorch/pytorch#179291 describes the mechanism).
+    """
+    try:
+        run_training(list(args.train_args))
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 

@@ -73,7 +73,6 @@ class SharedImages:
         self._pid = os.getpid()
         self.region: int | None = None  # claimed on the first publish
         self._written = 0  # bytes this process appended to its region (committed)
-        self._count = 0
         self._read = [0] * self.writers  # bytes of each region already read into ``images``
         self._images: dict[str, np.ndarray] = {}
         self.published = 0
@@ -155,10 +154,10 @@ class SharedImages:
         for unit, offset, height, width in placed:
             self._images[unit] = np.ndarray((height, width), np.uint8, self._readonly, offset)
         if appended:
-            self._written, self._count = at, self._count + appended
-            with self._lock:  # the bytes above are all written before a reader can see the new length
-                _REGION.pack_into(self._map, _NEXT_REGION.size + self.region * _REGION.size, at, self._count)
+            self._written = at
             self.published += appended
+            with self._lock:  # the bytes above are all written before a reader can see the new length
+                _REGION.pack_into(self._map, _NEXT_REGION.size + self.region * _REGION.size, at, self.published)
         return appended
 
     def committed(self) -> list[tuple[int, int]]:

@@ -45,6 +45,7 @@ from ilt_core.plugins.registry import BuildContext, get_registry
 from ilt_core.specs.spec import ModelSpec, check_components, load_spec
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 from ilt_core.text.collator import IGNORE_INDEX
+from ilt_core.text.image_packing import ImagePacking
 from ilt_core.text.processor import ILTProcessor
 from ilt_core.text.render_cache import pixels_as_float
 
@@ -66,7 +67,7 @@ class ILTOutput:
     logits: torch.Tensor | None
     unit_losses: torch.Tensor | None
     hidden_states: torch.Tensor
-    num_label_tokens: int = 0
+    num_label_tokens: int | torch.Tensor = 0
 
     # Trainer reads outputs["loss"] or outputs[0]
     def __getitem__(self, key: str | int) -> Any:
@@ -175,6 +176,7 @@ class ILTModel(PreTrainedModel):
             if self.image_encoder is not None
             else None
         )
+        self.image_packing = self._image_packing(width_multiple)
         self.bytes_encoder = _build(registry, spec, "bytes_encoder", context)
         self.latent_transformer = _build(registry, spec, "latent_transformer", context)
         self.bytes_decoder = _build(registry, spec, "bytes_decoder", context)
@@ -204,6 +206,16 @@ class ILTModel(PreTrainedModel):
             self.activation_checkpointing_enable()
         set_cpu_products(self, spec.cpu_products)
         self.post_init()
+
+    def _image_packing(self, patch: int) -> ImagePacking | None:
+        """How fixed-shape batches carry word images to this model's image encoder: packed rows of patches when it
+        takes them (``protocols.PackedImageEncoder``), else None (images grouped by width, one call per width)."""
+        prepare = getattr(self.image_encoder, "prepare_packed", None)
+        grid_rows, widths = self.spec.image_height // patch, self.spec.max_image_width // patch
+        if prepare is None or not prepare(grid_rows, widths):
+            return None
+        longest = 1 + grid_rows * widths  # the widest image and its class token
+        return ImagePacking(patch_size=patch, row_tokens=-(-2 * longest // 8) * 8)
 
     def _components(self) -> dict[str, Any]:
         return {role: getattr(self, role) for role in ROLE_ATTRIBUTES}
@@ -272,11 +284,14 @@ class ILTModel(PreTrainedModel):
         unit_input_ids: torch.Tensor,
         unit_attention_mask: torch.Tensor,
         image_groups: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        packed_images: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Embeddings ``(U, D)`` of U distinct units from their bytes ``(U, T)`` and images by width.
 
         ``image_groups``: ``[(indices (G,), pixels)]``, pixels float ``(G, 3, H, W)`` in ``[0, 1]`` or
         uint8 gray levels ``(G, 1, H, W)`` (the same images give the same embeddings either way).
+        ``packed_images``: instead, ``(patches, positions, segments, cls)`` of
+        :class:`ilt_core.text.image_packing.PackedImages` (``cls`` ``(U,)``): one call of the image encoder.
         """
         U = unit_input_ids.shape[0]
         parts = []
@@ -289,8 +304,10 @@ class ILTModel(PreTrainedModel):
             drop_image, drop_bytes = r < p / 2, (r >= p / 2) & (r < p)
         if self.image_encoder is not None:
             width = int(self.image_encoder.hidden_size)
-            if "image" in self.disabled or not image_groups:
+            if "image" in self.disabled or (not image_groups and packed_images is None):
                 vec = torch.zeros(U, width, device=device)
+            elif packed_images is not None:
+                vec = self.image_encoder.encode_packed(*(t.to(device) for t in packed_images))
             else:
                 # uint8 gray levels (how training batches carry them) become floats here, on the device
                 vecs = [self.image_encoder(pixels_as_float(pixels, device)) for _, pixels in image_groups]
@@ -352,9 +369,18 @@ class ILTModel(PreTrainedModel):
         labels: torch.Tensor | None = None,
         image_groups: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         num_bytes: torch.Tensor | None = None,
+        image_patches: torch.Tensor | None = None,
+        image_positions: torch.Tensor | None = None,
+        image_segments: torch.Tensor | None = None,
+        image_cls: torch.Tensor | None = None,
+        fixed: bool = False,
         **_: Any,
     ) -> ILTOutput:
         """Loss and logits for a collated batch (see :mod:`ilt_core.text.collator` for the shapes).
+
+        ``fixed``: the batch has fixed shapes (``FixedShapes``): then no step reads a device value back (the latent
+        gets a block-causal mask, every position is decoded, the loss divides by a count kept on the device), so the
+        forward compiles whole; ``logits`` are then ``(B * L, K, V)`` and ``num_label_tokens`` a tensor.
 
         A training forward (train mode, gradients on) sets the process to reuse freed pages
         (:func:`ilt_core.modeling.memory.keep_freed_memory`) unless activation checkpointing asked to return them.
@@ -362,8 +388,11 @@ class ILTModel(PreTrainedModel):
         if self.training and torch.is_grad_enabled():
             keep_freed_memory()  # no page faults in every step for its large activations
         device = self.encoder_mapping.weight.device
-        unit_embeds = self.encode_units(unit_input_ids, unit_attention_mask, image_groups)
+        packed = (image_patches, image_positions, image_segments, image_cls) if image_patches is not None else None
+        unit_embeds = self.encode_units(unit_input_ids, unit_attention_mask, image_groups, packed)
         inputs_embeds = unit_embeds[unit_index.to(device)]  # (B, L, D)
+        if fixed:
+            return self._fixed_forward(inputs_embeds, segment_ids, position_ids, labels, device)
         mask = self._latent_mask(segment_ids, position_ids, device)
         hidden = self.latent_transformer(
             inputs_embeds,
@@ -388,6 +417,36 @@ class ILTModel(PreTrainedModel):
         unit_losses = torch.zeros(selected.shape, device=device, dtype=token_nll.dtype)
         unit_losses[selected] = token_nll.sum(-1)
         return ILTOutput(loss, logits, unit_losses, hidden, count)
+
+    def _fixed_forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        segment_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        device: torch.device,
+    ) -> ILTOutput:
+        """The latent and the loss for a fixed-shape batch, with no host synchronisation: ``(B, L, D)`` in."""
+        B, L, _ = inputs_embeds.shape
+        mask = block_causal_mask(segment_ids.to(device)) if segment_ids is not None else None
+        hidden = self.latent_transformer(
+            inputs_embeds,
+            attention_mask=mask,
+            position_ids=position_ids.to(device) if position_ids is not None else None,
+        ).hidden_states
+        if labels is None:
+            return ILTOutput(None, None, None, hidden)
+        label_ids = labels.to(device).reshape(B * L, -1)  # (B*L, K): every position, -100 where no label
+        logits = self.decode_logits(hidden.reshape(B * L, -1), label_ids)
+        token_nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            label_ids.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        ).view(label_ids.shape)
+        count = (label_ids != IGNORE_INDEX).sum()
+        loss = token_nll.sum() / count.clamp(min=1)
+        return ILTOutput(loss, logits, token_nll.sum(-1).view(B, L), hidden, count)
 
     # ---- summaries and checkpoints -----------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

@@ -17,6 +17,14 @@ T = bytes per unit, K = label bytes per position):
   bytes of the next unit then ``eos`` (``labels: unit``), or the next ``label_bytes`` bytes of text
   (``labels: bytes``); after a text's last unit, a lone ``eos`` (end of text); -100 is ignored.
 - ``num_bytes`` ``(B,)``: UTF-8 bytes of text each row is scored on (for bits-per-byte).
+
+With :class:`FixedShapes` every tensor has the same shape at every step: ``B`` is the configured rows (extra rows
+are all padding), ``L`` the row length, ``U`` a capacity of distinct units (unused slots are padding units nothing
+points to), ``T`` the longest unit's bytes and ``K`` the longest label; the word images come packed into rows of
+patches (``image_patches`` ``uint8 (R, S, p*p)``, ``image_positions`` / ``image_segments`` ``(R, S)``,
+``image_cls`` ``(U,)``; see :mod:`ilt_core.text.image_packing`) instead of ``image_groups``, when the image
+encoder takes them. Capacities grow, never drop: a batch with more distinct units or image tokens than the capacity
+raises it (a new shape: a compiled model compiles once more), and :attr:`FixedShapes.grown` counts it.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import torch
 
 from ilt_core.errors import ILTError
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID
+from ilt_core.text.image_packing import ImagePacking
 
 IGNORE_INDEX = -100
 
@@ -40,6 +49,32 @@ class TextUnits:
 
     units: list[str]
     complete: bool = True
+
+
+@dataclass
+class FixedShapes:
+    """The shapes every batch of a configuration gets (see the module docstring).
+
+    ``rows`` x ``row_units``: ``(B, L)``; ``unit_bytes``: ``T``; ``label_len``: ``K``; ``unit_capacity``: ``U``
+    (0: set from the first batch, with an eighth to spare); ``images``: how word images are packed (None: by width,
+    in ``image_groups``). ``grown`` counts the batches that raised a capacity.
+    """
+
+    rows: int
+    row_units: int
+    unit_bytes: int
+    label_len: int
+    unit_capacity: int = 0
+    images: ImagePacking | None = None
+    grown: int = 0
+
+    def units_for(self, needed: int) -> int:
+        """The unit capacity for a batch of ``needed`` distinct units (start marker included), raised if short."""
+        if needed > self.unit_capacity:
+            if self.unit_capacity:
+                self.grown += 1
+            self.unit_capacity = max(needed, -(-needed * 9 // 8))
+        return self.unit_capacity
 
 
 @dataclass
@@ -55,6 +90,11 @@ class Batch:
     labels: torch.Tensor
     num_bytes: torch.Tensor
     image_groups: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    image_patches: torch.Tensor | None = None
+    image_positions: torch.Tensor | None = None
+    image_segments: torch.Tensor | None = None
+    image_cls: torch.Tensor | None = None
+    fixed: bool = False
     units: list[str] = field(default_factory=list)
 
     @property
@@ -79,8 +119,12 @@ class Batch:
         return Batch(**moved)
 
     def model_inputs(self) -> dict[str, Any]:
-        """Keyword arguments for :meth:`ILTModel.forward`."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "units"}
+        """Keyword arguments for :meth:`ILTModel.forward` (fields that are None left out)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "units" and getattr(self, f.name) is not None
+        }
 
     # Trainer and accelerate treat a batch as a mapping.
     def keys(self):
@@ -113,6 +157,7 @@ def collate_units(
     label_bytes: int = 32,
     max_units: int | None = None,
     packing: bool = False,
+    shapes: FixedShapes | None = None,
 ) -> Batch:
     """Collate already-segmented texts.
 
@@ -120,10 +165,13 @@ def collate_units(
     ``render_units(units) -> list[(indices, pixels)]`` renders distinct units grouped by width
     (None when the model has no image encoder). ``max_units`` bounds a row's length including the
     start marker: a longer text is cut (and then not marked complete), a packed row holds
-    several texts up to it.
+    several texts up to it. ``shapes``: give every tensor the shape it sets (``max_units`` is then
+    ``shapes.row_units``).
     """
     if labels not in ("unit", "bytes"):
         raise ILTError(f"labels: expected 'unit' or 'bytes', got {labels!r}")
+    if shapes is not None:
+        max_units = shapes.row_units
     seqs: list[TextUnits] = []
     for t in texts:
         if max_units is not None and len(t.units) + 1 > max_units:
@@ -147,6 +195,11 @@ def collate_units(
 
     unit_bytes: dict[str, list[int]] = {}  # unit -> byte ids, computed once
     row_len = max(sum(len(seqs[i].units) + 1 for i in row) for row in rows) if rows else 1
+    if shapes is not None:
+        if len(rows) > shapes.rows:
+            raise ILTError(f"collate: {len(rows)} rows of texts, more than the fixed shapes' {shapes.rows} rows")
+        row_len = shapes.row_units
+        rows = rows + [[] for _ in range(shapes.rows - len(rows))]
     B = len(rows)
     # Built as Python lists and numpy arrays, then turned into tensors once: writing tensors one
     # element at a time costs microseconds per write and dominated collation.
@@ -209,6 +262,10 @@ def collate_units(
     num_bytes = torch.tensor(num_bytes_list, dtype=torch.long)
 
     K = max((len(lab) for r in row_labels for _, lab in r), default=1)
+    if shapes is not None:
+        if K > shapes.label_len:
+            raise ILTError(f"collate: a label of {K} bytes, longer than the fixed shapes' label_len {shapes.label_len}")
+        K = shapes.label_len
     label_array = np.full((B, row_len, K), IGNORE_INDEX, dtype=np.int64)
     for b, r in enumerate(row_labels):
         for p, lab in r:
@@ -217,8 +274,17 @@ def collate_units(
 
     all_ids = [[BOS_ID]] + [unit_bytes[u] for u in distinct]
     T = max(1, max(len(x) for x in all_ids))
-    ids_array = np.full((len(all_ids), T), PAD_ID, dtype=np.int64)
-    mask_array = np.zeros((len(all_ids), T), dtype=np.int64)
+    U = len(all_ids)
+    if shapes is not None:
+        if T > shapes.unit_bytes:
+            raise ILTError(
+                f"collate: a unit of {T} bytes, longer than the fixed shapes' unit_bytes {shapes.unit_bytes}"
+            )
+        T = shapes.unit_bytes
+        U = shapes.units_for(len(all_ids))
+    ids_array = np.full((U, T), PAD_ID, dtype=np.int64)
+    mask_array = np.zeros((U, T), dtype=np.int64)
+    mask_array[len(all_ids) :, 0] = 1  # padding units: one real position, so no attention row is empty
     for i, ids in enumerate(all_ids):
         if ids:
             ids_array[i, : len(ids)] = ids
@@ -228,7 +294,12 @@ def collate_units(
     unit_input_ids = torch.from_numpy(ids_array)
     unit_attention_mask = torch.from_numpy(mask_array)
 
-    image_groups = render_units([""] + distinct) if render_units is not None else []
+    packed = None
+    if shapes is not None and shapes.images is not None and render_units is not None:
+        packed = shapes.images.pack(render_units([""] + distinct, grouped=False), count=U)
+        image_groups = []
+    else:
+        image_groups = render_units([""] + distinct) if render_units is not None else []
     return Batch(
         unit_input_ids=unit_input_ids,
         unit_attention_mask=unit_attention_mask,
@@ -239,5 +310,10 @@ def collate_units(
         labels=label_tensor,
         num_bytes=num_bytes,
         image_groups=image_groups,
+        image_patches=packed.patches if packed is not None else None,
+        image_positions=packed.positions if packed is not None else None,
+        image_segments=packed.segments if packed is not None else None,
+        image_cls=packed.cls_index if packed is not None else None,
+        fixed=shapes is not None,
         units=["<start>"] + distinct,
     )

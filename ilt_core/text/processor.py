@@ -12,11 +12,10 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from ilt_core.errors import ILTError
 from ilt_core.text.byte_tokenizer import ByteTokenizer
-from ilt_core.text.collator import Batch, TextUnits, collate_units
+from ilt_core.text.collator import Batch, FixedShapes, TextUnits, collate_units
+from ilt_core.text.image_packing import ImagePacking
 from ilt_core.text.render_cache import RenderCache, images_to_batches
 from ilt_core.text.segmentation import segment
 
@@ -73,13 +72,15 @@ class ILTProcessor:
         """A unit's byte ids, without specials."""
         return self.tokenizer.encode(unit)
 
-    def render_units(self, units: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def render_units(self, units: Sequence[str], grouped: bool = True) -> Any:
         """Images of distinct ``units`` grouped by width: ``[(indices (G,), pixels)]``.
 
         ``pixels``: float ``(G, 3, H, W)`` or uint8 ``(G, 1, H, W)``, as the processor's ``pixels`` says.
+        ``grouped=False``: the images as drawn, ``uint8 (H, W_i)`` arrays in the order of ``units``.
         """
         assert self.cache is not None
-        return images_to_batches(self.cache.render_many(units), self.pixels)
+        images = self.cache.render_many(units)
+        return images_to_batches(images, self.pixels) if grouped else images
 
     def collate(
         self,
@@ -88,10 +89,12 @@ class ILTProcessor:
         packing: bool = False,
         max_units: int | None = None,
         labels: str | None = None,
+        shapes: FixedShapes | None = None,
     ) -> Batch:
         """Collate already-segmented texts (see :func:`ilt_core.text.collator.collate_units`).
 
-        ``labels`` overrides the processor's label mode (bits-per-byte always scores ``"unit"``).
+        ``labels`` overrides the processor's label mode (bits-per-byte always scores ``"unit"``). ``shapes``: the
+        same tensor shapes at every call (:meth:`fixed_shapes` makes them for a model's configuration).
         """
         return collate_units(
             texts,
@@ -101,6 +104,23 @@ class ILTProcessor:
             label_bytes=self.label_bytes,
             max_units=max_units or self.max_units,
             packing=packing,
+            shapes=shapes,
+        )
+
+    def fixed_shapes(self, rows: int, row_units: int, image_packing: ImagePacking | None = None) -> FixedShapes:
+        """Shapes for batches of ``rows`` x ``row_units`` positions under this processor's settings.
+
+        Units hold at most ``max_unit_bytes`` bytes; a label at most that and ``eos`` (``labels: unit``) or
+        ``label_bytes`` (``labels: bytes``). ``image_packing``: how the model's image encoder takes packed images
+        (``ILTModel.image_packing``), or None for images by width.
+        """
+        label_len = self.max_unit_bytes + 1 if self.labels == "unit" else self.label_bytes
+        return FixedShapes(
+            rows=rows,
+            row_units=row_units,
+            unit_bytes=self.max_unit_bytes,
+            label_len=max(label_len, 1),
+            images=copy.copy(image_packing) if image_packing is not None else None,
         )
 
     def __call__(self, texts: str | Sequence[str], *, packing: bool = False, max_units: int | None = None) -> Batch:

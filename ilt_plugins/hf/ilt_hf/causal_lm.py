@@ -340,8 +340,16 @@ class HFBytesDecoder(HFWrapper):
         past_key_values: Any = None,
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, Any]:
-        """Logits ``(N, T, vocab_size)`` for every position, and the cache when ``use_cache``."""
+        """Logits ``(N, T, vocab_size)`` for every position, and the cache when ``use_cache``.
+
+        With no mask and no cache, the causal mask is passed prepared (``(1, 1, T, T)``): transformers would otherwise
+        read the position ids back from the device to look for packed sequences.
+        """
         param = next(self.lm.parameters())
+        if attention_mask is None and past_key_values is None and not use_cache:
+            T = inputs_embeds.shape[1]
+            causal = torch.ones(T, T, dtype=torch.bool, device=inputs_embeds.device).tril()
+            attention_mask = _additive(causal, param.dtype)[None, None]
         out = self.lm(
             inputs_embeds=inputs_embeds.to(dtype=param.dtype),
             attention_mask=attention_mask,

@@ -14,6 +14,8 @@ from ilt_hf.fast_bert import FusedBertWeights, fused_bert_forward, fused_bert_su
 from ilt_hf.loading import Source, SourceArgs, accepts_kwarg, set_special_tokens
 
 POOLINGS = ("mean", "cls")
+#: model types whose forward takes a prepared 4-D additive mask as it is (transformers' masking utilities)
+PREPARED_MASK_MODEL_TYPES = frozenset({"bert"})
 #: fewest units before a batch is split into length groups (below it, one call costs less than several)
 MIN_ROWS_TO_GROUP = 64
 #: at most this many length groups a batch
@@ -53,10 +55,11 @@ class HFTextEncoder(HFWrapper):
     padding.
     """
 
-    def __init__(self, model: nn.Module, pooling: str) -> None:
+    def __init__(self, model: nn.Module, pooling: str, group_lengths: bool = True) -> None:
         super().__init__()
         self.model = model
         self.pooling = pooling
+        self.group_lengths = group_lengths
         self.hidden_size: int = int(model.config.hidden_size)
         self.vocab_size: int = int(model.get_input_embeddings().weight.shape[0])
         # eval with gradients off (generation, evaluation): BERT takes the fused forward of ilt_hf.fast_bert
@@ -76,7 +79,9 @@ class HFTextEncoder(HFWrapper):
         return self._fused is not None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        groups = length_groups(attention_mask)
+        # grouping reads lengths back from the device and changes shapes per batch: a CPU-only, eager-only layer
+        grouping = self.group_lengths and input_ids.device.type == "cpu" and not torch.compiler.is_compiling()
+        groups = length_groups(attention_mask) if grouping else None
         if groups is None:
             return self._encode(input_ids, attention_mask)
         parts = [self._encode(input_ids[rows, :cut], attention_mask[rows, :cut]) for rows, cut in groups]
@@ -95,7 +100,12 @@ class HFTextEncoder(HFWrapper):
         ):
             hidden = fused_bert_forward(self.model, self._fused, input_ids, attention_mask)
         else:
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+            mask: torch.Tensor = attention_mask
+            if getattr(self.model.config, "model_type", None) in PREPARED_MASK_MODEL_TYPES:
+                # a prepared (N, 1, 1, T) additive mask: transformers then asks no device value whether a byte is padding
+                mask = torch.zeros(attention_mask.shape, dtype=self.model.dtype, device=attention_mask.device)
+                mask = mask.masked_fill(attention_mask == 0, torch.finfo(mask.dtype).min)[:, None, None, :]
+            hidden = self.model(input_ids=input_ids, attention_mask=mask, return_dict=True).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.to(hidden.dtype)[..., None]
@@ -109,11 +119,17 @@ class HFTextEncoder(HFWrapper):
     install="pip install ilt-hf  (or: pip install transformers)",
 )
 def build_encoder(
-    role: str, context: BuildContext, *, pooling: str = "mean", **source: Unpack[SourceArgs]
+    role: str,
+    context: BuildContext,
+    *,
+    pooling: str = "mean",
+    length_groups: bool = True,
+    **source: Unpack[SourceArgs],
 ) -> HFTextEncoder:
     """A bidirectional transformers text encoder (BERT, ModernBERT, DeBERTa), mean or CLS pooled.
 
-    ``AutoModel`` with the byte vocabulary (``context.vocab_size``); ``pooling``: ``mean`` or ``cls``.
+    ``AutoModel`` with the byte vocabulary (``context.vocab_size``); ``pooling``: ``mean`` or ``cls``;
+    ``length_groups``: on the CPU in eager mode, run a large batch in groups of similar length (no effect elsewhere).
     """
     from transformers import AutoModel  # heavy: imported when a component is built
 
@@ -131,4 +147,4 @@ def build_encoder(
     if hf.pretrained:
         model.resize_token_embeddings(context.vocab_size)
         set_special_tokens(model.config, context)
-    return HFTextEncoder(model, pooling)
+    return HFTextEncoder(model, pooling, length_groups)

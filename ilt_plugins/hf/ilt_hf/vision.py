@@ -102,10 +102,97 @@ class HFVisionEncoder(HFWrapper):
             self._fused = getattr(self, "_fused_off", None) or FusedViTWeights()
         return self._fused is not None
 
+    def supports_packed(self) -> bool:
+        """Whether :meth:`encode_packed` can run this model (a plain ViT: class token, one grid of patches)."""
+        m = self.model
+        return getattr(m.config, "model_type", None) == "vit" and _vit_layers(m) is not None
+
+    def encode_packed(
+        self,
+        patches: torch.Tensor,
+        positions: torch.Tensor,
+        segments: torch.Tensor,
+        cls_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """``protocols.PackedImageEncoder``: vectors ``(N, hidden_size)`` of word images packed into rows.
+
+        ``patches`` ``uint8 (R, S, p * p)`` gray levels, ``positions`` / ``segments`` ``long (R, S)`` and
+        ``cls_index`` ``long (N,)`` as :class:`ilt_core.text.image_packing.PackedImages`  lays them out, after
+        :meth:`prepare_packed`. The same
+        vectors as :meth:`forward` on each width apart (to float rounding): the patch projection is the model's
+        convolution applied to the normalised gray patch, the grid position embeddings are the model's bicubic
+        interpolation (a fixed linear map of them, for every width at once), and attention stays inside each image.
+        One call of every layer, one shape, no host synchronisation.
+        """
+        from ilt_core.text.image_packing import segment_mask
+
+        m = self.model
+        emb = m.embeddings
+        conv = emb.patch_embeddings.projection
+        weight = conv.weight  # (D, 3, p, p)
+        p = weight.shape[-1]
+        R, S, _ = patches.shape
+        dtype = weight.dtype
+        gray = (patches.float() / 255).to(dtype)  # (R, S, p*p) in [0, 1]: the renderer's gray levels as floats
+        # the conv of (gray - mean_c) / std_c summed over channels, as one product on the gray patch
+        scale = (1.0 / self.image_std.view(3)).to(dtype)
+        shift = (self.image_mean.view(3) / self.image_std.view(3)).to(dtype)
+        w = weight.reshape(weight.shape[0], 3, p * p)
+        w_eff = torch.einsum("dck,c->dk", w, scale)
+        b_eff = conv.bias - torch.einsum("dck,c->d", w, shift) if conv.bias is not None else None
+        tokens = torch.nn.functional.linear(gray, w_eff, b_eff)  # (R, S, D)
+        is_patch = (positions > 0)[..., None]
+        tokens = torch.where(is_patch, tokens, emb.cls_token.to(dtype).view(1, 1, -1))
+        pos = emb.position_embeddings[0]  # (1 + G*G, D): class token, then the square grid
+        table = torch.cat([pos[:1], self.packed_positions.to(pos.dtype) @ pos[1:]])  # every width's grid
+        hidden = emb.dropout(tokens + table[positions])
+        mask = segment_mask(segments)
+        for layer in _vit_layers(m):
+            hidden = layer(hidden, mask)
+        hidden = m.layernorm(hidden)
+        cls = hidden.reshape(R * S, -1)[cls_index]
+        pooler = getattr(m, "pooler", None)
+        return pooler(cls[:, None, :]) if pooler is not None else cls
+
+    def prepare_packed(self, grid_rows: int, max_width_patches: int) -> bool:
+        """Make ready for :meth:`encode_packed` on images ``grid_rows`` patches high, up to ``max_width_patches``
+        wide; returns whether this model can take packed images (else the model calls :meth:`forward` per width).
+
+        Keeps the resize of the position grid to every width as a buffer (moved and cast with the module).
+        """
+        if not self.supports_packed():
+            return False
+        pos = self.model.embeddings.position_embeddings
+        matrix = _interpolation_matrix(pos.shape[1] - 1, grid_rows, max_width_patches, "cpu")
+        self.register_buffer(
+            "packed_positions", matrix.to(pos.dtype if not pos.is_meta else torch.float32), persistent=False
+        )
+        return True
+
     @property
     def fused_weights(self) -> FusedViTWeights | None:
         """The fused step's weights (rebuilt when a parameter changes), or None when the step is off."""
         return self._fused
+
+
+def _vit_layers(model: nn.Module) -> Any:
+    """The list of encoder layers of a transformers ViT (``layers`` in 5.x, ``encoder.layer`` before)."""
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        layers = getattr(getattr(model, "encoder", None), "layer", None)
+    return layers
+
+
+def _interpolation_matrix(num_positions: int, grid_rows: int, max_width: int, device: Any) -> torch.Tensor:
+    """``(sum_w grid_rows * w, num_positions)``: ViT's bicubic resize of its square grid of position embeddings to
+    ``grid_rows x w`` for every ``w`` in ``1 .. max_width``, as one matrix (the resize is linear in its input)."""
+    side = int(round(num_positions**0.5))
+    basis = torch.eye(num_positions, dtype=torch.float64, device=device).view(num_positions, 1, side, side)
+    parts = []
+    for w in range(1, max_width + 1):
+        out = torch.nn.functional.interpolate(basis, size=(grid_rows, w), mode="bicubic", align_corners=False)
+        parts.append(out.view(num_positions, grid_rows * w).T)
+    return torch.cat(parts).float()
 
 
 @component(

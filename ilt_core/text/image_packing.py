@@ -1,0 +1,150 @@
+"""Word images as patches packed into rows of fixed length: one image-encoder call per step, one shape.
+
+A word image ``(H, W)`` is a grid of ``H/p x W/p`` patches (``p`` the encoder's patch size). Each image becomes a
+*segment* of ``1 + (H/p)(W/p)`` tokens (a class token, then its patches row-major, as a ViT flattens them) and the
+segments are laid end to end into ``R`` rows of ``S`` tokens. Attention stays inside each segment (a block mask
+from ``segments``), so every image gets the vector it would get alone, while the encoder sees one ``(R, S, .)``
+tensor whatever the widths in the batch.
+
+``positions`` index one table holding the class token's position embedding (index 0) then the grid embeddings of
+every width, widths ``1 .. max_width/p`` one after another (:func:`position_offset`): an encoder computes that table
+once per call from its own position embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ilt_core.errors import ILTError
+
+
+def position_offset(grid_rows: int, width_patches: int) -> int:
+    """Index in the position table of the first patch of a ``grid_rows x width_patches`` grid (class token: 0)."""
+    return 1 + grid_rows * (width_patches - 1) * width_patches // 2
+
+
+def position_table_size(grid_rows: int, max_width_patches: int) -> int:
+    """Entries of the position table: the class token and the grids of widths ``1 .. max_width_patches``."""
+    return position_offset(grid_rows, max_width_patches + 1)
+
+
+@dataclass
+class PackedImages:
+    """Word images packed into rows (``N`` images, ``R`` rows of ``S`` tokens, ``p`` the patch size).
+
+    - ``patches`` ``uint8 (R, S, p * p)``: gray levels of each token's patch (0 at class tokens and padding).
+    - ``positions`` ``long (R, S)``: index in the position table (0: class token and padding).
+    - ``segments`` ``long (R, S)``: which image of its row a token belongs to (0, 1, ...), -1 at padding.
+    - ``cls_index`` ``long (N,)``: flat index (``row * S + column``) of each image's class token.
+    """
+
+    patches: torch.Tensor
+    positions: torch.Tensor
+    segments: torch.Tensor
+    cls_index: torch.Tensor
+
+
+@dataclass
+class ImagePacking:
+    """How a collator packs word images: patch size, tokens per row, and the rows a batch holds.
+
+    ``rows`` is a capacity, not a per-batch figure: every batch packs into exactly ``rows`` rows, so the image
+    encoder sees one shape. A batch whose images need more rows grows the capacity (never drops an image) and
+    :attr:`grown` counts it: each growth is a new shape, which a compiled model recompiles once for.
+    """
+
+    patch_size: int
+    row_tokens: int
+    rows: int = 0
+    grown: int = 0
+
+    def pack(self, images: Sequence[np.ndarray], count: int | None = None) -> PackedImages:
+        """Pack ``images`` (``uint8 (H, W_i)``, one ``H``, ``W_i`` multiples of the patch size) in order.
+
+        ``count``: how many image slots to return in ``cls_index`` (at least ``len(images)``; the extra slots point
+        at token 0, a real class token, so their vectors exist but mean nothing).
+        """
+        p = self.patch_size
+        n = len(images)
+        count = n if count is None else count
+        if count < n:
+            raise ILTError(f"ImagePacking.pack: count={count} is below the {n} images given")
+        lengths = []
+        for i, image in enumerate(images):
+            h, w = image.shape
+            if h % p or w % p:
+                raise ILTError(f"ImagePacking.pack: image {i} is {h}x{w}, not a multiple of patch size {p}")
+            length = 1 + (h // p) * (w // p)
+            if length > self.row_tokens:
+                raise ILTError(
+                    f"ImagePacking.pack: image {i} needs {length} tokens, more than a row's {self.row_tokens}"
+                )
+            lengths.append(length)
+        starts = _first_fit_rows(lengths, self.row_tokens)
+        needed = (max((s // self.row_tokens for s in starts), default=-1)) + 1
+        if needed > self.rows:
+            if self.rows:
+                self.grown += 1
+            self.rows = max(needed, math.ceil(needed * 1.125))
+        S, R = self.row_tokens, self.rows
+        patches = np.zeros((R * S, p * p), dtype=np.uint8)
+        positions = np.zeros(R * S, dtype=np.int64)
+        segments = np.full(R * S, -1, dtype=np.int64)
+        cls_index = np.zeros(count, dtype=np.int64)
+        segment_in_row: dict[int, int] = {}
+        for i, (image, start) in enumerate(zip(images, starts, strict=True)):
+            h, w = image.shape
+            gh, gw = h // p, w // p
+            row = start // S
+            seg = segment_in_row.get(row, 0)
+            segment_in_row[row] = seg + 1
+            end = start + lengths[i]
+            segments[start:end] = seg
+            cls_index[i] = start
+            # (gh, p, gw, p) -> (gh, gw, p, p): patches row-major, each patch's pixels row-major (a conv's order)
+            grid = np.asarray(image).reshape(gh, p, gw, p).transpose(0, 2, 1, 3).reshape(gh * gw, p * p)
+            patches[start + 1 : end] = grid
+            positions[start + 1 : end] = np.arange(position_offset(gh, gw), position_offset(gh, gw) + gh * gw)
+        return PackedImages(
+            patches=torch.from_numpy(patches).view(R, S, p * p),
+            positions=torch.from_numpy(positions).view(R, S),
+            segments=torch.from_numpy(segments).view(R, S),
+            cls_index=torch.from_numpy(cls_index),
+        )
+
+
+def _first_fit_rows(lengths: Sequence[int], row_tokens: int) -> list[int]:
+    """Flat start of each segment: first fit, in order of decreasing length (few rows, deterministic)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    used: list[int] = []
+    starts = [0] * len(lengths)
+    for i in order:
+        n = lengths[i]
+        for row, filled in enumerate(used):
+            if filled + n <= row_tokens:
+                starts[i] = row * row_tokens + filled
+                used[row] = filled + n
+                break
+        else:
+            starts[i] = len(used) * row_tokens
+            used.append(n)
+    return starts
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(R, 1, S, S)`` attention mask from ``segments`` ``(R, S)``: tokens attend within their image.
+
+    A padding token attends to itself only, so no attention row is empty (SDPA would give NaN).
+    """
+    same = segments[:, :, None] == segments[:, None, :]
+    real = segments[:, None, :] >= 0
+    eye = torch.eye(segments.shape[1], dtype=torch.bool, device=segments.device)
+    return ((same & real) | eye)[:, None]
+
+
+__all__ = ["ImagePacking", "PackedImages", "position_offset", "position_table_size", "segment_mask"]

@@ -88,6 +88,8 @@ def _helpers(n: int) -> ThreadPoolExecutor:
 
 def numpy_call_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """True when ``F.linear(x, weight)`` may run in numpy: see the module docstring."""
+    if torch.compiler.is_compiling():  # a compiled graph keeps torch's own product
+        return False
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -100,7 +102,6 @@ def numpy_call_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and torch._C._len_torch_dispatch_stack() == 0
         and not torch._C._is_torch_function_mode_enabled()
-        and not torch.compiler.is_compiling()
     )
 
 

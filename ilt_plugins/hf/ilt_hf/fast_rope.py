@@ -129,8 +129,9 @@ def _rebound_forward(cls: type) -> Any:
 
 
 def _forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    # a KV cache (generation) or anything passed by position past the embeddings: transformers' forward, as is
-    if len(args) <= 2 and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
+    # a KV cache (generation), anything passed by position past the embeddings, or a graph being compiled:
+    # transformers' forward, as is
+    if not torch.compiler.is_compiling() and len(args) <= 2 and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
         return _rebound_forward(type(self).__mro__[1])(self, *args, **kwargs)
     return super(type(self), self).forward(*args, **kwargs)
 

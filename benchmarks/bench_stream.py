@@ -106,7 +106,8 @@ def pipeline_child(spec: dict[str, Any]) -> dict[str, Any]:
     """The data pipeline alone: batches from a StreamingLoader with ``workers`` workers; units per second."""
     from ilt_core.modeling.model import build_model
     from ilt_core.specs.spec import load_spec
-    from ilt_core.training.data import UnitCollator, resolve_source
+    from ilt_core.text.row_collator import UnitCollator
+    from ilt_core.training.sources import resolve_source
     from ilt_core.training.streaming import StreamingLoader, StreamingRows, TextStream
 
     model = build_model(load_spec("tiny", list(scale.SMALL_MODEL)), seed=0)

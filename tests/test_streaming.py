@@ -17,8 +17,10 @@ import yaml
 from test_training import hebrew_sentences, losses, micro_spec
 
 from ilt_core.errors import ILTError
-from ilt_core.training.data import TextStats, UnitCollator, resolve_source
+from ilt_core.text.row_collator import UnitCollator
+from ilt_core.training.readers import TextStats
 from ilt_core.training.run import run_training
+from ilt_core.training.sources import resolve_source
 from ilt_core.training.streaming import (
     StreamingLoader,
     StreamingRows,
@@ -440,7 +442,7 @@ def test_warm_text_reading_loads_what_the_first_parquet_filter_loads():
     (pyarrow.compute's first call imports pandas, ~0.2 s a worker)."""
     code = (
         "import sys, pyarrow as pa\n"
-        "from ilt_core.training import data as td\n"
+        "from ilt_core.training import readers as td\n"
         "td.warm_text_reading()\n"
         "before = set(sys.modules)\n"
         "kept = td._non_blank(pa.array(['x', ' ', None, 'y z'], type=pa.string()))\n"

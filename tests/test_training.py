@@ -184,7 +184,8 @@ def test_resume_from_a_checkpoint_of_another_spec_is_one_clear_error(corpus, tmp
 
 
 def test_packed_rows_fit_their_batches_and_keep_texts_apart(tiny_models) -> None:
-    from ilt_core.training.data import UnitCollator, rows_from_units
+    from ilt_core.text.row_collator import UnitCollator
+    from ilt_core.training.dataset import rows_from_units
 
     processor = tiny_models["bytes-only"].processor
     texts = hebrew_sentences(20) + [" ".join(hebrew_sentences(6))]

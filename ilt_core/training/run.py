@@ -36,7 +36,7 @@ Where ``ilt train`` differs from run_clm.py:
   They are read into Arrow files under ``--cache_dir`` (default: ``datasets``' cache), segmented and
   blocked by a cached ``datasets.map`` (``--preprocessing_num_workers`` processes,
   ``--overwrite_cache`` to redo it), and packed from the blocks' lengths: a second run with the
-  same data and settings maps nothing (:mod:`ilt_core.training.data`). A bad record (a line that is
+  same data and settings maps nothing (:mod:`ilt_core.training.texts`, :mod:`ilt_core.training.blocks`). A bad record (a line that is
   not UTF-8 or not JSON, a record without the text column, a corrupt parquet shard, whose footer is
   checked before anything else) stops the run with one line naming the file and line, or with
   ``--skip_bad_records`` is skipped and counted (``train_bad_records`` in the metrics).
@@ -94,7 +94,7 @@ from ilt_core.errors import ILTError
 from ilt_core.modeling.model import ILTModel, build_model
 from ilt_core.plugins.registry import get_registry
 from ilt_core.specs.spec import load_spec
-from ilt_core.training import data as td
+from ilt_core.text.row_collator import make_collator
 from ilt_core.training.arguments import (
     DEFAULT_BLOCK_SIZE,
     DataTrainingArguments,
@@ -103,9 +103,13 @@ from ilt_core.training.arguments import (
     is_config_file,
     parse_train_args,
 )
-from ilt_core.training.data import make_collator
+from ilt_core.training.blocks import make_blocks
+from ilt_core.training.dataset import RowDataset, pack_blocks
+from ilt_core.training.readers import TextStats
 from ilt_core.training.resume import check_compatible, last_complete_checkpoint, resolve_resume
+from ilt_core.training.sources import TextSource, hold_out, read_hub_dataset, resolve_source
 from ilt_core.training.streaming import plan_stream, prepare_stream
+from ilt_core.training.texts import load_texts
 
 REPLICAS_NAME = "replicas.json"
 
@@ -122,8 +126,8 @@ class Sources:
     that becomes the validation set when there is no other (0: none); ``train_needed`` is False when
     the training texts are read only for that (``--do_eval`` alone)."""
 
-    train: td.TextSource | None
-    validation: td.TextSource | None
+    train: TextSource | None
+    validation: TextSource | None
     hold_out: int = 0
     train_needed: bool = True
     summary: list[str] = field(default_factory=list)
@@ -131,17 +135,17 @@ class Sources:
 
 @dataclass
 class PreparedData:
-    """The datasets (:class:`~ilt_core.training.data.RowDataset`), what preparing them found, and
+    """The datasets (:class:`~ilt_core.training.dataset.RowDataset`), what preparing them found, and
     figures for the run's metrics (``train_bad_records``, ``train_preprocessing_seconds``, ...)."""
 
-    train: td.RowDataset | None
-    validation: td.RowDataset | None
+    train: RowDataset | None
+    validation: RowDataset | None
     summary: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_sources(data: DataTrainingArguments, need_train: bool, need_eval: bool) -> Sources:
-    """Check the arguments and find the one source of texts they name (see :mod:`ilt_core.training.data`)."""
+    """Check the arguments and find the one source of texts they name (see :mod:`ilt_core.training.sources`)."""
     sources = [s for s in ("dataset_name", "train_file", "data_recipe") if getattr(data, s)]
     if len(sources) > 1:
         raise ILTError(f"--{sources[0]} and --{sources[1]}: pass one source of training texts")
@@ -154,10 +158,10 @@ def resolve_sources(data: DataTrainingArguments, need_train: bool, need_eval: bo
         if value is not None and value < 1:
             raise ILTError(f"--{flag} {value}: expected a positive number of blocks")
 
-    train: td.TextSource | None = None
-    validation: td.TextSource | None = None
+    train: TextSource | None = None
+    validation: TextSource | None = None
     if data.dataset_name:
-        train, validation = td.read_hub_dataset(
+        train, validation = read_hub_dataset(
             data.dataset_name,
             data.dataset_config_name,
             data.text_column_name,
@@ -177,9 +181,9 @@ def resolve_sources(data: DataTrainingArguments, need_train: bool, need_eval: bo
             validation_path = validation_path or str(files["validation"])
         held_out = need_eval and not validation_path and data.validation_split_percentage > 0
         if train_path and (need_train or held_out):
-            train = td.resolve_source(train_path, "--train_file", data.text_column_name, data.skip_bad_records)
+            train = resolve_source(train_path, "--train_file", data.text_column_name, data.skip_bad_records)
         if validation_path and need_eval:
-            validation = td.resolve_source(
+            validation = resolve_source(
                 validation_path, "--validation_file", data.text_column_name, data.skip_bad_records
             )
     hold = data.validation_split_percentage if need_eval and validation is None and train is not None else 0
@@ -190,7 +194,7 @@ def resolve_sources(data: DataTrainingArguments, need_train: bool, need_eval: bo
     return Sources(train, validation, hold, train_needed=need_train)
 
 
-def _text_note(name: str, stats: td.TextStats) -> str:
+def _text_note(name: str, stats: TextStats) -> str:
     note = f"{name}: {stats.source}: {stats.texts} texts ({stats.blank} blank skipped"
     if stats.bad_records or stats.bad_files:
         note += f"; skipped {stats.bad_records} bad records and {stats.bad_files} bad files, first: {stats.first_bad}"
@@ -201,13 +205,13 @@ def _text_note(name: str, stats: td.TextStats) -> str:
 def build_datasets(
     sources: Sources, max_unit_bytes: int, block_size: int, data: DataTrainingArguments, ilt: ILTArguments
 ) -> PreparedData:
-    """Read, segment, block and pack the texts into row datasets (see :mod:`ilt_core.training.data`);
+    """Read, segment, block and pack the texts into row datasets (see :mod:`ilt_core.training.dataset`);
     every step is cached on disk, so a second run with the same data and settings maps nothing."""
     notes = list(sources.summary)
     metrics: dict[str, float] = {}
 
-    def texts_of(source: td.TextSource, name: str) -> Any:
-        texts, stats = td.load_texts(
+    def texts_of(source: TextSource, name: str) -> Any:
+        texts, stats = load_texts(
             source,
             data.cache_dir,
             skip_bad_records=data.skip_bad_records,
@@ -222,16 +226,16 @@ def build_datasets(
     train_texts = texts_of(sources.train, "train") if sources.train is not None else None
     eval_texts = texts_of(sources.validation, "eval") if sources.validation is not None else None
     if sources.hold_out and train_texts is not None:
-        train_texts, eval_texts = td.hold_out(train_texts, sources.hold_out)
+        train_texts, eval_texts = hold_out(train_texts, sources.hold_out)
         if len(eval_texts):
             notes.append(f"validation: the first {sources.hold_out}% of the training texts held out")
         else:  # a single text: nothing to hold out, no evaluation
             eval_texts = None
             notes.append("validation: one training text, none held out; no evaluation")
 
-    def build(texts: Any, limit: int | None, name: str) -> td.RowDataset:
+    def build(texts: Any, limit: int | None, name: str) -> RowDataset:
         start = time.perf_counter()
-        blocks, cached = td.make_blocks(
+        blocks, cached = make_blocks(
             texts,
             max_unit_bytes,
             block_size,
@@ -240,7 +244,7 @@ def build_datasets(
             limit=limit,
             desc=f"{name}: units and blocks",
         )
-        dataset = td.pack_blocks(blocks, block_size, ilt.packing)
+        dataset = pack_blocks(blocks, block_size, ilt.packing)
         seconds = time.perf_counter() - start
         stats = dataset.stats
         split = f", {stats.split_texts} long texts split into blocks" if stats.split_texts else ""

@@ -5,7 +5,7 @@ packed rows and collated batches (word images, byte ids) as training asks for th
 and memory do not depend on the corpus size.
 
 - **Shards.** A shard is one file of ``--train_file`` (a file, a glob, a folder; read by the same
-  per-file readers and bad-record rules as the map-style path, :func:`ilt_core.training.data.read_text_batches`)
+  per-file readers and bad-record rules as the map-style path, :func:`ilt_core.training.readers.read_text_batches`)
   or one shard of a hub dataset streamed through ``datasets.load_dataset(..., streaming=True)``
   (``IterableDataset.shard``; each of its data files is a shard).
 - **One shard set per process.** With ``S`` shards and ``R`` ranks, rank ``r`` reads shards
@@ -27,7 +27,7 @@ and memory do not depend on the corpus size.
   draw again (each shard repeats the common words). A rank never starts more workers than it
   has shards: a single file gets one worker. With no workers the main process reads. A worker's
   batch travels to the main process as one byte buffer (:func:`pack_tensors`), word images in it as
-  uint8 gray levels (:func:`ilt_core.training.data.make_collator`), so that the main process, which
+  uint8 gray levels (:func:`ilt_core.text.row_collator.make_collator`), so that the main process, which
   also runs the model, spends next to nothing per batch on receiving it.
 - **Order.** Each reader visits its shards in an order drawn from ``--seed``, the epoch and the
   reader (no example buffer): the stream is the same on every run with the same seed, shards,
@@ -48,7 +48,7 @@ and memory do not depend on the corpus size.
   the stream at the next epoch (a warning says so).
 - **Statistics.** Each batch also carries what collating it counted (texts, units, bytes, seconds,
   bad records skipped) and a SHA-256 of its texts; the main process adds them into the run's
-  :class:`~ilt_core.training.data.UnitCollator` (what the replica check and the metrics read), so
+  :class:`~ilt_core.text.row_collator.UnitCollator` (what the replica check and the metrics read), so
   nothing counted in a worker is lost.
 - **Validation.** ``--validation_file`` (read, cached and packed as in the map-style path), a hub
   dataset's ``validation`` split (its first ``--max_eval_samples`` texts), or else the first
@@ -73,9 +73,14 @@ import torch
 
 from ilt_core.errors import ILTError
 from ilt_core.text.collator import TextUnits
+from ilt_core.text.row_collator import make_collator
 from ilt_core.text.segmentation import segment
 from ilt_core.text.shared_images import SharedImages
-from ilt_core.training import data as td
+from ilt_core.training.blocks import make_blocks
+from ilt_core.training.dataset import RowDataset, pack_blocks, rows_from_units
+from ilt_core.training.readers import TextStats, read_text_batches, warm_text_reading
+from ilt_core.training.sources import SourceFile, TextSource, first_line, resolve_source
+from ilt_core.training.texts import load_texts
 
 #: Name of the per-rank data position file in a checkpoint folder (``{rank}`` filled in).
 POSITION_FILE = "data_position-rank{rank}.json"
@@ -101,7 +106,7 @@ class TextStream:
     description: str
     column: str = "text"
     flag: str = "--train_file"
-    files: list[td.SourceFile] = field(default_factory=list)
+    files: list[SourceFile] = field(default_factory=list)
     hub: Any = None  # a datasets.IterableDataset
     held_out: dict[int, int] = field(default_factory=dict)
     skip_bad_records: bool = False
@@ -113,11 +118,11 @@ class TextStream:
     def shard_name(self, index: int) -> str:
         return str(self.files[index].path) if self.hub is None else f"{self.description} shard {index}"
 
-    def texts(self, index: int, stats: td.TextStats) -> Iterator[Sequence[str]]:
+    def texts(self, index: int, stats: TextStats) -> Iterator[Sequence[str]]:
         """Shard ``index``'s non-blank texts, in chunks (lists or Arrow arrays of strings), in order."""
         if self.hub is None:
             f = self.files[index]
-            for array in td.read_text_batches(f, self.column, self.flag, self.skip_bad_records, stats):
+            for array in read_text_batches(f, self.column, self.flag, self.skip_bad_records, stats):
                 yield array.to_pylist()
             return
         shard = self.hub.shard(num_shards=self.num_shards, index=index, contiguous=True)
@@ -133,7 +138,7 @@ class StreamPlan:
     """What ``--streaming`` reads: the training stream, and where validation comes from."""
 
     train: TextStream | None
-    validation_file: td.TextSource | None = None
+    validation_file: TextSource | None = None
     hub_validation: Any = None  # a hub validation split (datasets.IterableDataset)
     holdout_texts: int = 0  # the first N texts of the training stream, held out
     summary: list[str] = field(default_factory=list)
@@ -169,10 +174,10 @@ def plan_stream(data: Any, need_train: bool, need_eval: bool, max_steps: int) ->
                 "--streaming: no training data; pass --train_file FILE, --data_recipe NAME or --dataset_name"
             )
         # every parquet footer is read here; with --skip_bad_records a bad shard is counted and yields nothing
-        source = td.resolve_source(train_path, "--train_file", data.text_column_name, data.skip_bad_records)
+        source = resolve_source(train_path, "--train_file", data.text_column_name, data.skip_bad_records)
         plan.train = TextStream(source.description, source.column, "--train_file", source.files)
         if validation_path and need_eval:
-            plan.validation_file = td.resolve_source(
+            plan.validation_file = resolve_source(
                 validation_path, "--validation_file", data.text_column_name, data.skip_bad_records
             )
     plan.train.skip_bad_records = data.skip_bad_records
@@ -197,7 +202,7 @@ def _hub_stream(data: Any) -> tuple[TextStream, Any]:
         raw = datasets.load_dataset(name, config, **kwargs)
     except Exception as exc:  # the hub, the network, a wrong name or config: one line, with the cause
         raise ILTError(
-            f"--dataset_name {name} --dataset_config_name {config}: could not load it ({td._first_line(exc)}); "
+            f"--dataset_name {name} --dataset_config_name {config}: could not load it ({first_line(exc)}); "
             f"without a hub, pass --train_file / --validation_file or --data_recipe"
         ) from None
     if "train" not in raw:
@@ -307,7 +312,7 @@ class StreamingRows(torch.utils.data.IterableDataset):
         return f"{line}, {workers}"
 
     # ---- texts and blocks -----------------------------------------------------------------
-    def _blocks(self, reader: int, start: Position, stats: td.TextStats) -> Iterator[tuple[TextUnits, Position]]:
+    def _blocks(self, reader: int, start: Position, stats: TextStats) -> Iterator[tuple[TextUnits, Position]]:
         """This reader's blocks from ``start`` on, each with its position; endless (epoch after epoch)."""
         mine = reader_shards(self.shards, reader, self.num_readers)
         per_block = self.block_size - 1
@@ -355,8 +360,8 @@ class StreamingRows(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         reader = ((info.id if info is not None else 0) + self.rotation) % self.num_readers
         start = tuple(self.start_positions.get(reader, START))
-        collator = td.make_collator(self.processor, self.block_size, self.packing)
-        stats = td.TextStats(self.stream.description)
+        collator = make_collator(self.processor, self.block_size, self.packing)
+        stats = TextStats(self.stream.description)
         rows: list[list[TextUnits]] = []
         row: list[TextUnits] = []
         used = 0
@@ -529,7 +534,7 @@ class StreamingLoader(torch.utils.data.DataLoader):
     Not passed through ``accelerator.prepare``: each rank already reads its own shards, so no batch
     is dispatched from rank 0 and no rank drops another's share (Trainer's ``IterableDatasetShard``).
     Keeps what resuming needs (:meth:`state_dict`) and adds each batch's statistics into ``sink``
-    (the run's :class:`~ilt_core.training.data.UnitCollator`).
+    (the run's :class:`~ilt_core.text.row_collator.UnitCollator`).
     """
 
     def __init__(self, dataset: StreamingRows, sink: Any, **kwargs: Any) -> None:
@@ -554,7 +559,7 @@ class StreamingLoader(torch.utils.data.DataLoader):
         dataset.start_positions = dict(self.positions)
         store = None
         if self.num_workers:
-            td.warm_text_reading()  # once here, not once in every worker
+            warm_text_reading()  # once here, not once in every worker
             store = self._shared_images(dataset)
             # the workers are forked here: with every object of this process frozen out of the cyclic
             # garbage collector's reach, their collections do not touch (and so copy) this process's heap,
@@ -656,7 +661,7 @@ class PreparedStream:
     """The training stream (None without training), the validation rows, log lines and metrics."""
 
     train: StreamingRows | None
-    validation: td.RowDataset | None
+    validation: RowDataset | None
     summary: list[str]
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -665,7 +670,7 @@ def first_texts(stream: TextStream, n: int) -> tuple[list[str], dict[int, int]]:
     """The first ``n`` texts of the stream in file order, and how many each shard gave."""
     texts: list[str] = []
     taken: dict[int, int] = {}
-    stats = td.TextStats(stream.description)
+    stats = TextStats(stream.description)
     for shard in range(stream.num_shards):
         for chunk in stream.texts(shard, stats):
             part = list(chunk[: n - len(texts)])
@@ -691,13 +696,13 @@ def prepare_stream(
     validation = None
     if plan.validation_file is not None:
         start = time.perf_counter()
-        texts, stats = td.load_texts(
+        texts, stats = load_texts(
             plan.validation_file,
             data.cache_dir,
             skip_bad_records=data.skip_bad_records,
             num_workers=data.preprocessing_num_workers,
         )
-        blocks, _ = td.make_blocks(
+        blocks, _ = make_blocks(
             texts,
             processor.max_unit_bytes,
             block_size,
@@ -706,7 +711,7 @@ def prepare_stream(
             limit=data.max_eval_samples,
             desc="eval: units and blocks",
         )
-        validation = td.pack_blocks(blocks, block_size, ilt.packing)
+        validation = pack_blocks(blocks, block_size, ilt.packing)
         notes.append(
             f"validation: {plan.validation_file.description} (--validation_file): {validation.stats.texts} texts, "
             f"{len(validation)} rows ({time.perf_counter() - start:.1f} s)"
@@ -744,8 +749,8 @@ def prepare_stream(
     return PreparedStream(train, validation, notes, metrics)
 
 
-def _rows(texts: list[str], processor: Any, block_size: int, packing: bool) -> td.RowDataset:
-    return td.rows_from_units([segment(t, processor.max_unit_bytes) for t in texts], block_size, packing)
+def _rows(texts: list[str], processor: Any, block_size: int, packing: bool) -> RowDataset:
+    return rows_from_units([segment(t, processor.max_unit_bytes) for t in texts], block_size, packing)
 
 
 __all__ = [

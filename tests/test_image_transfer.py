@@ -16,7 +16,9 @@ from ilt_core.errors import ILTError
 from ilt_core.text.collator import TextUnits
 from ilt_core.text.render_cache import GRAY_LEVELS, images_to_batches, pixels_as_float
 from ilt_core.text.row_collator import UnitCollator, make_collator
-from ilt_core.training.streaming import StreamingLoader, StreamingRows, TextStream
+from ilt_core.training.shards import TextStream
+from ilt_core.training.stream_dataset import StreamingRows
+from ilt_core.training.stream_loader import StreamingLoader
 
 TEXTS = ["שלום עולם, מה שלומך היום?", "the quick brown fox jumps", "שלום the fox 123 !!"]
 

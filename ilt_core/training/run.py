@@ -107,8 +107,9 @@ from ilt_core.training.blocks import make_blocks
 from ilt_core.training.dataset import RowDataset, pack_blocks
 from ilt_core.training.readers import TextStats
 from ilt_core.training.resume import check_compatible, last_complete_checkpoint, resolve_resume
+from ilt_core.training.shards import plan_stream
 from ilt_core.training.sources import TextSource, hold_out, read_hub_dataset, resolve_source
-from ilt_core.training.streaming import plan_stream, prepare_stream
+from ilt_core.training.streaming import prepare_stream
 from ilt_core.training.texts import load_texts
 
 REPLICAS_NAME = "replicas.json"

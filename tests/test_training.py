@@ -359,7 +359,8 @@ def test_data_list_and_prepare_wiring(tmp_path, monkeypatch, capsys) -> None:
     assert "train" in printed and "(3 texts)" in printed and "(2 texts)" in printed
 
     # --data_recipe in `ilt train` goes through the same prepare()
-    from ilt_core.training.run import DataTrainingArguments, ILTArguments, build_datasets, resolve_sources
+    from ilt_core.training.prepare import build_datasets, resolve_sources
+    from ilt_core.training.run import DataTrainingArguments, ILTArguments
 
     monkeypatch.setenv("ILT_DATA_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(

@@ -32,9 +32,9 @@ from ilt_core.training import blocks as training_blocks
 from ilt_core.training.arguments import DataTrainingArguments, ILTArguments, parse_train_args
 from ilt_core.training.blocks import BlockStats, make_blocks, pack_offsets
 from ilt_core.training.dataset import RowDataset, RowSampler, pack_blocks, rows_from_units
+from ilt_core.training.prepare import build_datasets, resolve_sources
 from ilt_core.training.readers import TextStats
 from ilt_core.training.rows import BlockReader, RowOffsets, _Files
-from ilt_core.training.run import build_datasets, resolve_sources
 from ilt_core.training.sources import resolve_source
 from ilt_core.training.texts import load_texts
 

@@ -267,7 +267,7 @@ def row_read_child(spec: dict[str, Any]) -> dict[str, Any]:
     import datasets
     import pyarrow as pa
 
-    from ilt_core.training import data as td
+    from ilt_core.training.rows import BlockReader
 
     files = _blocks_files(Path(spec["cache"]))
     blocks = datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in files])
@@ -275,7 +275,7 @@ def row_read_child(spec: dict[str, Any]) -> dict[str, Any]:
     rng = random.Random(spec["seed"])
     starts = [rng.randrange(len(blocks) - 2) for _ in range(spec["reads"])]
     spans = [(a, a + 1 + rng.randint(0, 1)) for a in starts]
-    reader, table = td.BlockReader.of(blocks), blocks.data.table
+    reader, table = BlockReader.of(blocks), blocks.data.table
     if spec["way"] == "mmap-random":  # the files mapped by Python's mmap, madvise(MADV_RANDOM), read by pyarrow
         maps = [mmap.mmap(os.open(f, os.O_RDONLY), 0, access=mmap.ACCESS_READ) for f in files]
         for m in maps:

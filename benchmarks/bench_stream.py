@@ -17,7 +17,7 @@ their words respelled, as ``--shards`` parquet shards with a ``text`` column.
    +20% of the smallest size's, and peak RSS within +15%.
 2. **Pipeline words/s (no model).** For 0, 1 and 2 workers (``--pipeline-workers``), one fresh
    process streams the largest corpus in batches of ``ilt train``'s default shape (8 rows x 256 units;
-   ``--pipeline-batch-size``, ``--pipeline-block-size``) through :class:`ilt_core.training.streaming.StreamingLoader`
+   ``--pipeline-batch-size``, ``--pipeline-block-size``) through :class:`ilt_core.training.stream_loader.StreamingLoader`
    (segmenting, blocking, packing, rendering the word images and encoding the bytes, as training
    does, with the small model's processor) and counts the units (words with their whitespace) of
    ``--pipeline-batches`` batches after the first (worker start-up excluded; ``--pipeline-warmup W``:
@@ -106,8 +106,11 @@ def pipeline_child(spec: dict[str, Any]) -> dict[str, Any]:
     """The data pipeline alone: batches from a StreamingLoader with ``workers`` workers; units per second."""
     from ilt_core.modeling.model import build_model
     from ilt_core.specs.spec import load_spec
-    from ilt_core.training.data import UnitCollator, resolve_source
-    from ilt_core.training.streaming import StreamingLoader, StreamingRows, TextStream
+    from ilt_core.text.row_collator import UnitCollator
+    from ilt_core.training.shards import TextStream
+    from ilt_core.training.sources import resolve_source
+    from ilt_core.training.stream_dataset import StreamingRows
+    from ilt_core.training.stream_loader import StreamingLoader
 
     model = build_model(load_spec("tiny", list(scale.SMALL_MODEL)), seed=0)
     source = resolve_source(spec["train_file"], "--train_file", None)

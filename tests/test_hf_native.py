@@ -552,7 +552,7 @@ def test_push_to_hub_uploads_a_folder_that_loads_by_repo_id(micro, tmp_path, mon
 
 
 def test_a_tensor_left_on_the_meta_device_is_an_error(tmp_path):
-    from ilt_core.modeling.model import _no_meta_left
+    from ilt_core.modeling.pretrained import _no_meta_left
 
     module = torch.nn.Linear(2, 2)
     _no_meta_left(module, tmp_path)  # all real: fine

@@ -15,8 +15,10 @@ from conftest import micro_spec
 from ilt_core.errors import ILTError
 from ilt_core.text.collator import TextUnits
 from ilt_core.text.render_cache import GRAY_LEVELS, images_to_batches, pixels_as_float
-from ilt_core.training.data import UnitCollator, make_collator
-from ilt_core.training.streaming import StreamingLoader, StreamingRows, TextStream
+from ilt_core.text.row_collator import UnitCollator, make_collator
+from ilt_core.training.shards import TextStream
+from ilt_core.training.stream_dataset import StreamingRows
+from ilt_core.training.stream_loader import StreamingLoader
 
 TEXTS = ["שלום עולם, מה שלומך היום?", "the quick brown fox jumps", "שלום the fox 123 !!"]
 
@@ -143,7 +145,7 @@ def shards(tmp_path_factory):
 
 
 def _loader(model, folder, workers: int, **kwargs) -> StreamingLoader:
-    from ilt_core.training.data import resolve_source
+    from ilt_core.training.sources import resolve_source
 
     source = resolve_source(str(folder), "--train_file", None)
     stream = TextStream(source.description, source.column, "--train_file", source.files)

@@ -17,16 +17,13 @@ import yaml
 from test_training import hebrew_sentences, losses, micro_spec
 
 from ilt_core.errors import ILTError
-from ilt_core.training.data import TextStats, UnitCollator, resolve_source
+from ilt_core.text.row_collator import UnitCollator
+from ilt_core.training.readers import TextStats
 from ilt_core.training.run import run_training
-from ilt_core.training.streaming import (
-    StreamingLoader,
-    StreamingRows,
-    TextStream,
-    rank_shards,
-    reader_shards,
-    shard_order,
-)
+from ilt_core.training.shards import TextStream, rank_shards, reader_shards, shard_order
+from ilt_core.training.sources import resolve_source
+from ilt_core.training.stream_dataset import StreamingRows
+from ilt_core.training.stream_loader import StreamingLoader
 
 SHARDS = 4
 PER_SHARD = 15
@@ -153,11 +150,11 @@ def test_a_batch_packed_for_the_trip_from_a_worker_comes_back_equal(processor, s
     import numpy as np
     import torch
 
-    from ilt_core.training import streaming
-    from ilt_core.training.streaming import pack_tensors, unpack_tensors
+    from ilt_core.training import transfer
+    from ilt_core.training.transfer import pack_tensors, unpack_tensors
 
     if not inband:  # every batch larger than the limit: one shared-memory tensor
-        monkeypatch.setattr(streaming, "INBAND_MAX_BYTES", 0)
+        monkeypatch.setattr(transfer, "INBAND_MAX_BYTES", 0)
     batch = take(StreamingLoader(rows_of(processor, shards["folder"]), UnitCollator(processor, 24)), 1)[0]
     gray = torch.rand(3, 1, 8, 5).expand(-1, 3, -1, -1)  # float images: one channel, viewed 3 times
     levels = torch.randint(0, 256, (2, 1, 8, 7), dtype=torch.uint8)  # uint8 images, as training sends them
@@ -215,7 +212,7 @@ def test_two_workers_share_the_word_images_they_draw_and_make_the_same_batches(s
     from test_render_cache import CountingRenderer
 
     from ilt_core.text.processor import ILTProcessor
-    from ilt_core.training import streaming
+    from ilt_core.training import stream_loader
 
     drawn = multiprocessing.get_context("fork").Value("i", 0)
 
@@ -236,7 +233,7 @@ def test_two_workers_share_the_word_images_they_draw_and_make_the_same_batches(s
         return batches, drawn.value
 
     shared, drawn_shared = run()
-    monkeypatch.setattr(streaming, "SHARED_MIN_BYTES", 2**62)  # a cache too small to share: one each
+    monkeypatch.setattr(stream_loader, "SHARED_MIN_BYTES", 2**62)  # a cache too small to share: one each
     alone, drawn_alone = run()
     assert same_batches(shared, alone)
     # the shards share most of their words, drawn once for both workers rather than once by each (97 against
@@ -276,14 +273,14 @@ def test_a_state_saved_with_another_layout_restarts_the_stream_at_the_next_epoch
 
 
 def test_resume_skips_texts_without_segmenting_them(processor, shards, monkeypatch) -> None:
-    import ilt_core.training.streaming as streaming
+    import ilt_core.training.stream_dataset as stream_dataset
 
     loader = StreamingLoader(rows_of(processor, shards["folder"]), UnitCollator(processor, 24))
     take(loader, 10)
     state = loader.state_dict()
     calls = []
-    real = streaming.segment
-    monkeypatch.setattr(streaming, "segment", lambda text, n: calls.append(text) or real(text, n))
+    real = stream_dataset.segment
+    monkeypatch.setattr(stream_dataset, "segment", lambda text, n: calls.append(text) or real(text, n))
     resumed = StreamingLoader(rows_of(processor, shards["folder"]), UnitCollator(processor, 24))
     resumed.load_state_dict(state, "test")
     take(resumed, 1)
@@ -440,7 +437,7 @@ def test_warm_text_reading_loads_what_the_first_parquet_filter_loads():
     (pyarrow.compute's first call imports pandas, ~0.2 s a worker)."""
     code = (
         "import sys, pyarrow as pa\n"
-        "from ilt_core.training import data as td\n"
+        "from ilt_core.training import readers as td\n"
         "td.warm_text_reading()\n"
         "before = set(sys.modules)\n"
         "kept = td._non_blank(pa.array(['x', ' ', None, 'y z'], type=pa.string()))\n"

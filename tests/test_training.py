@@ -184,7 +184,8 @@ def test_resume_from_a_checkpoint_of_another_spec_is_one_clear_error(corpus, tmp
 
 
 def test_packed_rows_fit_their_batches_and_keep_texts_apart(tiny_models) -> None:
-    from ilt_core.training.data import UnitCollator, rows_from_units
+    from ilt_core.text.row_collator import UnitCollator
+    from ilt_core.training.dataset import rows_from_units
 
     processor = tiny_models["bytes-only"].processor
     texts = hebrew_sentences(20) + [" ".join(hebrew_sentences(6))]
@@ -358,7 +359,8 @@ def test_data_list_and_prepare_wiring(tmp_path, monkeypatch, capsys) -> None:
     assert "train" in printed and "(3 texts)" in printed and "(2 texts)" in printed
 
     # --data_recipe in `ilt train` goes through the same prepare()
-    from ilt_core.training.run import DataTrainingArguments, ILTArguments, build_datasets, resolve_sources
+    from ilt_core.training.prepare import build_datasets, resolve_sources
+    from ilt_core.training.run import DataTrainingArguments, ILTArguments
 
     monkeypatch.setenv("ILT_DATA_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(

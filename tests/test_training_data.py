@@ -26,11 +26,17 @@ from conftest import micro_spec
 
 from ilt_core.errors import ILTError
 from ilt_core.evaluation import text_blocks
-from ilt_core.text.collator import pack_rows
+from ilt_core.text.collator import TextUnits, pack_rows
 from ilt_core.text.segmentation import segment
-from ilt_core.training import data as td
+from ilt_core.training import blocks as training_blocks
 from ilt_core.training.arguments import DataTrainingArguments, ILTArguments, parse_train_args
-from ilt_core.training.run import build_datasets, resolve_sources
+from ilt_core.training.blocks import BlockStats, make_blocks, pack_offsets
+from ilt_core.training.dataset import RowDataset, RowSampler, pack_blocks, rows_from_units
+from ilt_core.training.prepare import build_datasets, resolve_sources
+from ilt_core.training.readers import TextStats
+from ilt_core.training.rows import BlockReader, RowOffsets, _Files
+from ilt_core.training.sources import resolve_source
+from ilt_core.training.texts import load_texts
 
 WORDS = "הילד המורה השכנה קורא כותב מחפש ספר חדש מכתב ארוך שיר יפה בבית בספרייה ליד הים היום".split()
 
@@ -75,11 +81,9 @@ def shards(lines: list[str], n: int) -> list[list[str]]:
     return [lines[i : i + size] for i in range(0, len(lines), size)]
 
 
-def read(
-    spec: str | Path, cache: Path, column: str | None = None, skip: bool = False
-) -> tuple[list[str], td.TextStats]:
-    source = td.resolve_source(str(spec), "--train_file", column, skip)
-    ds, stats = td.load_texts(source, cache, skip_bad_records=skip)
+def read(spec: str | Path, cache: Path, column: str | None = None, skip: bool = False) -> tuple[list[str], TextStats]:
+    source = resolve_source(str(spec), "--train_file", column, skip)
+    ds, stats = load_texts(source, cache, skip_bad_records=skip)
     return list(ds["text"]), stats
 
 
@@ -144,7 +148,7 @@ def test_sources_that_cannot_be_read_are_one_clear_line(tmp_path) -> None:
     ]
     for spec, pattern in cases:
         with pytest.raises(ILTError, match=pattern) as info:
-            td.resolve_source(spec, "--train_file", None)
+            resolve_source(spec, "--train_file", None)
         assert "\n" not in str(info.value)
 
 
@@ -239,10 +243,10 @@ def test_a_second_run_with_the_same_data_and_settings_reuses_the_cache(tmp_path)
     data = DataTrainingArguments(train_file=str(folder), cache_dir=str(cache), validation_split_percentage=10)
 
     def prepare(block_size: int = 24) -> tuple:
-        calls = td.MAP_CALLS
+        calls = training_blocks.MAP_CALLS
         sources = resolve_sources(data, need_train=True, need_eval=True)
         prepared = build_datasets(sources, 32, block_size, data, ILTArguments())
-        return prepared, td.MAP_CALLS - calls
+        return prepared, training_blocks.MAP_CALLS - calls
 
     first, mapped = prepare()
     assert mapped > 0 and first.metrics["train_preprocessing_cached"] == 0
@@ -260,7 +264,7 @@ def test_a_second_run_with_the_same_data_and_settings_reuses_the_cache(tmp_path)
     write_parquet(folder / "1.parquet", TEXTS[:5])
     os.utime(folder / "1.parquet", ns=(1, 1))
     sources = resolve_sources(data, need_train=True, need_eval=False)
-    texts, stats = td.load_texts(sources.train, cache)
+    texts, stats = load_texts(sources.train, cache)
     assert stats.cached_files == 2 and len(texts) == 80 + 5 + 80
 
 
@@ -280,11 +284,9 @@ def test_the_training_dataset_is_arrow_backed_and_reads_rows_lazily(tmp_path) ->
     )
     # the blocks live in a memory-mapped Arrow file; the rows' int64 offsets in another, read by pread
     assert all(isinstance(t, datasets.table.MemoryMappedTable) for t in _tables(rows.blocks.data))
-    assert (
-        isinstance(rows.offsets, td.RowOffsets) and Path(rows.offsets.path).parent == tmp_path / "cache" / "ilt-texts"
-    )
+    assert isinstance(rows.offsets, RowOffsets) and Path(rows.offsets.path).parent == tmp_path / "cache" / "ilt-texts"
     lengths = rows.blocks.data.column("units").combine_chunks().value_lengths().to_numpy()
-    assert np.array_equal(rows.offsets.to_numpy(), td.pack_offsets(lengths, 24))
+    assert np.array_equal(rows.offsets.to_numpy(), pack_offsets(lengths, 24))
     held = {name: type(value).__name__ for name, value in vars(rows).items()}
     assert held == {
         "offsets": "RowOffsets",
@@ -301,26 +303,26 @@ def test_the_training_dataset_is_arrow_backed_and_reads_rows_lazily(tmp_path) ->
     assert sum(len(layout) for layout, _, _ in layouts) < rows.stats.blocks
 
 
-def _arrow_rows(blocks, start: int, stop: int) -> list[td.TextUnits]:
+def _arrow_rows(blocks, start: int, stop: int) -> list[TextUnits]:
     """Blocks ``start:stop`` as pyarrow reads them (no pread): what a row read must equal."""
     part = blocks.data.table.slice(start, stop - start)
     units, complete = part.column("units").to_pylist(), part.column("complete").to_pylist()
-    return [td.TextUnits(u, c) for u, c in zip(units, complete, strict=True)]
+    return [TextUnits(u, c) for u, c in zip(units, complete, strict=True)]
 
 
 def _blocks_over_files(tmp_path: Path, n_texts: int = 2400) -> datasets.Dataset:
     """Blocks of ``n_texts`` texts mapped by 2 processes (2 Arrow files) in record batches of 100 blocks."""
     path = write_txt(tmp_path / "t.txt", texts_for(n_texts, seed=3) + ["א" * 5 + " " + "ב" * 3000])
-    texts, _ = td.load_texts(td.resolve_source(str(path), "--train_file", None), tmp_path / "cache")
-    blocks, _ = td.make_blocks(texts, 32, 8, num_workers=2)
+    texts, _ = load_texts(resolve_source(str(path), "--train_file", None), tmp_path / "cache")
+    blocks, _ = make_blocks(texts, 32, 8, num_workers=2)
     return blocks
 
 
 def test_a_row_read_by_pread_equals_the_arrow_rows(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(td, "MAP_BATCH_SIZE", 50)  # many record batches: reads cross their bounds
+    monkeypatch.setattr(training_blocks, "MAP_BATCH_SIZE", 50)  # many record batches: reads cross their bounds
     blocks = _blocks_over_files(tmp_path)
     assert len(blocks.cache_files) == 2
-    reader = td.BlockReader.of(blocks)
+    reader = BlockReader.of(blocks)
     assert reader is not None and len(reader) == len(blocks) and len(reader.segments) == 2
     assert all(len(layout) > 5 for layout, _, _ in reader.layouts.values())
     n = len(blocks)
@@ -329,25 +331,25 @@ def test_a_row_read_by_pread_equals_the_arrow_rows(tmp_path, monkeypatch) -> Non
     for start, stop in spans:
         assert reader.read(start, stop) == _arrow_rows(blocks, start, stop), (start, stop)
     # a DataLoader worker gets the dataset pickled: it reopens the files by path
-    rows = td.pack_blocks(blocks, 8)
+    rows = pack_blocks(blocks, 8)
     clone = pickle.loads(pickle.dumps(rows))
     assert clone.reader is not None and [clone[i] for i in range(0, len(rows), 41)] == [
         rows[i] for i in range(0, len(rows), 41)
     ]
     # a slice of the dataset (not at its start) and a selection of its columns read the same
     part = blocks.select(range(n // 3, n // 3 + 400)).select_columns(["units", "complete"])
-    sliced = td.BlockReader.of(part)
+    sliced = BlockReader.of(part)
     assert sliced is not None and sliced.read(0, 400) == _arrow_rows(part, 0, 400)
     # what the reader cannot place in the files (an indices mapping, a table in memory) is read through datasets
     shuffled = blocks.shuffle(seed=0)
-    assert td.BlockReader.of(shuffled) is None
+    assert BlockReader.of(shuffled) is None
     in_memory = datasets.Dataset.from_dict(blocks[:50])
-    assert td.BlockReader.of(in_memory) is None
-    offsets = td.pack_offsets(np.asarray(shuffled["length"], dtype=np.int32), 8)
-    rows = td.RowDataset(shuffled, offsets, td.BlockStats())
+    assert BlockReader.of(in_memory) is None
+    offsets = pack_offsets(np.asarray(shuffled["length"], dtype=np.int32), 8)
+    rows = RowDataset(shuffled, offsets, BlockStats())
     assert rows.reader is None
     assert rows[3] == [
-        td.TextUnits(u, c)
+        TextUnits(u, c)
         for u, c in zip(
             shuffled[offsets[3] : offsets[4]]["units"], shuffled[offsets[3] : offsets[4]]["complete"], strict=True
         )
@@ -359,15 +361,15 @@ def test_a_row_read_reads_only_that_rows_bytes_and_maps_no_file_pages(tmp_path, 
     import re
 
     blocks = _blocks_over_files(tmp_path, n_texts=16_000)  # about 4 MB of blocks
-    rows = td.pack_blocks(blocks, 8)
+    rows = pack_blocks(blocks, 8)
     read_bytes: list[int] = []
-    pread = td._Files.pread
+    pread = _Files.pread
 
     def counting(self, path: str, size: int, position: int) -> bytes:
         read_bytes.append(size)
         return pread(self, path, size, position)
 
-    monkeypatch.setattr(td._Files, "pread", counting)
+    monkeypatch.setattr(_Files, "pread", counting)
     order = list(range(len(rows)))
     random.Random(1).shuffle(order)
     for i in order[:200]:
@@ -388,7 +390,7 @@ def test_a_row_read_reads_only_that_rows_bytes_and_maps_no_file_pages(tmp_path, 
     del rows, blocks
     gc.collect()
     fresh = datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in files])
-    rows = td.RowDataset(fresh, td.RowOffsets.open(offsets), stats)
+    rows = RowDataset(fresh, RowOffsets.open(offsets), stats)
     rows[order[0]]
     before = rss_file()
     for i in order:  # every row, at random: through a memory map most of the file would be mapped (64 KiB a fault)
@@ -403,7 +405,7 @@ def test_the_row_sampler_is_trainers_order_as_one_tensor() -> None:
     from accelerate.data_loader import SeedableRandomSampler
 
     n = 5000
-    sampler = td.RowSampler(n, seed=42)
+    sampler = RowSampler(n, seed=42)
     orders = []
     for epoch in range(3):
         # Trainer's sampler, as accelerate prepares it: seeded --data_seed (else --seed) + epoch
@@ -414,13 +416,13 @@ def test_the_row_sampler_is_trainers_order_as_one_tensor() -> None:
         assert orders[-1] == list(reference), epoch
         assert sorted(orders[-1]) == list(range(n))  # a permutation of the rows
     assert orders[0] != orders[1] != orders[2]  # another order each epoch
-    again = td.RowSampler(n, seed=42)
+    again = RowSampler(n, seed=42)
     assert list(again) == orders[0] and list(again) == orders[1]  # from the seed alone; a pass moves an epoch on
-    assert list(td.RowSampler(n, seed=43)) != orders[0]
+    assert list(RowSampler(n, seed=43)) != orders[0]
     assert sampler.permutation().dtype == torch.int32 and len(sampler) == n  # 4 bytes a row
 
     # a million rows: no list of a million Python ints (36 MB) at any time, only the tensor (4 MB, untraced)
-    big = td.RowSampler(1_000_000, seed=0)
+    big = RowSampler(1_000_000, seed=0)
     tracemalloc.start()
     try:
         total = sum(1 for _ in big)
@@ -435,11 +437,11 @@ def test_ilt_trainer_orders_rows_with_the_row_sampler_seeded_from_the_arguments(
 
     from ilt_core.training.trainer import ILTTrainer
 
-    rows = td.rows_from_units([["א "] * 5] * 30, 4)
+    rows = rows_from_units([["א "] * 5] * 30, 4)
     for data_seed, seed in ((None, 7), (3, 7)):
         args = SimpleNamespace(train_sampling_strategy="random", data_seed=data_seed, seed=seed)
         sampler = ILTTrainer._get_train_sampler(SimpleNamespace(args=args, train_dataset=rows))
-        assert isinstance(sampler, td.RowSampler) and len(sampler) == len(rows)
+        assert isinstance(sampler, RowSampler) and len(sampler) == len(rows)
         assert sampler.seed == (data_seed if data_seed is not None else seed)
 
 
@@ -469,9 +471,9 @@ def test_pack_offsets_equals_pack_rows(capacity) -> None:
     rng = np.random.default_rng(capacity)
     lengths = rng.integers(1, capacity, size=3000)  # a block of n units takes n + 1 positions <= capacity
     rows = pack_rows((lengths + 1).tolist(), capacity)
-    offsets = td.pack_offsets(lengths, capacity)
+    offsets = pack_offsets(lengths, capacity)
     assert [list(range(offsets[r], offsets[r + 1])) for r in range(len(offsets) - 1)] == rows
-    assert td.pack_offsets(np.zeros(0, dtype=np.int64), capacity).tolist() == [0]
+    assert pack_offsets(np.zeros(0, dtype=np.int64), capacity).tolist() == [0]
 
 
 @pytest.mark.parametrize("packing", [True, False])
@@ -568,28 +570,28 @@ def test_dataset_name_goes_through_load_dataset_and_the_same_cached_map(tmp_path
     blocks = [b for t in TEXTS[:40] for b in text_blocks(segment(t, 32), 23)][:30]
     assert [b for row in prepared.train.rows for b in row] == blocks
     assert prepared.validation.stats.texts == 10
-    calls = td.MAP_CALLS
+    calls = training_blocks.MAP_CALLS
     build_datasets(resolve_sources(data, True, True), 32, 24, data, ILTArguments())
-    assert td.MAP_CALLS == calls  # the hub dataset's Arrow cache takes the map's cache files too
+    assert training_blocks.MAP_CALLS == calls  # the hub dataset's Arrow cache takes the map's cache files too
 
 
 def test_preparing_the_data_holds_python_memory_flat_in_the_corpus_size(tmp_path, monkeypatch) -> None:
     import tracemalloc
 
-    monkeypatch.setattr(td, "MAP_BATCH_SIZE", 1000)  # both corpora span several map batches
+    monkeypatch.setattr(training_blocks, "MAP_BATCH_SIZE", 1000)  # both corpora span several map batches
 
     def peaks(n_texts: int) -> tuple[int, int, int, int]:
         path = write_txt(tmp_path / f"t{n_texts}.txt", texts_for(n_texts, seed=n_texts))
-        source = td.resolve_source(str(path), "--train_file", None)
+        source = resolve_source(str(path), "--train_file", None)
         tracemalloc.start()
         try:
-            texts, _ = td.load_texts(source, tmp_path / "cache")
+            texts, _ = load_texts(source, tmp_path / "cache")
             read = tracemalloc.get_traced_memory()[1]
             tracemalloc.reset_peak()
-            blocks, _ = td.make_blocks(texts, 32, 24)
+            blocks, _ = make_blocks(texts, 32, 24)
             mapped = tracemalloc.get_traced_memory()[1]
             tracemalloc.reset_peak()
-            rows = td.pack_blocks(blocks, 24)
+            rows = pack_blocks(blocks, 24)
             packed = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

@@ -27,7 +27,7 @@ from PIL import Image
 from ilt_core.cli.generate import add_generate_parser
 from ilt_core.errors import ILTError, run_user_command
 from ilt_core.evaluation import bits_per_byte
-from ilt_core.modeling.model import ILTModel, build_model, convert_checkpoint
+from ilt_core.modeling.model import ILTModel, build_model
 from ilt_core.modeling.parameters import component_parameter_counts
 from ilt_core.plugins.registry import BuildContext, get_registry
 from ilt_core.specs.spec import list_presets, load_spec
@@ -158,6 +158,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = bits_per_byte(model, texts, batch_size=args.batch_size)
     print(json.dumps({"file": str(path), **result.__dict__}, indent=2))
     return 0
+
+
+def convert_checkpoint(old: str | Path, new: str | Path) -> Path:
+    """``ilt convert OLD NEW``: load a folder of any format and write it in the current one; returns NEW."""
+    model = ILTModel.from_pretrained(old)
+    model.save_pretrained(new)
+    return Path(new)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ Where ``ilt train`` differs from run_clm.py:
   They are read into Arrow files under ``--cache_dir`` (default: ``datasets``' cache), segmented and
   blocked by a cached ``datasets.map`` (``--preprocessing_num_workers`` processes,
   ``--overwrite_cache`` to redo it), and packed from the blocks' lengths: a second run with the
-  same data and settings maps nothing (:mod:`ilt_core.training.data`). A bad record (a line that is
+  same data and settings maps nothing (:mod:`ilt_core.training.texts`, :mod:`ilt_core.training.blocks`). A bad record (a line that is
   not UTF-8 or not JSON, a record without the text column, a corrupt parquet shard, whose footer is
   checked before anything else) stops the run with one line naming the file and line, or with
   ``--skip_bad_records`` is skipped and counted (``train_bad_records`` in the metrics).
@@ -83,7 +83,6 @@ import argparse
 import hashlib
 import json
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,9 +91,8 @@ import torch
 
 from ilt_core.errors import ILTError
 from ilt_core.modeling.model import ILTModel, build_model
-from ilt_core.plugins.registry import get_registry
 from ilt_core.specs.spec import load_spec
-from ilt_core.training import data as td
+from ilt_core.text.row_collator import make_collator
 from ilt_core.training.arguments import (
     DEFAULT_BLOCK_SIZE,
     DataTrainingArguments,
@@ -103,162 +101,12 @@ from ilt_core.training.arguments import (
     is_config_file,
     parse_train_args,
 )
-from ilt_core.training.data import make_collator
+from ilt_core.training.prepare import build_datasets, resolve_sources
 from ilt_core.training.resume import check_compatible, last_complete_checkpoint, resolve_resume
-from ilt_core.training.streaming import plan_stream, prepare_stream
+from ilt_core.training.shards import plan_stream
+from ilt_core.training.streaming import prepare_stream
 
 REPLICAS_NAME = "replicas.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Sources:
-    """Where the train / validation texts come from, checked (files exist, globs match, parquet
-    footers read) before a model is built; ``hold_out`` is the percentage of the training texts
-    that becomes the validation set when there is no other (0: none); ``train_needed`` is False when
-    the training texts are read only for that (``--do_eval`` alone)."""
-
-    train: td.TextSource | None
-    validation: td.TextSource | None
-    hold_out: int = 0
-    train_needed: bool = True
-    summary: list[str] = field(default_factory=list)
-
-
-@dataclass
-class PreparedData:
-    """The datasets (:class:`~ilt_core.training.data.RowDataset`), what preparing them found, and
-    figures for the run's metrics (``train_bad_records``, ``train_preprocessing_seconds``, ...)."""
-
-    train: td.RowDataset | None
-    validation: td.RowDataset | None
-    summary: list[str]
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-def resolve_sources(data: DataTrainingArguments, need_train: bool, need_eval: bool) -> Sources:
-    """Check the arguments and find the one source of texts they name (see :mod:`ilt_core.training.data`)."""
-    sources = [s for s in ("dataset_name", "train_file", "data_recipe") if getattr(data, s)]
-    if len(sources) > 1:
-        raise ILTError(f"--{sources[0]} and --{sources[1]}: pass one source of training texts")
-    if not sources and not data.validation_file:
-        raise ILTError("no training data: pass --train_file FILE, --data_recipe NAME or --dataset_name NAME")
-    if data.validation_split_percentage < 0 or data.validation_split_percentage >= 100:
-        raise ILTError(f"--validation_split_percentage {data.validation_split_percentage}: expected 0..99")
-    for flag in ("max_train_samples", "max_eval_samples"):
-        value = getattr(data, flag)
-        if value is not None and value < 1:
-            raise ILTError(f"--{flag} {value}: expected a positive number of blocks")
-
-    train: td.TextSource | None = None
-    validation: td.TextSource | None = None
-    if data.dataset_name:
-        train, validation = td.read_hub_dataset(
-            data.dataset_name,
-            data.dataset_config_name,
-            data.text_column_name,
-            validation_split_percentage=data.validation_split_percentage,
-            streaming=data.streaming,
-            max_train_samples=data.max_train_samples,
-            max_eval_samples=data.max_eval_samples,
-            trust_remote_code=data.trust_remote_code,
-            cache_dir=data.cache_dir,
-        )
-    else:
-        train_path: str | None = data.train_file
-        validation_path: str | None = data.validation_file
-        if data.data_recipe:
-            files = get_registry().data_recipe(data.data_recipe).prepare(progress=True)
-            train_path = str(files["train"])
-            validation_path = validation_path or str(files["validation"])
-        held_out = need_eval and not validation_path and data.validation_split_percentage > 0
-        if train_path and (need_train or held_out):
-            train = td.resolve_source(train_path, "--train_file", data.text_column_name, data.skip_bad_records)
-        if validation_path and need_eval:
-            validation = td.resolve_source(
-                validation_path, "--validation_file", data.text_column_name, data.skip_bad_records
-            )
-    hold = data.validation_split_percentage if need_eval and validation is None and train is not None else 0
-    if need_train and train is None:
-        raise ILTError("no training texts: --train_file / --data_recipe / --dataset_name gave none")
-    if need_eval and validation is None and not hold:
-        raise ILTError("--do_eval: no validation texts (pass --validation_file or --validation_split_percentage > 0)")
-    return Sources(train, validation, hold, train_needed=need_train)
-
-
-def _text_note(name: str, stats: td.TextStats) -> str:
-    note = f"{name}: {stats.source}: {stats.texts} texts ({stats.blank} blank skipped"
-    if stats.bad_records or stats.bad_files:
-        note += f"; skipped {stats.bad_records} bad records and {stats.bad_files} bad files, first: {stats.first_bad}"
-    read = f"{stats.cached_files} files from the cache" if stats.cached_files else f"read in {stats.seconds:.1f} s"
-    return f"{note}; {read})"
-
-
-def build_datasets(
-    sources: Sources, max_unit_bytes: int, block_size: int, data: DataTrainingArguments, ilt: ILTArguments
-) -> PreparedData:
-    """Read, segment, block and pack the texts into row datasets (see :mod:`ilt_core.training.data`);
-    every step is cached on disk, so a second run with the same data and settings maps nothing."""
-    notes = list(sources.summary)
-    metrics: dict[str, float] = {}
-
-    def texts_of(source: td.TextSource, name: str) -> Any:
-        texts, stats = td.load_texts(
-            source,
-            data.cache_dir,
-            skip_bad_records=data.skip_bad_records,
-            num_workers=data.preprocessing_num_workers,
-        )
-        notes.append(_text_note(name, stats))
-        metrics[f"{name}_bad_records"] = stats.bad_records
-        metrics[f"{name}_bad_files"] = stats.bad_files
-        metrics[f"{name}_reading_seconds"] = round(stats.seconds, 3)
-        return texts
-
-    train_texts = texts_of(sources.train, "train") if sources.train is not None else None
-    eval_texts = texts_of(sources.validation, "eval") if sources.validation is not None else None
-    if sources.hold_out and train_texts is not None:
-        train_texts, eval_texts = td.hold_out(train_texts, sources.hold_out)
-        if len(eval_texts):
-            notes.append(f"validation: the first {sources.hold_out}% of the training texts held out")
-        else:  # a single text: nothing to hold out, no evaluation
-            eval_texts = None
-            notes.append("validation: one training text, none held out; no evaluation")
-
-    def build(texts: Any, limit: int | None, name: str) -> td.RowDataset:
-        start = time.perf_counter()
-        blocks, cached = td.make_blocks(
-            texts,
-            max_unit_bytes,
-            block_size,
-            num_workers=data.preprocessing_num_workers,
-            overwrite_cache=data.overwrite_cache,
-            limit=limit,
-            desc=f"{name}: units and blocks",
-        )
-        dataset = td.pack_blocks(blocks, block_size, ilt.packing)
-        seconds = time.perf_counter() - start
-        stats = dataset.stats
-        split = f", {stats.split_texts} long texts split into blocks" if stats.split_texts else ""
-        how = "from the cache" if cached else f"in {seconds:.1f} s, {stats.units / max(seconds, 1e-9):,.0f} units/s"
-        notes.append(
-            f"{name}: {stats.texts} texts, {stats.units} units -> {stats.blocks} blocks of <= {block_size - 1} units"
-            f"{split} -> {len(dataset)} {'packed rows' if ilt.packing else 'rows'} of <= {block_size} positions "
-            f"({how})"
-        )
-        metrics[f"{name}_units"] = stats.units
-        metrics[f"{name}_preprocessing_seconds"] = round(seconds, 3)
-        metrics[f"{name}_preprocessing_cached"] = int(cached)
-        return dataset
-
-    needed = sources.train is not None and sources.train_needed
-    train = build(train_texts, data.max_train_samples, "train") if needed else None
-    validation = build(eval_texts, data.max_eval_samples, "eval") if eval_texts is not None else None
-    return PreparedData(train, validation, notes, metrics)
 
 
 # ---------------------------------------------------------------------------------------------

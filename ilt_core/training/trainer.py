@@ -20,9 +20,10 @@ from ilt_core.errors import ILTError
 from ilt_core.modeling.checkpoint import CARD_NAME, load_state, read_weights
 from ilt_core.modeling.flops import batch_flops
 from ilt_core.modeling.parameters import LR_SCALINGS, learning_rate_groups, width_factors
-from ilt_core.training.data import RowDataset, RowSampler
+from ilt_core.training.dataset import RowDataset, RowSampler
 from ilt_core.training.resume import TRAINING_ARGS_JSON, check_compatible
-from ilt_core.training.streaming import StreamingLoader, StreamingRows, position_path
+from ilt_core.training.stream_dataset import StreamingRows
+from ilt_core.training.stream_loader import StreamingLoader, position_path
 
 if TYPE_CHECKING:
     from ilt_core.modeling.model import ILTModel
@@ -135,7 +136,7 @@ class ILTTrainer(Trainer):
       ``--learning_rate`` x the latent's width / its own, no decay on norms and biases as Trainer decides),
       built by Trainer's own ``create_optimizer`` for any ``--optim`` that takes parameter groups; with
       ``"none"`` Trainer's two groups at one rate;
-    - a streamed training set (:class:`~ilt_core.training.streaming.StreamingRows`): its own DataLoader
+    - a streamed training set (:class:`~ilt_core.training.stream_dataset.StreamingRows`): its own DataLoader
       (workers make whole batches; not dispatched from rank 0 nor re-sharded by accelerate, each rank
       reads its own shards), its position saved in every checkpoint (``data_position-rank<R>.json``)
       and restored on resume instead of Trainer's skipping of already-seen batches.
@@ -214,8 +215,8 @@ class ILTTrainer(Trainer):
 
     # ---- map-style training data: the order of the rows -----------------------------------
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        """Trainer's random order over a :class:`~ilt_core.training.data.RowDataset`, held as one int32
-        tensor (:class:`~ilt_core.training.data.RowSampler`, seeded ``--data_seed`` else ``--seed``,
+        """Trainer's random order over a :class:`~ilt_core.training.dataset.RowDataset`, held as one int32
+        tensor (:class:`~ilt_core.training.dataset.RowSampler`, seeded ``--data_seed`` else ``--seed``,
         plus the epoch, as accelerate seeds Trainer's sampler): the same rows in the same order on every
         rank and after a resume, without a list of one Python int per row."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset

@@ -362,7 +362,7 @@ class ILTModel(PretrainedIO, PreTrainedModel):
         A training forward (train mode, gradients on) sets the process to reuse freed pages
         (:func:`ilt_core.modeling.memory.keep_freed_memory`) unless activation checkpointing asked to return them.
         """
-        if self.training and torch.is_grad_enabled():
+        if self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             keep_freed_memory()  # no page faults in every step for its large activations
         device = self.encoder_mapping.weight.device
         packed = (image_patches, image_positions, image_segments, image_cls) if image_patches is not None else None

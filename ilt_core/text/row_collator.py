@@ -13,17 +13,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ilt_core.text.collator import TextUnits
+from ilt_core.text.collator import FixedShapes, TextUnits
 
 
-def make_collator(processor: Any, block_size: int, packing: bool = True) -> UnitCollator:
+def make_collator(
+    processor: Any, block_size: int, packing: bool = True, shapes: FixedShapes | None = None
+) -> UnitCollator:
     """The training collator of ``processor`` (map-style and streamed rows alike).
 
     Its batches carry the word images as uint8 gray levels ``(G, 1, H, W)`` (``processor.with_pixels``):
     a quarter of the bytes of floats to send from a DataLoader worker and to an accelerator; the
-    model makes them the same floats (:func:`ilt_core.text.render_cache.pixels_as_float`).
+    model makes them the same floats (:func:`ilt_core.text.render_cache.pixels_as_float`). ``shapes``: every
+    batch the same tensor shapes (:class:`~ilt_core.text.collator.FixedShapes`).
     """
-    return UnitCollator(processor.with_pixels("uint8"), block_size, packing)
+    return UnitCollator(processor.with_pixels("uint8"), block_size, packing, shapes)
 
 
 @dataclass
@@ -39,6 +42,7 @@ class UnitCollator:
     processor: Any
     block_size: int
     packing: bool = True
+    shapes: FixedShapes | None = None
     stats: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("batches", "rows", "texts", "units", "bytes", "seconds"), 0)
     )
@@ -52,11 +56,11 @@ class UnitCollator:
     def __call__(self, rows: Sequence[Sequence[TextUnits]]) -> dict[str, Any]:
         start = time.perf_counter()
         texts = [t for row in rows for t in row]
-        batch = self.processor.collate(texts, packing=self.packing, max_units=self.block_size)
+        batch = self.processor.collate(texts, packing=self.packing, max_units=self.block_size, shapes=self.shapes)
         s = self.stats
         s["seconds"] += time.perf_counter() - start
         s["batches"] += 1
-        s["rows"] += batch.unit_index.shape[0]
+        s["rows"] += len(rows)
         s["texts"] += len(texts)
         s["units"] += sum(len(t.units) for t in texts)
         s["bytes"] += int(batch.num_bytes.sum())

@@ -131,6 +131,15 @@ class ILTArguments:
             "config's own optimizer also trains at one rate)",
         },
     )
+    fixed_shapes: bool = field(
+        default=False,
+        metadata={
+            "help": "give every batch the same tensor shapes (rows x --block_size, fixed unit and label bytes, word "
+            "images packed into rows of patches) and run a forward that never waits on the device: what "
+            "torch.compile and CUDA graphs need; on with --torch_compile (which then compiles with fullgraph=True "
+            "and static shapes)"
+        },
+    )
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "stop training (and save) after this many minutes of wall-clock time"}
     )

@@ -247,11 +247,22 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
     if model.processor.cache is not None:  # capped in bytes, not entries: memory flat in the vocabulary
         model.processor.cache.maxsize = None
         model.processor.cache.max_bytes = ilt.render_cache_bytes
+    if training_args.torch_compile:
+        ilt.fixed_shapes = True  # a whole-step graph needs them
+    shapes = (
+        model.processor.fixed_shapes(
+            rows=max(training_args.per_device_train_batch_size, training_args.per_device_eval_batch_size),
+            row_units=block_size,
+            image_packing=model.image_packing,
+        )
+        if ilt.fixed_shapes
+        else None
+    )
     # rank 0 reads and maps into the Arrow cache first; the other ranks then load it
     with training_args.main_process_first(desc="preparing the training data"):
         if data.streaming:  # nothing prepared ahead: the stream makes rows as training asks
             prepared = prepare_stream(
-                sources, model.processor, block_size, data, ilt, training_args, training_args.do_train
+                sources, model.processor, block_size, data, ilt, training_args, training_args.do_train, shapes
             )
         else:
             prepared = build_datasets(sources, model.spec.max_unit_bytes, block_size, data, ilt)
@@ -276,7 +287,7 @@ def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = No
         new_parameter_names,
     )
 
-    collator = make_collator(model.processor, block_size, ilt.packing)
+    collator = make_collator(model.processor, block_size, ilt.packing, shapes)
     all_callbacks = list(callbacks or [])
     if ilt.freeze_pretrained_steps:
         freeze = FreezePretrainedCallback(model, ilt.freeze_pretrained_steps)

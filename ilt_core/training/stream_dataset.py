@@ -46,6 +46,7 @@ class StreamingRows(torch.utils.data.IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
+        shapes: Any = None,
     ) -> None:
         if stream.num_shards < 1:
             raise ILTError(f"{stream.flag} {stream.description}: no shard to stream")
@@ -54,6 +55,7 @@ class StreamingRows(torch.utils.data.IterableDataset):
         self.block_size = block_size
         self.batch_size = batch_size
         self.packing = packing
+        self.shapes = shapes  # FixedShapes: every batch the same tensor shapes
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.shards, self.stride = rank_shards(stream.num_shards, rank, world_size)
@@ -129,7 +131,7 @@ class StreamingRows(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         reader = ((info.id if info is not None else 0) + self.rotation) % self.num_readers
         start = tuple(self.start_positions.get(reader, START))
-        collator = make_collator(self.processor, self.block_size, self.packing)
+        collator = make_collator(self.processor, self.block_size, self.packing, self.shapes)
         stats = TextStats(self.stream.description)
         rows: list[list[TextUnits]] = []
         row: list[TextUnits] = []

@@ -106,6 +106,7 @@ def prepare_stream(
     ilt: Any,
     training_args: Any,
     need_train: bool,
+    shapes: Any = None,
 ) -> PreparedStream:
     """The training stream for this rank and the validation rows (see the module docstring)."""
     notes = list(plan.summary)
@@ -161,6 +162,7 @@ def prepare_stream(
             rank=training_args.process_index,
             world_size=training_args.world_size,
             num_workers=training_args.dataloader_num_workers,
+            shapes=shapes,
         )
         notes.append(f"train: {train.describe()}")
     return PreparedStream(train, validation, notes, metrics)

@@ -161,6 +161,16 @@ class ILTTrainer(Trainer):
     #: fused-backward updates): they cannot take per-component rates, and are refused with ``--lr_scaling width``.
     OWN_GROUP_KEYS = ("params", "model", "optimizer_dict")
 
+    def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
+        """Trainer's accelerator arguments; ``--torch_compile`` compiles the whole step as one graph of static
+        shapes (``fullgraph=True, dynamic=False``): the batches have fixed shapes (``--fixed_shapes``)."""
+        args = super()._build_accelerator_args(**kwargs)
+        plugin = args.get("dynamo_plugin")
+        if plugin is not None and self.args.torch_compile:
+            plugin.fullgraph = True
+            plugin.dynamic = False
+        return args
+
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """Trainer's optimizer, with :func:`learning_rate_groups` as its parameter groups (``lr_scaling="width"``).
 

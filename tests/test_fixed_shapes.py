@@ -1,0 +1,174 @@
+"""Fixed-shape batches: the same tensor shapes at every step, one image-encoder call, no host sync, one graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ilt_bench.opcount import DispatchCount
+
+from ilt_core import build_model, load_spec
+from ilt_core.text.collator import TextUnits
+from ilt_core.text.image_packing import ImagePacking, position_offset, position_table_size
+from ilt_core.text.render_cache import images_to_batches
+
+TEXTS = [
+    "שלום עולם, זה משפט ראשון של בדיקה.",
+    "The quick brown fox jumps over the lazy dog, again and again.",
+    "مرحبا بالعالم، هذه جملة للاختبار.",
+    "בית הספר נפתח מחר בבוקר, והתלמידים כבר מחכים.",
+    "extraordinarily-long-words-are-cut-into-pieces here.",
+    "ממשלת ישראל החליטה היום על צעדים חדשים בתחום הכלכלה.",
+    "a b c d e f g",
+    "שתי מילים",
+]
+# the CPU-only speed layers off: the path counted is the one a GPU runs
+GPU_PATH = ["bytes_encoder.length_groups=false", "cpu_products=torch"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model(load_spec("micro", ["modality_dropout=0.0", *GPU_PATH]), seed=0)
+
+
+def units(model, texts):
+    return [TextUnits(model.processor.segment(t)) for t in texts]
+
+
+def fixed_batch(model, texts, rows=4, row_units=48, shapes=None):
+    processor = model.processor.with_pixels("uint8")
+    shapes = shapes or processor.fixed_shapes(rows=rows, row_units=row_units, image_packing=model.image_packing)
+    return processor.collate(units(model, texts), packing=True, shapes=shapes), shapes
+
+
+def test_packed_images_give_the_vectors_of_one_call_per_width(model):
+    """One ViT call over images packed into rows equals today's call per width, to float rounding."""
+    encoder = model.image_encoder.eval()
+    words = ["שלום ", "עולם, ", "hello ", "a", "extraordinarily-long ", "x", "ממשלת ", "مرحبا "]
+    images = model.processor.cache.render_many(words)
+    assert len({im.shape[1] for im in images}) >= 3  # several widths, so the test means something
+    packed = model.image_packing.__class__(model.image_packing.patch_size, model.image_packing.row_tokens).pack(
+        images, count=len(words) + 3
+    )
+    with torch.no_grad():
+        got = encoder.encode_packed(packed.patches, packed.positions, packed.segments, packed.cls_index)
+        want = torch.empty(len(words), encoder.hidden_size)
+        for idx, pixels in images_to_batches(images):
+            want[idx] = encoder(pixels)
+    assert got.shape == (len(words) + 3, encoder.hidden_size)
+    torch.testing.assert_close(got[: len(words)], want, atol=2e-5, rtol=1e-4)
+
+
+def test_image_packing_lays_out_patches_positions_and_segments():
+    pack = ImagePacking(patch_size=2, row_tokens=8)
+    a = np.arange(8, dtype=np.uint8).reshape(2, 4)  # 1 x 2 patches
+    b = np.full((2, 2), 9, dtype=np.uint8)  # 1 x 1 patch
+    out = pack.pack([a, b], count=3)
+    assert out.patches.shape == (pack.rows, 8, 4) and int(out.cls_index.max()) < 8  # both in the first row
+    first = int(out.cls_index[0])
+    # the first patch of a is its top-left 2x2 block, row-major; positions index the table of width 2
+    assert out.patches.view(-1, 4)[first + 1].tolist() == [0, 1, 4, 5]
+    assert out.positions.view(-1)[first + 1 : first + 3].tolist() == [position_offset(1, 2), position_offset(1, 2) + 1]
+    assert out.positions.view(-1)[first] == 0  # class token
+    segments = out.segments.view(-1)
+    assert segments[first] == segments[first + 2] != segments[int(out.cls_index[1])]
+    assert (segments >= 0).sum() == 3 + 2  # 2 class tokens, 3 patches; the rest is padding
+    assert position_table_size(1, 2) == position_offset(1, 3) == 1 + 1 + 2
+
+
+def test_image_packing_grows_instead_of_dropping_and_counts_it():
+    pack = ImagePacking(patch_size=2, row_tokens=6)
+    pack.pack([np.zeros((2, 4), np.uint8)])
+    rows = pack.rows
+    many = [np.zeros((2, 8), np.uint8)] * 5  # 5 tokens each: one per row
+    out = pack.pack(many)
+    assert pack.rows >= 5 > rows and pack.grown == 1
+    assert len(set(out.cls_index.tolist())) == 5  # every image placed
+
+
+def test_fixed_batches_have_one_shape_and_the_dynamic_loss(model):
+    model.eval()
+    shapes_seen = set()
+    processor = model.processor.with_pixels("uint8")
+    shapes = processor.fixed_shapes(rows=4, row_units=48, image_packing=model.image_packing)
+    fixed, _ = fixed_batch(model, TEXTS[:6], shapes=shapes)
+    for texts in (TEXTS[:6], TEXTS[2:5], TEXTS[6:]):
+        batch, _ = fixed_batch(model, texts, shapes=shapes)
+        shapes_seen.add(tuple((k, tuple(v.shape)) for k, v in batch.model_inputs().items() if torch.is_tensor(v)))
+    assert len(shapes_seen) == 1, "a fixed-shape batch changed shape"
+    dynamic = model.processor.collate(units(model, TEXTS[:6]), packing=True, max_units=48)
+    with torch.no_grad():
+        a, b = model(**dynamic.model_inputs()), model(**fixed.model_inputs())
+    assert int(b.num_label_tokens) == a.num_label_tokens
+    torch.testing.assert_close(b.loss, a.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_never_changes_a_texts_loss_under_fixed_shapes(model):
+    model.eval()
+    alone, _ = fixed_batch(model, TEXTS[:1], rows=2, row_units=48)
+    crowd, _ = fixed_batch(model, TEXTS[:1] + TEXTS[3:7], rows=4, row_units=48)
+    with torch.no_grad():
+        a = model(**alone.model_inputs()).unit_losses[0]
+        b = model(**crowd.model_inputs()).unit_losses[0]
+    n = len(model.processor.segment(TEXTS[0])) + 1
+    torch.testing.assert_close(a[:n], b[:n], atol=1e-4, rtol=1e-4)
+
+
+def test_unit_capacity_grows_instead_of_dropping_units(model):
+    processor = model.processor.with_pixels("uint8")
+    shapes = processor.fixed_shapes(rows=4, row_units=48)
+    small, _ = fixed_batch(model, ["a a a a a"], shapes=shapes)
+    capacity = shapes.unit_capacity
+    big, _ = fixed_batch(model, TEXTS[:6], shapes=shapes)
+    assert shapes.unit_capacity > capacity and shapes.grown == 1
+    assert len(big.units) <= big.unit_input_ids.shape[0]  # every distinct unit has its row
+    assert big.unit_index.max() < len(big.units)
+
+
+def test_fixed_forward_never_syncs_and_its_ops_do_not_grow_with_rows(model):
+    model.train()
+    counts = []
+    for rows, texts in ((2, TEXTS[:2]), (4, TEXTS[:6])):
+        batch, _ = fixed_batch(model, texts, rows=rows)
+        inputs = batch.model_inputs()
+        model(**inputs).loss.backward()  # lazily made state out of the way
+        with DispatchCount() as forward:
+            loss = model(**inputs).loss
+        with DispatchCount() as backward:
+            loss.backward()
+        assert forward.syncs == 0, dict(forward.sync_ops)
+        counts.append((forward.ops, backward.ops))
+    assert counts[0] == counts[1]
+
+
+def test_dynamic_forward_does_sync(model):
+    """The counter sees a sync where one happens (so the zero above means something)."""
+    batch = model.processor.collate(units(model, TEXTS[:3]), packing=True, max_units=48)
+    with torch.no_grad(), DispatchCount() as count:
+        model(**batch.model_inputs())
+    assert count.syncs > 0
+
+
+def test_the_fixed_training_forward_is_one_graph_and_compiled_grads_equal_eager():
+    torch._dynamo.reset()
+    no_dropout = [
+        "bytes_encoder.config.hidden_dropout_prob=0.0",
+        "bytes_encoder.config.attention_probs_dropout_prob=0.0",
+    ]
+    model = build_model(load_spec("micro", ["modality_dropout=0.0", *GPU_PATH, *no_dropout]), seed=0).train()
+    batch, _ = fixed_batch(model, TEXTS[:6])
+    inputs = batch.model_inputs()
+    explained = torch._dynamo.explain(model)(**inputs)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, [r.reason for r in explained.break_reasons]
+    model.zero_grad()
+    eager = model(**inputs).loss
+    eager.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False)
+    loss = compiled(**inputs).loss
+    loss.backward()
+    torch.testing.assert_close(loss, eager, atol=1e-5, rtol=1e-5)
+    for name, grad in want.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
+    torch._dynamo.reset()

@@ -56,7 +56,7 @@ class FixedShapes:
     """The shapes every batch of a configuration gets (see the module docstring).
 
     ``rows`` x ``row_units``: ``(B, L)``; ``unit_bytes``: ``T``; ``label_len``: ``K``; ``unit_capacity``: ``U``
-    (0: set from the first batch, with an eighth to spare); ``images``: how word images are packed (None: by width,
+    (0: set from the first batch, with a quarter to spare); ``images``: how word images are packed (None: by width,
     in ``image_groups``). ``grown`` counts the batches that raised a capacity.
     """
 
@@ -73,7 +73,7 @@ class FixedShapes:
         if needed > self.unit_capacity:
             if self.unit_capacity:
                 self.grown += 1
-            self.unit_capacity = max(needed, -(-needed * 9 // 8))
+            self.unit_capacity = -(-needed * 5 // 4)  # a quarter to spare: batches of one corpus vary less
         return self.unit_capacity
 
 

@@ -90,7 +90,7 @@ class ImagePacking:
         if needed > self.rows:
             if self.rows:
                 self.grown += 1
-            self.rows = max(needed, math.ceil(needed * 1.125))
+            self.rows = math.ceil(needed * 1.25)  # a quarter to spare: batches of one corpus vary less
         S, R = self.row_tokens, self.rows
         patches = np.zeros((R * S, p * p), dtype=np.uint8)
         positions = np.zeros(R * S, dtype=np.int64)

@@ -1,0 +1,136 @@
+"""What a training step costs a GPU in launches and waits, counted on any machine (the CPU stand-in for CUDA's
+sync debug mode and a profiler's kernel count).
+
+For each preset and batch size (rows x block units), eager float32 and bf16 autocast, the dynamic batches of
+``ilt train`` and the fixed-shape ones (``--fixed_shapes``): aten ops of the forward, the backward and the optimizer
+step (each one kernel launch on a GPU), host syncs in the forward, and, for the fixed batches, graph breaks
+(``torch._dynamo.explain``) and recompiles over ``--compile-batches`` batches of real text after one warm-up batch
+(``torch.compile(fullgraph=True, dynamic=False)`` with the ``eager`` backend: dynamo's guards decide recompiles,
+not the backend). The CPU-only speed layers are off (``cpu_products=torch``, no length groups): the path counted is
+the one a GPU runs.
+
+    .venv/bin/python benchmarks/bench_ops.py --text data/he-news/train.txt --out benchmarks/results/bench_ops.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ilt_bench.opcount import DispatchCount
+from ilt_core import build_model, load_spec
+from ilt_core.text.collator import TextUnits, pack_rows
+
+GPU_PATH = ["cpu_products=torch", "bytes_encoder.length_groups=false"]
+
+
+def batches(model, texts: list[str], rows: int, row_units: int, count: int) -> list[list[TextUnits]]:
+    """``count`` batches of ``rows`` packed rows each, in text order (what ``ilt train`` packs)."""
+    segmented = [TextUnits(model.processor.segment(t)) for t in texts if t.strip()]
+    segmented = [t if len(t.units) + 1 <= row_units else TextUnits(t.units[: row_units - 1], False) for t in segmented]
+    packed = pack_rows([len(t.units) + 1 for t in segmented], row_units)
+    out = []
+    for start in range(0, len(packed) - rows + 1, rows):
+        out.append([segmented[i] for row in packed[start : start + rows] for i in row])
+        if len(out) == count:
+            break
+    if len(out) < count:
+        raise SystemExit(f"the text holds {len(out)} batches of {rows} x {row_units} units, not {count}")
+    return out
+
+
+def count_step(model, inputs: dict, optimizer, autocast: bool) -> dict[str, int]:
+    """Ops of one forward, backward and optimizer step, and the forward's host syncs."""
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with ctx:  # warm-up: lazily made state (masks, tables) out of the way
+        model(**inputs).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    with DispatchCount() as fwd, ctx:
+        loss = model(**inputs).loss
+    with DispatchCount() as bwd:
+        loss.backward()
+    with DispatchCount() as opt:
+        optimizer.step()
+    optimizer.zero_grad()
+    return {
+        "forward_ops": fwd.ops,
+        "backward_ops": bwd.ops,
+        "step_ops": fwd.ops + bwd.ops,
+        "optimizer_ops": opt.ops,
+        "forward_syncs": fwd.syncs,
+        "forward_sync_ops": dict(fwd.sync_ops),
+    }
+
+
+def compile_counts(model, collate, texts_batches) -> dict[str, int]:
+    """Graph breaks of one fixed forward, and recompiles over the batches after the first."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    dynamo.reset()
+    explained = dynamo.explain(model)(**collate(texts_batches[0]))
+    dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=False)
+    compiled(**collate(texts_batches[0])).loss.backward()
+    frames_after_warmup = counters["stats"]["unique_graphs"]
+    for batch in texts_batches[1:]:
+        compiled(**collate(batch)).loss.backward()
+    dynamo.reset()
+    return {
+        "graph_breaks": explained.graph_break_count,
+        "graphs": explained.graph_count,
+        "recompiles": counters["stats"]["unique_graphs"] - frames_after_warmup,
+        "compile_batches": len(texts_batches) - 1,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--text", required=True, help="a UTF-8 text file, one text per line")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--sizes", nargs="+", default=["8x128", "16x256"], help="rows x block units")
+    parser.add_argument("--compile-batches", type=int, default=50, help="batches after warm-up for recompiles")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    texts = Path(args.text).read_text(encoding="utf-8").splitlines()
+    model = build_model(load_spec(args.preset, GPU_PATH), seed=0).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    processor = model.processor.with_pixels("uint8")
+    results = []
+    for size in args.sizes:
+        rows, row_units = (int(x) for x in size.split("x"))
+        data = batches(model, texts, rows, row_units, args.compile_batches + 1)
+        shapes = processor.fixed_shapes(rows=rows, row_units=row_units, image_packing=model.image_packing)
+        collate = {
+            "dynamic": lambda b, r=row_units: processor.collate(b, packing=True, max_units=r).model_inputs(),
+            "fixed": lambda b, s=shapes: processor.collate(b, packing=True, shapes=s).model_inputs(),
+        }
+        for kind in ("dynamic", "fixed"):
+            for autocast in (False, True):
+                start = time.perf_counter()
+                figures = count_step(model, collate[kind](data[0]), optimizer, autocast)
+                row = {"size": size, "batches": kind, "dtype": "bf16 autocast" if autocast else "fp32", **figures}
+                if kind == "fixed" and not autocast:
+                    row.update(compile_counts(model, collate[kind], data))
+                    row["capacity_growths"] = shapes.grown + (shapes.images.grown if shapes.images else 0)
+                row["seconds"] = round(time.perf_counter() - start, 1)
+                results.append(row)
+                print(json.dumps(row, ensure_ascii=False), flush=True)
+    if args.out:
+        payload = {"preset": args.preset, "text": args.text, "torch": torch.__version__, "results": results}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -136,12 +136,15 @@ class _NumpyLinearFunction(torch.autograd.Function):
         x2 = x.detach().reshape(-1, x.shape[-1]).contiguous()  # (M, in)
         with _OneOpenBLASThread():
             out = numpy_matmul(x2, weight.detach().numpy().T)  # (M, out)
+        # reshaped in numpy: a torch view would be an autograd view, which an in-place op on the output (SwinV2's
+        # ReLU in its position-bias MLP) refuses
+        out = torch.from_numpy(out.numpy().reshape(*x.shape[:-1], weight.shape[0]))
         if bias is not None:
             out.add_(bias.detach())
         ctx.save_for_backward(x2, weight)
         ctx.x_shape = x.shape
         ctx.has_bias = bias is not None
-        return out.view(*x.shape[:-1], weight.shape[0])
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

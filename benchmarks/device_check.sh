@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# The GPU check: train the tiny preset for 200 steps from a streamed parquet corpus (bf16, SDPA, packing,
-# 2 DataLoader workers), then generate; prints words/s, peak GPU memory, the data pipeline's share of step time
-# and generation units/s. Within 8 minutes, the install from carried wheels included. Never part of `make test`.
+# The GPU check: train the tiny preset from a streamed parquet corpus (bf16, SDPA, packing, 2 DataLoader workers)
+# in each mode of DEVICE_CHECK_MODES (dynamic: batches as they come, eager; fixed: --fixed_shapes, eager;
+# compiled: --torch_compile, one fullgraph graph of static shapes), then generate; prints words/s, model FLOPs
+# utilisation against the card's dense bf16 peak, peak GPU memory, the data pipeline's share of step time and
+# generation units/s. Within 8 minutes, the install from carried wheels included. Never part of `make test`.
 #
 # Here, once:   bash benchmarks/device_wheels.sh          (wheels + corpus into the git-ignored .whl/)
 # On the GPU:   the device tool's run, with carry [".whl"] and timeout_s 540:
 #                 bash benchmarks/device_check.sh 2>&1 | tee $OUT/device_check.log
 # Dry run here: DEVICE_CHECK_CPU=1 DEVICE_CHECK_STEPS=2 bash benchmarks/device_check.sh
 #
-# Environment: DEVICE_CHECK_STEPS (default 200), DEVICE_CHECK_CPU=1 (run on the CPU with this checkout's
+# Environment: DEVICE_CHECK_MODES (default "dynamic fixed compiled"), DEVICE_CHECK_PEAK_TFLOPS (the dense bf16
+# peak MFU is measured against; default 989, NVIDIA's figure for H100 SXM and H200), DEVICE_CHECK_STEPS (per mode,
+# default 100), DEVICE_CHECK_CPU=1 (run on the CPU with this checkout's
 # .venv, no install, no bf16), DEVICE_CHECK_SECONDS (the whole check's budget, default 480),
 # DEVICE_CHECK_BATCH (rows per step, default 16), DEVICE_CHECK_PROFILE=N (profile N steps after the warm-up with
 # torch.profiler and print where their time went; default 0), PYTHON (the interpreter; default python3 on the GPU
@@ -17,7 +21,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$SECONDS
 budget=${DEVICE_CHECK_SECONDS:-480}
-export DEVICE_CHECK_STEPS=${DEVICE_CHECK_STEPS:-200}
+export DEVICE_CHECK_STEPS=${DEVICE_CHECK_STEPS:-100}
+export DEVICE_CHECK_MODES=${DEVICE_CHECK_MODES:-dynamic fixed compiled}
+export DEVICE_CHECK_PEAK_TFLOPS=${DEVICE_CHECK_PEAK_TFLOPS:-989}
 export DEVICE_CHECK_CPU=${DEVICE_CHECK_CPU:-0}
 export DEVICE_CHECK_BATCH=${DEVICE_CHECK_BATCH:-16}
 export DEVICE_CHECK_PROFILE=${DEVICE_CHECK_PROFILE:-0}
@@ -88,10 +94,9 @@ def main() -> int:
             self.path = "?"
             self.profiler = None
 
-        def count(self, module, args, kwargs) -> None:  # forward pre-hook: words = units past the start markers
-            self.seen += int((kwargs["unit_index"] > 0).sum())
-            # the image encoder runs once per width group: launches a step grow with them
-            self.groups.append(len(kwargs.get("image_groups") or ()))
+        def count(self, module, args, kwargs) -> None:  # forward pre-hook
+            # the image encoder runs once per width group (fixed batches: once, packed): launches grow with them
+            self.groups.append(len(kwargs.get("image_groups") or ()) or int("image_patches" in kwargs))
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             model.register_forward_pre_hook(self.count, with_kwargs=True)
@@ -116,7 +121,6 @@ def main() -> int:
             if cuda:
                 torch.cuda.synchronize()
             self.ends.append(time.perf_counter())
-            self.words.append(self.seen)
             if self.profiler is not None and state.global_step == warmup + profile_steps:
                 self.profiler.__exit__(None, None, None)
                 table = self.profiler.key_averages()
@@ -126,48 +130,61 @@ def main() -> int:
                 print(table.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
                 self.profiler = None
 
-    measure = Measure()
-    with tempfile.TemporaryDirectory(prefix="ilt-device-check-") as out:
-        argv = [
-            "--model_spec", "tiny",
-            "--set", "latent_transformer.attn_implementation=sdpa",
-            "--train_file", ".whl/corpus/*.parquet",
-            "--streaming",
-            "--do_train",
-            "--output_dir", out,
-            "--max_steps", str(steps),
-            "--per_device_train_batch_size", os.environ["DEVICE_CHECK_BATCH"],
-            "--packing",
-            "--dataloader_num_workers", "2",
-            "--learning_rate", "5e-4",
-            "--save_strategy", "no",
-            "--eval_strategy", "no",
-            "--logging_steps", "50",
-            "--report_to", "none",
-            "--disable_tqdm", "true",
-            "--seed", "0",
-        ] + (["--use_cpu"] if on_cpu else ["--bf16"])  # fmt: skip
-        t0 = time.perf_counter()
-        result = run_training(argv, callbacks=[measure])
-        train_seconds = time.perf_counter() - t0
-        model = result.trainer.model
+    peak_flops = float(os.environ["DEVICE_CHECK_PEAK_TFLOPS"]) * 1e12
+    for mode in os.environ["DEVICE_CHECK_MODES"].split():
+        measure = Measure()
+        extra = {"dynamic": [], "fixed": ["--fixed_shapes"], "compiled": ["--torch_compile"]}[mode]
+        with tempfile.TemporaryDirectory(prefix="ilt-device-check-") as out:
+            argv = [
+                "--model_spec", "tiny",
+                "--set", "latent_transformer.attn_implementation=sdpa",
+                "--train_file", ".whl/corpus/*.parquet",
+                "--streaming",
+                "--do_train",
+                "--output_dir", out,
+                "--max_steps", str(steps),
+                "--per_device_train_batch_size", os.environ["DEVICE_CHECK_BATCH"],
+                "--packing",
+                "--dataloader_num_workers", "2",
+                "--learning_rate", "5e-4",
+                "--save_strategy", "no",
+                "--eval_strategy", "no",
+                "--logging_steps", "50",
+                "--report_to", "none",
+                "--disable_tqdm", "true",
+                "--seed", "0",
+            ] + extra + (["--use_cpu"] if on_cpu else ["--bf16"])  # fmt: skip
+            t0 = time.perf_counter()
+            result = run_training(argv, callbacks=[measure])
+            train_seconds = time.perf_counter() - t0
+            model = result.trainer.model
+            total_flos = float(result.trainer.state.total_flos)
 
-    first, last = warmup, len(measure.ends) - 1
-    seconds = measure.ends[last] - measure.ends[first - 1] if first > 0 else measure.ends[last] - t0
-    words = measure.words[last] - (measure.words[first - 1] if first > 0 else 0)
-    waits = sum(measure.waits[first - 1 : last]) if first > 0 else sum(measure.waits[:last])
-    measured = last - first + 1
-    print(f"train: {len(measure.ends)} steps in {train_seconds:.1f} s (model build and worker start included)")
-    print(f"latent attention: {measure.path}")
-    print(f"steps {first + 1}..{last + 1} ({measured} measured, {warmup} warm-up not):")
-    print(f"  words/s: {words / seconds:,.0f}  ({words / measured:,.0f} words per step, {seconds / measured:.3f} s/step)")
-    if measure.groups:
-        g = measure.groups
-        print(f"  image width groups a forward: mean {sum(g) / len(g):.1f}, min {min(g)}, max {max(g)}")
-    print(f"  data pipeline share of step time: {waits / seconds:.1%} (waiting for the next batch)")
-    if cuda:
-        peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
-        print(f"  peak GPU memory: {peak / 2**30:.2f} GiB allocated, {reserved / 2**30:.2f} GiB reserved")
+        first, last = warmup, len(measure.ends) - 1
+        seconds = measure.ends[last] - measure.ends[first - 1] if first > 0 else measure.ends[last] - t0
+        waits = sum(measure.waits[first - 1 : last]) if first > 0 else sum(measure.waits[:last])
+        measured = last - first + 1
+        # words and FLOPs a step: the run's means (counted on the host by the collators, not read off the device)
+        words_per_step = result.train_metrics.get("train_units", 0) / max(len(measure.ends), 1)
+        flops_per_step = total_flos / max(len(measure.ends), 1)
+        print(f"[{mode}] train: {len(measure.ends)} steps in {train_seconds:.1f} s (build, workers, compile included)")
+        print(f"[{mode}] latent attention: {measure.path}")
+        print(f"[{mode}] steps {first + 1}..{last + 1} ({measured} measured, {warmup} warm-up not):")
+        print(
+            f"[{mode}]   words/s: {words_per_step * measured / seconds:,.0f}  ({words_per_step:,.0f} words per step, "
+            f"{seconds / measured:.3f} s/step)"
+        )
+        print(
+            f"[{mode}]   model FLOPs utilisation: {flops_per_step * measured / seconds / peak_flops:.2%} of "
+            f"{peak_flops / 1e12:,.0f} TFLOP/s dense bf16 ({flops_per_step / 1e12:.3f} TFLOP a step, counted)"
+        )
+        if measure.groups:
+            g = measure.groups
+            print(f"[{mode}]   image encoder calls a forward: mean {sum(g) / len(g):.1f}, min {min(g)}, max {max(g)}")
+        print(f"[{mode}]   data pipeline share of step time: {waits / seconds:.1%} (waiting for the next batch)")
+        if cuda:
+            peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+            print(f"[{mode}]   peak GPU memory: {peak / 2**30:.2f} GiB allocated, {reserved / 2**30:.2f} GiB reserved")
 
     texts = pq.read_table(sorted(glob.glob(".whl/corpus/*.parquet"))[0], columns=["text"]).column("text")
     # the first 8 words of texts of 24 words or more; every unit at least one byte, so no text ends early

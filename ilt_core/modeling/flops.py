@@ -150,6 +150,11 @@ def count_ilt_batch(counter: FlopCounter, model: Any, inputs: Mapping[str, Any],
         for idx, pixels in groups:
             length = image_sequence_length(model.image_encoder, pixels.shape[-2], pixels.shape[-1])
             parts["image_encoder"].add([length] * int(idx.numel()))
+    packed = inputs.get("image_segments") if hasattr(inputs, "get") else None
+    if "image_encoder" in parts and packed is not None and "image" not in getattr(model, "disabled", ()):
+        # packed rows of patches: one attended sequence per image (its class token and patches)
+        per_row = [torch.bincount(row[row >= 0]).tolist() for row in packed.cpu()]
+        parts["image_encoder"].add([n for row in per_row for n in row if n])
     seg = inputs["segment_ids"]
     # one attended sequence per text inside a (packed) row; padding (-1) is no text
     lengths = [int((seg[b] == s).sum()) for b in range(seg.shape[0]) for s in range(int(seg[b].max()) + 1)]

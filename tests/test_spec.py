@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import tiny_spec
+from helpers import tiny_spec
 
 from ilt_core.cli.main import main
 from ilt_core.errors import SpecError

@@ -38,9 +38,9 @@ from ilt_core.modeling.config import (
     renderer_key_json,
     resolve_spec,
 )
-from ilt_core.modeling.memory import keep_freed_memory, return_freed_memory
 from ilt_core.modeling.parameters import count_parameters
 from ilt_core.modeling.products import set_cpu_products
+from ilt_core.modeling.random_state import keeps_random_state, random_state_kept
 from ilt_core.plugins.registry import BuildContext, get_registry
 from ilt_core.specs.spec import ModelSpec, check_components, load_spec
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
@@ -223,14 +223,10 @@ class ILTModel(PreTrainedModel):
         ``Trainer`` calls this for ``--activation_checkpointing`` (or the older
         ``--gradient_checkpointing``); the spec field ``activation_checkpointing: true`` does it at build time.
         Only active in training mode. ``every_n_layers`` and ``offload`` are hints a component may ignore.
-        The activations it frees must also leave the process: on glibc, blocks above 1 MiB are then unmapped
-        when freed (:func:`ilt_core.modeling.memory.return_freed_memory`, process-wide).
+        For the freed activations to leave the process on glibc, ``ilt train --cpu_malloc return``.
         """
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
-        roles = self._set_checkpointing(True, kwargs, every_n_layers, offload)
-        if roles:
-            return_freed_memory()
-        return roles
+        return self._set_checkpointing(True, kwargs, every_n_layers, offload)
 
     def activation_checkpointing_disable(self) -> list[str]:
         """Undo :meth:`activation_checkpointing_enable`."""
@@ -354,13 +350,7 @@ class ILTModel(PreTrainedModel):
         num_bytes: torch.Tensor | None = None,
         **_: Any,
     ) -> ILTOutput:
-        """Loss and logits for a collated batch (see :mod:`ilt_core.text.collator` for the shapes).
-
-        A training forward (train mode, gradients on) sets the process to reuse freed pages
-        (:func:`ilt_core.modeling.memory.keep_freed_memory`) unless activation checkpointing asked to return them.
-        """
-        if self.training and torch.is_grad_enabled():
-            keep_freed_memory()  # no page faults in every step for its large activations
+        """Loss and logits for a collated batch (see :mod:`ilt_core.text.collator` for the shapes)."""
         device = self.encoder_mapping.weight.device
         unit_embeds = self.encode_units(unit_input_ids, unit_attention_mask, image_groups)
         inputs_embeds = unit_embeds[unit_index.to(device)]  # (B, L, D)
@@ -525,6 +515,7 @@ class ILTModel(PreTrainedModel):
 
     # ---- loading ------------------------------------------------------------------------
     @classmethod
+    @keeps_random_state  # building the components draws numbers that the loaded weights then replace
     def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | Path,
@@ -716,10 +707,16 @@ def convert_checkpoint(old: str | Path, new: str | Path) -> Path:
 
 
 def build_model(spec: ModelSpec | str | Path | dict, seed: int | None = None) -> ILTModel:
-    """Build a model from a spec, preset name or YAML path, with random weights unless pretrained."""
-    if seed is not None:
+    """Build a model from a spec, preset name or YAML path, with random weights unless pretrained.
+
+    With ``seed`` the weights are drawn from that seed and the caller's random state is left as it was; without,
+    they are drawn from torch's random state (as ``nn.Linear(...)`` draws them).
+    """
+    if seed is None:
+        return ILTModel(spec)
+    with random_state_kept():
         torch.manual_seed(seed)
-    return ILTModel(spec)
+        return ILTModel(spec)
 
 
 __all__ = [

@@ -401,6 +401,7 @@ def main() -> int:
                 setattr(args, name, value)
     if args.threads:
         torch.set_num_threads(args.threads)
+    common.as_the_ilt_command()
     decoder_rows = decoder_per_byte(args.preset, args.batches, 32, 3 * args.repeats) if args.decoder else []
 
     model = build_model(spec, seed=0).to(args.device).eval()

@@ -781,10 +781,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         type=int,
         default=0,
         metavar="ROUNDS",
-        help="the reference configuration's step with the C library's allocation defaults (A) and with a training "
-        "forward's keep_freed_memory (B), in fresh processes, A B A B: page faults, CPU and kernel seconds, peak RSS",
+        help="the reference configuration's step with the C library's allocation defaults (A, --cpu-malloc default) "
+        "and with freed pages reused (B, --cpu-malloc reuse), in fresh processes, A B A B: page faults, CPU and "
+        "kernel seconds, peak RSS",
     )
-    parser.add_argument("--malloc-defaults", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--cpu-malloc",
+        choices=("auto", "default", "reuse", "return"),
+        default="auto",
+        help="`ilt train --cpu_malloc` for this process: auto = return for a checkpointed configuration, else reuse",
+    )
     parser.add_argument(
         "--breakdown",
         action="store_true",
@@ -810,10 +816,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "configs": {},
     }
     # --mask-paths alone runs only that A/B
-    if args.malloc_defaults:  # arm A of --page-faults-ab: glibc's settings as they are
-        from ilt_core.modeling import memory
+    common.as_the_ilt_command()
+    from ilt_core.modeling.memory import set_cpu_malloc
 
-        memory.keep_defaults()
+    malloc = args.cpu_malloc
+    if malloc == "auto":
+        checkpointed = any(
+            s.get("activation_checkpointing") for s in config_specs(args.reference, args.configs).values()
+        )
+        malloc = "return" if checkpointed else "reuse"
+    set_cpu_malloc(malloc)
     alone = (args.mask_paths or args.breakdown or args.page_faults_ab) and args.configs is None
     specs = {} if alone else config_specs(args.reference, args.configs)
     for name, spec in specs.items():
@@ -835,7 +847,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rounds: dict[str, list[dict[str, Any]]] = {"malloc_defaults": [], "keep_freed_memory": []}
         for _ in range(args.page_faults_ab):
             for arm in rounds:
-                extra = ("--malloc-defaults",) if arm == "malloc_defaults" else ()
+                extra = ("--cpu-malloc", "default" if arm == "malloc_defaults" else "reuse")
                 rounds[arm].append(bench_config_isolated("reference", argv_now, extra))
         keys = ("step_page_faults", "step_cpu_s", "step_kernel_cpu_s", "step_s", "peak_rss_mb")
         results["page_faults_ab"] = {

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from ilt_bench.opcount import DispatchCount
+
 from ilt_core import build_model, load_spec
 from ilt_core.text.collator import TextUnits, pack_rows
 

@@ -130,9 +130,13 @@ def child(kind: str, variant: str, text_path: Path, args: argparse.Namespace) ->
     import torch
     from ilt_bench.machine import peak_rss_bytes
 
+    from ilt_core.modeling.memory import set_cpu_malloc
     from ilt_core.modeling.model import build_model
 
     torch.set_num_threads(args.threads)
+    common.as_the_ilt_command()
+    # as `ilt train --cpu_malloc reuse` (return with activation checkpointing), the settings its figures were taken in
+    set_cpu_malloc("return" if variant == "ckpt" else "reuse")
     rows, words = (2, 8) if args.quick else (ROWS, WORDS)
     units = text_units(text_path.read_text(encoding="utf-8").strip())
     spec = {**bench_model.reference_spec(images=variant != "noimg"), "image_height": args.image_height}

@@ -49,6 +49,14 @@ def omp_wait_policy_default() -> str:
     return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def as_the_ilt_command() -> None:
+    """Make the process-wide settings the ``ilt`` command makes at start-up (numpy's OpenBLAS on one thread), so
+    that a model run in the benchmark's own process runs as under ``ilt train`` / ``ilt generate``."""
+    from ilt_core.modeling.products import set_openblas_threads
+
+    set_openblas_threads(1)
+
+
 def log(message: str) -> None:
     """Progress line on stderr (stdout carries the table)."""
     print(f"[bench] {message}", file=sys.stderr, flush=True)

@@ -125,7 +125,10 @@ def test_bench_model_breakdown_quick(tmp_path):
         assert (
             sum(parts[n]["gflop"] for n in (*components, "image_encoder") if n in parts) <= parts["whole_step"]["gflop"]
         )
-        assert parts["whole_step"]["share_of_step_cpu"] == 1.0
+        # each part's share is its CPU time over the whole step's
+        whole_cpu = parts["whole_step"]["cpu_s"]
+        for name in (*components, "optimizer_step"):
+            assert math.isclose(parts[name]["share_of_step_cpu"], parts[name]["cpu_s"] / whole_cpu), name
         assert all(positive(v) for v in parts["matmul_gflop_per_cpu_s"].values())
 
 
@@ -134,15 +137,31 @@ def test_bench_bounds_quick(tmp_path):
     data = run_script("bench_bounds", tmp_path)
     assert set(data["setups"]) == {"with images", "without images"} and positive(data["peak_gflop_per_s"])
     with_images, without = data["setups"]["with images"], data["setups"]["without images"]
+    # the peak is the fastest rate any recorded shape reached, with either library (torch's alone for the other)
+    timed = {tuple(s["shape"]): s for r in (with_images, without) for s in r["shapes"]}
+    rates = [(2 * math.prod(shape) / min(s["torch_s"], s["numpy_s"]), 2 * math.prod(shape) / s["torch_s"])
+             for shape, s in timed.items()]  # fmt: skip
+    assert math.isclose(data["peak_gflop_per_s"], max(r for r, _ in rates) / 1e9)
+    assert math.isclose(data["peak_gflop_per_s_torch"], max(r for _, r in rates) / 1e9)
     for r in (with_images, without):
         train, gen = r["training_step_products"], r["generation_step_products"]
         assert train["products"] > 100 and gen["products"] > 10
-        assert train["best_s"] <= min(train["torch_s"], train["numpy_s"]) + 1e-12
+        # every total is the per-shape table's: counts, GFLOP, and the faster library per shape
+        shapes = r["shapes"]
+        assert train["products"] == sum(s["train"] for s in shapes)
+        assert gen["products"] == sum(s["generation_two_steps"] for s in shapes) // 2  # per step
+        assert math.isclose(train["gflop"], sum(2 * math.prod(s["shape"]) * s["train"] for s in shapes) / 1e9)
+        for side, key, per in ((train, "train", 1), (gen, "generation_two_steps", 2)):
+            assert math.isclose(side["torch_s"], sum(s[key] * s["torch_s"] for s in shapes) / per)
+            assert math.isclose(side["numpy_s"], sum(s[key] * s["numpy_s"] for s in shapes) / per)
+            assert math.isclose(side["best_s"], sum(s[key] * min(s["torch_s"], s["numpy_s"]) for s in shapes) / per)
         words = r["words_per_training_step"]
-        bound = max(words / train["best_s"], words / r["training_s_at_peak"])
-        assert math.isclose(r["training_words_per_s_bound"], bound)
-        # torch's BLAS alone (the ceiling of a torch step) is never above the bound over both libraries
-        assert r["training_words_per_s_bound_torch"] <= r["training_words_per_s_bound"] + 1e-9
+        assert 0 < words <= 8 * 64  # the reference's batch: 8 rows of 64 units, start markers included
+        at_peak = train["gflop"] / data["peak_gflop_per_s"]
+        assert math.isclose(r["training_s_at_peak"], at_peak)
+        assert math.isclose(r["training_words_per_s_bound"], words / min(train["best_s"], at_peak))
+        torch_bound = words / min(train["torch_s"], train["gflop"] / data["peak_gflop_per_s_torch"])
+        assert math.isclose(r["training_words_per_s_bound_torch"], torch_bound)
         assert math.isclose(r["training_gflop_per_word"], train["gflop"] / words)
         assert math.isclose(r["generation_ms_per_step_bound"], 1000 * gen["best_s"])
         # no figure of the reference implementation from another run: nothing to divide by
@@ -215,6 +234,8 @@ def test_bench_learning_quick_curves_per_variant_and_seed(tmp_path):
         for p in r["curve"]:
             values = [run["curve"][r["curve"].index(p)]["bits_per_byte"] for run in r["runs"]]
             assert p["min"] == min(values) and p["max"] == max(values) and positive(p["bits_per_byte"])
+            assert p["bits_per_byte"] == pytest.approx(sum(values) / 2)
+            assert p["min"] < p["max"]  # two seeds, two models: never the same figure
     assert ilt["curve"][0]["bits_per_byte"] > ilt["curve"][-1]["bits_per_byte"]  # two steps at 2e-3 already learn
     assert "| ilt |" in done.stdout and (tmp_path / "learning.png").read_bytes()[:4] == b"\x89PNG"
     bad = subprocess.run(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_spec
+from helpers import tiny_spec
 
 from ilt_core.cli.main import main
 from ilt_core.errors import CheckpointError

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ENCODER_CONFIGS
 from ilt_hf import encoder as encoder_module
 from ilt_hf import fast_bert
-from test_hf_plugin import ENCODER_CONFIGS
 
 from ilt_core import BuildContext, get_registry
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import LATENT_CONFIGS, PROMPTS, small_model, swapped
 from ilt_hf import fast_greedy
 from ilt_hf.fast_greedy import fused_llama_supported
-from test_generation import PROMPTS, small_model, swapped
-from test_hf_plugin import LATENT_CONFIGS
 
 from ilt_core import BuildContext, get_registry
 from ilt_core.generation import generate

@@ -12,8 +12,8 @@ import copy
 
 import pytest
 import torch
+from helpers import LATENT_CONFIGS
 from ilt_hf import causal_lm, fast_neox
-from test_hf_plugin import LATENT_CONFIGS
 
 from ilt_core import BuildContext, get_registry
 
@@ -156,7 +156,7 @@ def test_other_latents_are_not_fused():
 
 
 def test_generation_gives_the_same_text_with_the_fused_step_on_and_off(monkeypatch):
-    from test_generation import PROMPTS, small_model, stops_for
+    from helpers import PROMPTS, small_model, stops_for
 
     from ilt_core.generation import generate
 

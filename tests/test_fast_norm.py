@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 import torch
+from helpers import assert_same_training_step
 from ilt_hf.fast_norm import RMSNormFunction, rms_norm_is_llamas, swap_rms_norms
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
@@ -85,18 +86,6 @@ def test_switched_layer_keeps_state_dict_isinstance_and_pickles():
     x = torch.randn(2, 48)
     torch.testing.assert_close(again(x), fast(x))
     assert swap_rms_norms(fast) == 0  # already switched
-
-
-def assert_same_training_step(native: torch.nn.Module, fast: torch.nn.Module, ids: torch.Tensor) -> None:
-    """The language-model loss of ``ids`` and every parameter's gradient are the same in both models."""
-    losses = []
-    for model in (native, fast):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        losses.append(loss.detach())
-    torch.testing.assert_close(losses[1], losses[0])
-    for (name, a), b in zip(native.named_parameters(), fast.parameters(), strict=True):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_whole_llama_loss_and_gradients_equal():

@@ -7,9 +7,9 @@ import pickle
 
 import pytest
 import torch
+from helpers import assert_same_training_step
 from ilt_hf import fast_rope
 from ilt_hf.fast_rope import RotaryFunction, fast_apply_rotary_pos_emb, swap_rotary_attention
-from test_fast_norm import assert_same_training_step
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama import modeling_llama
 from transformers.models.llama.modeling_llama import LlamaAttention

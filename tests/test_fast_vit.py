@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import VISION_CONFIGS
 from ilt_hf import fast_vit
-from test_hf_plugin import VISION_CONFIGS
 
 from ilt_core import BuildContext, get_registry
 

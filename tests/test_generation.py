@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
-import copy
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import micro_spec, tiny_spec
+from helpers import GENERATION_LATENTS, PROMPTS, micro_spec, small_model, small_spec, stops_for, swapped
 
 import ilt_core
 from ilt_core.cli.generate import add_generate_parser
@@ -25,94 +23,9 @@ from ilt_core.generation.beams import beam_search
 from ilt_core.modeling.model import build_model
 from ilt_core.text.byte_tokenizer import EOS_ID
 
-D = 64
-LATENTS = {
-    "llama": {
-        "model_type": "llama",
-        "hidden_size": D,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 12,
-        "vocab_size": 8,
-    },
-    "gpt_neox": {
-        "model_type": "gpt_neox",
-        "hidden_size": D,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "rotary_pct": 0.25,
-        "max_position_embeddings": 12,
-        "vocab_size": 8,
-    },
-    # a window shorter than the prompts, so the cache's sliding layer really drops units
-    "gemma3_text": {
-        "model_type": "gemma3_text",
-        "hidden_size": D,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "head_dim": 32,
-        "sliding_window": 3,
-        "layer_types": ["sliding_attention", "full_attention"],
-        "max_position_embeddings": 12,
-        "vocab_size": 8,
-    },
-    "gpt2": {"model_type": "gpt2", "n_embd": D, "n_layer": 2, "n_head": 4, "n_positions": 12, "vocab_size": 8},
-}
-DECODER = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 64,
-    "vocab_size": 8,
-}
-# A context of 12 units (start marker included): the 10-unit prompt fills it after 3 new units, so rows of one
-# batch finish at different steps even though random decoders rarely write eos.
-PROMPTS = ["one", "the cat sat on the mat ", "a b c d e f g h i ", "", "שלום לכם "]
-
-
-def small_spec(latent: str = "gpt_neox", **overrides) -> dict:
-    spec = tiny_spec("bytes-only", max_unit_bytes=6)
-    spec["latent_transformer"] = {"component": "hf:causal-lm", "config": copy.deepcopy(LATENTS[latent])}
-    spec["bytes_decoder"] = {"component": "hf:causal-lm", "config": dict(DECODER)}
-    spec.update(overrides)
-    return spec
-
-
-_MODELS: dict = {}
-
-
-def small_model(latent: str = "gpt_neox"):
-    if latent not in _MODELS:
-        _MODELS[latent] = build_model(small_spec(latent), seed=0).eval()
-    return _MODELS[latent]
-
-
-def stops_for(model, prompts, n=5):
-    """Stop strings that each occur in one row's continuation only, so rows end at different steps."""
-    texts = [r.units for r in generate(model, prompts, n, return_scores=True)]
-    stops = []
-    for i, units in enumerate(texts):
-        k = 1 + i % (n - 1)  # stop inside unit k of row i
-        if len(units) <= k:
-            continue
-        others = "".join("".join(u) for j, u in enumerate(texts) if j != i) + "".join(units[:k])
-        pieces = [units[k][a : a + 2] for a in range(len(units[k]) - 1)] + [units[k]]
-        found = next((x for x in pieces if x and x not in others and not any(x in s for s in stops)), None)
-        if found is not None:
-            stops.append(found)
-    return stops
-
 
 # ---- the KV cache ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("latent", list(LATENTS))
+@pytest.mark.parametrize("latent", list(GENERATION_LATENTS))
 def test_cached_loop_gives_the_same_text_as_recomputing(latent):
     model = small_model(latent)
     compositions = [PROMPTS, [PROMPTS[2], PROMPTS[3], PROMPTS[0]]]
@@ -141,17 +54,6 @@ def test_cache_grows_one_unit_per_step(monkeypatch):
     lengths.clear()
     generate(model, ["the cat sat on the mat "], 5, use_cache=False)
     assert lengths == [7, 8, 9, 10, 11]
-
-
-@contextlib.contextmanager
-def swapped(model, role: str, component):
-    """``model.<role> = component`` for the block (monkeypatch would delete a submodule on undo)."""
-    saved = getattr(model, role)
-    setattr(model, role, component)
-    try:
-        yield
-    finally:
-        setattr(model, role, saved)
 
 
 class LatentWithoutCacheMethods(torch.nn.Module):

@@ -3,7 +3,6 @@ sharded), AutoModel, model.generate, a self-contained folder, clear errors for b
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_spec
+from helpers import hebrew_sentences, native_spec, training_spec
 
 from ilt_core.cli.main import main
 from ilt_core.errors import CheckpointError
@@ -21,75 +20,6 @@ from ilt_core.modeling.config import ILTConfig
 from ilt_core.modeling.model import ILTModel, build_model
 
 TEXTS = ["שלום עולם, מה שלומך", "hello there, world"]
-
-MICRO_BLOCKS = {
-    "image_encoder": {
-        "hf": {
-            "component": "hf:vision",
-            "config": {
-                "model_type": "vit",
-                "hidden_size": 32,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "intermediate_size": 64,
-                "image_size": 224,
-                "patch_size": 16,
-            },
-        },
-        "timm": {"component": "timm:model", "model_name": "vit_tiny_patch16_224", "depth": 1},
-        "clip": {
-            "component": "clip:visual",
-            "embed_dim": 32,
-            "vision_cfg": {"layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
-        },
-    },
-    "bytes_encoder": {
-        "component": "hf:encoder",
-        "config": {
-            "model_type": "bert",
-            "hidden_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
-        },
-    },
-    "latent_transformer": {
-        "component": "hf:causal-lm",
-        "config": {
-            "model_type": "llama",
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "intermediate_size": 128,
-            "max_position_embeddings": 256,
-        },
-    },
-    "bytes_decoder": {
-        "component": "hf:causal-lm",
-        "config": {
-            "model_type": "llama",
-            "hidden_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "intermediate_size": 64,
-            "tie_word_embeddings": True,
-        },
-    },
-}
-
-
-def micro_spec(variant: str = "full", image: str = "hf") -> dict:
-    """The tiny preset's layout with micro backbones (a few thousand parameters each)."""
-    spec = tiny_spec(variant)
-    for role in ("bytes_encoder", "latent_transformer", "bytes_decoder"):
-        if spec.get(role) is not False:
-            spec[role] = copy.deepcopy(MICRO_BLOCKS[role])
-    if spec.get("image_encoder") is not False:
-        spec["image_encoder"] = copy.deepcopy(MICRO_BLOCKS["image_encoder"][image])
-    spec["name"] = f"micro-{variant}-{image}"
-    return spec
 
 
 def outputs(model: ILTModel) -> torch.Tensor:
@@ -114,7 +44,7 @@ def assert_same_model(a: ILTModel, b: ILTModel) -> None:
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    model = build_model(micro_spec(), seed=0).eval()
+    model = build_model(native_spec(), seed=0).eval()
     folder = tmp_path_factory.mktemp("micro")
     model.save_pretrained(folder)
     return model, folder
@@ -128,11 +58,42 @@ def micro(tmp_path_factory):
     [("full", "hf"), ("image-only", "hf"), ("bytes-only", "hf"), ("full", "timm"), ("full", "clip")],
 )
 def test_round_trip_same_weights_logits_and_generations(variant, image, tmp_path):
-    model = build_model(micro_spec(variant, image), seed=1).eval()
+    model = build_model(native_spec(variant, image), seed=1).eval()
     model.save_pretrained(tmp_path)
     loaded = ILTModel.from_pretrained(tmp_path)
     assert loaded.spec == ILTModel(loaded.config).spec  # config.json rebuilds the same spec
     assert_same_model(model, loaded)
+
+
+UNPICKLE_AND_RUN = """
+import pickle, sys, torch
+with open(sys.argv[1], "rb") as f:
+    model = pickle.load(f)
+with torch.no_grad():
+    logits = model(**model.processor(pickle.loads(bytes.fromhex(sys.argv[2]))).model_inputs()).logits
+fast = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.startswith("Fast")})
+torch.save({"logits": logits, "fast": fast, "text": model.generate(["hello "], max_new_units=3)}, sys.argv[3])
+"""
+
+
+def test_a_model_pickled_here_loads_and_runs_in_a_fresh_process(tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    from helpers import micro_spec
+
+    model = build_model(micro_spec(), seed=0).eval()  # Llama norms and rotary, a ViT, a BERT: their Fast* classes
+    fast = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.startswith("Fast")})
+    assert len(fast) >= 3, fast
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    argv = [str(tmp_path / "model.pkl"), pickle.dumps(TEXTS).hex(), str(tmp_path / "out.pt")]
+    done = subprocess.run([sys.executable, "-c", UNPICKLE_AND_RUN, *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    there = torch.load(tmp_path / "out.pt")
+    assert there["fast"] == fast  # the same fast layers, found in a process that never swapped any
+    assert torch.equal(there["logits"], outputs(model))
+    assert there["text"] == model.generate(["hello "], max_new_units=3)
 
 
 def test_folder_holds_config_generation_processor_card_and_no_pickle(micro):
@@ -152,7 +113,7 @@ def test_folder_holds_config_generation_processor_card_and_no_pickle(micro):
 
 
 def test_files_get_the_umask_mode_not_0600(tmp_path):
-    model = build_model(micro_spec("bytes-only"), seed=0)
+    model = build_model(native_spec("bytes-only"), seed=0)
     old = os.umask(0o022)
     try:
         model.save_pretrained(tmp_path)
@@ -276,7 +237,7 @@ def _minilm_folder() -> Path:
 def test_a_folder_built_from_a_local_pretrained_backbone_loads_without_it(tmp_path):
     source = tmp_path / "bert"
     shutil.copytree(_minilm_folder(), source)
-    spec = micro_spec("bytes-only")
+    spec = native_spec("bytes-only")
     spec["bytes_encoder"] = {"component": "hf:encoder", "name_or_path": str(source), "pretrained": True}
     model = build_model(spec, seed=0).eval()
     saved = tmp_path / "saved"
@@ -409,7 +370,7 @@ def test_batch_flops_follow_the_formula():
     from ilt_core.modeling.parameters import count_parameters
     from ilt_core.text.collator import TextUnits
 
-    model = build_model(micro_spec("bytes-only"), seed=0)
+    model = build_model(native_spec("bytes-only"), seed=0)
     batch = model.processor.collate([TextUnits(["ab ", "c"])], packing=False)
     enc, lat, dec = model.bytes_encoder, model.latent_transformer, model.bytes_decoder
     n = {name: count_parameters(m) for name, m in (("enc", enc), ("lat", lat), ("dec", dec))}
@@ -434,8 +395,6 @@ def test_batch_flops_follow_the_formula():
 @pytest.fixture(scope="module")
 def training_corpus(tmp_path_factory):
     import yaml
-    from test_training import hebrew_sentences
-    from test_training import micro_spec as training_spec
 
     root = tmp_path_factory.mktemp("corpus")
     (root / "micro.yaml").write_text(yaml.safe_dump(training_spec(), allow_unicode=True), encoding="utf-8")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ENCODER_CONFIGS, LATENT_CONFIGS, VISION_CONFIGS
 
 from ilt_core import BuildContext, ILTError, get_registry
 from ilt_core.modeling.parameters import count_parameters
@@ -20,43 +21,6 @@ CONTEXT = BuildContext()
 V = CONTEXT.vocab_size
 D = 32
 
-LATENT_CONFIGS = {
-    "llama": {
-        "model_type": "llama",
-        "hidden_size": D,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 128,
-        "vocab_size": 100,
-    },
-    "gpt_neox": {
-        "model_type": "gpt_neox",
-        "hidden_size": D,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "rotary_pct": 0.25,
-        "max_position_embeddings": 128,
-        "vocab_size": 100,
-    },
-    # a sliding window shorter than the test sequences, so the window really cuts attention
-    "gemma3_text": {
-        "model_type": "gemma3_text",
-        "hidden_size": D,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "head_dim": 16,
-        "sliding_window": 4,
-        "layer_types": ["sliding_attention", "full_attention"],
-        "max_position_embeddings": 128,
-        "vocab_size": 100,
-    },
-    "gpt2": {"model_type": "gpt2", "n_embd": D, "n_layer": 2, "n_head": 4, "n_positions": 128, "vocab_size": 100},
-}
 ATTENTION = ("sdpa", "eager")
 
 
@@ -266,44 +230,6 @@ def test_causal_lm_as_bytes_encoder_pools_last_real_byte():
 
 # ----------------------------------------------------------------------------------------------------- text encoder
 
-ENCODER_CONFIGS = {
-    "bert": {
-        "model_type": "bert",
-        "hidden_size": D,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "max_position_embeddings": 64,
-    },
-    "modernbert": {
-        "model_type": "modernbert",
-        "hidden_size": D,
-        "intermediate_size": 48,
-        "num_hidden_layers": 3,
-        "num_attention_heads": 2,
-        "global_attn_every_n_layers": 3,
-        "local_attention": 4,
-        "max_position_embeddings": 64,
-        "pad_token_id": 50283,  # the hub's ids, far beyond the byte vocabulary: must be replaced
-        "cls_token_id": 50281,
-        "sep_token_id": 50282,
-    },
-    "deberta-v2": {
-        "model_type": "deberta-v2",
-        "hidden_size": D,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "relative_attention": True,
-        "position_buckets": 8,
-        "pos_att_type": ["p2c", "c2p"],
-        "position_biased_input": False,
-        "norm_rel_ebd": "layer_norm",
-        "share_att_key": True,
-        "type_vocab_size": 0,
-    },
-}
-
 
 @pytest.mark.parametrize("model_type", ENCODER_CONFIGS)
 def test_encoder_mean_pooling_forward_backward_and_padding(model_type):
@@ -357,36 +283,6 @@ def test_encoder_loads_real_bert_weights_from_a_local_folder():
 
 # --------------------------------------------------------------------------------------------------- vision encoder
 
-VISION_CONFIGS = {
-    "vit": {
-        "model_type": "vit",
-        "hidden_size": D,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "image_size": 224,
-        "patch_size": 16,
-    },
-    "swinv2": {
-        "model_type": "swinv2",
-        "image_size": 256,
-        "patch_size": 4,
-        "embed_dim": 8,
-        "depths": [1, 1, 2, 1],
-        "num_heads": [1, 1, 2, 2],
-        "window_size": 16,
-        "drop_path_rate": 0.0,
-    },
-    "clip_vision_model": {
-        "model_type": "clip_vision_model",
-        "hidden_size": D,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "image_size": 224,
-        "patch_size": 32,
-    },
-}
 EXPECTED_VISION = {"vit": (D, 16), "swinv2": (64, 32), "clip_vision_model": (D, 32)}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import saved_bytes
+from helpers import saved_bytes
 
 from ilt_core.plugins.registry import BuildContext, get_registry
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import micro_spec
+from helpers import micro_spec
 
 from ilt_core.errors import ILTError
 from ilt_core.text.collator import TextUnits

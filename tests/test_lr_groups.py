@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import micro_spec
+from helpers import micro_spec
 from transformers import TrainerCallback, get_scheduler
 
 from ilt_core.errors import ILTError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import VARIANTS, micro_spec, saved_bytes, tiny_spec
+from helpers import VARIANTS, micro_spec, saved_bytes, tiny_spec
 
 from ilt_core.modeling.model import build_model
 from ilt_core.text.collator import TextUnits

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import micro_spec
+from helpers import micro_spec
 from ilt_hf.causal_lm import HFLatentTransformer, varlen_arguments
 
 from ilt_core.modeling.model import build_model

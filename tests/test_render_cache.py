@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
+from helpers import CountingRenderer
 from hypothesis import given, settings
 
 from ilt_core.errors import ILTError
 from ilt_core.plugins.protocols import Renderer
 from ilt_core.text.render_cache import ENTRY_OVERHEAD_BYTES, RenderCache, images_to_batches
-
-
-class CountingRenderer:
-    """A fake renderer: width 2 * (len(unit) + 1), pixels derived from the unit; counts its calls."""
-
-    def __init__(self, height: int = 4, width_multiple: int = 2) -> None:
-        self.height = height
-        self.width_multiple = width_multiple
-        self.key: tuple = ("fake", 1)
-        self.calls: Counter[str] = Counter()
-        self.buffer = np.zeros((height, 0), np.uint8)
-
-    def render(self, unit: str) -> np.ndarray:
-        self.calls[unit] += 1
-        width = self.width_multiple * (len(unit) + 1)
-        self.buffer = np.full((self.height, width), sum(map(ord, unit)) % 256, np.uint8)
-        self.buffer[0, 0] = self.key[1]  # the key's setting changes the pixels, as it should
-        return self.buffer  # deliberately the renderer's own buffer: the cache must copy it
-
-    def cache_key(self) -> tuple:
-        return self.key
 
 
 def test_fake_renderer_satisfies_protocol():

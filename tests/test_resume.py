@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import micro_spec
+from helpers import micro_spec
 
 from ilt_core.errors import CheckpointError
 from ilt_core.modeling.model import build_model

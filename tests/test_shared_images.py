@@ -6,7 +6,7 @@ import multiprocessing
 
 import numpy as np
 import pytest
-from test_render_cache import CountingRenderer
+from helpers import CountingRenderer
 
 from ilt_core.errors import ILTError
 from ilt_core.text.render_cache import RenderCache

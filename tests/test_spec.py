@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_spec
+from helpers import tiny_spec
 
 from ilt_core.cli.main import main
 from ilt_core.errors import SpecError
@@ -189,3 +190,44 @@ def test_build_command_takes_set(tmp_path, capsys):
     assert main(["build", str(path), "--set", "max_unit_bytes=2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "max_unit_bytes" in err
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("latent_transformer.config.num_hidden_layers=-3", "latent_transformer.config.num_hidden_layers"),
+        ("bytes_decoder.config.hidden_size=0", "bytes_decoder.config.hidden_size"),
+        ("bytes_encoder.config.num_attention_heads=0", "bytes_encoder.config.num_attention_heads"),
+        ("image_encoder.config.intermediate_size=-1", "image_encoder.config.intermediate_size"),
+        ("latent_transformer.config.num_hidden_layers=2.5", "latent_transformer.config.num_hidden_layers"),
+        ("latent_transformer.config.num_hidden_layers=true", "latent_transformer.config.num_hidden_layers"),
+        ("image_encoder={component: clip:visual, vision_cfg: {layers: 0}}", "image_encoder.vision_cfg.layers"),
+        ("image_encoder={component: hf:vision, config: {depths: [1, 0]}}", "image_encoder.config.depths"),
+    ],
+)
+def test_a_size_layer_or_head_count_below_one_is_refused_naming_the_field(override, field, capsys):
+    with pytest.raises(SpecError, match=rf"^micro with --set .*: {field}: expected a (list of )?positive integer"):
+        load_spec("micro", [override])
+    assert main(["build", "micro", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and field in err and "Traceback" not in err
+
+
+def test_a_size_left_to_the_backbone_is_no_error():
+    spec = load_spec("micro", ["latent_transformer.config.head_dim=null"])
+    assert spec.latent_transformer.args["config"]["head_dim"] is None
+
+
+MIXES = Path(__file__).resolve().parents[1] / "benchmarks" / "mixes"
+
+
+def test_a_benchmark_mix_is_a_spec_its_bench_block_set_aside():
+    from ilt_bench.mixes import load_mix
+
+    mix = load_spec(MIXES / "tiny-clip.yaml")
+    assert mix.name == "tiny-clip" and mix.image_encoder.component == "clip:visual"
+    assert "bench" not in mix.to_dict()
+    # the spec ilt bench trains for that mix
+    assert parse_spec(load_mix(MIXES / "tiny-clip.yaml").spec) == mix
+    with pytest.raises(SpecError, match=r"nano-baseline-bytes.yaml: baseline: 'bytes' makes this a benchmark baseline"):
+        load_spec(MIXES / "nano-baseline-bytes.yaml")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_training import hebrew_sentences, losses, micro_spec
+from helpers import CountingRenderer, hebrew_sentences, losses, training_spec
 
 from ilt_core.errors import ILTError
 from ilt_core.text.row_collator import UnitCollator
@@ -41,7 +41,7 @@ def shards(tmp_path_factory) -> dict[str, Path]:
             texts.insert(3, " ".join(hebrew_sentences(9, offset=200)))
         (folder / f"part-{i}.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     spec = root / "micro.yaml"
-    spec.write_text(yaml.safe_dump(micro_spec(), allow_unicode=True, sort_keys=False), encoding="utf-8")
+    spec.write_text(yaml.safe_dump(training_spec(), allow_unicode=True, sort_keys=False), encoding="utf-8")
     return {"folder": folder, "spec": spec, "root": root}
 
 
@@ -49,7 +49,7 @@ def shards(tmp_path_factory) -> dict[str, Path]:
 def processor():
     from ilt_core.modeling.model import build_model
 
-    return build_model(micro_spec(), seed=0).processor
+    return build_model(training_spec(), seed=0).processor
 
 
 def stream_of(folder: Path) -> TextStream:
@@ -208,8 +208,6 @@ def same_batches(a: list[dict], b: list[dict]) -> bool:
 
 def test_two_workers_share_the_word_images_they_draw_and_make_the_same_batches(shards, monkeypatch) -> None:
     import multiprocessing
-
-    from test_render_cache import CountingRenderer
 
     from ilt_core.text.processor import ILTProcessor
     from ilt_core.training import stream_loader

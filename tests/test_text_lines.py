@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import tiny_spec
+from helpers import tiny_spec
 
 from ilt_core.cli.main import main
 from ilt_core.errors import ILTError

@@ -17,46 +17,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_spec
+from helpers import hebrew_sentences, losses, training_spec
 from ilt_data.cli import add_data_parser
 
 from ilt_core.errors import CheckpointError, ILTError
 from ilt_core.training.resume import last_complete_checkpoint
 from ilt_core.training.run import add_train_parser, run_training
 
-SUBJECTS = ["הילד", "המורה", "השכנה", "הרופא", "הנהג", "הסטודנטית"]
-VERBS = ["קורא", "כותב", "מחפש", "רואה", "אוהב", "שומע"]
-OBJECTS = ["ספר חדש", "מכתב ארוך", "שיר יפה", "את החדשות", "סיפור מצחיק", "עיתון של אתמול"]
-PLACES = ["בבית", "בגן הציבורי", "בספרייה", "בתחנה המרכזית", "ליד הים", "בעבודה"]
-
-
-def hebrew_sentences(n: int, offset: int = 0) -> list[str]:
-    """n short, regular Hebrew sentences (a pattern the micro model can start to learn in a few steps)."""
-    out = []
-    for i in range(offset, offset + n):
-        out.append(f"{SUBJECTS[i % 6]} {VERBS[(i // 6) % 6]} {OBJECTS[(i * 5) % 6]} {PLACES[(i * 7 + 1) % 6]} היום.")
-    return out
-
-
-def micro_spec() -> dict:
-    spec = tiny_spec("bytes-only")
-    spec["name"] = "micro"
-    small = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128)
-    spec["bytes_encoder"]["config"].update(
-        small, num_hidden_layers=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
-    )
-    spec["latent_transformer"]["config"].update(small, num_hidden_layers=2, max_position_embeddings=64)
-    spec["bytes_decoder"]["config"].update(
-        small, num_hidden_layers=1, num_key_value_heads=2, max_position_embeddings=64
-    )
-    return spec
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("corpus")
     spec = root / "micro.yaml"
-    spec.write_text(yaml.safe_dump(micro_spec(), allow_unicode=True, sort_keys=False), encoding="utf-8")
+    spec.write_text(yaml.safe_dump(training_spec(), allow_unicode=True, sort_keys=False), encoding="utf-8")
     train = hebrew_sentences(36)
     # a blank line, a whitespace-only line and one enormous line (split into several blocks)
     lines = train[:10] + ["", "   "] + train[10:] + [" ".join(train[:12])]
@@ -83,10 +56,6 @@ def base_args(corpus: dict[str, Path], out: Path, *extra: str) -> list[str]:
         "--seed", "0",
         *extra,
     ]  # fmt: skip
-
-
-def losses(log_history: list[dict]) -> dict[int, float]:
-    return {h["step"]: h["loss"] for h in log_history if "loss" in h}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,7 +129,7 @@ def test_interrupt_then_resume_continues_the_same_loss_curve(corpus, tmp_path) -
 def test_resume_from_a_checkpoint_of_another_spec_is_one_clear_error(corpus, tmp_path) -> None:
     from ilt_core.modeling.model import build_model
 
-    other = micro_spec()
+    other = training_spec()
     other["latent_transformer"]["config"]["num_hidden_layers"] = 1
     ckpt = tmp_path / "checkpoint-2"
     build_model(other, seed=0).save_pretrained(ckpt)
@@ -389,20 +358,15 @@ def test_unknown_recipe_is_one_clear_line(capsys) -> None:
 def train_two_ranks(argv: list[str]) -> subprocess.CompletedProcess:
     """``ilt train argv`` as 2 torchrun processes on the CPU (gloo); asserts it ended well.
 
-    A rank used to abort now and then with "terminate called without an active exception" (about 1 of 3 full
-    `make test` runs on 2026-12-01, 1 of 60 loops of this run alone under load): after training had finished,
-    while the interpreter shut down with the gloo process group alive (its log was complete). `ilt train` now
-    destroys the process group before it exits (`cmd_train`): since then `benchmarks/torchrun_repeat.py --runs 60`
-    with two CPU-bound processes alongside gave 60 clean runs, and 80 more (the first 48 beside a `make test`) no abort.
-    Until that has held over more runs, a run that aborts that way is started once more; any other failure, or a
-    second abort, fails the test.
+    No second try: a rank that aborts at shutdown ("terminate called without an active exception", gloo's threads
+    alive while the interpreter exits) fails the test. `ilt train` destroys its process group before it exits
+    (`cmd_train`) so that it does not happen.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    path = [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, path))}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command += ["-m", "ilt_core.cli", "train", *argv]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0 and "terminate called without an active exception" in done.stderr:
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import micro_spec
+from helpers import micro_spec
 
 from ilt_core.errors import ILTError
 from ilt_core.evaluation import text_blocks

@@ -1,9 +1,10 @@
-"""Memory of a training step: the process reuses freed pages for speed, or returns them with checkpointing.
+"""Memory of a training step: ``ilt train --cpu_malloc reuse`` reuses freed pages, ``return`` gives them back, and
+nothing else (building, a training step, activation checkpointing) touches the C library's settings.
 
-Each check runs in a fresh interpreter (the C library's allocation settings are process-wide and sticky), and
-measures bytes and page faults, not time: large blocks like a step's activations are allocated and freed, and the
-process's resident memory must drop by what was freed (memory-saving configuration), or a block allocated again
-must reuse the freed pages without faulting them in afresh (a training forward's default).
+Each check runs in a fresh interpreter (the C library's allocation settings are process-wide), and measures bytes
+and page faults, not time: large blocks like a step's activations are allocated and freed, and the process's
+resident memory must drop by what was freed (``return``), or a block allocated again must reuse the freed pages
+without faulting them in afresh (``reuse``).
 """
 
 from __future__ import annotations
@@ -13,24 +14,25 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 PROBE = textwrap.dedent(
     """
     import json, resource, sys, torch
+    from ilt_core.modeling.memory import set_cpu_malloc
     from ilt_core.modeling.model import build_model
     from ilt_core.specs.spec import spec_variant
 
-    mode = sys.argv[1]
+    mode, malloc = sys.argv[1], sys.argv[2]
+    undo = set_cpu_malloc(malloc)
     spec = spec_variant("micro", "bytes-only", modality_dropout=0.0)
-    spec["activation_checkpointing"] = mode == "checkpointed"
-    model = build_model(spec, seed=0)
-    inputs = model.processor(["a short text to train on, twice.", "another one"]).model_inputs()
-    if mode in ("checkpointed", "train"):
+    spec["activation_checkpointing"] = mode == "built"  # built with checkpointing on (no step: glibc's
+    model = build_model(spec, seed=0)  # threshold then stays where it starts, below 3 MiB blocks)
+    if mode in ("train", "undone"):  # a training step
         model.train()
-        model(**inputs).loss.backward()
-    elif mode == "eval":
-        model.eval()
-        with torch.no_grad():
-            model(**inputs)
+        model(**model.processor(["a short text to train on, twice.", "another one"]).model_inputs()).loss.backward()
+    if mode == "undone":
+        undo()
 
     def rss():
         with open("/proc/self/statm") as f:
@@ -62,30 +64,49 @@ PROBE = textwrap.dedent(
 )
 
 
-def probe(mode: str) -> dict[str, int]:
-    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=False)
+def probe(mode: str, malloc: str = "default") -> dict[str, int]:
+    done = subprocess.run([sys.executable, "-c", PROBE, mode, malloc], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_activation_checkpointing_returns_freed_activations_to_the_system():
-    on = probe("checkpointed")  # a training step ran too: it must not switch the process back to keeping them
-    assert on["dropped"] >= 0.9 * on["freed"], on
-    # without it, the same blocks stay resident: the setting is what returns them
-    off = probe("plain")
+def returned(r: dict[str, int]) -> bool:
+    """The freed 3 MiB blocks left the process."""
+    return r["dropped"] >= 0.9 * r["freed"]
+
+
+def reused(r: dict[str, int]) -> bool:
+    """The 48 MiB block came back without faulting its pages in again."""
+    return r["faults"] <= 0.05 * r["pages"]
+
+
+def test_return_gives_freed_activations_back_to_the_system():
+    on = probe("built", "return")
+    assert returned(on) and not reused(on), on
+    # a model built with activation checkpointing does not do it by itself: the freed blocks stay resident
+    off = probe("built")
     assert off["dropped"] <= 0.5 * off["freed"], off
 
 
-def test_training_forward_reuses_freed_pages():
-    train = probe("train")
-    assert train["faults"] <= 0.05 * train["pages"], train
-    # inference leaves the C library's default: a block that large is mapped afresh, every page faulted in
-    inference = probe("eval")
-    assert inference["faults"] >= 0.9 * inference["pages"], inference
+def test_reuse_keeps_freed_pages_for_the_next_step():
+    assert reused(probe("train", "reuse"))
+    # a training step does not do it by itself: a block that large is mapped afresh, every page faulted in
+    r = probe("train")
+    assert r["faults"] >= 0.9 * r["pages"], r
 
 
-def test_memory_settings_report_whether_they_applied():
-    from ilt_core.modeling import memory
+def test_what_set_cpu_malloc_returns_undoes_it():
+    r = probe("undone", "reuse")  # glibc's defaults back (its threshold fixed at 128 KiB): both blocks unmapped
+    assert not reused(r) and returned(r), r
 
-    assert memory.return_freed_memory() == (memory._libc() is not None)
-    assert not memory.keep_freed_memory()  # returning memory was asked first: it stays
+
+def test_ilt_train_sets_the_option_once_and_undoes_it_on_return(monkeypatch):
+    from ilt_core.errors import ILTError
+    from ilt_core.training import run
+
+    calls = []
+    monkeypatch.setattr(run, "set_cpu_malloc", lambda policy: calls.append(policy) or (lambda: calls.append("undo")))
+    with pytest.raises(ILTError, match="max_train_minutes"):  # a bad argument after the start: undone all the same
+        run.run_training(["--model_spec", "micro", "--output_dir", "x", "--cpu_malloc", "reuse"]
+                         + ["--max_train_minutes", "-1"])  # fmt: skip
+    assert calls == ["reuse", "undo"]

@@ -8,7 +8,7 @@ positions.
 from __future__ import annotations
 
 import torch
-from conftest import micro_spec
+from helpers import micro_spec
 
 from ilt_core.modeling.model import build_model
 from ilt_core.text.byte_tokenizer import PAD_ID

@@ -29,6 +29,7 @@ from ilt_core.errors import ILTError, run_user_command
 from ilt_core.evaluation import bits_per_byte
 from ilt_core.modeling.model import ILTModel, build_model
 from ilt_core.modeling.parameters import component_parameter_counts
+from ilt_core.modeling.products import set_openblas_threads
 from ilt_core.plugins.registry import BuildContext, get_registry
 from ilt_core.specs.spec import list_presets, load_spec
 from ilt_core.text.lines import read_text_lines
@@ -234,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``ilt`` command. Without ``argv`` this process is the command (the console script, ``python -m
+    ilt_core.cli``), and it sets numpy's OpenBLAS to one thread first (the linear layers' products split over
+    torch's threads themselves: :func:`ilt_core.modeling.products.set_openblas_threads`); with ``argv`` (a call from
+    Python) it changes no process-wide setting."""
+    if argv is None:
+        set_openblas_threads(1)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "render" and args.renderer in ("freetype", "cairo"):

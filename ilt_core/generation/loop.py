@@ -31,6 +31,7 @@ string found in the continuation.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,7 +99,15 @@ class GenerationSession:
 
     It may be entered and left many times (streaming enters it around each step only, so nothing leaks into the
     caller's code between yields): the seeded random state carries on from one entry to the next.
+
+    Generation calls may run on several threads at once, each giving what it gives alone: a session that must
+    change state the threads share (torch's global random state for a seed, the model's training mode) holds
+    :data:`SHARED_STATE` while entered, so such sessions take turns; greedy decoding of a model in eval mode holds
+    nothing (the intra-op thread count is the calling thread's own).
     """
+
+    #: Held by every session entered with a seed or on a model in training mode.
+    SHARED_STATE = threading.RLock()
 
     def __init__(self, model: Any, seed: int | None, rows: int = 1) -> None:
         self.model, self.seed = model, seed
@@ -116,6 +125,9 @@ class GenerationSession:
             torch.cuda.set_rng_state(state[1], self.cuda)
 
     def __enter__(self) -> GenerationSession:
+        self.locked = self.seed is not None or self.model.training
+        if self.locked:
+            self.SHARED_STATE.acquire()
         self.threads = torch.get_num_threads()
         if self.one_thread and self.threads > 1:
             torch.set_num_threads(1)
@@ -141,6 +153,8 @@ class GenerationSession:
             self.model.train()
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
+        if self.locked:
+            self.SHARED_STATE.release()
 
 
 def _prompts_to_hypotheses(model: Any, prompts: list[str]) -> list[Hypothesis]:

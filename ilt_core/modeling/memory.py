@@ -1,25 +1,26 @@
-"""Process memory of a training step: where the C library puts large tensors, set for speed or for memory.
+"""Where the C library puts a CPU training step's large tensors: an opt-in, process-wide setting of ``ilt train``.
 
 torch's CPU tensors come from the C library's ``malloc``. glibc serves a block above a threshold with its own
 ``mmap`` and unmaps it at ``free``; it raises that threshold to the size of each such block freed, up to 32 MiB.
 A training step allocates and frees large activations over and over, so by default it pays both ways:
 
 - blocks above 32 MiB (the bytes decoder's ``(M * K, intermediate)`` activations: 42 MB on the reference setup,
-  batch 8 x 64 words) are mapped afresh at every allocation: every page faults and is zeroed by the kernel; there a
-  step took 240,000-270,000 page faults, 0.6 of its 4.9 CPU seconds in the kernel;
+  batch 8 x 64 words) are mapped afresh at every allocation: every page faults and is zeroed by the kernel;
 - smaller ones come from the heap, which keeps what is freed in its middle: peak RSS holds every activation a step
   ever freed, fragmented, not only the live ones.
 
-So a training process picks one of two settings (process-wide, glibc only; results never change):
+``ilt train --cpu_malloc`` picks one of three settings for its process, once, at start-up (results never change):
 
-- :func:`keep_freed_memory` (for speed: the default of a training forward, see ``ILTModel.forward``): nothing is
-  mapped by itself and the heap is never trimmed, so a step reuses the pages of the last one: no page faults after
-  the first step (CPU seconds of a reference step 4.86 -> 4.44, two interleaved rounds), peak RSS +1-4%.
-- :func:`return_freed_memory` (for memory: with activation checkpointing): blocks above 1 MiB are mapped by
-  themselves and unmapped when freed, so RSS follows the live tensors (reference setup, checkpointed: peak RSS
-  2.4 GB -> 1.7 GB; live tensors peak ~1.6 GB), at the price of the page faults.
+- ``default``: the C library's own settings, untouched (the default: nothing in ILT changes the allocator unless
+  asked; building, calling and training a model never does);
+- ``reuse`` (:func:`keep_freed_memory`, for speed): nothing is mapped by itself and the heap is never trimmed, so a
+  step reuses the pages of the last one: no page faults after the first step, peak RSS a little higher;
+- ``return`` (:func:`return_freed_memory`, for memory, e.g. with activation checkpointing): blocks above 1 MiB are
+  mapped by themselves and unmapped when freed, so RSS follows the live tensors, at the price of the page faults.
 
-The first one asked for stays: a process that enabled checkpointing keeps returning memory.
+:func:`set_cpu_malloc` applies one and returns what undoes it; :func:`restore_defaults` puts glibc's documented
+defaults back (glibc has no call that reads its settings, and once any is set its threshold no longer adapts).
+Only glibc has these settings: elsewhere (musl, macOS, Windows) nothing changes.
 """
 
 from __future__ import annotations
@@ -27,22 +28,25 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+from collections.abc import Callable
+
+#: ``ilt train --cpu_malloc`` values.
+CPU_MALLOC = ("default", "reuse", "return")
 
 # glibc's mallopt parameter numbers (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
-#: glibc's default of M_MMAP_MAX (how many blocks may be mapped by themselves at once)
+#: glibc's defaults (mallopt(3)): how many blocks may be mapped by themselves at once, the size above which a block
+#: is (its starting value: the threshold then adapts), and the free bytes at the heap's top that trigger a trim
 DEFAULT_MMAP_MAX = 65536
-#: blocks above this many bytes are mapped for themselves and unmapped when freed (a 64 x 32 x 256 float32
-#: activation is 2 MiB; smaller blocks stay in the heap, where reuse is cheap)
-DEFAULT_THRESHOLD = 1 << 20
-#: glibc's default: the heap is trimmed when this much is free at its top (memory-saving setting)
+DEFAULT_MMAP_THRESHOLD = 128 * 1024
 DEFAULT_TRIM_THRESHOLD = 128 * 1024
-#: the heap is trimmed only when this much is free at its top: never, in practice
+#: ``return``: blocks above this many bytes are mapped for themselves and unmapped when freed (a 64 x 32 x 256
+#: float32 activation is 2 MiB; smaller blocks stay in the heap, where reuse is cheap)
+RETURN_THRESHOLD = 1 << 20
+#: ``reuse``: the heap is trimmed only when this much is free at its top: never, in practice
 NEVER_TRIM = 1 << 62
-
-_chosen: list[str] = []  # the policy set in this process, if any
 
 
 @functools.cache
@@ -52,46 +56,55 @@ def _libc() -> ctypes.CDLL | None:
         libc = ctypes.CDLL(name) if name else None
     except OSError:
         return None
-    return libc if libc is not None and hasattr(libc, "mallopt") else None
-
-
-def _mallopt(libc: ctypes.CDLL, param: int, value: int) -> bool:
+    if libc is None or not hasattr(libc, "mallopt"):
+        return None
     libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     libc.mallopt.restype = ctypes.c_int
-    return bool(libc.mallopt(param, min(int(value), 2**31 - 1)))
+    return libc
 
 
-def keep_defaults() -> None:
-    """Leave the C library's settings as they are in this process: :func:`keep_freed_memory` then changes nothing
-    (for comparisons: ``benchmarks/bench_model.py --page-faults-ab``)."""
-    _chosen[:] = ["defaults"]
-
-
-def return_freed_memory(threshold: int = DEFAULT_THRESHOLD) -> bool:
-    """For memory: the C library maps every block above ``threshold`` bytes by itself and unmaps it when freed.
-
-    Process-wide; it overrides :func:`keep_freed_memory` and stays for the process's life. Returns False, changing
-    nothing, where the C library is not glibc (musl, macOS, Windows).
-    """
+def _mallopt(*settings: tuple[int, int]) -> bool:
     libc = _libc()
     if libc is None:
         return False
-    _chosen[:] = ["return"]
-    done = _mallopt(libc, M_MMAP_MAX, DEFAULT_MMAP_MAX) and _mallopt(libc, M_MMAP_THRESHOLD, threshold)
-    return done and _mallopt(libc, M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+    return all([bool(libc.mallopt(param, min(int(value), 2**31 - 1))) for param, value in settings])
+
+
+def return_freed_memory(threshold: int = RETURN_THRESHOLD) -> bool:
+    """``return``: the C library maps every block above ``threshold`` bytes by itself and unmaps it when freed.
+
+    Process-wide. Returns False, changing nothing, where the C library is not glibc.
+    """
+    return _mallopt(
+        (M_MMAP_MAX, DEFAULT_MMAP_MAX), (M_MMAP_THRESHOLD, threshold), (M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+    )
 
 
 def keep_freed_memory() -> bool:
-    """For speed: the C library maps no block by itself and never trims the heap, so freed pages are reused.
+    """``reuse``: the C library maps no block by itself and never trims the heap, so freed pages are reused.
 
-    Process-wide and once: it does nothing after :func:`return_freed_memory` (or a first call). Returns whether this
-    setting is in force; False where the C library is not glibc.
+    Process-wide. Returns False, changing nothing, where the C library is not glibc.
     """
-    libc = _libc()
-    if libc is None or _chosen == ["return"]:
-        return False
-    if not _chosen:
-        _chosen[:] = ["keep"]
-        _mallopt(libc, M_MMAP_MAX, 0)
-        _mallopt(libc, M_TRIM_THRESHOLD, NEVER_TRIM)
-    return True
+    return _mallopt((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM))
+
+
+def restore_defaults() -> bool:
+    """glibc's documented defaults back (the mapping threshold fixed at its starting value from now on)."""
+    return _mallopt(
+        (M_MMAP_MAX, DEFAULT_MMAP_MAX),
+        (M_MMAP_THRESHOLD, DEFAULT_MMAP_THRESHOLD),
+        (M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD),
+    )
+
+
+def set_cpu_malloc(policy: str) -> Callable[[], object]:
+    """Apply ``policy`` (one of :data:`CPU_MALLOC`) to this process; returns the call that undoes it.
+
+    ``default`` changes nothing (and its undo does nothing). A ``ValueError`` names an unknown policy.
+    """
+    if policy not in CPU_MALLOC:
+        raise ValueError(f"--cpu_malloc {policy!r}: expected one of {', '.join(CPU_MALLOC)}")
+    if policy == "default":
+        return lambda: None
+    applied = keep_freed_memory() if policy == "reuse" else return_freed_memory()
+    return restore_defaults if applied else (lambda: None)

@@ -26,10 +26,10 @@ from ilt_core.generation.loop import generate
 from ilt_core.generation.options import GenerationOptions
 from ilt_core.modeling.card import source_licenses
 from ilt_core.modeling.config import ILTConfig, resolve_spec
-from ilt_core.modeling.memory import keep_freed_memory, return_freed_memory
 from ilt_core.modeling.parameters import count_parameters
 from ilt_core.modeling.pretrained import GENERATION_DEFAULTS, PretrainedIO
 from ilt_core.modeling.products import set_cpu_products
+from ilt_core.modeling.random_state import random_state_kept
 from ilt_core.plugins.registry import BuildContext, get_registry
 from ilt_core.specs.spec import ModelSpec, check_components, load_spec
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
@@ -212,14 +212,10 @@ class ILTModel(PretrainedIO, PreTrainedModel):
         ``Trainer`` calls this for ``--activation_checkpointing`` (or the older
         ``--gradient_checkpointing``); the spec field ``activation_checkpointing: true`` does it at build time.
         Only active in training mode. ``every_n_layers`` and ``offload`` are hints a component may ignore.
-        The activations it frees must also leave the process: on glibc, blocks above 1 MiB are then unmapped
-        when freed (:func:`ilt_core.modeling.memory.return_freed_memory`, process-wide).
+        For the freed activations to leave the process on glibc, ``ilt train --cpu_malloc return``.
         """
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
-        roles = self._set_checkpointing(True, kwargs, every_n_layers, offload)
-        if roles:
-            return_freed_memory()
-        return roles
+        return self._set_checkpointing(True, kwargs, every_n_layers, offload)
 
     def activation_checkpointing_disable(self) -> list[str]:
         """Undo :meth:`activation_checkpointing_enable`."""
@@ -358,12 +354,7 @@ class ILTModel(PretrainedIO, PreTrainedModel):
         ``fixed``: the batch has fixed shapes (``FixedShapes``): then no step reads a device value back (the latent
         gets a block-causal mask, every position is decoded, the loss divides by a count kept on the device), so the
         forward compiles whole; ``logits`` are then ``(B * L, K, V)`` and ``num_label_tokens`` a tensor.
-
-        A training forward (train mode, gradients on) sets the process to reuse freed pages
-        (:func:`ilt_core.modeling.memory.keep_freed_memory`) unless activation checkpointing asked to return them.
         """
-        if self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            keep_freed_memory()  # no page faults in every step for its large activations
         device = self.encoder_mapping.weight.device
         packed = (image_patches, image_positions, image_segments, image_cls) if image_patches is not None else None
         unit_embeds = self.encode_units(unit_input_ids, unit_attention_mask, image_groups, packed)
@@ -451,10 +442,16 @@ class ILTModel(PretrainedIO, PreTrainedModel):
 
 
 def build_model(spec: ModelSpec | str | Path | dict, seed: int | None = None) -> ILTModel:
-    """Build a model from a spec, preset name or YAML path, with random weights unless pretrained."""
-    if seed is not None:
+    """Build a model from a spec, preset name or YAML path, with random weights unless pretrained.
+
+    With ``seed`` the weights are drawn from that seed and the caller's random state is left as it was; without,
+    they are drawn from torch's random state (as ``nn.Linear(...)`` draws them).
+    """
+    if seed is None:
+        return ILTModel(spec)
+    with random_state_kept():
         torch.manual_seed(seed)
-    return ILTModel(spec)
+        return ILTModel(spec)
 
 
 __all__ = [

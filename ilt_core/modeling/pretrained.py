@@ -24,6 +24,7 @@ from ilt_core.errors import CheckpointError, ILTError
 from ilt_core.modeling import checkpoint as ckpt
 from ilt_core.modeling.card import model_card
 from ilt_core.modeling.config import ILTConfig, renderer_key_differences, renderer_key_json
+from ilt_core.modeling.random_state import keeps_random_state
 from ilt_core.specs.spec import load_spec
 
 # word-level defaults of ILTModel.generate (generation_config.json); keyword options of ilt_core.generation.generate
@@ -162,6 +163,7 @@ class PretrainedIO:
 
     # ---- loading ------------------------------------------------------------------------
     @classmethod
+    @keeps_random_state  # building the components draws numbers that the loaded weights then replace
     def from_pretrained(
         cls: type[_Model],
         pretrained_model_name_or_path: str | Path,

@@ -50,22 +50,27 @@ def _openblas_threads() -> tuple[Callable[[int], None], Callable[[], int]] | Non
     return None
 
 
-class _OneOpenBLASThread:
-    """Within it, OpenBLAS runs each call on the calling thread alone (its setting is restored on exit).
+def openblas_threads() -> int | None:
+    """numpy's OpenBLAS thread count (None: numpy does not use OpenBLAS, or it is not loaded yet)."""
+    found = _openblas_threads()
+    return found[1]() if found is not None else None
 
-    OpenBLAS's own pool threads spin for a while after each product (``OPENBLAS_THREAD_TIMEOUT``, read once at
-    start-up), taking a core from the torch operations that follow; our split (:func:`numpy_matmul`) uses threads that sleep.
+
+def set_openblas_threads(n: int) -> int | None:
+    """Set numpy's OpenBLAS thread count, for the whole process; returns the count before (None: no OpenBLAS).
+
+    For a process's start-up, never inside a library call: the ``ilt`` command sets 1, so that each product runs
+    on the calling thread and :func:`numpy_matmul` splits large ones over torch's threads itself (OpenBLAS's own
+    threads spin for a while after each product, ``OPENBLAS_THREAD_TIMEOUT``, taking a core from the torch
+    operations that follow). ``OPENBLAS_NUM_THREADS=1`` or ``threadpoolctl`` do the same from outside.
     """
-
-    def __enter__(self) -> None:
-        found = _openblas_threads()
-        self.before = found[1]() if found is not None else 1
-        if self.before != 1:
-            found[0](1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.before != 1:
-            _openblas_threads()[0](self.before)
+    found = _openblas_threads()
+    if found is None:
+        return None
+    before = found[1]()
+    if before != n:
+        found[0](n)
+    return before
 
 
 #: Products of fewer multiply-adds run on the calling thread alone (a split costs ~50 us of hand-over).
@@ -108,15 +113,17 @@ def numpy_call_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def numpy_matmul(a: torch.Tensor, b: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``a (M, K) @ b (K, N)`` through ``numpy.matmul`` -> a new float32 tensor ``(M, N)``.
 
-    A transposed view is passed to BLAS as transposed (no copy). Large products are split by output rows over
-    torch's intra-op thread count: one part on this thread, the others on pool threads, each a one-thread BLAS call.
+    A transposed view is passed to BLAS as transposed (no copy). Where OpenBLAS runs on one thread
+    (:func:`set_openblas_threads`), large products are split by output rows over torch's intra-op thread count: one
+    part on this thread, the others on pool threads, each a one-thread BLAS call; where it has threads of its own,
+    it splits them itself. Neither thread count is changed here.
     """
     a_np = a.detach().numpy()
     b_np = b if isinstance(b, np.ndarray) else b.detach().numpy()
     rows = a_np.shape[0]
     out = np.empty((rows, b_np.shape[1]), dtype=np.float32)
     n = min(torch.get_num_threads(), rows // 16)
-    if n < 2 or rows * a_np.shape[1] * b_np.shape[1] < SPLIT_MIN_MULTIPLY_ADDS:
+    if n < 2 or rows * a_np.shape[1] * b_np.shape[1] < SPLIT_MIN_MULTIPLY_ADDS or (openblas_threads() or 1) > 1:
         np.matmul(a_np, b_np, out=out)
         return torch.from_numpy(out)
     cuts = [rows * i // n for i in range(n + 1)]
@@ -134,8 +141,7 @@ class _NumpyLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         x2 = x.detach().reshape(-1, x.shape[-1]).contiguous()  # (M, in)
-        with _OneOpenBLASThread():
-            out = numpy_matmul(x2, weight.detach().numpy().T)  # (M, out)
+        out = numpy_matmul(x2, weight.detach().numpy().T)  # (M, out)
         # reshaped in numpy: a torch view would be an autograd view, which an in-place op on the output (SwinV2's
         # ReLU in its position-bias MLP) refuses
         out = torch.from_numpy(out.numpy().reshape(*x.shape[:-1], weight.shape[0]))
@@ -151,11 +157,10 @@ class _NumpyLinearFunction(torch.autograd.Function):
         x2, weight = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1]).contiguous()  # (M, out)
         grad_x = grad_w = grad_b = None
-        with _OneOpenBLASThread():
-            if ctx.needs_input_grad[0]:
-                grad_x = numpy_matmul(g2, weight.detach().numpy()).view(ctx.x_shape)  # (M, out) @ (out, in)
-            if ctx.needs_input_grad[1]:
-                grad_w = numpy_matmul(g2.t(), x2.numpy())  # (out, M) @ (M, in)
+        if ctx.needs_input_grad[0]:
+            grad_x = numpy_matmul(g2, weight.detach().numpy()).view(ctx.x_shape)  # (M, out) @ (out, in)
+        if ctx.needs_input_grad[1]:
+            grad_w = numpy_matmul(g2.t(), x2.numpy())  # (out, M) @ (M, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g2.sum(0)
         return grad_x, grad_w, grad_b

@@ -128,10 +128,45 @@ def _prefer_block_errors(lines: list[str]) -> list[str]:
     return kept
 
 
+#: Fields of a component block (at any depth: ``config``, ``vision_cfg``) that count sizes, layers, heads or
+#: positions: a value there must be a positive integer (or a list of them), None where the backbone derives it.
+SIZE_FIELDS = frozenset(
+    """hidden_size intermediate_size num_hidden_layers num_attention_heads num_key_value_heads head_dim
+    n_embd n_layer n_head n_inner n_positions max_position_embeddings d_model d_ff d_kv num_layers num_heads
+    encoder_layers decoder_layers encoder_attention_heads decoder_attention_heads encoder_ffn_dim decoder_ffn_dim
+    embed_dim depth depths layers width heads head_width patch_size image_size hidden_dim ffn_dim""".split()
+)
+
+
+def _check_sizes(value: Any, path: str, source: str) -> None:
+    """One :class:`SpecError` line for the first size, layer or head count below 1 in a block (see SIZE_FIELDS)."""
+    if isinstance(value, dict):
+        for key, child in value.items():
+            here = f"{path}.{key}"
+            if key in SIZE_FIELDS and child is not None:
+                items = child if isinstance(child, list) else [child]
+                if not items or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in items):
+                    expected = "a list of positive integers" if isinstance(child, list) else "a positive integer"
+                    raise SpecError(f"{source}: {here}: expected {expected}, got {child!r}")
+            else:
+                _check_sizes(child, here, source)
+
+
 def parse_spec(data: Any, source: str = "<spec>") -> ModelSpec:
-    """Validate an already-loaded YAML mapping; errors name ``source`` and the field path."""
+    """Validate an already-loaded YAML mapping; errors name ``source`` and the field path.
+
+    A benchmark mix (``benchmarks/mixes/*.yaml``) is a spec too: its ``bench`` block is set aside; a baseline mix
+    (``baseline: bytes``) is not an ILT model and is refused. A size, layer or head count below 1 in a role's block
+    (``latent_transformer.config.num_hidden_layers``) is refused with the field named.
+    """
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping with the blocks {', '.join(ROLES)}, got {type(data).__name__}")
+    if "baseline" in data:
+        raise SpecError(
+            f"{source}: baseline: {data['baseline']!r} makes this a benchmark baseline, not an ILT spec "
+            "(`ilt bench --mixes` trains it)"
+        )
+    data = {k: v for k, v in data.items() if k != "bench"}  # a benchmark mix's own settings
     for role in ROLES:
         value = data.get(role)
         if value is True:
@@ -141,9 +176,14 @@ def parse_spec(data: Any, source: str = "<spec>") -> ModelSpec:
                 f"{source}: {role}: expected a block like '{{component: {value}}}', got the string {value!r}"
             )
     try:
-        return ModelSpec.model_validate(data)
+        spec = ModelSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_format_validation_error(source, exc)) from None
+    for role in ROLES:
+        block = spec.block(role)
+        if block is not None:
+            _check_sizes(block.args, role, source)
+    return spec
 
 
 def list_presets() -> list[str]:

@@ -70,6 +70,14 @@ class RenderCache:
         self.shared: SharedImages | None = None
         self._shared_key_id = -1
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a model saved with ``pickle``, a processor sent to a spawned worker): the renderer and the
+        limits; the images, counts, lock and shared store stay in this process."""
+        return {"renderer": self.renderer, "maxsize": self.maxsize, "max_bytes": self._max_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["renderer"], state["maxsize"], state["max_bytes"])
+
     def share(self, store: SharedImages | None) -> None:
         """Look units up in ``store`` and publish new images there (None: stop).
 

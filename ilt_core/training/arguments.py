@@ -151,6 +151,16 @@ class ILTArguments:
             f"share one store of this size, each drawing a word only if no other has"
         },
     )
+    cpu_malloc: str = field(
+        default="default",
+        metadata={
+            "choices": ["default", "reuse", "return"],
+            "help": "where the C library (glibc) puts this process's large CPU tensors, set once at start-up: "
+            "default = its own settings; reuse = freed pages are kept and reused (no page faults per step: faster, "
+            "peak RSS a little higher); return = blocks above 1 MiB go back to the system when freed (RSS follows "
+            "the live tensors, e.g. with --activation_checkpointing; slower)",
+        },
+    )
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, ILTArguments)

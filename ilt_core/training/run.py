@@ -90,7 +90,9 @@ from typing import Any
 import torch
 
 from ilt_core.errors import ILTError
+from ilt_core.modeling.memory import set_cpu_malloc
 from ilt_core.modeling.model import ILTModel, build_model
+from ilt_core.modeling.products import set_openblas_threads
 from ilt_core.specs.spec import load_spec
 from ilt_core.text.row_collator import make_collator
 from ilt_core.training.arguments import (
@@ -177,11 +179,28 @@ class TrainResult:
 
 
 def run_training(argv: list[str] | None = None, callbacks: list[Any] | None = None) -> TrainResult:
-    """``ilt train`` with the given arguments; every input check runs before the first step."""
+    """``ilt train`` with the given arguments; every input check runs before the first step.
+
+    The process-wide settings of a training run are made here, before anything else, and undone on return:
+    ``--cpu_malloc``, and numpy's OpenBLAS on one thread (the linear layers' products split over torch's threads
+    themselves: :func:`ilt_core.modeling.products.set_openblas_threads`).
+    """
+    parsed = parse_train_args(argv)
+    undo_malloc = set_cpu_malloc(parsed[2].cpu_malloc)
+    openblas_before = set_openblas_threads(1)
+    try:
+        return _run_training(parsed, argv, callbacks)
+    finally:
+        undo_malloc()
+        if openblas_before is not None:
+            set_openblas_threads(openblas_before)
+
+
+def _run_training(parsed: tuple[Any, ...], argv: list[str] | None, callbacks: list[Any] | None) -> TrainResult:
     import transformers
     from transformers import set_seed
 
-    margs, data, ilt, training_args = parse_train_args(argv)
+    margs, data, ilt, training_args = parsed
 
     def say(message: str) -> None:
         if training_args.process_index == 0:

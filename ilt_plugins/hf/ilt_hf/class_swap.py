@@ -1,8 +1,9 @@
 """Switching layers of a built transformers model to a subclass with another ``forward``, in place.
 
 The switched layer keeps its parameters, buffers, state dict and ``isinstance``; only ``type(layer)`` changes, to a
-subclass named ``Fast<Class>`` that is registered in the module giving the new forward, so that pickling a switched
-model finds it (``fast_norm.py``, ``fast_rope.py``).
+subclass named ``Fast<Class>`` that is registered in the module giving the new forward (``fast_norm.py``,
+``fast_rope.py``). A switched layer pickles as "make ``Fast<Class>`` from the class and the forward, then fill it":
+a fresh process that never switched a layer unpickles it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,22 @@ __all__ = ["fast_class", "swap_classes"]
 def fast_class(cls: type, forward: Callable[..., Any], module_name: str) -> type:
     """The subclass ``Fast<cls>`` of ``cls`` with ``forward``, registered as an attribute of ``module_name``."""
     name = f"Fast{cls.__name__}"
-    fast = type(name, (cls,), {"forward": forward, "__module__": module_name, "__qualname__": name})
+
+    def __reduce_ex__(self: nn.Module, protocol: Any) -> tuple:
+        # object's reduction names the class by its qualified name, which a fresh process has not made yet
+        reduced = super(fast, self).__reduce_ex__(protocol)
+        return (_new_switched, (cls, forward, module_name), *reduced[2:])
+
+    namespace = {"forward": forward, "__module__": module_name, "__qualname__": name, "__reduce_ex__": __reduce_ex__}
+    fast = type(name, (cls,), namespace)
     setattr(sys.modules[module_name], name, fast)
     return fast
+
+
+def _new_switched(cls: type, forward: Callable[..., Any], module_name: str) -> nn.Module:
+    """An empty instance of ``Fast<cls>`` (unpickling fills it), the class made first where it is not yet."""
+    fast = fast_class(cls, forward, module_name)
+    return fast.__new__(fast)
 
 
 def swap_classes(

@@ -131,7 +131,12 @@ def _rebound_forward(cls: type) -> Any:
 def _forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     # a KV cache (generation), anything passed by position past the embeddings, or a graph being compiled:
     # transformers' forward, as is
-    if not torch.compiler.is_compiling() and len(args) <= 2 and kwargs.get("cache") is None and kwargs.get("past_key_values") is None:
+    if (
+        not torch.compiler.is_compiling()
+        and len(args) <= 2
+        and kwargs.get("cache") is None
+        and kwargs.get("past_key_values") is None
+    ):
         return _rebound_forward(type(self).__mro__[1])(self, *args, **kwargs)
     return super(type(self), self).forward(*args, **kwargs)
 

@@ -7,9 +7,13 @@ concatenations are keyed by every parameter's storage and version counter and re
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from torch import nn
+
+#: One build at a time: threads generating with one model at once find the weights built by the first.
+_BUILDING = threading.Lock()
 
 
 class FusedWeights:
@@ -26,5 +30,7 @@ class FusedWeights:
         """Rebuild from ``model`` unless no parameter changed since the last build."""
         key = tuple((p.data_ptr(), p._version) for p in model.parameters())
         if key != self.key:
-            self.build(model)
-            self.key = key
+            with _BUILDING:
+                if key != self.key:  # another thread may have built them meanwhile
+                    self.build(model)
+                    self.key = key

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         rows, row_units = (int(x) for x in size.split("x"))
         data = batches(model, texts, rows, row_units, args.compile_batches + 1)
-        shapes = processor.fixed_shapes(rows=rows, row_units=row_units, image_packing=model.image_packing)
+        shapes = model.fixed_shapes(rows=rows, row_units=row_units)
         collate = {
             "dynamic": lambda b, r=row_units: processor.collate(b, packing=True, max_units=r).model_inputs(),
             "fixed": lambda b, s=shapes: processor.collate(b, packing=True, shapes=s).model_inputs(),

@@ -36,9 +36,8 @@ def units(model, texts):
 
 
 def fixed_batch(model, texts, rows=4, row_units=48, shapes=None):
-    processor = model.processor.with_pixels("uint8")
-    shapes = shapes or processor.fixed_shapes(rows=rows, row_units=row_units, image_packing=model.image_packing)
-    return processor.collate(units(model, texts), packing=True, shapes=shapes), shapes
+    shapes = shapes or model.fixed_shapes(rows=rows, row_units=row_units)
+    return model.processor.with_pixels("uint8").collate(units(model, texts), packing=True, shapes=shapes), shapes
 
 
 def test_packed_images_give_the_vectors_of_one_call_per_width(model):
@@ -89,8 +88,7 @@ def test_image_packing_grows_instead_of_dropping_and_counts_it():
 def test_fixed_batches_have_one_shape_and_the_dynamic_loss(model):
     model.eval()
     shapes_seen = set()
-    processor = model.processor.with_pixels("uint8")
-    shapes = processor.fixed_shapes(rows=4, row_units=48, image_packing=model.image_packing)
+    shapes = model.fixed_shapes(rows=4, row_units=48)
     fixed, _ = fixed_batch(model, TEXTS[:6], shapes=shapes)
     for texts in (TEXTS[:6], TEXTS[2:5], TEXTS[6:]):
         batch, _ = fixed_batch(model, texts, shapes=shapes)
@@ -115,8 +113,7 @@ def test_padding_never_changes_a_texts_loss_under_fixed_shapes(model):
 
 
 def test_unit_capacity_grows_instead_of_dropping_units(model):
-    processor = model.processor.with_pixels("uint8")
-    shapes = processor.fixed_shapes(rows=4, row_units=48)
+    shapes = model.fixed_shapes(rows=4, row_units=48)
     small, _ = fixed_batch(model, ["a a a a a"], shapes=shapes)
     capacity = shapes.unit_capacity
     big, _ = fixed_batch(model, TEXTS[:6], shapes=shapes)

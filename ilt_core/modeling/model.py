@@ -33,8 +33,9 @@ from ilt_core.modeling.random_state import random_state_kept
 from ilt_core.plugins.registry import BuildContext, get_registry
 from ilt_core.specs.spec import ModelSpec, check_components, load_spec
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
-from ilt_core.text.collator import IGNORE_INDEX
-from ilt_core.text.image_packing import ImagePacking
+from ilt_core.text.collator import IGNORE_INDEX, FixedShapes
+from ilt_core.text.image_packing import ImagePacking, segment_mask
+from ilt_core.text.label_packing import LabelPacking
 from ilt_core.text.processor import ILTProcessor
 from ilt_core.text.render_cache import pixels_as_float
 
@@ -154,6 +155,7 @@ class ILTModel(PretrainedIO, PreTrainedModel):
             else None
         )
         self.image_packing = self._image_packing(width_multiple)
+        self.label_stream: LabelPacking | None = None
         self.bytes_encoder = _build(registry, spec, "bytes_encoder", context)
         self.latent_transformer = _build(registry, spec, "latent_transformer", context)
         self.bytes_decoder = _build(registry, spec, "bytes_decoder", context)
@@ -163,6 +165,9 @@ class ILTModel(PretrainedIO, PreTrainedModel):
         self.encoder_mapping = nn.Linear(in_width, d_latent)
         self.decoder_mapping = nn.Linear(d_latent, int(self.bytes_decoder.hidden_size))
         self.max_units = int(getattr(self.latent_transformer, "max_positions", 2048) or 2048)
+        if getattr(self.bytes_decoder, "takes_packed_rows", False):  # protocols.BytesDecoder, optional
+            label_len = spec.max_unit_bytes + 1 if spec.labels == "unit" else spec.label_bytes
+            self.label_stream = LabelPacking(row_tokens=-(-4 * label_len // 8) * 8)
         self.processor = ILTProcessor(
             self.renderer,
             max_unit_bytes=spec.max_unit_bytes,
@@ -193,6 +198,12 @@ class ILTModel(PretrainedIO, PreTrainedModel):
             return None
         longest = 1 + grid_rows * widths  # the widest image and its class token
         return ImagePacking(patch_size=patch, row_tokens=-(-2 * longest // 8) * 8)
+
+    def fixed_shapes(self, rows: int, row_units: int) -> FixedShapes:
+        """Shapes for fixed-shape batches of ``rows`` x ``row_units`` positions for this model: word images packed
+        for its image encoder and label bytes for its bytes decoder where they take them
+        (``processor.collate(..., shapes=model.fixed_shapes(8, 128))``)."""
+        return self.processor.fixed_shapes(rows, row_units, self.image_packing, self.label_stream)
 
     def _components(self) -> dict[str, Any]:
         return {role: getattr(self, role) for role in ROLE_ATTRIBUTES}
@@ -346,6 +357,12 @@ class ILTModel(PretrainedIO, PreTrainedModel):
         image_positions: torch.Tensor | None = None,
         image_segments: torch.Tensor | None = None,
         image_cls: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_prefix: torch.Tensor | None = None,
+        decoder_positions: torch.Tensor | None = None,
+        decoder_segments: torch.Tensor | None = None,
+        decoder_targets: torch.Tensor | None = None,
+        decoder_owner: torch.Tensor | None = None,
         fixed: bool = False,
         **_: Any,
     ) -> ILTOutput:
@@ -360,7 +377,12 @@ class ILTModel(PretrainedIO, PreTrainedModel):
         unit_embeds = self.encode_units(unit_input_ids, unit_attention_mask, image_groups, packed)
         inputs_embeds = unit_embeds[unit_index.to(device)]  # (B, L, D)
         if fixed:
-            return self._fixed_forward(inputs_embeds, segment_ids, position_ids, labels, device)
+            stream = (
+                (decoder_input_ids, decoder_prefix, decoder_positions, decoder_segments, decoder_targets, decoder_owner)
+                if decoder_targets is not None
+                else None
+            )
+            return self._fixed_forward(inputs_embeds, segment_ids, position_ids, labels, device, stream)
         mask = self._latent_mask(segment_ids, position_ids, device)
         hidden = self.latent_transformer(
             inputs_embeds,
@@ -393,8 +415,14 @@ class ILTModel(PretrainedIO, PreTrainedModel):
         position_ids: torch.Tensor | None,
         labels: torch.Tensor | None,
         device: torch.device,
+        stream: tuple[torch.Tensor, ...] | None = None,
     ) -> ILTOutput:
-        """The latent and the loss for a fixed-shape batch, with no host synchronisation: ``(B, L, D)`` in."""
+        """The latent and the loss for a fixed-shape batch, with no host synchronisation: ``(B, L, D)`` in.
+
+        ``stream``: the label bytes packed into rows (:class:`ilt_core.text.label_packing.PackedLabels`'s fields in
+        order), decoded in one call with no padding to the longest label; without it every position is decoded
+        from ``labels`` ``(B, L, K)``.
+        """
         B, L, _ = inputs_embeds.shape
         mask = block_causal_mask(segment_ids.to(device)) if segment_ids is not None else None
         hidden = self.latent_transformer(
@@ -404,6 +432,8 @@ class ILTModel(PretrainedIO, PreTrainedModel):
         ).hidden_states
         if labels is None:
             return ILTOutput(None, None, None, hidden)
+        if stream is not None:
+            return self._stream_loss(hidden, *(t.to(device) for t in stream))
         label_ids = labels.to(device).reshape(B * L, -1)  # (B*L, K): every position, -100 where no label
         logits = self.decode_logits(hidden.reshape(B * L, -1), label_ids)
         token_nll = F.cross_entropy(
@@ -415,6 +445,38 @@ class ILTModel(PretrainedIO, PreTrainedModel):
         count = (label_ids != IGNORE_INDEX).sum()
         loss = token_nll.sum() / count.clamp(min=1)
         return ILTOutput(loss, logits, token_nll.sum(-1).view(B, L), hidden, count)
+
+    def _stream_loss(
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        prefix: torch.Tensor,
+        positions: torch.Tensor,
+        segments: torch.Tensor,
+        targets: torch.Tensor,
+        owner: torch.Tensor,
+    ) -> ILTOutput:
+        """Loss from the latent ``(B, L, D)`` and the packed label stream (each ``(R, S)``); logits ``(R, S, V)``."""
+        B, L, _ = hidden.shape
+        prefixes = self.decoder_mapping(hidden.reshape(B * L, -1))  # (B*L, Dd)
+        embeds = self.bytes_decoder.embed(input_ids)  # (R, S, Dd)
+        embeds = torch.where((prefix >= 0)[..., None], prefixes[prefix.clamp(min=0)].to(embeds.dtype), embeds)
+        S = segments.shape[1]
+        causal = torch.ones(S, S, dtype=torch.bool, device=segments.device).tril()
+        mask = segment_mask(segments) & causal
+        logits, _ = self.bytes_decoder(embeds, attention_mask=mask, position_ids=positions)
+        token_nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        )
+        count = (targets != IGNORE_INDEX).sum()
+        loss = token_nll.sum() / count.clamp(min=1)
+        # each token's loss to its position's; padding to a spare slot past the end
+        per_position = torch.zeros(B * L + 1, device=hidden.device, dtype=token_nll.dtype)
+        per_position = per_position.index_add(0, owner.reshape(-1), token_nll)
+        return ILTOutput(loss, logits, per_position[: B * L].view(B, L), hidden, count)
 
     # ---- summaries and checkpoints -----------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:

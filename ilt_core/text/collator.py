@@ -23,7 +23,8 @@ are all padding), ``L`` the row length, ``U`` a capacity of distinct units (unus
 points to), ``T`` the longest unit's bytes and ``K`` the longest label; the word images come packed into rows of
 patches (``image_patches`` ``uint8 (R, S, p*p)``, ``image_positions`` / ``image_segments`` ``(R, S)``,
 ``image_cls`` ``(U,)``; see :mod:`ilt_core.text.image_packing`) instead of ``image_groups``, when the image
-encoder takes them. Capacities grow, never drop: a batch with more distinct units or image tokens than the capacity
+encoder takes them; and the label bytes come as one packed stream for the bytes decoder as well (``decoder_*``
+``(R', S')``; see :mod:`ilt_core.text.label_packing`), when the decoder takes packed rows. Capacities grow, never drop: a batch with more distinct units or image tokens than the capacity
 raises it (a new shape: a compiled model compiles once more), and :attr:`FixedShapes.grown` counts it.
 """
 
@@ -38,7 +39,8 @@ import torch
 
 from ilt_core.errors import ILTError
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID
-from ilt_core.text.image_packing import ImagePacking
+from ilt_core.text.image_packing import ImagePacking, grown_capacity
+from ilt_core.text.label_packing import LabelPacking
 
 IGNORE_INDEX = -100
 
@@ -57,7 +59,8 @@ class FixedShapes:
 
     ``rows`` x ``row_units``: ``(B, L)``; ``unit_bytes``: ``T``; ``label_len``: ``K``; ``unit_capacity``: ``U``
     (0: set from the first batch, with a quarter to spare); ``images``: how word images are packed (None: by width,
-    in ``image_groups``). ``grown`` counts the batches that raised a capacity.
+    in ``image_groups``); ``label_stream``: how label bytes are packed for the bytes decoder (None: ``labels`` only).
+    ``grown`` counts the batches that raised the unit capacity.
     """
 
     rows: int
@@ -66,14 +69,12 @@ class FixedShapes:
     label_len: int
     unit_capacity: int = 0
     images: ImagePacking | None = None
+    label_stream: LabelPacking | None = None
     grown: int = 0
 
     def units_for(self, needed: int) -> int:
         """The unit capacity for a batch of ``needed`` distinct units (start marker included), raised if short."""
-        if needed > self.unit_capacity:
-            if self.unit_capacity:
-                self.grown += 1
-            self.unit_capacity = -(-needed * 5 // 4)  # a quarter to spare: batches of one corpus vary less
+        self.unit_capacity, self.grown = grown_capacity(self.unit_capacity, self.grown, needed)
         return self.unit_capacity
 
 
@@ -94,6 +95,12 @@ class Batch:
     image_positions: torch.Tensor | None = None
     image_segments: torch.Tensor | None = None
     image_cls: torch.Tensor | None = None
+    decoder_input_ids: torch.Tensor | None = None
+    decoder_prefix: torch.Tensor | None = None
+    decoder_positions: torch.Tensor | None = None
+    decoder_segments: torch.Tensor | None = None
+    decoder_targets: torch.Tensor | None = None
+    decoder_owner: torch.Tensor | None = None
     fixed: bool = False
     units: list[str] = field(default_factory=list)
 
@@ -294,6 +301,10 @@ def collate_units(
     unit_input_ids = torch.from_numpy(ids_array)
     unit_attention_mask = torch.from_numpy(mask_array)
 
+    stream = None
+    if shapes is not None and shapes.label_stream is not None:
+        flat = [(b * row_len + p, lab) for b, r in enumerate(row_labels) for p, lab in r if lab]
+        stream = shapes.label_stream.pack(flat, B * row_len)
     packed = None
     if shapes is not None and shapes.images is not None and render_units is not None:
         packed = shapes.images.pack(render_units([""] + distinct, grouped=False), count=U)
@@ -314,6 +325,12 @@ def collate_units(
         image_positions=packed.positions if packed is not None else None,
         image_segments=packed.segments if packed is not None else None,
         image_cls=packed.cls_index if packed is not None else None,
+        decoder_input_ids=stream.input_ids if stream is not None else None,
+        decoder_prefix=stream.prefix if stream is not None else None,
+        decoder_positions=stream.positions if stream is not None else None,
+        decoder_segments=stream.segments if stream is not None else None,
+        decoder_targets=stream.targets if stream is not None else None,
+        decoder_owner=stream.owner if stream is not None else None,
         fixed=shapes is not None,
         units=["<start>"] + distinct,
     )

@@ -85,12 +85,8 @@ class ImagePacking:
                     f"ImagePacking.pack: image {i} needs {length} tokens, more than a row's {self.row_tokens}"
                 )
             lengths.append(length)
-        starts = _first_fit_rows(lengths, self.row_tokens)
-        needed = (max((s // self.row_tokens for s in starts), default=-1)) + 1
-        if needed > self.rows:
-            if self.rows:
-                self.grown += 1
-            self.rows = math.ceil(needed * 1.25)  # a quarter to spare: batches of one corpus vary less
+        starts = first_fit(lengths, self.row_tokens)
+        self.rows, self.grown = grown_capacity(self.rows, self.grown, rows_used(starts, self.row_tokens))
         S, R = self.row_tokens, self.rows
         patches = np.zeros((R * S, p * p), dtype=np.uint8)
         positions = np.zeros(R * S, dtype=np.int64)
@@ -118,8 +114,22 @@ class ImagePacking:
         )
 
 
-def _first_fit_rows(lengths: Sequence[int], row_tokens: int) -> list[int]:
-    """Flat start of each segment: first fit, in order of decreasing length (few rows, deterministic)."""
+def rows_used(starts: Sequence[int], row_tokens: int) -> int:
+    """Rows that segments starting at the flat ``starts`` occupy."""
+    return max((s // row_tokens for s in starts), default=-1) + 1
+
+
+def grown_capacity(capacity: int, grown: int, needed: int) -> tuple[int, int]:
+    """``(capacity, grown)`` after a batch that needs ``needed``: raised with a quarter to spare when short (batches
+    of one corpus vary less than that), ``grown`` counting the raises after the first batch's."""
+    if needed <= capacity:
+        return capacity, grown
+    return math.ceil(needed * 1.25), grown + (1 if capacity else 0)
+
+
+def first_fit(lengths: Sequence[int], row_tokens: int) -> list[int]:
+    """Flat start (``row * row_tokens + column``) of each segment of ``lengths`` packed into rows of ``row_tokens``:
+    first fit, in order of decreasing length (few rows, deterministic)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     used: list[int] = []
     starts = [0] * len(lengths)
@@ -147,4 +157,13 @@ def segment_mask(segments: torch.Tensor) -> torch.Tensor:
     return ((same & real) | eye)[:, None]
 
 
-__all__ = ["ImagePacking", "PackedImages", "position_offset", "position_table_size", "segment_mask"]
+__all__ = [
+    "ImagePacking",
+    "PackedImages",
+    "first_fit",
+    "grown_capacity",
+    "position_offset",
+    "position_table_size",
+    "rows_used",
+    "segment_mask",
+]

@@ -16,6 +16,7 @@ from ilt_core.errors import ILTError
 from ilt_core.text.byte_tokenizer import ByteTokenizer
 from ilt_core.text.collator import Batch, FixedShapes, TextUnits, collate_units
 from ilt_core.text.image_packing import ImagePacking
+from ilt_core.text.label_packing import LabelPacking
 from ilt_core.text.render_cache import RenderCache, images_to_batches
 from ilt_core.text.segmentation import segment
 
@@ -107,12 +108,19 @@ class ILTProcessor:
             shapes=shapes,
         )
 
-    def fixed_shapes(self, rows: int, row_units: int, image_packing: ImagePacking | None = None) -> FixedShapes:
+    def fixed_shapes(
+        self,
+        rows: int,
+        row_units: int,
+        image_packing: ImagePacking | None = None,
+        label_stream: LabelPacking | None = None,
+    ) -> FixedShapes:
         """Shapes for batches of ``rows`` x ``row_units`` positions under this processor's settings.
 
         Units hold at most ``max_unit_bytes`` bytes; a label at most that and ``eos`` (``labels: unit``) or
         ``label_bytes`` (``labels: bytes``). ``image_packing``: how the model's image encoder takes packed images
-        (``ILTModel.image_packing``), or None for images by width.
+        (``ILTModel.image_packing``), or None for images by width; ``label_stream``: how the model's bytes decoder
+        takes the label bytes packed (``ILTModel.label_stream``), or None.
         """
         label_len = self.max_unit_bytes + 1 if self.labels == "unit" else self.label_bytes
         return FixedShapes(
@@ -121,6 +129,7 @@ class ILTProcessor:
             unit_bytes=self.max_unit_bytes,
             label_len=max(label_len, 1),
             images=copy.copy(image_packing) if image_packing is not None else None,
+            label_stream=copy.copy(label_stream) if label_stream is not None else None,
         )
 
     def __call__(self, texts: str | Sequence[str], *, packing: bool = False, max_units: int | None = None) -> Batch:

@@ -269,10 +269,9 @@ def _run_training(parsed: tuple[Any, ...], argv: list[str] | None, callbacks: li
     if training_args.torch_compile:
         ilt.fixed_shapes = True  # a whole-step graph needs them
     shapes = (
-        model.processor.fixed_shapes(
+        model.fixed_shapes(
             rows=max(training_args.per_device_train_batch_size, training_args.per_device_eval_batch_size),
             row_units=block_size,
-            image_packing=model.image_packing,
         )
         if ilt.fixed_shapes
         else None

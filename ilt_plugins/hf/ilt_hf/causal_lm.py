@@ -314,6 +314,8 @@ class HFBytesDecoder(HFWrapper):
     """
 
     backbone_name = "lm"
+    #: ``protocols.BytesDecoder``: takes several texts per row (a boolean block-causal 4-D mask and ``position_ids``)
+    takes_packed_rows = True
 
     def __init__(self, lm: nn.Module) -> None:
         super().__init__()
@@ -339,23 +341,33 @@ class HFBytesDecoder(HFWrapper):
         attention_mask: torch.Tensor | None = None,
         past_key_values: Any = None,
         use_cache: bool = False,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any]:
         """Logits ``(N, T, vocab_size)`` for every position, and the cache when ``use_cache``.
+
+        Packed rows (:attr:`takes_packed_rows`): ``attention_mask`` a boolean ``(N, 1, T, T)`` (True = may attend)
+        and ``position_ids`` ``(N, T)`` restarting at each text.
 
         With no mask and no cache, the causal mask is passed prepared (``(1, 1, T, T)``): transformers would otherwise
         read the position ids back from the device to look for packed sequences.
         """
         param = next(self.lm.parameters())
+        extra: dict[str, Any] = {}
         if attention_mask is None and past_key_values is None and not use_cache:
             T = inputs_embeds.shape[1]
             causal = torch.ones(T, T, dtype=torch.bool, device=inputs_embeds.device).tril()
             attention_mask = _additive(causal, param.dtype)[None, None]
+        elif attention_mask is not None and attention_mask.ndim == 4 and attention_mask.dtype == torch.bool:
+            attention_mask = _additive(attention_mask, param.dtype)
+        if position_ids is not None:
+            extra["position_ids"] = position_ids
         out = self.lm(
             inputs_embeds=inputs_embeds.to(dtype=param.dtype),
             attention_mask=attention_mask,
             use_cache=use_cache,
             return_dict=True,
             **{self._cache_argument: past_key_values},
+            **extra,
         )
         return out.logits, (output_cache(out) if use_cache else None)
 

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-PLUGINS := hf timm clip freetype cairo data bench demo
+PLUGINS := hf timm clip freetype cairo data bench demo lm_eval
 STAMP := $(VENV)/.ilt-installed
 # Re-install when any pyproject changes.
 PYPROJECTS := pyproject.toml $(foreach p,$(PLUGINS),ilt_plugins/$(p)/pyproject.toml)

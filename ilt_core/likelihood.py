@@ -20,9 +20,11 @@ Unicode corner cases: a whitespace glued to a following combining mark, a word c
 grapheme).
 
 ``is_greedy``: every scored byte and ``eos`` is the decoder's argmax, so greedy generation from the context
-(:func:`ilt_core.generation.generate`, which is forced through an unfinished last unit) writes the continuation;
-the one exception follows generation: a context whose last unit ends in whitespace is taken there as finished, so
-the ``eos`` right after it is scored but not checked.
+(:func:`ilt_core.generation.generate`, which is forced through an unfinished last unit) writes the continuation.
+Two ``eos`` are scored but not checked, as generation never asks for them: the one right after a context whose
+last unit ends in whitespace (generation takes that unit as finished), and the one after a unit of the byte limit
+(generation cuts it there). A decoder that writes units segmentation would cut otherwise (a space inside a unit)
+can generate a continuation whose own units are not greedy: ``is_greedy`` follows the text's segmentation.
 
 Long inputs: a row holds at most ``window_units`` units after its start marker (default ``min(max_units - 1, 255)``,
 the blocks :func:`ilt_core.evaluation.bits_per_byte` scores); earlier context is dropped from the left, and a
@@ -75,13 +77,14 @@ class TextScore:
 @dataclass
 class _Target:
     """One latent position's label: ``ids`` (a unit's bytes, ``eos`` unless it is the text's open end; or a lone
-    end-of-text ``eos``). ``ids[:given]`` are read, not scored; ``ids[greedy_from:]`` are checked for argmax."""
+    end-of-text ``eos``). ``ids[:given]`` are read, not scored; ``ids[greedy_from:greedy_to]`` are checked for argmax."""
 
     request: int
     position: int
     ids: list[int]
     given: int = 0
     greedy_from: int = 0
+    greedy_to: int | None = None  # None: to the end
 
 
 @dataclass
@@ -129,19 +132,24 @@ def _continuation_rows(model: Any, request: int, context: str, continuation: str
     for x in ids:
         starts.append(starts[-1] + len(x))
     n = len(units)
+    spec = model.spec
+    byte_limit = spec.label_bytes if spec.labels == "bytes" else spec.max_unit_bytes  # generation's default
     # the first unit with an event after the split: its bytes run past it, or its eos falls at it
     first = next(i for i in range(n) if starts[i + 1] >= split)
-    rows: dict[tuple[int, int], _Row] = {}
+    rows = []
     for lo, a, b in _windows(first, n, window):
-        row = rows.setdefault((lo, b), _Row(units[lo : b - 1]))
+        row = _Row(units[lo : b - 1])
         for i in range(a, b):
             label = ids[i] + ([EOS_ID] if i < n - 1 else [])
             given = max(0, split - starts[i])
-            greedy_from = given
+            greedy_from, greedy_to = given, None
             if given == len(ids[i]) and finished_unit(units[i]):
                 greedy_from += 1  # generation takes a context ending in whitespace as finished: no eos asked
-            row.targets.append(_Target(request, i - lo, label, given, greedy_from))
-    return list(rows.values())
+            if len(ids[i]) >= byte_limit:
+                greedy_to = len(ids[i])  # generation cuts a unit at the byte limit without asking for eos
+            row.targets.append(_Target(request, i - lo, label, given, greedy_from, greedy_to))
+        rows.append(row)
+    return rows
 
 
 def _text_rows(model: Any, request: int, text: str, window: int, context_units: int) -> tuple[list[_Row], int, int]:
@@ -213,7 +221,7 @@ def _score_targets(
     for m, (_, t) in enumerate(targets):
         labels[m, : len(t.ids)] = torch.tensor(t.ids, dtype=torch.long)
         scored[m, t.given : len(t.ids)] = True
-        checked[m, t.greedy_from : len(t.ids)] = True
+        checked[m, t.greedy_from : len(t.ids) if t.greedy_to is None else t.greedy_to] = True
     labels, scored, checked = labels.to(device), scored.to(device), checked.to(device)
     logits = model.decode_logits(hidden[rows, positions], labels).float()  # (M, K, V)
     logp = F.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]

@@ -21,7 +21,7 @@ from memorised import ENGLISH, SENTENCES, memorised_model
 from ilt_core.errors import ILTError
 from ilt_core.evaluation import bits_per_byte
 from ilt_core.generation import generate
-from ilt_core.likelihood import _text_rows, continuation_logprobs, text_logprobs
+from ilt_core.likelihood import _continuation_rows, _text_rows, continuation_logprobs, text_logprobs
 from ilt_core.modeling.model import build_model
 from ilt_core.text.byte_tokenizer import EOS_ID
 from ilt_core.text.segmentation import WHITESPACE
@@ -94,6 +94,17 @@ def test_the_events_scored_are_the_rest_of_the_cut_unit_its_eos_then_the_next_un
         logp += float(per_byte[torch.arange(len(ids)), labels[0]][given:].sum())
     assert score.logprob == pytest.approx(logp, abs=1e-4)
     assert continuation_logprobs(model, [("The capital is", "")])[0].logprob == 0.0
+
+
+def test_is_greedy_skips_the_eos_generation_never_asks_for():
+    model = random_model()
+    limit = model.spec.max_unit_bytes
+    # a word longer than the byte limit: its first piece is cut there, and generation writes no eos after it
+    (row,) = _continuation_rows(model, 0, "", "a" * (limit + 3) + " b", 255)
+    assert [(len(t.ids), t.greedy_to) for t in row.targets] == [(limit + 1, limit), (5, None), (1, None)]
+    # a context ending in whitespace is a finished unit for generation: its eos is scored, not checked
+    (row,) = _continuation_rows(model, 0, "one ", "two", 255)
+    assert [(t.given, t.greedy_from) for t in row.targets] == [(4, 5), (0, 0)]
 
 
 @pytest.mark.parametrize("window", [None, 4])

@@ -110,14 +110,19 @@ def _unit_ids(model: Any, units: Sequence[str]) -> list[list[int]]:
     return [model.processor.encode_unit(u) for u in units]
 
 
-def _windows(n_scored_from: int, n_units: int, window: int) -> list[tuple[int, int, int]]:
-    """Rows ``(lo, a, b)`` that score units ``[a, b)`` (every unit of ``[n_scored_from, n_units)`` once), each row
-    reading units ``[lo, b - 1)`` after its start marker (at most ``window`` units: position ``i - lo`` predicts
-    unit ``i``)."""
+def _windows(first: int, n_units: int, window: int) -> list[tuple[int, int, int]]:
+    """Rows ``(lo, a, b)`` that score units ``[a, b)`` (every unit of ``[first, n_units)`` once), each reading units
+    ``[lo, b - 1)`` after its start marker (position ``i - lo`` predicts unit ``i``), at most ``window`` positions.
+
+    One row when the scored units fit with their context cut from the left; a longer stretch is scored
+    ``window // 2`` units a row, so each unit reads at least that many units before it (where the text has them).
+    """
+    if n_units - first <= window:
+        return [(max(0, n_units - window), first, n_units)]
     out = []
-    a = n_scored_from
+    a = first
     while a < n_units:
-        b = min(n_units, a + window)
+        b = min(n_units, a + (window if a == 0 else max(1, window // 2)))
         out.append((max(0, b - window), a, b))
         a = b
     return out

@@ -166,3 +166,20 @@ def test_is_greedy_exactly_when_greedy_generation_gives_the_continuation():
     flags = [s.is_greedy for s in scores]
     assert flags == [g.startswith(cont) for g, (_, cont) in zip(generated, pairs, strict=True)]
     assert 0.2 < sum(flags) / len(flags) < 0.9  # both answers occur
+
+
+def test_a_continuation_longer_than_a_row_is_scored_in_rows_that_keep_context():
+    model = random_model()
+    text = TEXTS[2]  # 12 units
+    units = model.processor.segment(text)
+    context = "".join(units[:3])
+    rows = _continuation_rows(model, 0, context, text[len(context) :], 4)
+    scored = [r.units[t.position] if t.position < len(r.units) else None for r in rows for t in r.targets]
+    # every unit of the continuation once, and the context's last one ("of "), whose eos falls after the context
+    assert [len(t.ids) - 1 - t.given for r in rows for t in r.targets][:2] == [0, len(units[3].encode())]
+    assert len([t for r in rows for t in r.targets]) == len(units) - 2
+    assert all(len(r.units) < 4 for r in rows) and all(t.position >= 2 for r in rows for t in r.targets)
+    assert scored[-1] is None  # the last unit is predicted after the row's units, not read
+    (long,) = continuation_logprobs(model, [(context, text[len(context) :])], window_units=4)
+    (short,) = continuation_logprobs(model, [(context, text[len(context) :])])
+    assert long.logprob != short.logprob and math.isfinite(long.logprob)

@@ -13,10 +13,9 @@ lm_eval calls :func:`bpb_dataset` / :func:`mc_dataset` with the task's ``metadat
 ``ilt_he_news_mc``: one item per sentence of at least ``mc_min_words`` words (default 6): the context is its first
 half (words), the choices its own ending and the endings of three other sentences: the three closest to it in
 UTF-8 length, ties broken by ``random.Random(mc_seed)`` (default 1234), which also shuffles the four choices.
-Matching lengths matters: a language model gives a longer string a lower probability, and with distractors drawn
-at random from a few (16) sentences a random ending far out in the long tail of lengths faced shorter ones, which
-put a weakly trained model below chance (0.20 over 240 items, with or without the context). ``mc_items`` caps the
-items (default: all).
+Matching lengths matters: a language model gives a longer string a lower probability, and distractors drawn at
+random from a few sentences leave a true ending far out in the long tail of lengths facing shorter ones, which puts
+a weakly trained model below chance. ``mc_items`` caps the items (default: all).
 """
 
 from __future__ import annotations

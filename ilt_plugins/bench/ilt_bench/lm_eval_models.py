@@ -127,4 +127,4 @@ def lm_eval_model(runner: Any, batch_size: int = 16) -> Any:
         return BaselineLMEval(runner.lm, batch_size=batch_size)
     from ilt_lm_eval.model import ILTLM
 
-    return ILTLM(pretrained=runner.model, batch_size=batch_size)
+    return ILTLM(pretrained=runner.model, batch_size=batch_size, progress=False)  # the bench logs its own lines

@@ -16,6 +16,7 @@
   units and cuts the text at that many bytes, on a character boundary). ``max_gen_toks`` (default 256) is
   lm_eval's default when a task gives none.
 - ``seed``: seeds sampling in ``generate_until`` (default: lm_eval's torch seed as set by its evaluator).
+- ``progress``: progress bars (default true).
 
 Requests:
 
@@ -104,6 +105,7 @@ class ILTLM(LM):
         max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
         max_gen_toks_unit: str = "units",
         seed: int | None = None,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -133,6 +135,7 @@ class ILTLM(LM):
         self.window_units = None if window_units is None else int(window_units)
         self.rolling_context = int(rolling_context)
         self.seed = None if seed is None else int(seed)
+        self.progress = bool(progress)
         self.model_name = pretrained if isinstance(pretrained, str) else type(pretrained).__name__
 
     @property
@@ -144,7 +147,7 @@ class ILTLM(LM):
     def loglikelihood(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """``(log P(continuation | context), is_greedy)`` for each request's ``args = (context, continuation)``."""
         pairs = [tuple(r.args) for r in requests]
-        progress = _Progress("ilt loglikelihood", disable_tqdm or self.rank != 0)
+        progress = _Progress("ilt loglikelihood", self._quiet(disable_tqdm))
         try:
             scores = continuation_logprobs(
                 self.model, pairs, batch_size=self.batch_size, window_units=self.window_units, progress=progress
@@ -161,7 +164,7 @@ class ILTLM(LM):
     def loglikelihood_rolling(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[float]:
         """Each request's whole text ``args = (text,)``: its log-probability, ``eos`` and end of text included."""
         texts = [r.args[0] for r in requests]
-        progress = _Progress("ilt loglikelihood_rolling", disable_tqdm or self.rank != 0)
+        progress = _Progress("ilt loglikelihood_rolling", self._quiet(disable_tqdm))
         try:
             scores = text_logprobs(
                 self.model,
@@ -185,7 +188,7 @@ class ILTLM(LM):
         groups: dict[str, list[int]] = {}  # one option set per group, as lm_eval batches them
         for i, r in enumerate(requests):
             groups.setdefault(json.dumps(r.args[1], sort_keys=True, default=str), []).append(i)
-        bar = tqdm(total=len(requests), desc="ilt generate_until", disable=disable_tqdm or self.rank != 0)
+        bar = tqdm(total=len(requests), desc="ilt generate_until", disable=self._quiet(disable_tqdm))
         for members in groups.values():
             kwargs = dict(requests[members[0]].args[1])
             options, max_gen, until = self._options(kwargs)
@@ -204,6 +207,9 @@ class ILTLM(LM):
         return [r if r is not None else "" for r in results]
 
     # ---- helpers ------------------------------------------------------------------------------------------------
+    def _quiet(self, disable_tqdm: bool) -> bool:
+        return disable_tqdm or not self.progress or self.rank != 0
+
     def _options(self, kwargs: dict[str, Any]) -> tuple[GenerationOptions, int, list[str]]:
         """GenerationOptions for one group of lm_eval's ``gen_kwargs``; the ``max_gen_toks`` and stop strings."""
         until = kwargs.pop("until", None) or []

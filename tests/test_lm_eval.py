@@ -71,7 +71,7 @@ def test_lm_evals_own_command_line_finds_the_ilt_model(checkpoint, monkeypatch, 
     argv = ["ilt-lm-eval", "--model", "ilt", "--model_args", f"pretrained={checkpoint / 'model'}"]
     argv += ["--tasks", "ilt_he_news_mc", "--include_path", str(ilt_lm_eval.TASKS_DIR), "--limit", "3"]
     argv += ["--metadata", json.dumps({**MC_METADATA, "data_file": str(checkpoint / "test.txt")})]
-    monkeypatch.setattr(sys, "argv", [*argv, "--output_path", str(out)])
+    monkeypatch.setattr(sys, "argv", [*argv, "--output_path", str(out), "--device", "cpu"])
     main()
     results = results_file(out)
     assert results["results"]["ilt_he_news_mc"]["sample_len"] == 3  # --limit

@@ -125,7 +125,7 @@ class ILTLM(LM):
             if not isinstance(found, torch.dtype):
                 raise ILTError(f"dtype={dtype!r}: expected a torch dtype (float32, bfloat16, float16)")
             model = model.to(found)
-        self.model = model.eval()
+        self.model = model  # each request runs it in eval mode and gives the caller's mode back
         self._device = self.model.encoder_mapping.weight.device
         self.batch_size = _batch_size(batch_size)
         if max_gen_toks_unit not in ("units", "bytes"):

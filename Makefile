@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-PLUGINS := hf timm clip freetype cairo data bench demo
+PLUGINS := hf timm clip freetype cairo data bench demo lm_eval
 STAMP := $(VENV)/.ilt-installed
 # Re-install when any pyproject changes.
 PYPROJECTS := pyproject.toml $(foreach p,$(PLUGINS),ilt_plugins/$(p)/pyproject.toml)
@@ -52,10 +52,11 @@ demo: $(STAMP)
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m ilt_demo
 
 # The nano mixes (matched in training FLOPs per byte) on he-news, 3 seeds, a learning-rate sweep per mix, a budget
-# of training bytes; writes benchmarks/results/nano/. `make bench BENCH_ARGS="--mixes tiny,baseline-bytes ..."`
+# of training bytes, then the offline Hebrew lm_eval tasks (4-way endings, bits-per-byte of he-news test) on every
+# mix and seed; writes benchmarks/results/nano/. `make bench BENCH_ARGS="--mixes tiny,baseline-bytes ..."`
 # runs others.
 NANO_MIXES := nano,nano-no-images,nano-baseline-bytes,nano-baseline-bpe
-BENCH_ARGS ?= --mixes $(NANO_MIXES) --budget-bytes 500000 --lr-sweep 1e-3,2e-3,4e-3,8e-3 --sweep-share 1 --seeds 3 --out benchmarks/results/nano
+BENCH_ARGS ?= --mixes $(NANO_MIXES) --budget-bytes 500000 --lr-sweep 1e-3,2e-3,4e-3,8e-3 --sweep-share 1 --seeds 3 --tasks ilt_he_news_mc,ilt_he_news_bpb --out benchmarks/results/nano
 bench: $(STAMP)
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/ilt bench $(BENCH_ARGS)
 

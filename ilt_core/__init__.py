@@ -20,6 +20,7 @@ from ilt_core.errors import CheckpointError, ILTError, SpecError
 from ilt_core.evaluation import bits_per_byte
 from ilt_core.generation.loop import generate, stream_generate
 from ilt_core.generation.options import GenerationOptions
+from ilt_core.likelihood import continuation_logprobs, text_logprobs
 from ilt_core.modeling.config import ILTConfig
 from ilt_core.modeling.model import ILTModel, build_model
 from ilt_core.plugins.hookspecs import hookimpl
@@ -42,10 +43,12 @@ __all__ = [
     "build_model",
     "component",
     "components_in",
+    "continuation_logprobs",
     "generate",
     "get_registry",
     "hookimpl",
     "load_spec",
     "segment",
     "stream_generate",
+    "text_logprobs",
 ]

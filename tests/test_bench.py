@@ -221,6 +221,27 @@ def test_token_stream_rows_cover_the_stream_once_with_its_bytes_and_units():
     assert nunits == sum(1 for i in range(1, len(flat)) if i in starts)
 
 
+def test_a_baseline_in_lm_eval_scores_as_the_bench_does():
+    from ilt_bench.lm_eval_models import BaselineLMEval
+    from lm_eval.api.instance import Instance
+
+    lm = small_baseline(block_size=16)
+    adapter = BaselineLMEval(lm, batch_size=3)
+    rolling = adapter.loglikelihood_rolling(
+        [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(TEXTS)]
+    )
+    expected = lm.bits_per_byte(TEXTS)  # texts longer than a block: several blocks each
+    assert -sum(rolling) / math.log(2) == pytest.approx(expected.nll_bits, rel=1e-5)
+    prompt = "Benchmar"  # a random model whose greedy bytes here are ASCII (text that re-encodes to them)
+    greedy = lm.generate([prompt], 2)[0]
+    assert greedy.isascii()
+    pairs = [(prompt, greedy), (prompt, greedy[:-1] + ("x" if greedy[-1] != "x" else "y"))]
+    answers = adapter.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)])
+    assert [g for _, g in answers] == [True, False] and answers[0][0] > answers[1][0]
+    (text,) = adapter.generate_until([Instance("generate_until", {}, (prompt, {"max_gen_toks": 2}), 0)])
+    assert text == greedy
+
+
 def test_generation_of_a_baseline_writes_exactly_the_tokens_asked():
     lm = small_baseline(block_size=64)
     ids = lm.generate_ids(["שלום ", "hello there "], max_new_tokens=5)
@@ -455,12 +476,21 @@ def test_bench_end_to_end_writes_every_figure_for_every_mix(tmp_path):
         + ["--budget-bytes", "1500", "--seeds", "2", "--lr-sweep", "1e-3,3e-3", "--sweep-share", "0.5"]
         + ["--sweep-lines", "2", "--curve-points", "2", "--curve-lines", "2", "--threads", "1", "--in-process"]
         + ["--gen-new-units", "1", "--gen-prompt-units", "3", "--t2b-lines", "4", "--matmul-size", "128"]
-        + ["--out", str(out)]
+        + ["--out", str(out), "--tasks", "ilt_he_news_mc,ilt_he_news_bpb", "--task-data-dir", str(tmp_path)]
     )
+    (tmp_path / "test.txt").write_text("\n".join(TEXTS) + "\n", encoding="utf-8")  # what the offline tasks read
     assert args.func(args) == 0
 
     report = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert [r["name"] for r in report["results"]] == ["small-ilt", "small-bytes"]
+    for r in report["results"]:  # lm_eval's tasks on every seed, ILT mix and baseline alike
+        for run in r["runs"]:
+            assert set(run["tasks"]) == {"ilt_he_news_mc", "ilt_he_news_bpb"}
+            assert (
+                0 <= run["tasks"]["ilt_he_news_mc"]["acc"] <= 1 and run["tasks"]["ilt_he_news_bpb"]["bits_per_byte"] > 0
+            )
+            assert run["loglikelihood"]["batch_size"] == 16 and run["loglikelihood"]["requests_per_second"] > 0
+        assert r["spread"]["tasks.ilt_he_news_mc.acc"]["n"] == 2
     assert report["machine"]["torch_threads"] == 1 and report["machine"]["cpu_count"] >= 1
     assert report["versions"]["torch"] and report["matmul_peak"]["flops_per_second"] > 0
     assert report["settings"]["seeds"] == [0, 1] and report["settings"]["budget_bytes"] == 1500
@@ -500,6 +530,8 @@ def test_bench_end_to_end_writes_every_figure_for_every_mix(tmp_path):
     markdown = (out / "results.md").read_text(encoding="utf-8")
     assert "| small-ilt |" in markdown and "| small-bytes |" in markdown
     assert "gen b1 units/s (bytes/s)" in markdown and "## Which mixes separate" in markdown
+    assert "| ilt_he_news_mc acc | ilt_he_news_bpb bits_per_byte |" in markdown and "## lm_eval tasks" in markdown
+    assert "loglikelihood req/s (batch 16)" in markdown
     assert "| mix | lr 0.001 | lr 0.003 | chosen |" in markdown and "small-bytes: learning rate 0.002" in markdown
     # two rates: whichever won is at an edge of the sweep, and the report says so
     edge = "highest" if ilt["lr"] == 3e-3 else "lowest"

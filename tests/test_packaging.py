@@ -49,6 +49,7 @@ PROVIDERS = {
     "tqdm": "tqdm",
     "tensorboard": "tensorboard",
     "gguf": "gguf",
+    "lm_eval": "lm-eval",
 }
 
 

@@ -18,6 +18,7 @@ from ilt_core.generation.decoding import (
     UnitEmbeddings,
     append_unit,
     decode_unit_ids,
+    forced_ids,
     score_unit_ids,
 )
 
@@ -48,8 +49,14 @@ def beam_search(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> list[
         extra: dict[str, Any] = {"num_return_sequences": K}
         if K > 1:
             extra.update(num_beams=K, length_penalty=0.0, early_stopping=True, do_sample=False)
-        ids = decode_unit_ids(model, latents, decoding, **extra)  # (len(live) * K) rows, K per hypothesis
-        scores = score_unit_ids(model, latents.repeat_interleave(K, dim=0), ids)
+        given = forced_ids(model, live)  # a prompt's unfinished unit: its rest is proposed given its bytes
+        ids = decode_unit_ids(model, latents, decoding, given, **extra)  # (len(live) * K) rows, K per hypothesis
+        if given:
+            given = [g for g in given for _ in range(K)]
+            full = [g + r for g, r in zip(given, ids, strict=True)]
+            scores = score_unit_ids(model, latents.repeat_interleave(K, dim=0), full, [len(g) for g in given])
+        else:
+            scores = score_unit_ids(model, latents.repeat_interleave(K, dim=0), ids)
         by_prompt: dict[int, list[tuple[float, int, list[int], float]]] = {}
         for i, h in enumerate(live):
             seen = set()
@@ -67,7 +74,8 @@ def beam_search(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> list[
                 if kept == K:
                     break
                 p = live[parent]
-                child = Hypothesis(p.prompt, p.context, list(p.units), p.score, p.text, decodes=p.decodes)
+                child = p.copy()
+                child.done, child.finish_reason = False, "max_new_units"
                 append_unit(model, child, unit_ids, s, decoding)
                 if child.done:
                     finished[prompt].append(child)
@@ -87,5 +95,5 @@ def beam_search(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> list[
             break
         latent.select(parents)
         live = next_live
-        latents = latent.step([h.units[-1] for h in live])
+        latents = latent.step([h.last_unit for h in live])
     return [max(finished[h.prompt], key=lambda f: penalised_score(f, lp)) for h in hyps]

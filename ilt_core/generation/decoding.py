@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ilt_core.generation.options import GenerationOptions
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, decode_utf8
 from ilt_core.text.collator import IGNORE_INDEX
+from ilt_core.text.segmentation import WHITESPACE
 
 __all__ = [
     "START",
@@ -32,6 +33,8 @@ __all__ = [
     "UnitEmbeddings",
     "append_unit",
     "decode_unit_ids",
+    "finished_unit",
+    "forced_ids",
     "score_unit_ids",
     "unit_text",
 ]
@@ -69,8 +72,11 @@ class Decoding:
 class Hypothesis:
     """A row of the loop: one prompt's context and what was generated after it.
 
-    ``context``: memo keys, ``START`` then the prompt's units. ``score``: summed byte log-probabilities (nats) of
-    the generated units. ``decodes``: decoder calls scored (units, plus a final end-of-text).
+    ``context``: memo keys, ``START`` then the prompt's finished units. ``forced``: the prompt's unfinished last
+    unit (see :func:`finished_unit`), or None: the first decode is forced through its bytes and writes the rest of
+    it, which then joins ``context`` and starts ``text``. ``units``: the units generated after the prompt's.
+    ``score``: summed byte log-probabilities (nats) of what the decoder wrote (not of forced bytes). ``decodes``:
+    decoder calls scored (units, a completion, plus a final end-of-text).
     """
 
     prompt: int
@@ -81,6 +87,12 @@ class Hypothesis:
     done: bool = False
     finish_reason: str = "max_new_units"
     decodes: int = 0
+    forced: str | None = None
+
+    @property
+    def last_unit(self) -> Any:
+        """The unit the latent reads next: the last generated one, or the completed prompt unit."""
+        return self.units[-1] if self.units else self.context[-1]
 
     def copy(self) -> Hypothesis:
         """An independent copy (its lists are copied)."""
@@ -93,7 +105,26 @@ class Hypothesis:
             self.done,
             self.finish_reason,
             self.decodes,
+            self.forced,
         )
+
+
+def finished_unit(unit: str) -> bool:
+    """Whether a prompt's last unit is taken as finished: it ends in whitespace (a word with its space).
+
+    One without is cut inside a word (``"The capital is"``): generation is forced through its bytes and the
+    decoder writes the rest of it (``" "`` then ``eos``), as the byte-level chain rule scores it
+    (:mod:`ilt_core.likelihood`).
+    """
+    return bool(unit) and unit[-1] in WHITESPACE
+
+
+def forced_ids(model: Any, hyps: Sequence[Hypothesis]) -> list[list[int]] | None:
+    """The byte ids each row's decoder is forced through (its prompt's unfinished unit), or None when no row has
+    one."""
+    if all(h.forced is None for h in hyps):
+        return None
+    return [model.processor.encode_unit(h.forced) if h.forced is not None else [] for h in hyps]
 
 
 # ---- units -> embeddings, and the latent over them --------------------------------------------------------------
@@ -214,34 +245,60 @@ class LatentState:
 
 
 # ---- latents -> units -------------------------------------------------------------------------------------------
-def decode_unit_ids(model: Any, latents: torch.Tensor, decoding: Decoding, **extra: Any) -> list[list[int]]:
-    """Run the bytes decoder from latents ``(N, D)``; each row's ids, cut after ``eos`` or at the byte limit.
-
-    ``extra``: byte-level options of this call on top of ``decoding.options.byte_options``. With
-    ``num_return_sequences=R`` the result has N * R rows, R per latent, in order.
-    """
-    prefix = model.decoder_mapping(latents)[:, None, :]  # (N, 1, Dd)
-    kwargs = {**decoding.options.byte_options, **extra}
+def _decode(model: Any, embeds: torch.Tensor, limit: int, kwargs: dict[str, Any]) -> torch.Tensor:
+    """New ids ``(N * R, T_new)`` from decoder inputs ``(N, T0, Dd)`` (prefix, then any forced bytes)."""
     decoder = model.bytes_decoder
     greedy = getattr(decoder, "greedy", None)
     if greedy is not None and set(kwargs) <= _GREEDY_OPTIONS:
         # plain greedy: the decoder's own fast loop (protocols.BytesDecoder.greedy)
-        ids = greedy(
-            prefix,
-            decoding.byte_limit,
+        return greedy(
+            embeds,
+            limit,
             EOS_ID,
             PAD_ID,
             kwargs.get("suppress_tokens"),
             kwargs.get("min_new_tokens") or 0,
         )
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    out = decoder.generate(embeds, mask, max_new_tokens=limit, **kwargs)
+    return getattr(out, "sequences", out)  # (N * R, T_new); a dict output when a decoder's defaults ask for one
+
+
+def decode_unit_ids(
+    model: Any,
+    latents: torch.Tensor,
+    decoding: Decoding,
+    given: Sequence[Sequence[int]] | None = None,
+    **extra: Any,
+) -> list[list[int]]:
+    """Run the bytes decoder from latents ``(N, D)``; each row's new ids, cut after ``eos`` or at the byte limit.
+
+    ``given``: per row, byte ids the decoder is forced through first (a prompt's unfinished unit; they count
+    towards the byte limit and are not returned). Rows are decoded in groups of equal ``len(given[i])``, so no row
+    is padded. ``extra``: byte-level options of this call on top of ``decoding.options.byte_options``. With
+    ``num_return_sequences=R`` the result has N * R rows, R per latent, in order.
+    """
+    prefix = model.decoder_mapping(latents)[:, None, :]  # (N, 1, Dd)
+    kwargs = {**decoding.options.byte_options, **extra}
+    if not given or not any(given):
+        groups = {0: list(range(prefix.shape[0]))}
     else:
-        mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=prefix.device)
-        out = decoder.generate(prefix, mask, max_new_tokens=decoding.byte_limit, **kwargs)
-        ids = getattr(out, "sequences", out)  # (N * R, T_new); a dict output when a decoder's defaults ask for one
-    rows = []
-    for row in ids.tolist():
-        cut = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)
-        rows.append(row[:cut])
+        groups = {}
+        for i, g in enumerate(given):
+            groups.setdefault(len(g), []).append(i)
+    R = int(extra.get("num_return_sequences") or 1)
+    rows: list[list[int]] = [[] for _ in range(prefix.shape[0] * R)]
+    for length, members in groups.items():
+        limit = decoding.byte_limit - length
+        if limit <= 0:  # the forced bytes fill the unit: nothing left to write
+            continue
+        embeds = prefix[members]
+        if length:
+            ids = torch.tensor([list(given[i]) for i in members], dtype=torch.long, device=prefix.device)
+            embeds = torch.cat([embeds, model.bytes_decoder.embed(ids).to(embeds.dtype)], dim=1)
+        for j, row in enumerate(_decode(model, embeds, limit, kwargs).tolist()):
+            cut = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)
+            rows[members[j // R] * R + j % R] = row[:cut]
     return rows
 
 
@@ -255,8 +312,13 @@ def unit_text(model: Any, ids: list[int], labels: str) -> str:
     return text
 
 
-def score_unit_ids(model: Any, latents: torch.Tensor, rows: list[list[int]]) -> list[float]:
-    """Sum of the byte log-probabilities (nats) of each row's ids given its latent ``(N, D)``; teacher forced."""
+def score_unit_ids(
+    model: Any, latents: torch.Tensor, rows: list[list[int]], given: Sequence[int] | None = None
+) -> list[float]:
+    """Sum of the byte log-probabilities (nats) of each row's ids given its latent ``(N, D)``; teacher forced.
+
+    ``given``: per row, how many leading ids were forced (read, not scored).
+    """
     K = max(1, max(len(r) for r in rows))
     labels = torch.full((len(rows), K + 1), IGNORE_INDEX, dtype=torch.long, device=latents.device)
     for i, r in enumerate(rows):
@@ -265,7 +327,11 @@ def score_unit_ids(model: Any, latents: torch.Tensor, rows: list[list[int]]) -> 
     # decode_logits reads [prefix, label[:-1]]: the extra ignored column makes it read every real id
     logits = model.decode_logits(latents, labels)  # (N, K + 1, V)
     logp = F.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0].masked_fill(labels == IGNORE_INDEX, 0.0)
+    skip = labels == IGNORE_INDEX
+    if given is not None:
+        first = torch.tensor(list(given), device=labels.device)[:, None]
+        skip = skip | (torch.arange(K + 1, device=labels.device) < first)
+    picked = logp.gather(-1, labels.clamp(min=0)[..., None])[..., 0].masked_fill(skip, 0.0)
     return picked.double().sum(-1).tolist()
 
 
@@ -280,25 +346,38 @@ def _stop_at(text: str, before: int, stop: Sequence[str]) -> int | None:
 
 
 def append_unit(model: Any, hyp: Hypothesis, ids: list[int], score: float | None, decoding: Decoding) -> str | None:
-    """Add a decoded unit to ``hyp``; returns the new text it contributes, marks it done when it stops."""
-    unit = unit_text(model, ids, decoding.labels)
+    """Add a decoded unit to ``hyp``, or, while its prompt's last unit is unfinished, complete that unit with
+    ``ids`` (the bytes written after the forced ones); returns the new text, marks ``hyp`` done when it stops."""
     hyp.decodes += 1
     if score is not None:
         hyp.score += score
+    if hyp.forced is not None:
+        forced, hyp.forced = hyp.forced, None
+        unit = unit_text(model, model.processor.encode_unit(forced) + ids, decoding.labels)
+        hyp.context.append(unit)  # the completed unit: the latent reads it next
+        return _add_text(hyp, unit[len(forced) :], decoding)
+    unit = unit_text(model, ids, decoding.labels)
     if not unit:
         hyp.done, hyp.finish_reason = True, "end_of_text"
         return None
     hyp.units.append(unit)
+    new = _add_text(hyp, unit, decoding)
+    if hyp.done:
+        return new
+    if len(hyp.units) >= decoding.options.max_new_units:
+        hyp.done, hyp.finish_reason = True, "max_new_units"
+    elif len(hyp.context) + len(hyp.units) > model.max_units:
+        hyp.done, hyp.finish_reason = True, "context_full"  # the latent cannot read this unit back
+    return new
+
+
+def _add_text(hyp: Hypothesis, new: str, decoding: Decoding) -> str:
+    """Append ``new`` to ``hyp.text``, cut before the first stop string (then ``hyp`` is done); the text added."""
     before = len(hyp.text)
-    hyp.text += unit
+    hyp.text += new
     stop = decoding.options.stop
     cut = _stop_at(hyp.text, before, stop) if stop else None
     if cut is not None:
         hyp.text = hyp.text[:cut]
         hyp.done, hyp.finish_reason = True, "stop"
-        return hyp.text[before:]
-    if len(hyp.units) >= decoding.options.max_new_units:
-        hyp.done, hyp.finish_reason = True, "max_new_units"
-    elif len(hyp.context) + len(hyp.units) > model.max_units:
-        hyp.done, hyp.finish_reason = True, "context_full"  # the latent cannot read this unit back
-    return unit
+    return hyp.text[before:]

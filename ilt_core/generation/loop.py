@@ -22,10 +22,16 @@ Edge cases (all tested): an empty prompt generates from the start marker alone; 
 latent's context (``model.max_units`` units, start marker included) raises :class:`ILTError`; a row whose
 context fills up stops there; ``max_new_units=0`` gives ``""``; a decoder that never writes ``eos`` is cut at
 the unit byte limit (``spec.max_unit_bytes``, or ``label_bytes`` for a model trained with ``labels: bytes``);
-invalid UTF-8 from the decoder becomes U+FFFD; a unit with no bytes ends the text. A prompt whose last word
-has no trailing space is taken as it is (the model then continues after that unit, as after any unit);
-end prompts with a space for the most natural continuation. A returned text ends *before* the first stop
-string found in the continuation.
+invalid UTF-8 from the decoder becomes U+FFFD; a unit with no bytes ends the text. A returned text ends *before*
+the first stop string found in the continuation.
+
+A prompt cut inside a word (its last unit has no trailing whitespace: ``"The capital is"``) is not a finished
+unit: its context is the units before that one, the decoder is forced through that unit's bytes and writes the
+rest of it (``" "``, then ``eos``), then generation goes on unit by unit; the returned text starts with that rest.
+This is the byte-level chain rule of :mod:`ilt_core.likelihood`, at any batch size (rows are forced in groups of
+equal byte counts) and with every strategy (sampling and beams draw and rank the rest of the unit by its
+probability given the forced bytes). The completion does not count towards ``max_new_units``; a prompt ending in
+whitespace is taken as finished, as before.
 """
 
 from __future__ import annotations
@@ -40,7 +46,16 @@ import torch
 
 from ilt_core.errors import ILTError
 from ilt_core.generation.beams import beam_search, penalised_score
-from ilt_core.generation.decoding import START, Decoding, Hypothesis, LatentState, UnitEmbeddings, append_unit
+from ilt_core.generation.decoding import (
+    START,
+    Decoding,
+    Hypothesis,
+    LatentState,
+    UnitEmbeddings,
+    append_unit,
+    finished_unit,
+    forced_ids,
+)
 from ilt_core.generation.options import GenerationOptions
 from ilt_core.generation.sampling import pick_units
 
@@ -73,7 +88,8 @@ Cost per generated unit, for a batch of B prompts, c latent steps over the KV ca
 class GenerationResult:
     """One prompt's continuation with ``return_scores=True``.
 
-    ``text``: the continuation (cut before a stop string). ``units``: the generated units, in order.
+    ``text``: the continuation (cut before a stop string). ``units``: the units generated after the prompt's, in
+    order (for a prompt cut inside a word, ``text`` starts with the rest of that word, which is not among them).
     ``score``: the sum of the natural-log probabilities of every byte the decoder wrote for them, each unit's
     ``eos`` and a final end-of-text ``eos`` included. ``finish_reason``: ``"end_of_text"``, ``"max_new_units"``,
     ``"stop"`` or ``"context_full"``.
@@ -168,7 +184,10 @@ def _prompts_to_hypotheses(model: Any, prompts: list[str]) -> list[Hypothesis]:
                 f"prompts[{i}] has {len(units)} units but the latent transformer reads at most {model.max_units} "
                 f"(the start marker included): keep its last {model.max_units - 1} units or fewer"
             )
-        hyps.append(Hypothesis(i, [START, *units]))
+        if units and not finished_unit(units[-1]):  # cut inside a word: the decoder completes it first
+            hyps.append(Hypothesis(i, [START, *units[:-1]], forced=units[-1]))
+        else:
+            hyps.append(Hypothesis(i, [START, *units]))
     return hyps
 
 
@@ -180,7 +199,7 @@ def _plain_steps(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> Iter
         return
     latents = latent.start([h.context for h in live])
     while True:
-        ids, scores = pick_units(model, latents, decoding)
+        ids, scores = pick_units(model, latents, decoding, forced_ids(model, live))
         for i, h in enumerate(live):
             new = append_unit(model, h, ids[i], scores[i] if scores is not None else None, decoding)
             if new:
@@ -190,7 +209,7 @@ def _plain_steps(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> Iter
             return
         latent.select(keep)
         live = [live[i] for i in keep]
-        latents = latent.step([h.units[-1] for h in live])
+        latents = latent.step([h.last_unit for h in live])
 
 
 def _beam_search_or_greedy(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> list[Hypothesis]:

@@ -25,18 +25,26 @@ __all__ = ["pick_units"]
 _ANCESTRAL = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
 
 
-def pick_units(model: Any, latents: torch.Tensor, decoding: Decoding) -> tuple[list[list[int]], list[float] | None]:
-    """One unit's ids per row of ``latents`` ``(N, D)``, and their scores (nats) when ``decoding.want_scores``."""
+def pick_units(
+    model: Any, latents: torch.Tensor, decoding: Decoding, given: list[list[int]] | None = None
+) -> tuple[list[list[int]], list[float] | None]:
+    """One unit's ids per row of ``latents`` ``(N, D)``, and their scores (nats) when ``decoding.want_scores``.
+
+    ``given``: per row, byte ids the decoder is forced through first (see
+    :func:`~ilt_core.generation.decoding.decode_unit_ids`); the ids and scores returned are those written after
+    them, scored given them.
+    """
     options = decoding.options
     if not options.resampling:
         extra: dict[str, Any] = dict(_ANCESTRAL) if options.do_sample else {}
-        ids = decode_unit_ids(model, latents, decoding, **extra)
-        return ids, (score_unit_ids(model, latents, ids) if decoding.want_scores else None)
+        ids = decode_unit_ids(model, latents, decoding, given, **extra)
+        return ids, (_scores(model, latents, ids, given) if decoding.want_scores else None)
 
     C = options.unit_candidates
     repeated = latents.repeat_interleave(C, dim=0)  # (N * C, D)
-    cands = decode_unit_ids(model, repeated, decoding, **_ANCESTRAL)
-    scores = score_unit_ids(model, repeated, cands)
+    repeated_given = [g for g in given for _ in range(C)] if given else None
+    cands = decode_unit_ids(model, repeated, decoding, repeated_given, **_ANCESTRAL)
+    scores = _scores(model, repeated, cands, repeated_given)
     chosen, chosen_scores = [], []
     for n in range(latents.shape[0]):
         group: dict[tuple[int, ...], list[float]] = {}  # distinct candidate -> [log p, count]
@@ -47,6 +55,13 @@ def pick_units(model: Any, latents: torch.Tensor, decoding: Decoding) -> tuple[l
         chosen.append(list(pick))
         chosen_scores.append(group[pick][0])
     return chosen, chosen_scores
+
+
+def _scores(model: Any, latents: torch.Tensor, ids: list[list[int]], given: list[list[int]] | None) -> list[float]:
+    """Scores of the written ``ids``, given each row's forced bytes."""
+    if not given:
+        return score_unit_ids(model, latents, ids)
+    return score_unit_ids(model, latents, [g + r for g, r in zip(given, ids, strict=True)], [len(g) for g in given])
 
 
 def _resample(

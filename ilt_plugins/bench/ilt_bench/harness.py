@@ -5,6 +5,10 @@
     ilt bench --mixes tiny,baseline-bytes --budget-flops 2e12 --seeds 5 --lr 1e-3   (one rate, no sweep)
     ilt bench --train-file a.txt --eval-file b.txt --eval-lines 200 --out results/
 
+``--tasks ilt_he_news_mc,ilt_he_news_bpb`` also scores every trained mix and seed on lm_eval tasks (ILT mixes as
+lm_eval's ``ilt`` model, the baselines through :mod:`ilt_bench.lm_eval_models`): a column per task in the report.
+Every run also times lm_eval ``loglikelihood`` requests at batch 16.
+
 The budget is training text (``--budget-bytes``, the default) or training FLOPs (``--budget-flops``), so a
 figure does not depend on how fast the machine was that day; ``--budget-seconds`` is there too. Wall-clock
 time is a reported figure. Each mix first picks its own peak learning rate by a short sweep (``--lr-sweep``:
@@ -51,6 +55,7 @@ def resolve_data(args: argparse.Namespace) -> dict[str, Any]:
     """Train/eval files: ``--train-file/--eval-file``, or the ``--data`` recipe's train/validation split."""
     if bool(args.train_file) != bool(args.eval_file):
         raise ILTError("--train-file and --eval-file go together: give both, or neither for --data")
+    task_data_dir = None
     if args.train_file:
         train, evaluation = Path(args.train_file), Path(args.eval_file)
         name = args.data_name or train.stem
@@ -58,6 +63,8 @@ def resolve_data(args: argparse.Namespace) -> dict[str, Any]:
         files = get_registry().data_recipe(args.data).prepare(progress=True)
         train, evaluation = files["train"], files["validation"]
         name = args.data_name or args.data
+        if args.data == "he-news":  # the offline Hebrew lm_eval tasks read this recipe's test split
+            task_data_dir = str(Path(files["test"]).parent)
     counts = {}
     for flag, path in (("--train-file", train), ("--eval-file", evaluation)):
         # strict UTF-8: a bad byte or a NUL is one line naming the file and line, before any mix starts
@@ -74,6 +81,7 @@ def resolve_data(args: argparse.Namespace) -> dict[str, Any]:
         "train_sha256": sha256_file(train),
         "eval_sha256": sha256_file(evaluation),
         "eval_texts": eval_texts,
+        "task_data_dir": task_data_dir,
     }
 
 
@@ -120,6 +128,32 @@ def _command_line(args: argparse.Namespace) -> str:
     if Path(sys.argv[0]).name == "ilt":
         return " ".join(["ilt", *sys.argv[1:]])
     return "ilt bench (called from Python: see settings)"
+
+
+def parse_tasks(text: str | None) -> list[str]:
+    """``--tasks``: comma-separated lm_eval task names (checked when the first mix evaluates them)."""
+    tasks = [t.strip() for t in (text or "").split(",") if t.strip()]
+    for t in tasks:
+        if not all(c.isalnum() or c in "_-." for c in t):
+            raise ILTError(f"--tasks {text!r}: {t!r} is not a task name (letters, digits, _ - .)")
+    return tasks
+
+
+def check_tasks(tasks: list[str]) -> None:
+    """Every ``--tasks`` name is an lm_eval task (the offline ones first; lm_eval's own index takes seconds)."""
+    if not tasks:
+        return
+    import ilt_lm_eval
+
+    known = set(ilt_lm_eval.task_manager(include_defaults=False).all_tasks)
+    if not set(tasks) <= known:
+        known |= set(ilt_lm_eval.task_manager().all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise ILTError(
+            f"--tasks: no lm_eval task named {', '.join(unknown)} (offline: ilt_he_news_mc, ilt_he_news_bpb, "
+            "ilt_he_offline; `ilt-lm-eval ls tasks` lists lm_eval's)"
+        )
 
 
 def parse_rates(text: str) -> list[float]:
@@ -190,6 +224,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     check_budget(args)
     rates = parse_rates(args.lr_sweep) if args.lr is None else []
     mixes = resolve_mixes(args.mixes, args.mix_dir)  # validates every mix before anything runs
+    check_tasks(parse_tasks(args.tasks))
     data = resolve_data(args)
     eval_total = sum(1 for line in Path(data["eval_file"]).read_text(encoding="utf-8").splitlines() if line.strip())
     # the sweep scores texts the report does not use, when the held-out file has them
@@ -228,6 +263,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "reference_generation": dict(REFERENCE_GENERATION),
         "t2b_lines": args.t2b_lines,
         "render_units": args.render_units,
+        "tasks": parse_tasks(args.tasks),
+        "task_limit": args.task_limit or None,
+        "task_data_dir": args.task_data_dir or data["task_data_dir"],
     }
     base = {
         **settings,
@@ -383,6 +421,18 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--gen-prompt-units", type=int, default=16, help="units in each generation prompt")
     p.add_argument("--t2b-lines", type=int, default=256, help="held-out texts for the text-to-batch speed test")
     p.add_argument("--render-units", type=int, default=2000, help="units rendered for the rendering speed test")
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="lm_eval tasks scored on every trained mix and seed, a column each in the report, e.g. "
+        "ilt_he_news_mc,ilt_he_news_bpb (the offline Hebrew tasks of ilt-lm-eval; hub tasks need a hub)",
+    )
+    p.add_argument("--task-limit", type=int, default=0, help="examples per lm_eval task (0: all)")
+    p.add_argument(
+        "--task-data-dir",
+        default=None,
+        help="folder with the split files the offline Hebrew tasks read (test.txt; default: the he-news recipe's)",
+    )
     p.add_argument("--matmul-size", type=int, default=0, help="side of the peak-measuring matmul (0: 2048 on CPU)")
     p.add_argument("--mix-timeout", type=float, default=0.0, help="seconds before a mix is stopped (0: automatic)")
     p.add_argument("--out", help="output folder (default: benchmarks/results/<data-name>/)")

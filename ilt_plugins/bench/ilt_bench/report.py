@@ -77,7 +77,26 @@ EXTRA_FIGURES: tuple[str, ...] = (
     "final_loss",
     "achieved_flops_per_second",
     "generation.batch_1.units_per_second",
+    "loglikelihood.requests_per_second",
 )
+
+#: The metric a task's column shows, the first of these that it reports (else its first metric).
+TASK_METRICS: tuple[str, ...] = ("acc", "bits_per_byte", "exact_match", "acc_norm", "f1")
+
+
+def task_figures(result: dict[str, Any]) -> list[str]:
+    """Dotted paths ``tasks.<task>.<metric>`` of every lm_eval figure of a mix result."""
+    return [f"tasks.{task}.{metric}" for task, metrics in (result.get("tasks") or {}).items() for metric in metrics]
+
+
+def task_columns(results: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(task, metric)`` per report column: every task some mix was scored on, its main metric."""
+    columns: dict[str, str] = {}
+    for r in results:
+        for task, metrics in (r.get("tasks") or {}).items():
+            if task not in columns and metrics:
+                columns[task] = next((m for m in TASK_METRICS if m in metrics), next(iter(metrics)))
+    return list(columns.items())
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -121,7 +140,7 @@ def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return {**first, "runs": runs, "seeds_ok": 0, "seeds": len(runs)}
     result = copy.deepcopy({k: v for k, v in ok[0].items() if k not in ("curve", "seed")})  # the runs stay as run
     spreads = {}
-    for path in (*FIGURES, *EXTRA_FIGURES):
+    for path in (*FIGURES, *EXTRA_FIGURES, *task_figures(ok[0])):
         values = [figure(r, path) for r in ok]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             spreads[path] = spread([float(v) for v in values])
@@ -250,6 +269,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     FLOPs, reference and goals, settings and machine."""
     results = report["results"]
     ok = [r for r in results if r.get("status") == "ok"]
+    columns = task_columns(ok)
     settings, machine = report["settings"], report["machine"]
     seeds = settings.get("seeds") or [settings.get("seed", 0)]
     lines = [
@@ -269,14 +289,16 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "`ilt_core.text.segmentation.segment`); for the baselines they are counted the same way on the text their "
         "tokens stand for. Wall-clock figures are reported, not budgeted: they follow the machine's load.",
         "",
-        "| mix | bits/byte | lr | params | FLOPs/byte | train bytes | train FLOPs | train s | bytes/s | s/step | "
+        "| mix | bits/byte | "
+        + "".join(f"{task} {metric} | " for task, metric in columns)
+        + "lr | params | FLOPs/byte | train bytes | train FLOPs | train s | bytes/s | s/step | "
         "data share | MFU | peak RSS | gen b1 units/s (bytes/s) | gen b8 units/s (bytes/s) | "
-        "text->batch cold/warm units/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "text->batch cold/warm units/s | loglikelihood req/s (batch 16) |",
+        "|---" * (17 + len(columns)) + "|",
     ]
     for r in results:
         if r.get("status") != "ok":
-            lines.append(f"| {r['name']} | failed: {r.get('error', '?')} |" + " |" * 14)
+            lines.append(f"| {r['name']} | failed: {r.get('error', '?')} |" + " |" * (15 + len(columns)))
             continue
         t2b = r["text_to_batch"]
         lines.append(
@@ -286,6 +308,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                     r["name"]
                     + (f" ({r['seeds_ok']}/{r['seeds']} seeds)" if r.get("seeds_ok", 1) < r.get("seeds", 1) else ""),
                     _spread_text(r, "bits_per_byte"),
+                    *(_spread_text(r, f"tasks.{task}.{metric}") for task, metric in columns),
                     f"{r['lr']:g}" if r.get("lr") else "-",
                     _millions(r["parameters_total"]),
                     _num(r["flops_per_byte"]),
@@ -302,10 +325,30 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                     f"{_num(figure(r, 'generation.batch_8.units_per_second'))} "
                     f"({_num(figure(r, 'generation.batch_8.bytes_per_second'))})",
                     f"{_num(t2b['cold_units_per_second'])} / {_num(t2b['warm_units_per_second'])}",
+                    _spread_text(r, "loglikelihood.requests_per_second"),
                 ]
             )
             + " |"
         )
+
+    if columns:
+        limit = settings.get("task_limit")
+        lines += [
+            "",
+            "## lm_eval tasks",
+            "",
+            "Scored by lm_eval after training, on every seed (ILT mixes as its `ilt` model, the baselines through "
+            f"`ilt_bench.lm_eval_models`){f', {limit} examples per task' if limit else ''}; every metric, mean "
+            "[min–max] over the seeds.",
+            "",
+            "| mix | task | metrics |",
+            "|---|---|---|",
+        ]
+        for r in ok:
+            for task, _ in columns:
+                metrics = (r.get("tasks") or {}).get(task, {})
+                cells = "; ".join(f"{m} {_spread_text(r, f'tasks.{task}.{m}')}" for m in metrics) or "-"
+                lines.append(f"| {r['name']} | {task} | {cells} |")
 
     pairs = separations(results)
     lines += ["", "## Which mixes separate", ""]

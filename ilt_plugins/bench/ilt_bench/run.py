@@ -498,6 +498,80 @@ def measure_generation(
     return out
 
 
+def loglikelihood_requests(texts: Sequence[str], segment: Any, count: int) -> list[tuple[str, str]]:
+    """``count`` lm_eval-style ``(context, continuation)`` pairs from held-out texts: each text cut in the middle
+    of its units, the space moved into the continuation (``"... is" + " Paris ..."``), cycling when short."""
+    pairs = []
+    for text in texts:
+        units = segment(text)
+        if len(units) >= 2:
+            context = "".join(units[: len(units) // 2])
+            stripped = context.rstrip()
+            pairs.append((stripped, context[len(stripped) :] + "".join(units[len(units) // 2 :])))
+    if not pairs:
+        raise ILTError("bench: no held-out text has two units or more; the loglikelihood test needs them")
+    return [pairs[i % len(pairs)] for i in range(count)]
+
+
+def measure_loglikelihood(runner: Any, eval_texts: Sequence[str], batch_size: int = 16, count: int = 64) -> dict:
+    """lm_eval ``loglikelihood`` requests per second at ``batch_size`` (after one warm-up batch), through the
+    mix's lm_eval model (:func:`ilt_bench.lm_eval_models.lm_eval_model`)."""
+    from lm_eval.api.instance import Instance
+
+    from ilt_bench.lm_eval_models import lm_eval_model
+
+    lm = lm_eval_model(runner, batch_size)
+    pairs = loglikelihood_requests(eval_texts, runner.segment, count)
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+    lm.loglikelihood(requests[:batch_size], disable_tqdm=True)
+    clock = Clock(runner.device)
+    start = clock()
+    lm.loglikelihood(requests, disable_tqdm=True)
+    seconds = clock() - start
+    return {
+        "batch_size": batch_size,
+        "requests": len(requests),
+        "seconds": seconds,
+        "requests_per_second": len(requests) / max(seconds, 1e-9),
+    }
+
+
+def evaluate_tasks(runner: Any, settings: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """lm_eval's tasks (``settings["tasks"]``) on the trained mix: ``{task: {metric: value}}`` (lm_eval's filter
+    suffix dropped, standard errors left out: the report's spread is over seeds)."""
+    import ilt_lm_eval
+    import lm_eval
+
+    from ilt_bench.lm_eval_models import lm_eval_model
+
+    tasks = list(settings["tasks"])
+    metadata = {"data_dir": settings["task_data_dir"]} if settings.get("task_data_dir") else {}
+    manager = ilt_lm_eval.task_manager(metadata=metadata, include_defaults=False)
+    if not set(tasks) <= set(manager.all_tasks):  # lm_eval's own tasks: index them too (seconds)
+        manager = ilt_lm_eval.task_manager(metadata=metadata)
+    seed = int(settings["seed"])
+    out = lm_eval.simple_evaluate(
+        model=lm_eval_model(runner, int(settings.get("task_batch_size") or 16)),
+        tasks=tasks,
+        task_manager=manager,
+        limit=settings.get("task_limit") or None,
+        bootstrap_iters=0,
+        log_samples=False,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    figures: dict[str, dict[str, float]] = {}
+    for task, metrics in out["results"].items():
+        figures[task] = {
+            key.split(",")[0]: float(value)
+            for key, value in metrics.items()
+            if "," in key and "_stderr" not in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
+    return figures
+
+
 def run_mix(job: dict[str, Any]) -> dict[str, Any]:
     """Everything for one mix; see the module docstring."""
     mix, settings = job["mix"], job["settings"]
@@ -534,6 +608,14 @@ def run_mix(job: dict[str, Any]) -> dict[str, Any]:
     eval_s = time.perf_counter() - start
     reference = mix["kind"] == "ilt" and bool(mix["bench"].get("reference_protocol"))
     generation = measure_generation(runner, settings, eval_texts, reference) if measure else {}
+    loglikelihood = measure_loglikelihood(runner, eval_texts) if measure else {}
+    if loglikelihood:
+        say(settings, f"lm_eval loglikelihood: {loglikelihood['requests_per_second']:.1f} requests/s at batch 16")
+    tasks: dict[str, dict[str, float]] = {}
+    if measure and settings.get("tasks"):
+        start = time.perf_counter()
+        tasks = evaluate_tasks(runner, settings)
+        say(settings, f"lm_eval tasks in {time.perf_counter() - start:.0f} s: {json.dumps(tasks)}")
 
     peak_flops = float(settings["peak_flops"])
     flops_per_byte = runner.flops.flops_per_byte()
@@ -559,6 +641,8 @@ def run_mix(job: dict[str, Any]) -> dict[str, Any]:
         "parameters": counts,
         "parameters_total": sum(counts.values()),
         "generation": generation,
+        "loglikelihood": loglikelihood,
+        "tasks": tasks,
         "text_to_batch": t2b,
         "curve": trained["curve"],
         "wall_seconds": time.perf_counter() - started,

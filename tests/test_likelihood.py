@@ -15,8 +15,7 @@ import random
 
 import pytest
 import torch
-from conftest import micro_spec
-from memorised import ENGLISH, SENTENCES, memorised_model
+from helpers import ENGLISH, SENTENCES, memorised_model, micro_spec
 
 from ilt_core.errors import ILTError
 from ilt_core.evaluation import bits_per_byte

@@ -17,11 +17,10 @@ import sys
 import ilt_lm_eval
 import lm_eval
 import pytest
-from conftest import micro_spec
+from helpers import HEBREW, memorised_model, micro_spec
 from ilt_lm_eval.model import ILTLM
 from ilt_lm_eval.tasks.he_news import make_mc_items
 from lm_eval.api.instance import Instance
-from memorised import HEBREW, memorised_model
 
 from ilt_core.cli.main import main as ilt_main
 from ilt_core.evaluation import bits_per_byte

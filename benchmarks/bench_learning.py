@@ -1,6 +1,6 @@
 """Learning per step at the start of training: ILT against the byte baseline, and what changes it.
 
-    python benchmarks/bench_learning.py                       # the study of benchmarks/README.md
+    python benchmarks/bench_learning.py                       # the study of benchmarks/REPORT.md
     python benchmarks/bench_learning.py --steps 40 --variants bytes=nano-baseline-bytes,ilt=nano-no-images
     python benchmarks/bench_learning.py --quick --out /tmp/learning   # a smoke run
 

@@ -4,9 +4,9 @@ torch's CPU tensors come from the C library's ``malloc``. glibc serves a block a
 ``mmap`` and unmaps it at ``free``; it raises that threshold to the size of each such block freed, up to 32 MiB.
 A training step allocates and frees large activations over and over, so by default it pays both ways:
 
-- blocks above 32 MiB (the bytes decoder's ``(M * K, intermediate)`` activations: 42 MB on the reference setup,
-  batch 8 x 64 words) are mapped afresh at every allocation: every page faults and is zeroed by the kernel; there a
-  step took 240,000-270,000 page faults, 0.6 of its 4.9 CPU seconds in the kernel;
+- blocks above 32 MiB (such as the bytes decoder's ``(M * K, intermediate)`` activations at the reference setup's
+  batch of 8 x 64 words) are mapped afresh at every allocation: every page faults and is zeroed by the kernel, and
+  a step spends a share of its CPU time in the kernel;
 - smaller ones come from the heap, which keeps what is freed in its middle: peak RSS holds every activation a step
   ever freed, fragmented, not only the live ones.
 
@@ -14,10 +14,9 @@ So a training process picks one of two settings (process-wide, glibc only; resul
 
 - :func:`keep_freed_memory` (for speed: the default of a training forward, see ``ILTModel.forward``): nothing is
   mapped by itself and the heap is never trimmed, so a step reuses the pages of the last one: no page faults after
-  the first step (CPU seconds of a reference step 4.86 -> 4.44, two interleaved rounds), peak RSS +1-4%.
+  the first step, for a slightly higher peak RSS.
 - :func:`return_freed_memory` (for memory: with activation checkpointing): blocks above 1 MiB are mapped by
-  themselves and unmapped when freed, so RSS follows the live tensors (reference setup, checkpointed: peak RSS
-  2.4 GB -> 1.7 GB; live tensors peak ~1.6 GB), at the price of the page faults.
+  themselves and unmapped when freed, so RSS follows the live tensors, at the price of the page faults.
 
 The first one asked for stays: a process that enabled checkpointing keeps returning memory.
 """
@@ -63,7 +62,7 @@ def _mallopt(libc: ctypes.CDLL, param: int, value: int) -> bool:
 
 def keep_defaults() -> None:
     """Leave the C library's settings as they are in this process: :func:`keep_freed_memory` then changes nothing
-    (for comparisons: ``benchmarks/bench_model.py --page-faults-ab``)."""
+    (to compare the settings against glibc's own)."""
     _chosen[:] = ["defaults"]
 
 

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see benchmarks/common.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see ilt_bench.common
 
 import torch  # noqa: E402
 from ilt_bench.mixes import resolve_mixes  # noqa: E402

@@ -109,3 +109,23 @@ def test_the_check_catches_a_flag_that_does_not_exist(commands) -> None:
     assert "--no_packing" in commands[("train",)] and "--nope" not in commands[("train",)]
     assert _command("torchrun --nproc_per_node 2 -m ilt_core.cli train --seed 1", commands) == ("train",)
     assert _command("ilt data prepare he-news --shards 8", commands) == ("data", "prepare")
+
+
+def test_benchmarks_readme_lists_every_script_and_no_other() -> None:
+    """``benchmarks/README.md``'s table names every script in ``benchmarks/`` once, and nothing that is not there."""
+    table = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8").split("## What to run", 1)[1]
+    table = table.split("\n## ", 1)[0]
+    listed = set(re.findall(r"benchmarks/([\w.-]+\.(?:py|sh))", table))
+    scripts = {p.name for p in (ROOT / "benchmarks").iterdir() if p.suffix in (".py", ".sh")}
+    scripts.add("bench_ops.py")  # the aten-ops benchmark: listed before it lands
+    assert listed == scripts, f"unlisted: {sorted(scripts - listed)}; listed but missing: {sorted(listed - scripts)}"
+
+
+def test_no_benchmark_script_imports_another() -> None:
+    """Scripts share code through the ``ilt_bench`` package, never by importing each other through ``sys.path``."""
+    names = {p.stem for p in (ROOT / "benchmarks").glob("*.py")}
+    for path in (ROOT / "benchmarks").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        imported = set(re.findall(r"^\s*(?:import|from)\s+(\w+)", text, re.MULTILINE))
+        assert not imported & names, f"{path.name} imports {sorted(imported & names)}"
+        assert "sys.path.insert" not in text, f"{path.name} changes sys.path"

@@ -66,7 +66,8 @@ class ModelSpec(BaseModel):
     )
     label_bytes: int = Field(32, ge=1, le=4096, description="how many bytes each latent predicts when labels: bytes")
     activation_checkpointing: bool = Field(
-        False, description="recompute each component's layers in the backward pass: far less memory, one more forward pass's time"
+        False,
+        description="recompute each component's layers in the backward pass: far less memory, one more forward pass's time",
     )
     cpu_products: Literal["numpy", "torch"] = Field(
         "numpy",

@@ -55,7 +55,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (ilt_b
 
 from ilt_bench import common  # noqa: E402
 from ilt_bench.corpora import SMALL_MODEL, make_corpus  # noqa: E402
-from ilt_bench.machine import peak_rss_bytes, reset_peak_rss, rss_bytes, rss_parts_mib  # noqa: E402
+from ilt_bench.machine import rss_parts_mib  # noqa: E402
+from ilt_bench.marks import StepMarks  # noqa: E402
 
 RSS_GOAL = 1.15
 FIRST_STEP_GOAL = 1.20
@@ -66,7 +67,6 @@ FIRST_STEP_GOAL = 1.20
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Train once and measure (runs in its own process: its memory is its own)."""
-    from transformers import TrainerCallback
 
     from ilt_core.training import run as training_run
 
@@ -83,20 +83,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     training_run.build_datasets = measured_build  # to read what preparing the data found, and its time
 
-    class Measure(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            marks["hwm_reset"] = reset_peak_rss()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 1:
-                marks["first_step_s"] = time.time() - spec["launched"]
-                marks["rss_step1_mib"] = rss_parts_mib()
-            if state.global_step == spec["steps"]:
-                marks["peak_rss_steps_mib"] = peak_rss_bytes() / 2**20
-                marks["rss_end_mib"] = rss_bytes() / 2**20
-                marks["rss_last_step_mib"] = rss_parts_mib()
-                marks["steps_s"] = time.time() - spec["launched"] - marks["first_step_s"]
-
     argv = [
         "--model_spec", "tiny", "--set", *SMALL_MODEL,
         "--train_file", spec["train_file"],
@@ -110,7 +96,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         *common.QUIET_TRAINING_ARGS,
     ]  # fmt: skip
     try:
-        training_run.run_training(argv, callbacks=[Measure()])
+        training_run.run_training(argv, callbacks=[StepMarks(marks, spec["launched"], spec["steps"], parts=True)])
     except Exception as exc:  # after the measured steps (e.g. saving): report what was measured
         if "peak_rss_steps_mib" not in marks:
             raise
@@ -322,11 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--row-read-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:
-        common.print_result(child(json.loads(args.child)))
-        return 0
-    if args.row_read_child:
-        common.print_result(row_read_child(json.loads(args.row_read_child)))
+    if common.answer_as_child(args, {"child": child, "row_read_child": row_read_child}):
         return 0
     if args.row_reads:
         common.write_json(args.out, {"row_reads": row_reads(args.row_reads, args.reads, args.seed)})

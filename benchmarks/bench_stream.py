@@ -47,7 +47,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (ilt_b
 
 from ilt_bench import common  # noqa: E402
 from ilt_bench.corpora import SMALL_MODEL, make_corpus  # noqa: E402
-from ilt_bench.machine import peak_rss_bytes, reset_peak_rss  # noqa: E402
+from ilt_bench.marks import StepMarks  # noqa: E402
 
 from ilt_core.training.arguments import DEFAULT_BLOCK_SIZE  # noqa: E402
 
@@ -64,22 +64,10 @@ def _children_peak_mib() -> float:
 
 def train_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Train with --streaming and measure (in its own process)."""
-    from transformers import TrainerCallback
 
     from ilt_core.training import run as training_run
 
     marks: dict[str, Any] = {}
-
-    class Measure(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            marks["hwm_reset"] = reset_peak_rss()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 1:
-                marks["first_step_s"] = time.time() - spec["launched"]
-            if state.global_step == spec["steps"]:
-                marks["peak_rss_steps_mib"] = peak_rss_bytes() / 2**20
-                marks["steps_s"] = time.time() - spec["launched"] - marks["first_step_s"]
 
     argv = [
         "--model_spec", "tiny", "--set", *SMALL_MODEL,
@@ -93,7 +81,7 @@ def train_child(spec: dict[str, Any]) -> dict[str, Any]:
         "--max_steps", str(spec["steps"]),
         *common.QUIET_TRAINING_ARGS,
     ]  # fmt: skip
-    result = training_run.run_training(argv, callbacks=[Measure()])
+    result = training_run.run_training(argv, callbacks=[StepMarks(marks, spec["launched"], spec["steps"])])
     marks["units"] = result.train_metrics.get("train_units")
     marks["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     marks["workers_peak_rss_mib"] = _children_peak_mib() if spec["loader_workers"] else 0.0
@@ -209,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--pipeline-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.train_child:
-        common.print_result(train_child(json.loads(args.train_child)))
-        return 0
-    if args.pipeline_child:
-        common.print_result(pipeline_child(json.loads(args.pipeline_child)))
+    if common.answer_as_child(args, {"train_child": train_child, "pipeline_child": pipeline_child}):
         return 0
     if args.quick:
         args.sizes, args.steps, args.shards, args.pipeline_batches = [0.1, 0.3], 2, 3, 5

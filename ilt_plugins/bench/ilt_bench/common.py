@@ -145,6 +145,17 @@ def print_result(figures: Any) -> None:
     print(RESULT_PREFIX + json.dumps(figures, default=float), flush=True)
 
 
+def answer_as_child(args: Any, children: dict[str, Callable[[dict[str, Any]], Any]]) -> bool:
+    """In a child process: when the flag of one of ``children`` is set (its value the JSON spec the parent sent,
+    ``args.<name>``), print what that child measures (:func:`print_result`) and return True; else False."""
+    for name, measure in children.items():
+        spec = getattr(args, name, None)
+        if spec:
+            print_result(measure(json.loads(spec)))
+            return True
+    return False
+
+
 def run_children(
     commands: list[list[str]], label: str, env: dict[str, str] | None = None, show_progress: bool = False
 ) -> list[Any]:

@@ -46,8 +46,9 @@ format: $(STAMP)
 test: $(STAMP) lint
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m pytest -q --durations=15
 
-# prepare he-news, train the tiny preset within a 10-minute budget, bits-per-byte before/after, save runs/demo-tiny,
-# continue a Hebrew prompt. PASSIVE: OpenMP threads sleep instead of spinning when the cores are shared.
+# prepare he-news, train the tiny preset for six minutes (the whole demo within nine; python -m ilt_demo --help),
+# bits-per-byte before/after, save runs/demo-tiny, continue a Hebrew prompt, say how to get further.
+# PASSIVE: OpenMP threads sleep instead of spinning when the cores are shared.
 demo: $(STAMP)
 	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) -m ilt_demo
 

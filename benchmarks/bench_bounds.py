@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_bounds.py --out runs/bench_bounds.json
     .venv/bin/python benchmarks/bench_bounds.py --quick            # smoke run: fewer words, one timing each
 
-The setup is the reference's (``bench_model.reference_spec``: BERT 2 x 128, ViT 12 x 192, GPT-NeoX 6 x 512, Llama
+The setup is the reference's (:func:`ilt_bench.setups.reference_spec`: BERT 2 x 128, ViT 12 x 192, GPT-NeoX 6 x 512, Llama
 2 x 256, batch 8 x 64 he-news units, labels of the next 32 bytes). The script records every matrix product
 (``aten.mm`` / ``addmm`` / ``bmm`` / ``baddbmm``: shape and count) of
 
@@ -26,73 +26,24 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
-from ilt_bench.machine import machine_info, package_versions, rss_bytes  # noqa: E402
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (ilt_bench imports it); see ilt_bench.common
 
-common.omp_wait_policy_default()
-
-import bench_model  # noqa: E402
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from ilt_bench import common  # noqa: E402
+from ilt_bench.machine import machine_info, package_versions, rss_bytes  # noqa: E402
+from ilt_bench.matmuls import MatmulRecorder, Shape, time_shape  # noqa: E402
+from ilt_bench.setups import NO_REFERENCE, REFERENCE_PEAK_RSS_GOAL_MB, make_batches, reference_spec, text_units_in  # noqa: E402
 
-GOALS = {"peak_rss_mb": bench_model.GOALS["peak_rss_mb"]}
+GOALS = {"peak_rss_mb": REFERENCE_PEAK_RSS_GOAL_MB}
 PROTOCOL = {"batch_size": 4, "prompt_units": 16, "byte_cap": 32}
 #: setup -> word images on
 SETUPS = {"with images": True, "without images": False}
-
-Shape = tuple[int, int, int, int]  # (batch, M, K, N): batch products of (M, K) @ (K, N)
-
-
-class MatmulRecorder(TorchDispatchMode):
-    """Counts the matrix products dispatched inside it, by shape ``(batch, M, K, N)``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: Counter[Shape] = Counter()
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        aten = torch.ops.aten
-        if func in (aten.mm.default, aten.addmm.default):
-            a, b = (args[0], args[1]) if func is aten.mm.default else (args[1], args[2])
-            self.counts[(1, a.shape[0], a.shape[1], b.shape[1])] += 1
-        elif func in (aten.bmm.default, aten.baddbmm.default):
-            a, b = (args[0], args[1]) if func is aten.bmm.default else (args[1], args[2])
-            self.counts[(a.shape[0], a.shape[1], a.shape[2], b.shape[2])] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def layouts(batch: int, m: int, k: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Random float32 operands ``(M, K) @ (K, N)`` in every memory layout a product meets: each side stored as is
-    or transposed (a linear layer's forward reads its weight transposed, its backward reads activations so)."""
-    if batch > 1:
-        return [(torch.randn(batch, m, k), torch.randn(batch, k, n))]
-    pairs = []
-    for a_t in (False, True):
-        for b_t in (False, True):
-            a = torch.randn(k, m).t() if a_t else torch.randn(m, k)
-            b = torch.randn(n, k).t() if b_t else torch.randn(k, n)
-            pairs.append((a, b))
-    return pairs
-
-
-def time_shape(shape: Shape, repeats: int) -> dict[str, float]:
-    """Seconds of one product of ``shape`` with torch and with numpy, each in its fastest operand layout."""
-    batch, m, k, n = shape
-    # big products need fewer repeats to be timed well; small ones need more to get past the noise
-    reps = max(1, min(repeats * 10, int(repeats * 2e8 / max(2 * batch * m * k * n, 1))))
-    best = {"torch_s": float("inf"), "numpy_s": float("inf")}
-    for a, b in layouts(batch, m, k, n):
-        a_np, b_np = a.numpy(), b.numpy()
-        best["torch_s"] = min(best["torch_s"], common.fastest(lambda a=a, b=b: torch.matmul(a, b), reps))
-        best["numpy_s"] = min(best["numpy_s"], common.fastest(lambda a=a_np, b=b_np: a @ b, reps))
-    return best
 
 
 def floor_of(counts: Counter[Shape], timings: dict[Shape, dict[str, float]]) -> dict[str, float]:
@@ -136,12 +87,12 @@ def record_setup(images: bool, memory: bool) -> dict[str, Any]:
 
     gc.collect()
     rss_before = rss_bytes() / 2**20
-    model = build_model(bench_model.reference_spec(images), seed=0)
+    model = build_model(reference_spec(images), seed=0)
     rss_built = rss_bytes() / 2**20
     n_params = sum(p.numel() for p in model.parameters())
     common.log(f"reference setup, images {images}: {n_params / 1e6:.1f}M parameters, RSS {rss_built:.0f} MiB")
     units = common.load_text("he", 8 * 64 + 64, model.processor.segment)
-    batch = bench_model.make_batches(model, units, 8, 64, 1)[0]
+    batch = make_batches(model, units, 8, 64, 1)[0]
     model.train()
     train_counts = record_training(model, batch)
     model.eval()
@@ -150,7 +101,7 @@ def record_setup(images: bool, memory: bool) -> dict[str, Any]:
     gen_counts.subtract(record_generation(model, prompts, 1))
     del model
     return {
-        "words_per_step": bench_model.text_units_in(batch),
+        "words_per_step": text_units_in(batch),
         "train_counts": train_counts,
         "gen_counts": Counter({s: c for s, c in gen_counts.items() if c > 0}),  # two decoding steps' products
         "parameters": n_params,
@@ -198,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "peak_gflop_per_s": peak,
         "peak_gflop_per_s_torch": peak_torch,
         "goals": GOALS,
-        "reference_implementation": bench_model.NO_REFERENCE,
+        "reference_implementation": NO_REFERENCE,
         "setups": {},
     }
     for name, r in setups.items():
@@ -267,7 +218,7 @@ def print_report(result: dict[str, Any]) -> None:
             f"{r['rss_after_build_mb']:.0f} MiB + gradients and AdamW moments of {r['parameters'] / 1e6:.1f}M "
             f"parameters); the goal is {GOALS['peak_rss_mb']:.0f} MB"
         )
-    print(bench_model.NO_REFERENCE)
+    print(NO_REFERENCE)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@
     .venv/bin/python benchmarks/bench_data_scale.py --sizes 1000 --formats parquet --keep-caches
     .venv/bin/python benchmarks/bench_data_scale.py --row-reads /tmp/ilt-bench-data-scale/cache-1000mb-parquet
 
-Corpora: Hebrew lines drawn at random from the he-news and he-mishnah recipes (fetched from the
-package registries by :mod:`ilt_data.recipes`), a share of each line's words (``--respell``, default
-10%) respelled at random (a letter replaced or inserted), so that the vocabulary, and with it the
+Corpora (:func:`ilt_bench.corpora.make_corpus`): Hebrew lines drawn at random from the he-news and he-mishnah
+recipes (fetched from the package registries by :mod:`ilt_data.recipes`), a share of each line's words (``--respell``,
+default 10%) respelled at random (a letter replaced or inserted), so that the vocabulary, and with it the
 render cache's work, grows with the corpus. Each size (``--sizes``, MB of UTF-8: 10, 100 and 1000 by
 default) is written once as one ``.txt`` and as ``--shards`` parquet shards with a ``text`` column
 (:func:`ilt_data.shards.write_parquet_shards`), under ``--work``, and reused by later invocations.
@@ -44,140 +44,29 @@ import argparse
 import json
 import os
 import random
-import re
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (ilt_bench imports it); see ilt_bench.common
 
-common.omp_wait_policy_default()
+from ilt_bench import common  # noqa: E402
+from ilt_bench.corpora import SMALL_MODEL, make_corpus  # noqa: E402
+from ilt_bench.machine import rss_parts_mib  # noqa: E402
+from ilt_bench.marks import StepMarks  # noqa: E402
 
-SOURCES = ("he-news", "he-mishnah")
-HEBREW_LETTERS = "אבגדהוזחטיכלמנסעפצקרשת"
-#: The small model: the tiny preset's components (images on), every backbone narrowed.
-SMALL_MODEL = (
-    "image_encoder.config.hidden_size=64",
-    "image_encoder.config.num_hidden_layers=2",
-    "image_encoder.config.num_attention_heads=2",
-    "image_encoder.config.intermediate_size=128",
-    "bytes_encoder.config.hidden_size=64",
-    "bytes_encoder.config.num_hidden_layers=1",
-    "bytes_encoder.config.intermediate_size=128",
-    "latent_transformer.config.hidden_size=128",
-    "latent_transformer.config.num_hidden_layers=2",
-    "latent_transformer.config.num_attention_heads=4",
-    "latent_transformer.config.intermediate_size=256",
-    "bytes_decoder.config.hidden_size=128",
-    "bytes_decoder.config.num_hidden_layers=2",
-    "bytes_decoder.config.num_attention_heads=4",
-    "bytes_decoder.config.num_key_value_heads=4",
-    "bytes_decoder.config.intermediate_size=256",
-)
 RSS_GOAL = 1.15
 FIRST_STEP_GOAL = 1.20
-
-
-# ---- corpora -----------------------------------------------------------------------------------
-
-
-def _respell(word: str, rng: random.Random) -> str:
-    """The word with one Hebrew letter replaced, or one inserted (a new spelling, mostly a new word)."""
-    letters = [i for i, ch in enumerate(word) if "\u05d0" <= ch <= "\u05ea"]
-    new = rng.choice(HEBREW_LETTERS)
-    if letters and rng.random() < 0.5:
-        i = rng.choice(letters)
-        return word[:i] + new + word[i + 1 :]
-    i = rng.choice(letters) if letters else 0
-    return word[:i] + new + word[i:]
-
-
-def make_corpus(size_mb: float, work: Path, shards: int, respell: float, seed: int) -> dict[str, Any]:
-    """Write (or reuse) the corpus of ``size_mb`` MB as .txt and as parquet shards; returns its facts."""
-    from ilt_data.recipes import prepare, read_split
-    from ilt_data.shards import write_parquet_shards
-
-    tag = f"he-{size_mb:g}mb-r{respell:g}-s{seed}"
-    folder = work / tag
-    manifest = folder / "corpus.json"
-    if manifest.is_file():
-        facts = json.loads(manifest.read_text(encoding="utf-8"))
-        if facts.get("shards") == shards:
-            return facts
-    folder.mkdir(parents=True, exist_ok=True)
-    base: list[list[str]] = []
-    for name in SOURCES:
-        for path in prepare(name, progress=False).values():
-            base.extend(line.split(" ") for line in read_split(path))
-    rng = random.Random(seed)
-    target = int(size_mb * 1e6)
-    start = time.perf_counter()
-    txt = folder / "train.txt"
-    written = lines = respelled = 0
-    with open(txt, "w", encoding="utf-8", newline="\n", buffering=1 << 22) as out:
-        chunk: list[str] = []
-        while written < target:
-            words = list(rng.choice(base))
-            for _ in range(int(len(words) * respell + rng.random())):
-                i = rng.randrange(len(words))
-                words[i] = _respell(words[i], rng)
-                respelled += 1
-            line = " ".join(words)
-            chunk.append(line)
-            written += len(line.encode("utf-8")) + 1
-            lines += 1
-            if len(chunk) >= 10_000:
-                out.write("\n".join(chunk) + "\n")
-                chunk = []
-        if chunk:
-            out.write("\n".join(chunk) + "\n")
-    parquet = folder / "parquet"
-    write_parquet_shards(txt, parquet, "train", shards)
-    facts = {
-        "size_mb": size_mb,
-        "bytes": txt.stat().st_size,
-        "lines": lines,
-        "respelled_words": respelled,
-        "txt": str(txt),
-        "parquet": str(parquet / "*.parquet"),
-        "parquet_bytes": sum(p.stat().st_size for p in parquet.glob("*.parquet")),
-        "shards": shards,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    manifest.write_text(json.dumps(facts, indent=2), encoding="utf-8")
-    return facts
 
 
 # ---- one run (in a child process) ---------------------------------------------------------------
 
 
-def _status_kib(field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    return int(match.group(1)) if match else 0
-
-
-def _rss_parts_mib() -> dict[str, float]:
-    """Resident memory now, by kind: anonymous (the heap, tensors), file-backed (mapped files and
-    libraries) and shared memory, in MiB (``/proc/self/status``)."""
-    return {kind: round(_status_kib(f"Rss{kind}") / 1024, 1) for kind in ("Anon", "File", "Shmem")}
-
-
-def _reset_peak_rss() -> bool:
-    try:  # Linux: "5" resets the high-water mark VmHWM to the current RSS
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Train once and measure (runs in its own process: its memory is its own)."""
-    from transformers import TrainerCallback
 
     from ilt_core.training import run as training_run
 
@@ -194,20 +83,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     training_run.build_datasets = measured_build  # to read what preparing the data found, and its time
 
-    class Measure(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            marks["hwm_reset"] = _reset_peak_rss()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 1:
-                marks["first_step_s"] = time.time() - spec["launched"]
-                marks["rss_step1_mib"] = _rss_parts_mib()
-            if state.global_step == spec["steps"]:
-                marks["peak_rss_steps_mib"] = _status_kib("VmHWM") / 1024
-                marks["rss_end_mib"] = _status_kib("VmRSS") / 1024
-                marks["rss_last_step_mib"] = _rss_parts_mib()
-                marks["steps_s"] = time.time() - spec["launched"] - marks["first_step_s"]
-
     argv = [
         "--model_spec", "tiny", "--set", *SMALL_MODEL,
         "--train_file", spec["train_file"],
@@ -221,7 +96,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         *common.QUIET_TRAINING_ARGS,
     ]  # fmt: skip
     try:
-        training_run.run_training(argv, callbacks=[Measure()])
+        training_run.run_training(argv, callbacks=[StepMarks(marks, spec["launched"], spec["steps"], parts=True)])
     except Exception as exc:  # after the measured steps (e.g. saving): report what was measured
         if "peak_rss_steps_mib" not in marks:
             raise
@@ -241,10 +116,7 @@ def run_one(args: argparse.Namespace, train_file: str, cache_dir: Path, label: s
         "steps": steps,
         "launched": time.time(),
     }
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=False
-    )
-    return common.child_result(done.stdout, done.stderr, done.returncode, f"{label}: training")
+    return common.run_child([sys.executable, __file__, "--child", json.dumps(spec)], f"{label}: training")
 
 
 # ---- row reads: what reading rows at random adds to RSS, by way of reading ------------------------
@@ -288,10 +160,10 @@ def row_read_child(spec: dict[str, Any]) -> dict[str, Any]:
         "mmap-random": lambda a, b: table.slice(a, b - a).to_pylist(),
         "pread": lambda a, b: reader.read(a, b),  # what RowDataset does now
     }[spec["way"]]
-    before = _rss_parts_mib()
+    before = rss_parts_mib()
     for a, b in spans:
         read(a, b)
-    after = _rss_parts_mib()
+    after = rss_parts_mib()
     size = sum(Path(f).stat().st_size for f in files)
     return {
         "way": spec["way"],
@@ -306,8 +178,7 @@ def row_reads(cache: Path, reads: int, seed: int) -> list[dict[str, Any]]:
     out = []
     for way in ("datasets", "pyarrow", "mmap-random", "pread"):
         spec = json.dumps({"cache": str(cache), "reads": reads, "seed": seed, "way": way})
-        done = subprocess.run([sys.executable, __file__, "--row-read-child", spec], capture_output=True, text=True)
-        r = common.child_result(done.stdout, done.stderr, done.returncode, f"row reads ({way})")
+        r = common.run_child([sys.executable, __file__, "--row-read-child", spec], f"row reads ({way})")
         out.append(r)
         print(
             f"{way}: {reads} random rows of 1-2 blocks ({r['blocks_bytes'] / 1e6:,.0f} MB of blocks): "
@@ -437,11 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--row-read-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.child:
-        print(common.RESULT_PREFIX + json.dumps(child(json.loads(args.child))), flush=True)
-        return 0
-    if args.row_read_child:
-        print(common.RESULT_PREFIX + json.dumps(row_read_child(json.loads(args.row_read_child))), flush=True)
+    if common.answer_as_child(args, {"child": child, "row_read_child": row_read_child}):
         return 0
     if args.row_reads:
         common.write_json(args.out, {"row_reads": row_reads(args.row_reads, args.reads, args.seed)})

@@ -27,11 +27,11 @@ numpy (``whole_cached_step_torch_products``, ``decode_unit_bytes_torch_products`
 ``NUMPY_PRODUCTS``), and with all of these off (``whole_cached_step_before``).
 
 ``--reference img`` (or ``noimg``) runs the reference implementation's setup instead of ``--preset``
-(``bench_model.reference_spec``, words rendered 16 px high) at its generation protocol: batch 4, 16-unit prompts,
+(:func:`ilt_bench.setups.reference_spec`, words rendered 16 px high) at its generation protocol: batch 4, 16-unit prompts,
 every unit decoded to 32 bytes (defaults of ``--contexts``, ``--batches``, ``--unit-bytes`` then 16, 4, 32). The
 new units of ``--parts`` are then units this setup generated (32-byte words of random bytes, as in the protocol),
 encoded afresh each call with the render cache warm, as the protocol's timed runs find them; and beside each part
-the time its matrix products take alone (``<part>_products``: ``bench_bounds``' timing of every shape, fastest of
+the time its matrix products take alone (``<part>_products``: :func:`ilt_bench.matmuls.time_shape` of every shape, fastest of
 torch and numpy, operand layouts, the caller's threads and one): what the part would cost without any overhead.
 
     .venv/bin/python benchmarks/bench_generation.py --reference img --parts --threads 2
@@ -47,20 +47,17 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from ilt_bench import common
 
 from ilt_core.generation import Generation, GenerationOptions
 from ilt_core.generation.decoding import LatentState, UnitEmbeddings, decode_unit_ids
 from ilt_core.generation.loop import GenerationSession
 from ilt_core.modeling.model import build_model
 from ilt_core.text.byte_tokenizer import EOS_ID, PAD_ID
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (the benchmarks' shared helpers)
 
 
 def prompt_of(n_units: int, row: int) -> str:
@@ -217,13 +214,13 @@ def vit_per_image(model, batches: list[int], repeats: int) -> list[dict]:
 
 
 def products_floor_ms(run) -> float:
-    """Milliseconds the matrix products of one ``run()`` take alone (``bench_bounds``: each shape timed with torch
+    """Milliseconds the matrix products of one ``run()`` take alone (:func:`ilt_bench.matmuls.time_shape`: each shape timed with torch
     and numpy in every operand layout, operands hot in cache), at the faster of the caller's threads and one."""
     from unittest import mock
 
-    import bench_bounds
+    from ilt_bench.matmuls import MatmulRecorder, time_shape
 
-    recorder = bench_bounds.MatmulRecorder()
+    recorder = MatmulRecorder()
     # dispatch modes do not see inference-mode tensors: the part runs under no_grad (the same kernels)
     with mock.patch("torch.inference_mode", torch.no_grad), torch.no_grad(), recorder:
         run()
@@ -232,7 +229,7 @@ def products_floor_ms(run) -> float:
         best = float("inf")
         for n in dict.fromkeys([threads, 1]):
             torch.set_num_threads(n)
-            best = min(best, *bench_bounds.time_shape(shape, 3).values())
+            best = min(best, *time_shape(shape, 3).values())
         torch.set_num_threads(threads)
         total += count * best
     return 1000 * total
@@ -359,11 +356,11 @@ def step_parts(model, context: int, batches: list[int], unit_bytes: int, repeats
 
 
 def reference_setup(variant: str) -> tuple[dict, object]:
-    """The reference implementation's setup (``bench_model.reference_spec``, 16 px words) and its protocol's
+    """The reference implementation's setup (:func:`ilt_bench.setups.reference_spec`, 16 px words) and its protocol's
     prompts: ``prompts_of(batch)`` gives ``batch`` prompts of 16 consecutive he-news units."""
-    import bench_model
+    from ilt_bench.setups import reference_spec
 
-    spec = {**bench_model.reference_spec(images=variant == "img"), "image_height": 16}
+    spec = {**reference_spec(images=variant == "img"), "image_height": 16}
     from ilt_core.text.segmentation import segment
 
     units = common.load_text("he", 64 * 16, segment)

@@ -1,6 +1,6 @@
 """Learning per step at the start of training: ILT against the byte baseline, and what changes it.
 
-    python benchmarks/bench_learning.py                       # the study of benchmarks/README.md
+    python benchmarks/bench_learning.py                       # the study of benchmarks/REPORT.md
     python benchmarks/bench_learning.py --steps 40 --variants bytes=nano-baseline-bytes,ilt=nano-no-images
     python benchmarks/bench_learning.py --quick --out /tmp/learning   # a smoke run
 
@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see benchmarks/common.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see ilt_bench.common
 
 import torch  # noqa: E402
 from ilt_bench.mixes import resolve_mixes  # noqa: E402

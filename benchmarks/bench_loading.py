@@ -22,13 +22,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see benchmarks/common.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (ilt_bench imports it); see ilt_bench.common
+
+from ilt_bench import common  # noqa: E402
 
 
 def _rss() -> int:
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.child[0], Path(args.child[1]))))
+        common.print_result(child(args.child[0], Path(args.child[1])))
         return 0
 
     with tempfile.TemporaryDirectory(prefix="bench-loading-") as tmp:
@@ -140,13 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for r in range(args.rounds):
             for kind, folder in (("new", new), ("old", old)) if r % 2 == 0 else (("old", old), ("new", new)):
-                out = subprocess.run(
-                    [sys.executable, __file__, "--child", kind, str(folder)], capture_output=True, text=True
-                )
-                if out.returncode:
-                    print(out.stderr[-3000:], file=sys.stderr)
-                    return 1
-                run = json.loads(out.stdout.strip().splitlines()[-1])
+                run = common.run_child([sys.executable, __file__, "--child", kind, str(folder)], f"loading ({kind})")
                 run["growth"] = run["peak_rss"] - run["rss_before"]
                 run["growth_over_weights"] = run["growth"] / weights
                 runs.append(run)

@@ -21,15 +21,14 @@ Goals: FreeType at least as fast as cairo cold; warm cache above 200,000 units/s
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
-from ilt_bench.machine import machine_info, package_versions  # noqa: E402
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (ilt_bench imports it); see ilt_bench.common
 
-common.omp_wait_policy_default()
+from ilt_bench import common  # noqa: E402
+from ilt_bench.machine import machine_info, package_versions  # noqa: E402
 
 RENDERERS = ("freetype:default", "cairo:default")
 LANGS = ("he", "en")

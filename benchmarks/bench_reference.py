@@ -11,7 +11,7 @@ JSON files it wrote (``--reference``), or a command that writes one (``--referen
 on the command line only.
 
 The project's side follows the reference's protocol on the same text: the configuration the reference builds
-(``bench_model.reference_spec``: BERT 2 x 128 bytes encoder, ViT 12 x 192 image encoder, GPT-NeoX 6 x 512
+(:func:`ilt_bench.setups.reference_spec`: BERT 2 x 128 bytes encoder, ViT 12 x 192 image encoder, GPT-NeoX 6 x 512
 latent, Llama 2 x 256 decoder, labels of the next 32 bytes; words rendered ``--image-height`` 16 px high, as the
 reference renders them), a training step (forward, backward, AdamW lr 1e-4 in the fused implementation that
 ``ilt train`` uses, fp32) on batches of 8 texts x 64 words cut from the text, ``--warmup`` untimed and ``--steps`` timed steps
@@ -44,9 +44,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 #: (figure, the reference's summary key, what "better" means): the ratio is ours / theirs for "higher",
 #: theirs / ours for "lower", so above 1 always means the project does better.
@@ -125,10 +122,10 @@ def text_units(text: str) -> list[str]:
 
 def child(kind: str, variant: str, text_path: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One measurement of the project's side in this process (``--child``); see the module docstring."""
-    import bench_model
-    import common
     import torch
+    from ilt_bench import common
     from ilt_bench.machine import peak_rss_bytes
+    from ilt_bench.setups import make_batches, reference_spec, step_flops, text_to_batch, text_units_in, train_step
 
     from ilt_core.modeling.memory import set_cpu_malloc
     from ilt_core.modeling.model import build_model
@@ -139,33 +136,33 @@ def child(kind: str, variant: str, text_path: Path, args: argparse.Namespace) ->
     set_cpu_malloc("return" if variant == "ckpt" else "reuse")
     rows, words = (2, 8) if args.quick else (ROWS, WORDS)
     units = text_units(text_path.read_text(encoding="utf-8").strip())
-    spec = {**bench_model.reference_spec(images=variant != "noimg"), "image_height": args.image_height}
+    spec = {**reference_spec(images=variant != "noimg"), "image_height": args.image_height}
     if variant == "ckpt":
         spec["activation_checkpointing"] = True
     model = build_model(spec, seed=0)
     if kind == "train":
         model.train()
-        batches = bench_model.make_batches(model, units, rows, words, 1 if args.quick else 3)
+        batches = make_batches(model, units, rows, words, 1 if args.quick else 3)
         # the reference's optimizer and rate, in the implementation `ilt train` uses (Trainer's adamw_torch_fused)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         times = []
         for i in range(args.warmup + args.steps):
             batch = batches[i % len(batches)]
-            seconds, _ = common.timed(lambda b=batch: bench_model.train_step(model, optimizer, b))
+            seconds, _ = common.timed(lambda b=batch: train_step(model, optimizer, b))
             if i >= args.warmup:
                 times.append(seconds)
         step = statistics.median(times)
-        per_batch = statistics.fmean(bench_model.text_units_in(b) for b in batches)
+        per_batch = statistics.fmean(text_units_in(b) for b in batches)
         nbytes = statistics.fmean(int(b.num_bytes.sum()) for b in batches)
         peak = peak_rss_bytes() / 2**20  # before counting FLOPs: that pass keeps no optimizer step's memory
-        gflop = bench_model.step_flops(model, batches[0]) / 1e9
+        gflop = step_flops(model, batches[0]) / 1e9
         return {
             "words_per_s": per_batch / step,
             "text_bytes_per_s": nbytes / step,
             "step_median_s": step,
             "peak_rss_mib": peak,
             "gflop_per_step": gflop,
-            "gflop_per_word": gflop / bench_model.text_units_in(batches[0]),
+            "gflop_per_word": gflop / text_units_in(batches[0]),
         }
     if kind == "generate":
         from ilt_core.generation.loop import generate
@@ -184,32 +181,28 @@ def child(kind: str, variant: str, text_path: Path, args: argparse.Namespace) ->
     if kind == "prep":
         return {
             k.replace("text_to_batch_", "").replace("_units_per_s", "_words_per_s"): v
-            for k, v in bench_model.text_to_batch(model, units, rows, words, 1 if args.quick else 3).items()
+            for k, v in text_to_batch(model, units, rows, words, 1 if args.quick else 3).items()
         }
     raise SystemExit(f"bench_reference: unknown --child {kind}")
 
 
 def run_ours(text: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement of the project's side, each in a fresh process with the reference's OpenMP settings."""
+    from ilt_bench import common  # here, not above: this process leaves torch unloaded until it starts a child
+
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     env.update(OMP_WAIT_POLICY=args.omp_wait_policy, TOKENIZERS_PARALLELISM="false")
     figures: dict[str, Any] = {}
     for kind, variant in MEASUREMENTS:
         if args.only and f"{kind}-{variant}" not in args.only and kind not in args.only:
             continue
-        with tempfile.TemporaryDirectory(prefix="ilt-bench-ref-") as tmp:
-            out = Path(tmp) / "child.json"
-            argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--variant", variant]
-            argv += ["--text", str(text), "--child-out", str(out), "--threads", str(args.threads)]
-            argv += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--image-height", str(args.image_height)]
-            argv += ["--quick"] if args.quick else []
-            log(f"B: {kind} {variant}")
-            done = subprocess.run(argv, env=env, check=False)
-            if done.returncode != 0 or not out.is_file():
-                raise SystemExit(
-                    f"bench_reference: the project's {kind}/{variant} measurement failed ({done.returncode})"
-                )
-            result = json.loads(out.read_text(encoding="utf-8"))
+        argv = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--variant", variant]
+        argv += ["--text", str(text), "--threads", str(args.threads)]
+        argv += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--image-height", str(args.image_height)]
+        argv += ["--quick"] if args.quick else []
+        log(f"B: {kind} {variant}")
+        label = f"bench_reference: the project's {kind}/{variant} measurement"
+        result = common.run_child(argv, label, env=env, show_progress=True)
         if kind == "prep":
             figures["prep_cold_words_per_s"] = result["cold_words_per_s"]
             figures["prep_warm_words_per_s"] = result["warm_words_per_s"]
@@ -308,7 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: batch 2 x 8, 1 step, 2 new words")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--variant", help=argparse.SUPPRESS)
-    p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.warmup = 1, 0
@@ -316,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bench_reference: --text {args.text}: no such file")
     if args.child:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        result = child(args.child, args.variant, args.text, args)
-        args.child_out.write_text(json.dumps(result), encoding="utf-8")
+        from ilt_bench import common
+
+        common.print_result(child(args.child, args.variant, args.text, args))
         return 0
     if bool(args.reference) == bool(args.reference_cmd):
         raise SystemExit("bench_reference: give --reference JSON... or --reference-cmd, one of the two")

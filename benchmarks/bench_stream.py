@@ -5,12 +5,12 @@
     .venv/bin/python benchmarks/bench_stream.py --quick                      # smoke run (tiny corpora)
     .venv/bin/python benchmarks/bench_stream.py --sizes 1000 --pipeline-only --pipeline-batches 400   # part 2 only
 
-The corpora are :mod:`bench_data_scale`'s (the same generator, sizes, shards and ``--work`` folder,
-so a corpus either script wrote is reused): Hebrew lines from he-news and he-mishnah with a share of
+The corpora are ``bench_data_scale.py``'s (:func:`ilt_bench.corpora.make_corpus`: the same generator, sizes,
+shards and ``--work`` folder, so a corpus either script wrote is reused): Hebrew lines from he-news and he-mishnah with a share of
 their words respelled, as ``--shards`` parquet shards with a ``text`` column.
 
 1. **Streaming runs.** For each size, one fresh process trains the same small model as
-   :mod:`bench_data_scale` for ``--steps`` optimizer steps with ``--streaming`` on the parquet shards
+   ``bench_data_scale.py`` for ``--steps`` optimizer steps with ``--streaming`` on the parquet shards
    (``--loader-workers`` DataLoader workers), and reports the seconds from launch to the end of the
    first step and the peak RSS over the steps (the main process; each worker is a process of its
    own, reported as the workers' peak). Goal (issue 14): at the largest size, time to step 1 within
@@ -38,18 +38,16 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (ilt_bench imports it); see ilt_bench.common
 
-common.omp_wait_policy_default()
-
-import bench_data_scale as scale  # noqa: E402  (the corpora and the small model)
+from ilt_bench import common  # noqa: E402
+from ilt_bench.corpora import SMALL_MODEL, make_corpus  # noqa: E402
+from ilt_bench.marks import StepMarks  # noqa: E402
 
 from ilt_core.training.arguments import DEFAULT_BLOCK_SIZE  # noqa: E402
 
@@ -66,25 +64,13 @@ def _children_peak_mib() -> float:
 
 def train_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Train with --streaming and measure (in its own process)."""
-    from transformers import TrainerCallback
 
     from ilt_core.training import run as training_run
 
     marks: dict[str, Any] = {}
 
-    class Measure(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            marks["hwm_reset"] = scale._reset_peak_rss()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 1:
-                marks["first_step_s"] = time.time() - spec["launched"]
-            if state.global_step == spec["steps"]:
-                marks["peak_rss_steps_mib"] = scale._status_kib("VmHWM") / 1024
-                marks["steps_s"] = time.time() - spec["launched"] - marks["first_step_s"]
-
     argv = [
-        "--model_spec", "tiny", "--set", *scale.SMALL_MODEL,
+        "--model_spec", "tiny", "--set", *SMALL_MODEL,
         "--train_file", spec["train_file"],
         "--streaming",
         "--dataloader_num_workers", str(spec["loader_workers"]),
@@ -95,7 +81,7 @@ def train_child(spec: dict[str, Any]) -> dict[str, Any]:
         "--max_steps", str(spec["steps"]),
         *common.QUIET_TRAINING_ARGS,
     ]  # fmt: skip
-    result = training_run.run_training(argv, callbacks=[Measure()])
+    result = training_run.run_training(argv, callbacks=[StepMarks(marks, spec["launched"], spec["steps"])])
     marks["units"] = result.train_metrics.get("train_units")
     marks["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     marks["workers_peak_rss_mib"] = _children_peak_mib() if spec["loader_workers"] else 0.0
@@ -112,7 +98,7 @@ def pipeline_child(spec: dict[str, Any]) -> dict[str, Any]:
     from ilt_core.training.stream_dataset import StreamingRows
     from ilt_core.training.stream_loader import StreamingLoader
 
-    model = build_model(load_spec("tiny", list(scale.SMALL_MODEL)), seed=0)
+    model = build_model(load_spec("tiny", list(SMALL_MODEL)), seed=0)
     source = resolve_source(spec["train_file"], "--train_file", None)
     stream = TextStream(source.description, source.column, "--train_file", source.files)
     dataset = StreamingRows(
@@ -157,20 +143,10 @@ def run_child(kind: str, spec: dict[str, Any], label: str) -> dict[str, Any]:
 
 def run_children_at_once(kind: str, specs: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
     """:func:`run_child` for several children started together (each its own process, running side by side)."""
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, f"--{kind}-child", json.dumps({**spec, "launched": time.time()})],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for spec in specs
+    commands = [
+        [sys.executable, __file__, f"--{kind}-child", json.dumps({**s, "launched": time.time()})] for s in specs
     ]
-    out = []
-    for proc in procs:
-        stdout, stderr = proc.communicate()
-        out.append(common.child_result(stdout, stderr, proc.returncode, label))
-    return out
+    return common.run_children(commands, label)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--pipeline-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.train_child:
-        print(common.RESULT_PREFIX + json.dumps(train_child(json.loads(args.train_child))), flush=True)
-        return 0
-    if args.pipeline_child:
-        print(common.RESULT_PREFIX + json.dumps(pipeline_child(json.loads(args.pipeline_child))), flush=True)
+    if common.answer_as_child(args, {"train_child": train_child, "pipeline_child": pipeline_child}):
         return 0
     if args.quick:
         args.sizes, args.steps, args.shards, args.pipeline_batches = [0.1, 0.3], 2, 3, 5
@@ -234,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     if args.pipeline_only:
         args.sizes = args.sizes[-1:]
-    corpora = [scale.make_corpus(size, args.work, args.shards, args.respell, args.seed) for size in args.sizes]
+    corpora = [make_corpus(size, args.work, args.shards, args.respell, args.seed) for size in args.sizes]
     base = {"block_size": args.block_size, "batch_size": args.batch_size, "output_dir": str(args.work / "out-stream")}
     runs = []
     for corpus in [] if args.pipeline_only else corpora:

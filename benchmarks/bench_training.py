@@ -26,19 +26,16 @@ sentence per row, ``--batch-size`` rows either way, so packing-off steps hold fe
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
+import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (sets OMP_WAIT_POLICY before torch loads)
-from ilt_bench.machine import machine_info, package_versions, peak_rss_bytes  # noqa: E402
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (ilt_bench imports it); see ilt_bench.common
 
-common.omp_wait_policy_default()
+from ilt_bench import common  # noqa: E402
+from ilt_bench.machine import machine_info, package_versions, peak_rss_bytes  # noqa: E402
 
 CONFIGS = {"packing": True, "no-packing": False}
 DATA_SHARE_GOAL = 0.20
@@ -129,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--warmup-steps: at least 1 (the first step also builds the optimizer state)")
 
     if args.child:
-        print(common.RESULT_PREFIX + json.dumps(run_one(args, CONFIGS[args.child])), flush=True)
+        common.print_result(run_one(args, CONFIGS[args.child]))
         return 0
 
     child = ["--preset", args.preset, "--threads", str(args.threads)]
@@ -139,10 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     for round_ in range(args.repeats):
         for name in CONFIGS:  # alternate: load changes on a shared machine hit both alike
             common.log(f"round {round_ + 1}/{args.repeats}: {name} ({args.warmup_steps}+{args.steps} steps)")
-            done = subprocess.run(
-                [sys.executable, __file__, *child, "--child", name], capture_output=True, text=True, check=False
-            )
-            results[name].append(common.child_result(done.stdout, done.stderr, done.returncode, f"{name}: training"))
+            command = [sys.executable, __file__, *child, "--child", name]
+            results[name].append(common.run_child(command, f"{name}: training"))
 
     summary = {}
     for name, runs in results.items():

@@ -105,7 +105,7 @@ class GenerationResult:
 #: the caller's count). Its products have a few rows (4 x 512 by 512 x 2048 in the latent's cached step, 4 x 256
 #: by 256 x 1280 per byte in the decoder), and with two threads each is a parallel region whose wake-up and join
 #: cost more than the split saves (``benchmarks/bench_generation.py --reference img --parts`` times the whole step
-#: both ways, interleaved; figures in ``benchmarks/README.md``).
+#: both ways, interleaved; figures in ``benchmarks/REPORT.md``).
 ONE_THREAD_ROWS: int | None = 16
 
 

@@ -4,8 +4,9 @@ torch's CPU tensors come from the C library's ``malloc``. glibc serves a block a
 ``mmap`` and unmaps it at ``free``; it raises that threshold to the size of each such block freed, up to 32 MiB.
 A training step allocates and frees large activations over and over, so by default it pays both ways:
 
-- blocks above 32 MiB (the bytes decoder's ``(M * K, intermediate)`` activations: 42 MB on the reference setup,
-  batch 8 x 64 words) are mapped afresh at every allocation: every page faults and is zeroed by the kernel;
+- blocks above 32 MiB (such as the bytes decoder's ``(M * K, intermediate)`` activations at the reference setup's
+  batch of 8 x 64 words) are mapped afresh at every allocation: every page faults and is zeroed by the kernel, and
+  a step spends a share of its CPU time in the kernel;
 - smaller ones come from the heap, which keeps what is freed in its middle: peak RSS holds every activation a step
   ever freed, fragmented, not only the live ones.
 

@@ -480,7 +480,7 @@ class ILTModel(PretrainedIO, PreTrainedModel):
 
     # ---- summaries and checkpoints -----------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
-        """Parameters per part, embedding tables excluded (as the README table counts them)."""
+        """Parameters per part, embedding tables excluded (as `ilt presets` counts them)."""
         parts = {
             "image_encoder": self.image_encoder,
             "bytes_encoder": self.bytes_encoder,

@@ -1,8 +1,8 @@
 """The linear layers' matrix products through numpy's OpenBLAS, on a CPU in float32 (training and inference).
 
-On the AMD EPYC machines we train on, the OpenBLAS that ships inside numpy's wheels runs the products of a
-training step 1.3-2x faster than the BLAS torch's wheels call (``benchmarks/bench_bounds.py`` times every product
-of the reference setup's step both ways). :func:`set_cpu_products` swaps each plain ``nn.Linear`` of a model for
+Why: on some CPUs the OpenBLAS that ships inside numpy's wheels runs a training step's products faster than the
+BLAS torch's wheels call (``benchmarks/bench_bounds.py`` times every product of the reference setup's step both
+ways; its figures are in ``benchmarks/REPORT.md``). :func:`set_cpu_products` swaps each plain ``nn.Linear`` of a model for
 :class:`NumpyLinear`, the same module (same parameters, state dict and ``isinstance``) whose forward and backward
 products go through ``numpy.matmul`` when the call allows it (:func:`numpy_call_allowed`): CPU float32 tensors,
 no autocast, no tensor subclass, no dispatch or function mode (``FlopCounterMode`` and the bounds' recorder count
@@ -73,7 +73,7 @@ def set_openblas_threads(n: int) -> int | None:
     return before
 
 
-#: Products of fewer multiply-adds run on the calling thread alone (a split costs ~50 us of hand-over).
+#: Products of fewer multiply-adds run on the calling thread alone (a split into threads costs a hand-over).
 SPLIT_MIN_MULTIPLY_ADDS = 4_000_000
 _pool: ThreadPoolExecutor | None = None
 _pool_key: tuple[int, int] = (0, 0)

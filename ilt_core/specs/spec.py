@@ -66,12 +66,13 @@ class ModelSpec(BaseModel):
     )
     label_bytes: int = Field(32, ge=1, le=4096, description="how many bytes each latent predicts when labels: bytes")
     activation_checkpointing: bool = Field(
-        False, description="recompute each component's layers in the backward pass: far less memory, ~1/3 more time"
+        False,
+        description="recompute each component's layers in the backward pass: far less memory, one more forward pass's time",
     )
     cpu_products: Literal["numpy", "torch"] = Field(
         "numpy",
-        description="linear layers' products on a CPU in float32: 'numpy' (numpy's OpenBLAS, faster on the AMD "
-        "machines we measured) or 'torch' (torch's own BLAS)",
+        description="linear layers' products on a CPU in float32: 'numpy' (numpy's OpenBLAS, faster than torch's "
+        "on some CPUs: benchmarks/bench_bounds.py compares them) or 'torch' (torch's own BLAS)",
     )
 
     @model_validator(mode="after")

@@ -25,11 +25,11 @@ import torch
 from ilt_core.errors import ILTError
 from ilt_core.text.shared_images import SharedImages
 
-#: Default byte cap of a :class:`RenderCache` (256 MiB: about 40,000 word images of the tiny
-#: preset's 24 x 224 pixels, enough for the head of a Zipf vocabulary that takes most lookups).
+#: Default byte cap of a :class:`RenderCache` (256 MiB: tens of thousands of the tiny preset's word
+#: images, enough for the head of a Zipf vocabulary that takes most lookups).
 DEFAULT_MAX_BYTES = 256 * 2**20
 #: What one entry costs beside its pixels: the ndarray header, the key tuple and string, the dict
-#: node (measured with ``sys.getsizeof`` on CPython 3.12: about 112 + 64 + 80 + 100 bytes, rounded up).
+#: node (their ``sys.getsizeof``, summed and rounded up).
 ENTRY_OVERHEAD_BYTES = 400
 
 

@@ -42,9 +42,8 @@ the ASCII separators U+001C..U+001F, which ``str.isspace`` accepts, are not whit
 No start-of-text marker is added: the processor adds its own.
 
 Speed: one regex pass (``re``) plus one scan for unspaced scripts, separators and grapheme glue;
-texts without those take no per-cluster work (one core, idle machine: about 800k units/s on the
-Brown corpus and 740k units/s on Hebrew news; the per-cluster path for Chinese, Japanese or Thai
-runs at about 60k units/s). ``python -m ilt_core.text.segmentation [files]`` measures it.
+texts without those take no per-cluster work (the per-cluster path, for Chinese, Japanese or Thai,
+is the slower one). ``python -m ilt_core.text.segmentation [files]`` measures it.
 """
 
 from __future__ import annotations

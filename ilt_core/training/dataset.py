@@ -85,9 +85,9 @@ class RowDataset(torch.utils.data.Dataset):
         self.offsets = offsets
         self.stats = stats
         self.reader = BlockReader.of(blocks)
-        # With a reader, the blocks dataset is kept closed, as its pickle (its files and slices, ~2 KB):
+        # With a reader, the blocks dataset is kept closed, as its pickle (its files and slices: small):
         # an open one keeps the pages of every record batch's header that datasets read when it opened
-        # the files mapped (~26 MiB of RSS for 1.4 GB of blocks).
+        # the files mapped (RSS that grows with the size of the blocks).
         self._blocks: Any = blocks if self.reader is None else None
         self._reopen: bytes | None = None if self.reader is None else pickle.dumps(blocks)
 
@@ -133,8 +133,8 @@ class RowSampler(torch.utils.data.Sampler[int]):
     Trainer's ``RandomSampler`` (made accelerate's ``SeedableRandomSampler`` when prepared) yields
     ``torch.randperm(n, generator).tolist()`` with the generator seeded ``seed + epoch``: the same
     order here, so runs, resumed runs and every rank see the same rows in the same order, but yielded
-    from the tensor in chunks instead of a list of ``n`` Python ints (about 36 bytes a row: 160 MB
-    for the 4.2 million rows of a 1 GB corpus). ``seed`` is ``--data_seed``, else ``--seed``.
+    from the tensor in chunks instead of a list of ``n`` Python ints (a Python int and its list slot
+    take several times the tensor's 4 bytes a row). ``seed`` is ``--data_seed``, else ``--seed``.
     ``torch.randperm`` draws the same permutation in int32 as in int64 (tests check it against
     accelerate's sampler), so int32 holds it wherever the row count fits.
     """

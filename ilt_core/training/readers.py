@@ -230,7 +230,7 @@ def _non_blank(chunk: pa.Array) -> pa.Array:
 
 
 def warm_text_reading() -> None:
-    """Load what reading parquet texts loads on first use (pyarrow.compute imports pandas, ~0.2 s), so that
+    """Load what reading parquet texts loads on first use (pyarrow.compute imports pandas), so that
     DataLoader workers forked after this call inherit it instead of each importing it again."""
     _non_blank(pa.array([" ", "a"], type=pa.string()))
 

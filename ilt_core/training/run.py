@@ -9,72 +9,15 @@
 
 The arguments are three groups parsed by ``HfArgumentParser`` (``ilt train --help`` lists them all):
 :class:`ModelArguments`, :class:`DataTrainingArguments` (with the ILT-only options of
-:class:`ILTArguments`) and transformers' own ``TrainingArguments`` (every flag of it works: logging,
-evaluation, saving, ``--resume_from_checkpoint``, ``--fsdp``, ``--deepspeed``, ...). As in run_clm.py
-a single ``.json`` or ``.yaml`` file of arguments may stand for the command line.
+:class:`ILTArguments`) and transformers' own ``TrainingArguments``. As in run_clm.py a single ``.json`` or
+``.yaml`` file of arguments may stand for the command line. ``docs/training.md`` says where ``ilt train``
+differs from run_clm.py (units instead of tokens, texts never concatenated, packing, the data cache, streaming,
+checkpoints, the ILT-only options, several processes).
 
-Where ``ilt train`` differs from run_clm.py:
-
-- **Model.** ``--model_spec PRESET_OR_YAML`` builds a model from an ILT spec (random weights unless
-  the spec loads pretrained backbones); ``--model_name_or_path DIR`` continues from an ILT checkpoint
-  folder (a ``save_pretrained`` folder or a Trainer ``checkpoint-N`` folder). There is no tokenizer:
-  ``--tokenizer_name``, ``--use_fast_tokenizer``, ``--config_overrides``, ``--model_type`` and
-  ``--torch_dtype`` do not exist (use the spec's ``dtype`` per block instead).
-- **Units, not tokens.** ``--block_size`` counts *units* (words with their trailing whitespace) per
-  sequence, start markers included (default ``min(256, model.max_units)``; larger than the latent
-  transformer's context is an error). Texts are never concatenated across their ends: each text is
-  its own sequence (a long one split into blocks of ``block_size - 1`` units, only the last of which
-  ends with an end-of-text label), and ``--packing`` (on by default) puts several texts in one row
-  with a block-diagonal attention mask and positions restarting at each text. ``--no_packing`` gives
-  one text (block) per row.
-- **Samples.** ``--max_train_samples`` / ``--max_eval_samples`` count blocks (texts, or pieces of
-  long texts), taken before packing.
-- **Files.** ``--train_file`` / ``--validation_file`` take a file, a glob (``'shards/*.parquet'``) or
-  a folder of shards, of one format: ``.txt`` (one text per line; blank lines skipped;
-  ``--keep_linebreaks`` does not exist), ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` /
-  ``.parquet`` (``--text_column_name``, default ``text``), compressed ``.gz`` / ``.bz2`` / ``.xz``.
-  They are read into Arrow files under ``--cache_dir`` (default: ``datasets``' cache), segmented and
-  blocked by a cached ``datasets.map`` (``--preprocessing_num_workers`` processes,
-  ``--overwrite_cache`` to redo it), and packed from the blocks' lengths: a second run with the
-  same data and settings maps nothing (:mod:`ilt_core.training.texts`, :mod:`ilt_core.training.blocks`). A bad record (a line that is
-  not UTF-8 or not JSON, a record without the text column, a corrupt parquet shard, whose footer is
-  checked before anything else) stops the run with one line naming the file and line, or with
-  ``--skip_bad_records`` is skipped and counted (``train_bad_records`` in the metrics).
-  ``--data_recipe NAME`` prepares one of :mod:`ilt_data.recipes` (train / validation splits).
-  Without validation data, the first ``--validation_split_percentage`` % of the training texts is
-  held out (run_clm's rule).
-- **Streaming.** ``--streaming`` reads the sources as they train, with no preprocessing
-  (:mod:`ilt_core.training.streaming`): shards in an order drawn from ``--seed``, each rank its own
-  shards, batches made in ``--dataloader_num_workers`` processes (one shard per worker at most),
-  ``--max_steps`` required; ``--resume_from_checkpoint`` continues with the texts after the checkpoint.
-- **Memory.** Texts, blocks and rows live in memory-mapped Arrow files; the collator renders per
-  batch through a render cache capped at ``--render_cache_bytes`` (default 256 MiB per process; streaming
-  workers share one more store of that size).
-- **Metrics.** ``eval_loss`` is the mean cross-entropy (nats) per label byte (each unit's bytes plus
-  its closing ``eos`` and each text's end-of-text ``eos``), weighted by bytes across batches;
-  ``eval_bits_per_byte`` is the figure :func:`ilt_core.evaluation.bits_per_byte` and ``ilt eval``
-  report. No ``perplexity`` (a per-byte perplexity would be misleading beside token perplexities).
-- **Defaults.** Without ``--do_train`` / ``--do_eval``, ``ilt train`` trains, and evaluates when it
-  has validation data. ``remove_unused_columns`` is always off (the collator makes the model's inputs).
-- **Checkpoints.** Every ``checkpoint-N`` folder (and the final ``--output_dir``) is an ILT
-  checkpoint (``model.safetensors`` with its spec; no pickle) that ``ilt eval --model DIR``,
-  ``ilt generate --model DIR`` and ``ILTModel.from_pretrained`` load, plus Trainer's optimizer,
-  scheduler, RNG and ``trainer_state.json`` for ``--resume_from_checkpoint DIR``
-  (``--resume_from_checkpoint last`` takes the newest complete one in ``--output_dir``). The
-  training arguments are written as ``training_args.json`` (not Trainer's pickled ``.bin``).
-- **ILT-only options.** ``--freeze_pretrained_steps N`` trains only the layers a spec adds around
-  its backbones (the two mappings and the bytes models' byte embeddings and output heads) for the
-  first N optimizer steps, then everything. ``--max_train_minutes M`` stops training (and saves)
-  after M minutes of wall-clock time. ``--lr_scaling width`` (the default) trains the image encoder, bytes
-  encoder and bytes decoder at ``--learning_rate`` x the latent transformer's width / their own (one optimizer
-  parameter group per component; ``none``: one rate for all, Trainer's groups).
-- **Several processes.** ``torchrun --nproc_per_node N -m ilt_core.cli.main train ...`` trains with
-  DistributedDataParallel through Trainer (gloo on CPUs, NCCL on GPUs); at the end every rank
-  hashes its weights and ``replicas.json`` in ``--output_dir`` records whether they agree. FSDP
-  and DeepSpeed go through Trainer's own flags (``--fsdp "full_shard auto_wrap"`` with
-  ``--fsdp_config`` naming the backbone layer classes to wrap, e.g. ``GPTNeoXLayer``, and
-  ``state_dict_type: FULL_STATE_DICT``; ``--deepspeed ds_config.json``): saves gather the full
-  state dict and write an ILT checkpoint; resuming under FSDP or DeepSpeed is not tested here.
+:func:`run_training` checks the arguments and the data sources before it builds a model, prepares the data
+(:mod:`ilt_core.training.prepare`, or :mod:`ilt_core.training.streaming` with ``--streaming``), builds or
+loads the model, runs :class:`~ilt_core.training.trainer.ILTTrainer`, and at the end has every rank hash its
+weights (``replicas.json`` in ``--output_dir`` records whether they agree).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 
 from ilt_core.errors import ILTError
 from ilt_core.training.readers import TextStats, read_text_batches
-from ilt_core.training.sources import SourceFile, TextSource, first_line, resolve_source
+from ilt_core.training.sources import SourceFile, TextSource, load_hub_splits, resolve_source
 
 
 @dataclass
@@ -115,30 +115,10 @@ def plan_stream(data: Any, need_train: bool, need_eval: bool, max_steps: int) ->
 
 
 def _hub_stream(data: Any) -> tuple[TextStream, Any]:
-    import datasets  # heavy; only when the data is prepared
-
-    kwargs: dict[str, Any] = {"streaming": True, "cache_dir": data.cache_dir}
-    if data.trust_remote_code:
-        kwargs["trust_remote_code"] = True
     name, config = data.dataset_name, data.dataset_config_name
-    try:
-        raw = datasets.load_dataset(name, config, **kwargs)
-    except Exception as exc:  # the hub, the network, a wrong name or config: one line, with the cause
-        raise ILTError(
-            f"--dataset_name {name} --dataset_config_name {config}: could not load it ({first_line(exc)}); "
-            f"without a hub, pass --train_file / --validation_file or --data_recipe"
-        ) from None
-    if "train" not in raw:
-        raise ILTError(f"--dataset_name {name}: no 'train' split (its splits: {', '.join(raw)})")
-    train = raw["train"]
-    columns = list(train.column_names or [])
-    column = data.text_column_name or ("text" if "text" in columns or not columns else columns[0])
-    if columns and column not in columns:
-        raise ILTError(
-            f"--text_column_name {column!r}: not a column of {name}; its columns are {', '.join(map(repr, columns))}"
-        )
+    raw, column = load_hub_splits(name, config, data.text_column_name, True, data.cache_dir, data.trust_remote_code)
     where = f"{name}/{config or ''}"
-    stream = TextStream(f"{where}:train", column, "--dataset_name", hub=train.select_columns([column]))
+    stream = TextStream(f"{where}:train", column, "--dataset_name", hub=raw["train"].select_columns([column]))
     validation = raw["validation"].select_columns([column]) if "validation" in raw else None
     return stream, validation
 

@@ -149,6 +149,43 @@ def resolve_source(spec: str, flag: str, text_column: str | None, skip_bad: bool
     return TextSource(flag, f"{spec} ({what})" if len(files) > 1 else what, text_column or "text", files)
 
 
+def load_hub_splits(
+    name: str,
+    config: str | None,
+    text_column: str | None,
+    streaming: bool,
+    cache_dir: str | None,
+    trust_remote_code: bool,
+) -> tuple[Any, str]:
+    """``datasets.load_dataset(name, config)`` with a ``train`` split checked, and the text column: ``(splits, column)``.
+
+    The column is ``text_column``, else ``text`` when there is one, else the first. A dataset that does not load
+    (the hub, the network, a wrong name or config), has no ``train`` split or lacks the column is an
+    :class:`ILTError` of one line.
+    """
+    import datasets  # heavy; only when the data is prepared
+
+    kwargs: dict[str, Any] = {"streaming": streaming, "cache_dir": cache_dir}
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    try:
+        raw = datasets.load_dataset(name, config, **kwargs)
+    except Exception as exc:  # the hub, the network, a wrong name or config: one line, with the cause
+        raise ILTError(
+            f"--dataset_name {name} --dataset_config_name {config}: could not load it ({first_line(exc)}); "
+            f"without a hub, pass --train_file / --validation_file or --data_recipe"
+        ) from None
+    if "train" not in raw:
+        raise ILTError(f"--dataset_name {name}: no 'train' split (its splits: {', '.join(raw)})")
+    columns = list(raw["train"].column_names or [])
+    column = text_column or ("text" if "text" in columns or not columns else columns[0])
+    if columns and column not in columns:
+        raise ILTError(
+            f"--text_column_name {column!r}: not a column of {name}; its columns are {', '.join(map(repr, columns))}"
+        )
+    return raw, column
+
+
 def read_hub_dataset(
     name: str,
     config: str | None,
@@ -171,25 +208,8 @@ def read_hub_dataset(
 
     if streaming and not max_train_samples:
         raise ILTError("--streaming: also pass --max_train_samples N (ilt train holds its training blocks in Arrow)")
-    kwargs: dict[str, Any] = {"streaming": streaming, "cache_dir": cache_dir}
-    if trust_remote_code:
-        kwargs["trust_remote_code"] = True
-    try:
-        raw = datasets.load_dataset(name, config, **kwargs)
-    except Exception as exc:  # the hub, the network, a wrong name or config: one line, with the cause
-        raise ILTError(
-            f"--dataset_name {name} --dataset_config_name {config}: could not load it ({first_line(exc)}); "
-            f"without a hub, pass --train_file / --validation_file or --data_recipe"
-        ) from None
-    if "train" not in raw:
-        raise ILTError(f"--dataset_name {name}: no 'train' split (its splits: {', '.join(raw)})")
+    raw, column = load_hub_splits(name, config, text_column, streaming, cache_dir, trust_remote_code)
     train_split, validation_split = raw["train"], raw.get("validation")
-    columns = list(train_split.column_names or [])
-    column = text_column or ("text" if "text" in columns else (columns[0] if columns else "text"))
-    if columns and column not in columns:
-        raise ILTError(
-            f"--text_column_name {column!r}: not a column of {name}; its columns are {', '.join(map(repr, columns))}"
-        )
 
     def materialize(split: Any, n: int | None) -> Any:
         if not streaming:
@@ -222,6 +242,7 @@ __all__ = [
     "check_parquet_footers",
     "first_line",
     "hold_out",
+    "load_hub_splits",
     "parquet_problem",
     "read_hub_dataset",
     "resolve_files",

@@ -18,23 +18,23 @@ PACKED_KEY = "ilt_packed_tensors"
 #: A worker's batch of at most this many bytes (one packed buffer) travels inside the pickle, through
 #: the DataLoader's pipe; a larger one in one shared-memory segment. A segment's file descriptor is
 #: fetched by the main process over a socket from the worker's resource-sharer thread, with an
-#: authentication round trip: about 1 ms and a wake-up of the worker per batch here, which took the
-#: main process 40% of its time with 2 workers, more than copying a few hundred KiB through the pipe
-#: (0.08 ms of the main thread for 256 KiB; the copy costs more than the round trip from ~1 MiB on).
+#: authentication round trip and a wake-up of the worker per batch, which costs the main process more
+#: than copying a few hundred KiB through the pipe; the copy costs more than the round trip only for
+#: batches of a MiB or so.
 INBAND_MAX_BYTES = 512 * 2**10
 
 
 def pack_tensors(batch: dict[str, Any], shared: bool = False) -> dict[str, Any]:
     """``batch`` with every tensor moved into one flat byte buffer, for the trip from a worker.
 
-    A DataLoader worker sends each tensor as its own shared-memory segment with a file descriptor:
-    about 0.25 ms a tensor here, so the ~20 tensors of a batch (more with many image widths) cost more
+    A DataLoader worker sends each tensor as its own shared-memory segment with a file descriptor, a
+    round trip per tensor, so the ~20 tensors of a batch (more with many image widths) can cost more
     than collating it. One buffer costs one: a numpy ``uint8`` array, pickled in-band (no segment
     at all) up to :data:`INBAND_MAX_BYTES`, a ``torch.uint8`` tensor above. An expanded dimension
     (stride 0, e.g. float word images' gray channel viewed 3 times) travels once.
     :func:`unpack_tensors` gives views into the buffer back. ``shared`` (a worker's batch): a buffer
     above the in-band size is made in shared memory and packed there, so the trip copies nothing more
-    (a private buffer is copied into a new segment when pickled: 2-3 ms of a worker a 4 MB batch).
+    (a private buffer is copied into a new segment when pickled).
     """
     tensors: list[torch.Tensor] = []
 

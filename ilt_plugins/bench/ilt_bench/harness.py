@@ -42,10 +42,9 @@ from ilt_core.plugins.registry import get_registry
 from ilt_core.text.lines import read_text_lines
 
 DEFAULT_DATA = "he-news"
-#: ``--lr-sweep``: doubling rates. Swept on 20% of the budget the nano mixes chose 8e-3 or 1.6e-2, which lost to
-#: 4e-3 over the whole budget; swept on the whole budget (``--sweep-share 1``, the default since) the ILT mixes
-#: chose 2e-3, the lowest of 2e-3..1.6e-2, and the baselines 4e-3 (benchmarks/README.md). A mix choosing an end of
-#: the sweep is flagged in the report (``report.sweep_edge``).
+#: ``--lr-sweep``: doubling rates, swept on the whole budget by default (``--sweep-share 1``): a rate chosen on a
+#: share of the budget lost over the whole of it (benchmarks/REPORT.md). A mix choosing an end of the sweep is
+#: flagged in the report (``report.sweep_edge``).
 DEFAULT_LR_SWEEP = "1e-3,2e-3,4e-3,8e-3"
 #: The reference's generation protocol: greedy, batch 4, prompts of 16 words, 32 new words, each to 32 bytes.
 REFERENCE_GENERATION = {"batch_size": 4, "prompt_units": 16, "new_units": 32, "byte_cap": 32}

@@ -118,6 +118,12 @@ def peak_rss_bytes() -> int:
     return int(raw if sys.platform == "darwin" else raw * 1024)
 
 
+def rss_parts_mib() -> dict[str, float]:
+    """Resident memory now, by kind: anonymous (the heap, tensors), file-backed (mapped files and libraries) and
+    shared memory, in MiB (``/proc/self/status``; 0 where there is no such file)."""
+    return {kind: round((_status_bytes(f"Rss{kind}") or 0) / 2**20, 1) for kind in ("Anon", "File", "Shmem")}
+
+
 def rss_bytes() -> int:
     """Current resident memory of this process (0 where ``/proc`` is missing)."""
     return _status_bytes("VmRSS") or 0

@@ -28,7 +28,7 @@ from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from ilt_core import BuildContext, ILTError
-from ilt_core.plugins.images import pad_to_multiple
+from ilt_core.plugins.images import normalized_pixels
 from ilt_core.plugins.registry import component
 
 DEFAULT_MODEL = "ViT-B-32"
@@ -83,12 +83,8 @@ class ClipVisualEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` in ``[0, 1]`` -> ``(N, hidden_size)``."""
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            raise ILTError(
-                f"image_encoder (clip): pixel_values has shape {tuple(pixel_values.shape)}; expected (N, 3, H, W)"
-            )
-        x = pad_to_multiple(pixel_values, self._patch_height, self.patch_size)
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        where = "image_encoder (clip)"
+        x = normalized_pixels(pixel_values, self.mean, self.std, self._patch_height, self.patch_size, where)
         x = self._embed(x)
         x = self.visual.transformer(x)
         pooled, _ = self.visual._pool(x)  # the tower's own pooling (class token, mean, or attention pool)

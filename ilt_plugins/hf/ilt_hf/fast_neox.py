@@ -3,7 +3,7 @@
 At generation time the latent runs one new unit per row over its KV cache: a handful of rows (4 at the reference
 protocol) through 6 layers of 512-wide products, so the step is bound by per-call overhead, not arithmetic. The
 transformers forward builds a 4-D mask from the 2-D padding mask, goes through its output-capturing and
-keyword-merging decorators, and runs about 30 small calls per layer. This step reads and writes the same
+keyword-merging decorators, and runs many small calls per layer. This step reads and writes the same
 ``DynamicCache`` (so the loop's ``select_cache`` / ``crop_cache_left`` and a later transformers call see the same
 cache) and runs per layer: the input norm, q/k/v in one product, RoPE on the rotary part of q and k together (a
 multiply, the halves swapped, one ``addcmul``), two cache appends, attention with the padding mask as a boolean

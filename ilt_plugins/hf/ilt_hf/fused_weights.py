@@ -8,6 +8,7 @@ concatenations are keyed by every parameter's storage and version counter and re
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -34,3 +35,21 @@ class FusedWeights:
                 if key != self.key:  # another thread may have built them meanwhile
                     self.build(model)
                     self.key = key
+
+
+def switch_fused(
+    owner: Any, attr: str, enabled: bool, supported: Callable[[nn.Module], bool], make: Callable[[], FusedWeights]
+) -> bool:
+    """A component's ``set_fused_inference``: its fused weights, held in ``owner.<attr>``, switched on or off.
+
+    Off keeps them aside (``owner._fused_off``) for when the fused path is switched back on; on makes them
+    (``make()``) only for a ``owner.model`` that ``supported`` says the fused path reproduces. Returns whether the
+    fused path is in use.
+    """
+    current = getattr(owner, attr)
+    if not enabled:
+        owner._fused_off = current or getattr(owner, "_fused_off", None)
+        setattr(owner, attr, None)
+    elif current is None and supported(owner.model):
+        setattr(owner, attr, getattr(owner, "_fused_off", None) or make())
+    return getattr(owner, attr) is not None

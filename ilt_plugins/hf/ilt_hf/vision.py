@@ -26,6 +26,7 @@ from ilt_core.errors import ILTError
 from ilt_core.plugins.registry import BuildContext, component
 from ilt_hf.backbone import HFWrapper
 from ilt_hf.fast_vit import FusedViTWeights, fused_vit_forward, fused_vit_supported
+from ilt_hf.fused_weights import switch_fused
 from ilt_hf.loading import Source, SourceArgs, accepts_kwarg
 
 
@@ -95,12 +96,7 @@ class HFVisionEncoder(HFWrapper):
         On by default for a ViT the step reproduces; ``False`` sends every call through the transformers forward
         (the fused weights are kept for when it is switched back on). Returns whether the fused step is in use.
         """
-        if not enabled:
-            self._fused_off = self._fused or getattr(self, "_fused_off", None)
-            self._fused = None
-        elif self._fused is None and fused_vit_supported(self.model):
-            self._fused = getattr(self, "_fused_off", None) or FusedViTWeights()
-        return self._fused is not None
+        return switch_fused(self, "_fused", enabled, fused_vit_supported, FusedViTWeights)
 
     def supports_packed(self) -> bool:
         """Whether :meth:`encode_packed` can run this model (a plain ViT: class token, one grid of patches)."""

@@ -24,7 +24,7 @@ from timm.data import resolve_model_data_config
 from torch import nn
 
 from ilt_core import BuildContext, ILTError
-from ilt_core.plugins.images import pad_to_multiple
+from ilt_core.plugins.images import normalized_pixels
 from ilt_core.plugins.registry import component
 
 DEFAULT_MODEL = "vit_tiny_patch16_224"
@@ -52,12 +52,8 @@ class TimmImageEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` in ``[0, 1]`` -> ``(N, hidden_size)``."""
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            raise ILTError(
-                f"image_encoder (timm): pixel_values has shape {tuple(pixel_values.shape)}; expected (N, 3, H, W)"
-            )
-        x = pad_to_multiple(pixel_values, self._patch_height, self.patch_size)
-        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        where = "image_encoder (timm)"
+        x = normalized_pixels(pixel_values, self.mean, self.std, self._patch_height, self.patch_size, where)
         return self.model(x)
 
     def attention_shape(self) -> tuple[int, int] | None:

@@ -1,7 +1,10 @@
-"""Shared helpers of the speed benchmarks: benchmark texts, timing, JSON.
+"""Shared helpers of the benchmark scripts in ``benchmarks/``: benchmark texts, timing, child processes, JSON.
 
-Import this module before torch (the benchmark scripts do): :func:`omp_wait_policy_default` must set
-``OMP_WAIT_POLICY`` before the OpenMP runtime loads, or it has no effect.
+Importing :mod:`ilt_bench` loads torch (through ``ilt_core``), so a script sets ``OMP_WAIT_POLICY`` first
+(``os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")``): the OpenMP runtime reads it once, when torch loads.
+Why PASSIVE: torch's OpenMP threads spin at every barrier, and when the cores are shared with other processes a
+spinning thread holds a core its partner needs, which makes small matrix products much slower with 2 threads
+than with 1; PASSIVE makes waiting threads sleep.
 
 Machine facts, package versions and the process's memory come from the ``ilt bench`` harness
 (:mod:`ilt_bench.machine`), so both kinds of benchmark record them the same way.
@@ -15,8 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -36,17 +39,6 @@ QUIET_TRAINING_ARGS = [
     "--dataloader_pin_memory", "false",
     "--seed", "0",
 ]  # fmt: skip
-
-
-def omp_wait_policy_default() -> str:
-    """Make OpenMP threads sleep instead of spin while waiting (unless the user chose a policy).
-
-    Why: torch's OpenMP threads spin at every barrier. When the cores are shared with other
-    processes, a spinning thread holds a core its partner needs, and small matrix products get
-    about 5x slower with 2 threads than with 1 (measured here, see the benchmarks' README notes).
-    ``PASSIVE`` removes that cliff. Returns the policy in force. Has no effect once torch is imported.
-    """
-    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def as_the_ilt_command() -> None:
@@ -140,43 +132,57 @@ def interleaved(
     return times
 
 
-def ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
-    """Median of per-round ratios ``time[slow] / time[fast]`` (> 1: ``fast`` is faster)."""
-    pairs = [a / b for a, b in zip(times[slow], times[fast], strict=True) if b > 0]
-    return median(pairs)
-
-
 # ---- output ------------------------------------------------------------------------------------
-
-
-def check_finite_positive(tree: Any, where: str = "") -> list[str]:
-    """Paths of numbers in ``tree`` (nested dicts/lists) that are not finite and > 0 (empty: all good).
-
-    Keys ending in ``_ratio`` or ``_diff``, and non-numbers, are skipped only where noted by callers.
-    """
-    bad: list[str] = []
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            bad += check_finite_positive(value, f"{where}.{key}" if where else str(key))
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            bad += check_finite_positive(value, f"{where}[{i}]")
-    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
-        if not (math.isfinite(tree) and tree > 0):
-            bad.append(where)
-    return bad
 
 
 #: how a benchmark's child process hands its figures to the parent: one stdout line, this prefix, then JSON
 RESULT_PREFIX = "RESULT "
 
 
-def child_result(stdout: str, stderr: str, returncode: int, label: str) -> Any:
+def _child_result(stdout: str, stderr: str | None, returncode: int, label: str) -> Any:
     """The figures a child printed last after :data:`RESULT_PREFIX`; exits naming ``label`` if it failed."""
     results = [line[len(RESULT_PREFIX) :] for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if returncode != 0 or not results:
-        raise SystemExit(f"{label}: the child process failed (exit {returncode}):\n{stderr[-3000:]}")
+        said = f":\n{stderr[-3000:]}" if stderr else " (its messages are above)"
+        raise SystemExit(f"{label}: the child process failed (exit {returncode}){said}")
     return json.loads(results[-1])
+
+
+def print_result(figures: Any) -> None:
+    """In a child process: hand ``figures`` to the parent (one stdout line, :data:`RESULT_PREFIX` then JSON)."""
+    print(RESULT_PREFIX + json.dumps(figures, default=float), flush=True)
+
+
+def answer_as_child(args: Any, children: dict[str, Callable[[dict[str, Any]], Any]]) -> bool:
+    """In a child process: when the flag of one of ``children`` is set (its value the JSON spec the parent sent,
+    ``args.<name>``), print what that child measures (:func:`print_result`) and return True; else False."""
+    for name, measure in children.items():
+        spec = getattr(args, name, None)
+        if spec:
+            print_result(measure(json.loads(spec)))
+            return True
+    return False
+
+
+def run_children(
+    commands: list[list[str]], label: str, env: dict[str, str] | None = None, show_progress: bool = False
+) -> list[Any]:
+    """Run each command (an argv) as its own process, all side by side, and return what each printed with
+    :func:`print_result`, in order. The one way the benchmarks start a child: a fresh process per measurement
+    keeps its peak memory and its allocator's state its own. ``show_progress``: the children's stderr goes to
+    this process's as they run (else it is kept, and shown only when a child fails)."""
+    stderr = None if show_progress else subprocess.PIPE
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env) for c in commands]
+    out = []
+    for proc in procs:
+        stdout, err = proc.communicate()
+        out.append(_child_result(stdout, err, proc.returncode, label))
+    return out
+
+
+def run_child(command: list[str], label: str, env: dict[str, str] | None = None, show_progress: bool = False) -> Any:
+    """:func:`run_children` for one command."""
+    return run_children([command], label, env, show_progress)[0]
 
 
 def write_json(path: str | Path | None, data: dict[str, Any]) -> None:

@@ -117,7 +117,6 @@ def test_benchmarks_readme_lists_every_script_and_no_other() -> None:
     table = table.split("\n## ", 1)[0]
     listed = set(re.findall(r"benchmarks/([\w.-]+\.(?:py|sh))", table))
     scripts = {p.name for p in (ROOT / "benchmarks").iterdir() if p.suffix in (".py", ".sh")}
-    scripts.add("bench_ops.py")  # the aten-ops benchmark: listed before it lands
     assert listed == scripts, f"unlisted: {sorted(scripts - listed)}; listed but missing: {sorted(listed - scripts)}"
 
 

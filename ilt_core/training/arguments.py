@@ -132,12 +132,14 @@ class ILTArguments:
         },
     )
     fixed_shapes: bool = field(
-        default=False,
+        default=True,
         metadata={
-            "help": "give every batch the same tensor shapes (rows x --block_size, fixed unit and label bytes, word "
-            "images packed into rows of patches) and run a forward that never waits on the device: what "
-            "torch.compile and CUDA graphs need; on with --torch_compile (which then compiles with fullgraph=True "
-            "and static shapes)"
+            "help": "give every batch the same tensor shapes (rows x --block_size, the longest unit's bytes, a "
+            "capacity of distinct units that grows but never drops one, word images packed into rows of patches, "
+            "label bytes packed into one stream) and run a forward that never waits on the device: what "
+            "torch.compile and a GPU need, and less padding everywhere; --no_fixed_shapes collates each batch to its "
+            "own sizes (images grouped by width). --torch_compile needs them and compiles the step with "
+            "fullgraph=True and static shapes"
         },
     )
     max_train_minutes: float | None = field(

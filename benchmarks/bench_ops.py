@@ -9,7 +9,8 @@ step (each one kernel launch on a GPU), host syncs in the forward, and, for the 
 not the backend). The CPU-only speed layers are off (``cpu_products=torch``, no length groups): the path counted is
 the one a GPU runs.
 
-    .venv/bin/python benchmarks/bench_ops.py --text data/he-news/train.txt --out benchmarks/results/bench_ops.json
+    .venv/bin/python benchmarks/bench_ops.py --text data/he-news/train.txt --speed-rounds 10 \
+        --out benchmarks/results/bench_ops.json
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -92,12 +94,37 @@ def compile_counts(model, collate, texts_batches) -> dict[str, int]:
     }
 
 
+def time_steps(model, optimizer, collate: dict, data: list, rounds: int) -> dict[str, float]:
+    """Median seconds of one eager fp32 training step (forward, backward, optimizer) per kind of batch, the kinds
+    interleaved A B B A over ``rounds`` batches of the same text (collation not timed)."""
+    inputs = {kind: [c(b) for b in data[: rounds + 1]] for kind, c in collate.items()}
+    times: dict[str, list[float]] = {kind: [] for kind in collate}
+
+    def step(batch: dict) -> None:
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    for kind in collate:  # warm-up
+        step(inputs[kind][0])
+    kinds = list(collate)
+    for i in range(1, rounds + 1):
+        for kind in kinds if i % 2 else kinds[::-1]:
+            start = time.perf_counter()
+            step(inputs[kind][i])
+            times[kind].append(time.perf_counter() - start)
+    return {kind: statistics.median(t) for kind, t in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--text", required=True, help="a UTF-8 text file, one text per line")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--sizes", nargs="+", default=["8x128", "16x256"], help="rows x block units")
     parser.add_argument("--compile-batches", type=int, default=50, help="batches after warm-up for recompiles")
+    parser.add_argument(
+        "--speed-rounds", type=int, default=0, help="also time N steps of each kind, interleaved (eager fp32)"
+    )
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -125,6 +152,16 @@ def main(argv: list[str] | None = None) -> int:
                 row["seconds"] = round(time.perf_counter() - start, 1)
                 results.append(row)
                 print(json.dumps(row, ensure_ascii=False), flush=True)
+        if args.speed_rounds:
+            medians = time_steps(model, optimizer, collate, data, args.speed_rounds)
+            row = {
+                "size": size,
+                "step_seconds_median": medians,
+                "fixed_over_dynamic": medians["fixed"] / medians["dynamic"],
+                "rounds": args.speed_rounds,
+            }
+            results.append(row)
+            print(json.dumps(row), flush=True)
     if args.out:
         payload = {"preset": args.preset, "text": args.text, "torch": torch.__version__, "results": results}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

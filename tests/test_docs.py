@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][A-Za-z0-9_-]*")
 #: Commands whose flags are not ilt's (a code span or line starting with one of these is not checked).
-OTHER_PROGRAMS = ("pip", "python -m pip", "npm", "make", "git", "apt-get")
+OTHER_PROGRAMS = ("pip", "python -m pip", "npm", "make", "git", "apt-get", "ilt-lm-eval", "$ ilt-lm-eval")
 
 
 def _flags(parser: argparse.ArgumentParser) -> set[str]:

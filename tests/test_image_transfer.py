@@ -168,8 +168,10 @@ def _assert_same(a: dict, b: dict) -> None:
         if key == "image_groups":
             for (i, p), (j, q) in zip(a[key], b[key], strict=True):
                 assert torch.equal(i, j) and torch.equal(p, q) and p.dtype == q.dtype
-        else:
+        elif isinstance(a[key], torch.Tensor):
             assert torch.equal(a[key], b[key]) and a[key].dtype == b[key].dtype, key
+        else:  # the batch's flags (fixed shapes)
+            assert a[key] == b[key], key
 
 
 def test_a_batch_from_a_worker_is_the_batch_made_in_the_main_process(model, shards) -> None:

@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -78,7 +79,28 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                     print(*(f"      - {line}" for line in c.arguments()), sep="\n")
                     if wanted:
                         print(*(f"      {line}".rstrip() for line in c.documentation().splitlines()[1:]), sep="\n")
+    if verbose and not wanted:
+        _print_fast_paths(registry)
     return 1 if broken else 0
+
+
+def _print_fast_paths(registry: Any) -> None:
+    """Which fast paths are on with the installed packages, and why the others are not."""
+    import importlib.metadata
+
+    from ilt_core.modeling.products import fast_path as products_path
+    from ilt_core.training.data import pread_rows_path
+    from ilt_core.training.trainer import trainer_overrides_path
+
+    versions = []
+    for dist in ("torch", "transformers", "datasets", "accelerate", "numpy"):
+        try:
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{dist} not installed")
+    print(f"fast paths with {', '.join(versions)}:")
+    for path in [products_path(), pread_rows_path(), trainer_overrides_path(), *registry.fast_paths()]:
+        print(f"  {'on ' if path.active else 'OFF'}  {path.name}: {path.detail}")
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ilt_core.cli.generate import add_generate_parser
-from ilt_core.errors import ILTError, run_user_command
+from ilt_core.errors import ILTError, one_line_parser_class, run_user_command
 from ilt_core.evaluation import bits_per_byte
 from ilt_core.modeling.model import ILTModel, build_model, convert_checkpoint
 from ilt_core.modeling.parameters import component_parameter_counts
@@ -189,7 +189,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ilt", description="Image Latent Transformer: language models over words.")
+    parser = one_line_parser_class()(prog="ilt", description="Image Latent Transformer: language models over words.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plugins", help="list installed plugins and their components; check every factory imports")

@@ -73,8 +73,9 @@ Where ``ilt train`` differs from run_clm.py:
   hashes its weights and ``replicas.json`` in ``--output_dir`` records whether they agree. FSDP
   and DeepSpeed go through Trainer's own flags (``--fsdp "full_shard auto_wrap"`` with
   ``--fsdp_config`` naming the backbone layer classes to wrap, e.g. ``GPTNeoXLayer``, and
-  ``state_dict_type: FULL_STATE_DICT``; ``--deepspeed ds_config.json``): saves gather the full
-  state dict and write an ILT checkpoint; resuming under FSDP or DeepSpeed is not tested here.
+  ``state_dict_type: FULL_STATE_DICT``; ``--deepspeed ds_config.json``) on GPUs only: accelerate
+  enables them only for accelerator processes, so on CPUs they are refused (they would silently
+  run DDP). ``benchmarks/fsdp_check.py`` checks FSDP on GPUs; DeepSpeed is not tested.
 """
 
 from __future__ import annotations
@@ -377,6 +378,14 @@ def _run_training(parsed: tuple[Any, ...], argv: list[str] | None, callbacks: li
         raise ILTError(
             "pass exactly one of --model_spec PRESET_OR_YAML (a new model) or --model_name_or_path DIR "
             "(continue from a checkpoint folder)"
+        )
+    engine = "--fsdp" if training_args.fsdp else "--deepspeed" if training_args.deepspeed else None
+    if engine and (training_args.use_cpu or not torch.cuda.is_available()):
+        # accelerate's AcceleratorState turns FSDP or DeepSpeed on only for accelerator processes: on CPUs the
+        # run would silently train with DistributedDataParallel instead
+        raise ILTError(
+            f"{engine}: sharded training needs GPUs (accelerate enables it only for accelerator processes; on CPUs "
+            "it would silently run DistributedDataParallel): drop it, torchrun on CPUs trains with DDP"
         )
     if data.block_size is not None and data.block_size < 2:
         raise ILTError(f"--block_size {data.block_size}: expected at least 2 (a start marker and one unit)")

@@ -194,7 +194,16 @@ def parse_train_args(
             text = path.read_text(encoding="utf-8")
             import yaml
 
-            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            try:
+                values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            except (json.JSONDecodeError, yaml.YAMLError) as exc:
+                raise ILTError(
+                    f"ilt train {path}: not valid {path.suffix[1:].upper()} ({str(exc).splitlines()[0]})"
+                ) from None
+            if not isinstance(values, dict):
+                raise ILTError(
+                    f"ilt train {path}: expected a mapping of argument names to values, got {type(values).__name__}"
+                )
             if cpu_ddp:
                 values.setdefault("use_cpu", True)
             parsed = parser.parse_dict(values)

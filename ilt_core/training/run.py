@@ -387,6 +387,9 @@ def _run_training(parsed: tuple[Any, ...], argv: list[str] | None, callbacks: li
             f"{engine}: sharded training needs GPUs (accelerate enables it only for accelerator processes; on CPUs "
             "it would silently run DistributedDataParallel): drop it, torchrun on CPUs trains with DDP"
         )
+    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, flag) < 1:
+            raise ILTError(f"--{flag} {getattr(training_args, flag)}: expected 1 or more")
     if data.block_size is not None and data.block_size < 2:
         raise ILTError(f"--block_size {data.block_size}: expected at least 2 (a start marker and one unit)")
 

@@ -16,7 +16,8 @@
 # .venv, no install, no bf16), DEVICE_CHECK_SECONDS (the whole check's budget, default 480),
 # DEVICE_CHECK_BATCH (rows per step, default 16), DEVICE_CHECK_PROFILE=N (profile N steps after the warm-up with
 # torch.profiler and print where their time went; default 0), PYTHON (the interpreter; default python3 on the GPU
-# machine).
+# machine), DEVICE_CHECK_FSDP=1 (instead of the check above: benchmarks/fsdp_check.py, FSDP through Trainer against
+# the same run without it, eval, resume, per-component learning rates; one process per GPU).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$SECONDS
@@ -45,6 +46,13 @@ else
   "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
     --target "$site" . ilt_plugins/hf ilt_plugins/freetype
   echo "device_check: installed in $((SECONDS - start)) s"
+fi
+
+if [ "${DEVICE_CHECK_FSDP:-0}" = 1 ]; then
+  status=0
+  timeout --kill-after=10 "$((budget - (SECONDS - start)))" "$PYTHON" benchmarks/fsdp_check.py || status=$?
+  echo "device_check: fsdp_check exit $status after $((SECONDS - start)) s"
+  exit "$status"
 fi
 
 work=$(mktemp -d /tmp/ilt-device-check.XXXXXX)

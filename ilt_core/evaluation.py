@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ilt_core.errors import ILTError
 from ilt_core.text.collator import TextUnits
 
 
@@ -40,6 +41,12 @@ def text_blocks(units: list[str], block_units: int) -> list[TextUnits]:
 @torch.no_grad()
 def bits_per_byte(model, texts: Iterable[str], batch_size: int = 8, block_units: int | None = None) -> BitsPerByte:
     """Score ``texts`` with ``model`` (an :class:`~ilt_core.modeling.model.ILTModel`) in eval mode."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ILTError(f"batch_size={batch_size!r}: expected an int >= 1 (texts scored at once)")
+    if block_units is not None and (
+        isinstance(block_units, bool) or not isinstance(block_units, int) or block_units < 1
+    ):
+        raise ILTError(f"block_units={block_units!r}: expected an int >= 1 (units a block)")
     was_training = model.training
     model.eval()
     processor = model.processor

@@ -92,7 +92,8 @@ def test_a_model_pickled_here_loads_and_runs_in_a_fresh_process(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     there = torch.load(tmp_path / "out.pt")
     assert there["fast"] == fast  # the same fast layers, found in a process that never swapped any
-    assert torch.equal(there["logits"], outputs(model))
+    # the same function (to float rounding: this process's thread counts may differ from a fresh one's)
+    torch.testing.assert_close(there["logits"], outputs(model), rtol=1e-5, atol=1e-6)
     assert there["text"] == model.generate(["hello "], max_new_units=3)
 
 

@@ -354,27 +354,29 @@ def test_held_out_texts_are_the_first_of_the_stream_and_never_trained_on(shards,
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_interrupted_streaming_run_resumes_with_the_same_losses(shards, tmp_path, workers) -> None:
+    """Bit for bit, with the micro preset as it is (word images, modality and hidden dropout on): the resumed run
+    draws the same dropout masks from the restored random state as the unbroken run did."""
     from transformers import TrainerCallback
 
-    args = ("--max_steps", "5", "--save_steps", "3", "--eval_strategy", "no", "--dataloader_num_workers", workers)
+    args = ("--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no", "--dataloader_num_workers", workers)
+    args += ("--model_spec", "micro", "--lr_scheduler_type", "constant", "--seed", "7")
     reference = losses(run_training(stream_args(shards, tmp_path / "a", *args)).log_history)
-    assert sorted(reference) == [1, 2, 3, 4, 5]
+    assert sorted(reference) == [1, 2, 3, 4]
 
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 4:
+            if state.global_step == 3:
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_training(stream_args(shards, tmp_path / "b", *args), callbacks=[Interrupt()])
-    position = json.loads((tmp_path / "b" / "checkpoint-3" / "data_position-rank0.json").read_text())
-    assert position["batches"] == 3
+    position = json.loads((tmp_path / "b" / "checkpoint-2" / "data_position-rank0.json").read_text())
+    assert position["batches"] == 2
     resumed = run_training(stream_args(shards, tmp_path / "b", *args, "--resume_from_checkpoint", "last"))
     after = losses(resumed.log_history)
-    for step in (4, 5):
-        assert abs(after[step] - reference[step]) < 1e-5, (step, after[step], reference[step])
+    assert {step: after[step] for step in (3, 4)} == {step: reference[step] for step in (3, 4)}
     # the resumed run made only the batches after the checkpoint
-    assert resumed.trainer.stream_loader.batches == 5 and resumed.trainer.data_collator.stats["batches"] == 2
+    assert resumed.trainer.stream_loader.batches == 4 and resumed.trainer.data_collator.stats["batches"] == 2
 
 
 def test_help_says_a_single_file_gets_one_worker(capsys) -> None:

@@ -258,6 +258,8 @@ def test_bad_inputs_are_one_clear_error_each(corpus, tmp_path) -> None:
         ),
         (args_with(block_size="65"), r"--block_size 65: larger than the latent transformer's context \(64 units\)"),
         (args_with(model_name_or_path=str(tmp_path)), r"exactly one of --model_spec"),
+        # accelerate turns FSDP on only for accelerator processes: on CPUs the run would be DDP, silently
+        (args_with(fsdp="full_shard auto_wrap"), r"--fsdp: sharded training needs GPUs .* DistributedDataParallel"),
     ]
     for argv, pattern in cases:
         with pytest.raises(ILTError, match=pattern) as info:

@@ -64,10 +64,25 @@ PROBE = textwrap.dedent(
 )
 
 
-def probe(mode: str, malloc: str = "default") -> dict[str, int]:
-    done = subprocess.run([sys.executable, "-c", PROBE, mode, malloc], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+#: (what the probe does, --cpu_malloc): a training step or a checkpointed build, with or without the setting
+PROBES = [("built", "return"), ("built", "default"), ("train", "reuse"), ("train", "default"), ("undone", "reuse")]
+
+
+@pytest.fixture(scope="module")
+def probes() -> dict[tuple[str, str], dict[str, int]]:
+    """Every probe, each in its own interpreter, all started at once (each measures only its own process)."""
+    running = {
+        key: subprocess.Popen(
+            [sys.executable, "-c", PROBE, *key], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for key in PROBES
+    }
+    results = {}
+    for key, process in running.items():
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, (key, err[-2000:])
+        results[key] = json.loads(out.strip().splitlines()[-1])
+    return results
 
 
 def returned(r: dict[str, int]) -> bool:
@@ -80,23 +95,23 @@ def reused(r: dict[str, int]) -> bool:
     return r["faults"] <= 0.05 * r["pages"]
 
 
-def test_return_gives_freed_activations_back_to_the_system():
-    on = probe("built", "return")
+def test_return_gives_freed_activations_back_to_the_system(probes):
+    on = probes["built", "return"]
     assert returned(on) and not reused(on), on
     # a model built with activation checkpointing does not do it by itself: the freed blocks stay resident
-    off = probe("built")
+    off = probes["built", "default"]
     assert off["dropped"] <= 0.5 * off["freed"], off
 
 
-def test_reuse_keeps_freed_pages_for_the_next_step():
-    assert reused(probe("train", "reuse"))
+def test_reuse_keeps_freed_pages_for_the_next_step(probes):
+    assert reused(probes["train", "reuse"])
     # a training step does not do it by itself: a block that large is mapped afresh, every page faulted in
-    r = probe("train")
+    r = probes["train", "default"]
     assert r["faults"] >= 0.9 * r["pages"], r
 
 
-def test_what_set_cpu_malloc_returns_undoes_it():
-    r = probe("undone", "reuse")  # glibc's defaults back (its threshold fixed at 128 KiB): both blocks unmapped
+def test_what_set_cpu_malloc_returns_undoes_it(probes):
+    r = probes["undone", "reuse"]  # glibc's defaults back (its threshold fixed at 128 KiB): both blocks unmapped
     assert not reused(r) and returned(r), r
 
 

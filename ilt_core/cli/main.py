@@ -20,12 +20,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ilt_core.cli.generate import add_generate_parser
-from ilt_core.errors import ILTError, run_user_command
+from ilt_core.errors import ILTError, one_line_parser_class, run_user_command
 from ilt_core.evaluation import bits_per_byte
 from ilt_core.modeling.model import ILTModel, build_model
 from ilt_core.modeling.parameters import component_parameter_counts
@@ -78,7 +79,28 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                     print(*(f"      - {line}" for line in c.arguments()), sep="\n")
                     if wanted:
                         print(*(f"      {line}".rstrip() for line in c.documentation().splitlines()[1:]), sep="\n")
+    if verbose and not wanted:
+        _print_fast_paths(registry)
     return 1 if broken else 0
+
+
+def _print_fast_paths(registry: Any) -> None:
+    """Which fast paths are on with the installed packages, and why the others are not."""
+    import importlib.metadata
+
+    from ilt_core.modeling.products import fast_path as products_path
+    from ilt_core.training.rows import pread_rows_path
+    from ilt_core.training.trainer import trainer_overrides_path
+
+    versions = []
+    for dist in ("torch", "transformers", "datasets", "accelerate", "numpy"):
+        try:
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{dist} not installed")
+    print(f"fast paths with {', '.join(versions)}:")
+    for path in [products_path(), pread_rows_path(), trainer_overrides_path(), *registry.fast_paths()]:
+        print(f"  {'on ' if path.active else 'OFF'}  {path.name}: {path.detail}")
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -174,7 +196,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ilt", description="Image Latent Transformer: language models over words.")
+    parser = one_line_parser_class()(prog="ilt", description="Image Latent Transformer: language models over words.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plugins", help="list installed plugins and their components; check every factory imports")

@@ -479,6 +479,15 @@ class ILTModel(PretrainedIO, PreTrainedModel):
         return ILTOutput(loss, logits, per_position[: B * L].view(B, L), hidden, count)
 
     # ---- summaries and checkpoints -----------------------------------------------------
+    def get_input_embeddings(self) -> None:
+        """None: the model reads units through its encoders, not through one token table (a bytes model's tables
+        are its components' own). accelerate's FSDP2 asks, to tie a model's input and output tables."""
+        return None
+
+    def get_output_embeddings(self) -> None:
+        """None: the bytes decoder's head is the component's own (see :meth:`get_input_embeddings`)."""
+        return None
+
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part, embedding tables excluded (as `ilt presets` counts them)."""
         parts = {

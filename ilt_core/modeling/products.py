@@ -23,8 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ilt_core.plugins.registry import FastPath
+
 #: ``ModelSpec.cpu_products`` values: ``numpy`` (OpenBLAS where allowed) or ``torch`` (torch's own BLAS only).
 CPU_PRODUCTS = ("numpy", "torch")
+
+# torch's count of active dispatch modes (a private call: tested with torch 2.x). Without it the numpy path cannot
+# tell that a mode (FlopCounterMode, a recorder) must see torch's products: it stays off, and fast_path() says so.
+_dispatch_stack_len: Callable[[], int] | None = getattr(torch._C, "_len_torch_dispatch_stack", None)
 
 
 @functools.cache
@@ -105,7 +111,8 @@ def numpy_call_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and type(x) is torch.Tensor
         and type(weight) in (torch.Tensor, nn.Parameter)
         and not torch.is_autocast_enabled("cpu")
-        and torch._C._len_torch_dispatch_stack() == 0
+        and _dispatch_stack_len is not None
+        and _dispatch_stack_len() == 0
         and not torch._C._is_torch_function_mode_enabled()
     )
 
@@ -173,6 +180,18 @@ class NumpyLinear(nn.Linear):
         if numpy_call_allowed(input, self.weight):
             return _NumpyLinearFunction.apply(input, self.weight, self.bias)
         return F.linear(input, self.weight, self.bias)
+
+
+def fast_path() -> FastPath:
+    """Whether ``cpu_products: numpy`` can take numpy's path with the installed torch and numpy."""
+    name = "core: linear layers' products in numpy (cpu_products: numpy, CPU float32)"
+    if _dispatch_stack_len is None:
+        return FastPath(
+            name, False, f"torch {torch.__version__} has no torch._C._len_torch_dispatch_stack: torch's products"
+        )
+    threads = openblas_threads()
+    blas = f"OpenBLAS, {threads} thread(s)" if threads is not None else "numpy's BLAS is not OpenBLAS"
+    return FastPath(name, True, f"numpy {np.__version__} ({blas}), torch {torch.__version__}")
 
 
 def set_cpu_products(model: nn.Module, products: str) -> int:

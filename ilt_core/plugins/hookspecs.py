@@ -49,3 +49,13 @@ def ilt_bench_mixes() -> list:
     ``ilt bench`` offers every ``*.yaml`` in a returned folder, and every returned file, by its file
     name (without ``.yaml``), beside the mixes of ``--mix-dir``; see :mod:`ilt_bench.mixes`.
     """
+
+
+@hookspec
+def ilt_fast_paths() -> list:
+    """Return a :class:`ilt_core.plugins.registry.FastPath` for each fast path this plugin may take (a layer
+    swapped for a faster one, a fused inference step) and whether it is on with the installed packages.
+
+    A path that relies on another package's internals checks them here (and again where it is taken) rather than a
+    version number; ``ilt plugins --verbose`` prints the list. Import heavy modules inside the hook.
+    """

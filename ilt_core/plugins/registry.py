@@ -292,6 +292,19 @@ class DataRecipe:
     prepare: Callable[..., dict[str, Any]] = field(repr=False)
 
 
+@dataclass(frozen=True)
+class FastPath:
+    """A fast path (a faster layer, a fused step, a cheaper way to read data) and whether it is on here.
+
+    ``name`` says where it is and what it does; ``detail`` what it relies on, and when off, why (what differs in
+    the installed packages): the slower, ordinary path then runs, with the same results.
+    """
+
+    name: str
+    active: bool
+    detail: str
+
+
 @dataclass
 class PluginInfo:
     """A plugin as ``ilt plugins`` shows it."""
@@ -378,6 +391,16 @@ class Registry:
     def bench_mix_paths(self) -> list[Path]:
         """Folders and files of benchmark mix YAML that plugins contribute (``ilt_bench_mixes`` hook)."""
         return [Path(p) for found in self.manager.hook.ilt_bench_mixes() for p in found]
+
+    def fast_paths(self) -> list[FastPath]:
+        """Every plugin's fast paths (``ilt_fast_paths`` hook); a hook that fails is one path reported off."""
+        found: list[FastPath] = []
+        for name, impl in [(i.plugin_name, i) for i in self.manager.hook.ilt_fast_paths.get_hookimpls()]:
+            try:
+                found.extend(impl.function())
+            except Exception as exc:  # a plugin's own check that breaks: reported, never fatal
+                found.append(FastPath(f"{name}: fast paths", False, f"the check failed: {type(exc).__name__}: {exc}"))
+        return found
 
     def add_cli_commands(self, subparsers: Any) -> None:
         """Let every plugin add its ``ilt`` subcommands (``ilt_cli_commands`` hook)."""

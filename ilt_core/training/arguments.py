@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ilt_core.errors import ILTError
+from ilt_core.errors import ILTError, one_line_usage_errors
 from ilt_core.text.render_cache import DEFAULT_MAX_BYTES
 
 DEFAULT_BLOCK_SIZE = 256
@@ -171,7 +171,7 @@ ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, ILTArguments)
 def _argument_parser() -> Any:
     from transformers import HfArgumentParser, TrainingArguments
 
-    return HfArgumentParser((*ARGUMENT_CLASSES, TrainingArguments), prog="ilt train")
+    return one_line_usage_errors(HfArgumentParser((*ARGUMENT_CLASSES, TrainingArguments), prog="ilt train"))
 
 
 def _has_accelerator() -> bool:
@@ -205,7 +205,16 @@ def parse_train_args(
             text = path.read_text(encoding="utf-8")
             import yaml
 
-            values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            try:
+                values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            except (json.JSONDecodeError, yaml.YAMLError) as exc:
+                raise ILTError(
+                    f"ilt train {path}: not valid {path.suffix[1:].upper()} ({str(exc).splitlines()[0]})"
+                ) from None
+            if not isinstance(values, dict):
+                raise ILTError(
+                    f"ilt train {path}: expected a mapping of argument names to values, got {type(values).__name__}"
+                )
             if cpu_ddp:
                 values.setdefault("use_cpu", True)
             parsed = parser.parse_dict(values)
@@ -213,6 +222,6 @@ def parse_train_args(
             if cpu_ddp and not any(a.split("=")[0] == "--use_cpu" for a in argv):
                 argv += ["--use_cpu", "true"]
             parsed = parser.parse_args_into_dataclasses(args=argv)
-    except (ValueError, TypeError) as exc:  # TrainingArguments.__post_init__ checks combinations
-        raise ILTError(f"ilt train: {str(exc).strip().splitlines()[0]}") from None
+    except (ValueError, TypeError, ImportError) as exc:  # TrainingArguments.__post_init__ checks combinations
+        raise ILTError(f"ilt train: {str(exc).strip().splitlines()[0]}") from None  # and packages (--deepspeed)
     return parsed  # type: ignore[return-value]

@@ -148,13 +148,17 @@ class BlockReader:
         """A reader of ``blocks`` (a ``datasets.Dataset`` with ``units`` and ``complete``), or None."""
         from datasets.table import ConcatenationTable, MemoryMappedTable  # heavy; only with data
 
-        if not hasattr(os, "pread") or getattr(blocks, "_indices", None) is not None:
+        # datasets' internals (tested with datasets 3-5): an indices mapping, the tables' files and replayed ops;
+        # where one is missing the rows are read through datasets instead (pread_rows_path() says so)
+        if not hasattr(os, "pread") or not hasattr(blocks, "_indices") or blocks._indices is not None:
             return None
         table = blocks.data
         parts = [row for row in table.blocks] if isinstance(table, ConcatenationTable) else [[table]]
         segments = []
         for row in parts:
             if len(row) != 1 or not isinstance(row[0], MemoryMappedTable):  # joined by columns, or in memory
+                return None
+            if not isinstance(getattr(row[0], "replays", None), list) or not hasattr(row[0], "path"):
                 return None
             start = 0
             for op, args, _ in row[0].replays:
@@ -231,6 +235,36 @@ class BlockReader:
             yield TextUnits(units[ends_list[j] : ends_list[j + 1]], bool(flags[j]))
 
 
+def pread_rows_path() -> Any:
+    """Whether map-style training rows can be read with ``os.pread`` (:class:`BlockReader`) with the installed
+    ``datasets``: a :class:`ilt_core.plugins.registry.FastPath`."""
+    import inspect
+
+    import datasets
+    from datasets.table import ConcatenationTable, MemoryMappedTable
+
+    from ilt_core.plugins.registry import FastPath
+
+    name = "core: map-style training rows read with os.pread from the Arrow cache (not the memory map)"
+    if not hasattr(os, "pread"):
+        return FastPath(name, False, "this system has no os.pread: rows read through datasets")
+    missing = [f"MemoryMappedTable({n})" for n in ("path", "replays")
+               if n not in inspect.signature(MemoryMappedTable.__init__).parameters]  # fmt: skip
+    missing += (
+        [] if "blocks" in inspect.signature(ConcatenationTable.__init__).parameters else ["ConcatenationTable(blocks)"]
+    )
+    missing += (
+        [] if "indices_table" in inspect.signature(datasets.Dataset.__init__).parameters else ["Dataset(indices_table)"]
+    )
+    if missing:
+        return FastPath(
+            name, False, f"datasets {datasets.__version__} has no {', '.join(missing)}: rows read through datasets"
+        )
+    return FastPath(
+        name, True, f"datasets {datasets.__version__}'s memory-mapped tables keep their file and operations"
+    )
+
+
 class RowOffsets:
     """The rows' int64 offsets into the blocks ``(rows + 1,)``, read two at a time by pread from the
     ``rows-*.arrow`` file that :func:`pack_blocks` caches (not memory-mapped: see the module docstring)."""
@@ -269,4 +303,4 @@ class RowOffsets:
         return np.frombuffer(self.files.pread(self.path, 8 * self.length, self.position), "<i8").copy()
 
 
-__all__ = ["BlockReader", "RowOffsets"]
+__all__ = ["pread_rows_path", "BlockReader", "RowOffsets"]

@@ -169,6 +169,17 @@ def _run_training(parsed: tuple[Any, ...], argv: list[str] | None, callbacks: li
             "pass exactly one of --model_spec PRESET_OR_YAML (a new model) or --model_name_or_path DIR "
             "(continue from a checkpoint folder)"
         )
+    engine = "--fsdp" if training_args.fsdp else "--deepspeed" if training_args.deepspeed else None
+    if engine and (training_args.use_cpu or not torch.cuda.is_available()):
+        # accelerate's AcceleratorState turns FSDP or DeepSpeed on only for accelerator processes: on CPUs the
+        # run would silently train with DistributedDataParallel instead
+        raise ILTError(
+            f"{engine}: sharded training needs GPUs (accelerate enables it only for accelerator processes; on CPUs "
+            "it would silently run DistributedDataParallel): drop it, torchrun on CPUs trains with DDP"
+        )
+    for flag in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, flag) < 1:
+            raise ILTError(f"--{flag} {getattr(training_args, flag)}: expected 1 or more")
     if data.block_size is not None and data.block_size < 2:
         raise ILTError(f"--block_size {data.block_size}: expected at least 2 (a start marker and one unit)")
 

@@ -51,6 +51,9 @@ class StreamingLoader(torch.utils.data.DataLoader):
         kwargs.pop("persistent_workers", None)  # the start positions change between passes
         # pinned here, as one buffer per batch (see __iter__), not tensor by tensor in a pinning thread
         self.pin_batches = bool(kwargs.pop("pin_memory", False))
+        # each pass draws its workers' base seed from this generator, not from torch's random state: a resumed run
+        # restores that state before the pass starts, and one draw more there would shift every dropout after it
+        kwargs.setdefault("generator", torch.Generator().manual_seed(dataset.seed))
         super().__init__(dataset, batch_size=None, collate_fn=_identity, num_workers=workers, **kwargs)
         self.sink = sink
         self.batches = 0

@@ -7,6 +7,7 @@ Imported only when training starts (transformers' Trainer is slow to import), fr
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -15,15 +16,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers import __version__ as transformers_version
 
 from ilt_core.errors import ILTError
 from ilt_core.modeling.checkpoint import CARD_NAME, load_state, read_weights
 from ilt_core.modeling.flops import batch_flops
 from ilt_core.modeling.parameters import LR_SCALINGS, learning_rate_groups, width_factors
+from ilt_core.plugins.registry import FastPath
 from ilt_core.training.dataset import RowDataset, RowSampler
 from ilt_core.training.resume import TRAINING_ARGS_JSON, check_compatible
 from ilt_core.training.stream_dataset import StreamingRows
 from ilt_core.training.stream_loader import StreamingLoader, position_path
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ilt_core.modeling.model import ILTModel
@@ -147,7 +152,28 @@ class ILTTrainer(Trainer):
     stream_loader: StreamingLoader | None = None
     stream_note: str = ""  # what resuming the stream did, for the log
 
+    #: transformers ``Trainer``'s private methods this class overrides: a release that renames one would leave the
+    #: override never called (checked by :func:`trainer_overrides_path`, warned about when a trainer is made).
+    PRIVATE_OVERRIDES = (
+        "_load_optimizer_and_scheduler",
+        "_get_train_sampler",
+        "_save_rng_state",
+        "_save",
+        "_load_from_checkpoint",
+        "_load_best_model",
+        "_build_accelerator_args",
+    )
+
     def __init__(self, *args: Any, lr_scaling: str = "width", **kwargs: Any) -> None:
+        missing = [name for name in self.PRIVATE_OVERRIDES if not hasattr(Trainer, name)]
+        if missing:
+            logger.warning(
+                "ilt train: transformers %s's Trainer has no %s: ILT's override%s will not run (tested with "
+                "transformers 5.x)",
+                transformers_version,
+                ", ".join(missing),
+                "s" if len(missing) > 1 else "",
+            )
         if lr_scaling not in LR_SCALINGS:
             raise ILTError(f"--lr_scaling {lr_scaling}: expected one of {', '.join(LR_SCALINGS)}")
         self.lr_scaling = lr_scaling
@@ -371,3 +397,13 @@ class ILTTrainer(Trainer):
 
 
 __all__ = ["FreezePretrainedCallback", "ILTTrainer", "TimeBudgetCallback", "new_parameter_names"]
+
+
+def trainer_overrides_path() -> FastPath:
+    """Whether every private ``Trainer`` method :class:`ILTTrainer` overrides exists in the installed transformers."""
+    missing = [name for name in ILTTrainer.PRIVATE_OVERRIDES if not hasattr(Trainer, name)]
+    name = "core: ILTTrainer's overrides of Trainer (row order, resume, rng state, saving, compilation)"
+    if missing:
+        return FastPath(name, False, f"transformers {transformers_version}'s Trainer has no {', '.join(missing)}")
+    return FastPath(name, True, f"all {len(ILTTrainer.PRIVATE_OVERRIDES)} overridden methods exist in transformers "
+                    f"{transformers_version}")  # fmt: skip

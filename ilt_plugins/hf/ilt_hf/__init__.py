@@ -22,3 +22,11 @@ from ilt_core.plugins.registry import components_in
 def ilt_components() -> list[Component]:
     """The components declared in the factory modules (read, not imported)."""
     return components_in("hf", "ilt_hf.causal_lm", "ilt_hf.encoder", "ilt_hf.vision")
+
+
+@hookimpl
+def ilt_fast_paths() -> list:
+    """The fast paths of :mod:`ilt_hf.fast_paths`, checked against the installed transformers."""
+    from ilt_hf.fast_paths import fast_paths
+
+    return fast_paths()

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any, Unpack
 
 import torch
@@ -27,6 +28,8 @@ from ilt_hf.fast_norm import swap_rms_norms
 from ilt_hf.fast_rope import swap_rotary_attention
 from ilt_hf.fused_weights import switch_fused
 from ilt_hf.loading import Source, SourceArgs, max_positions, set_special_tokens
+
+logger = logging.getLogger(__name__)
 
 
 def cache_argument(model: nn.Module) -> str:
@@ -125,6 +128,12 @@ class HFLatentTransformer(HFWrapper):
         if takes_mapping and "sliding_attention" in layer_types and getattr(cfg, "sliding_window", None):
             self._sliding_window = int(cfg.sliding_window)
             self._sliding_layer = layer_types.index("sliding_attention")
+        elif "sliding_attention" in layer_types and getattr(cfg, "sliding_window", None):
+            logger.warning(
+                "ilt_hf: %s.forward takes no {layer_type: mask} mapping in this transformers: a packed row's "
+                "sliding-window layers see the whole text (written for transformers 5.x)",
+                type(model).__name__,
+            )
         # eval with gradients off, one new unit over the cache (generation): GPT-NeoX's fused step (ilt_hf.fast_neox)
         self._fused_step = FusedNeoXWeights() if fused_neox_supported(model) else None
 

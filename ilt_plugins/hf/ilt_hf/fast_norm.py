@@ -18,6 +18,7 @@ transformers' to float rounding (``tests/test_fast_norm.py``).
 from __future__ import annotations
 
 import inspect
+import logging
 import textwrap
 from functools import cache
 from typing import Any
@@ -27,7 +28,9 @@ from torch import nn
 
 from ilt_hf.class_swap import swap_classes
 
-__all__ = ["RMSNormFunction", "rms_norm_is_llamas", "swap_rms_norms"]
+__all__ = ["RMSNormFunction", "llama_norm_maths_match", "rms_norm_is_llamas", "swap_rms_norms"]
+
+logger = logging.getLogger(__name__)
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -85,10 +88,34 @@ def _llama_forward_source() -> str | None:
 
 
 @cache
+def llama_norm_maths_match() -> bool:
+    """True when the installed ``LlamaRMSNorm`` computes what :class:`RMSNormFunction` does (checked on random
+    float32 rows once per process): a release that changes its maths turns the swap off (a logged line)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    g = torch.Generator().manual_seed(0)
+    norm = LlamaRMSNorm(16, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(16, generator=g) + 0.5)
+        x = torch.randn(3, 16, generator=g) * 3
+        same = torch.allclose(norm(x), RMSNormFunction.apply(x, norm.weight, 1e-5), rtol=1e-5, atol=1e-6)
+    if not same:
+        logger.warning("ilt_hf.fast_norm: transformers' LlamaRMSNorm computes another function than this swap was "
+                       "written for (transformers 5.x): its own forward runs")  # fmt: skip
+    return same
+
+
+@cache
 def rms_norm_is_llamas(cls: type) -> bool:
-    """True when ``cls.forward`` is transformers' ``LlamaRMSNorm.forward``, source for source."""
+    """True when ``cls.forward`` is transformers' ``LlamaRMSNorm.forward``, source for source, and Llama's maths are
+    still :class:`RMSNormFunction`'s (:func:`llama_norm_maths_match`)."""
     llama = _llama_forward_source()
-    return llama is not None and "forward" in cls.__dict__ and _source(cls.__dict__["forward"]) == llama
+    return (
+        llama is not None
+        and "forward" in cls.__dict__
+        and _source(cls.__dict__["forward"]) == llama
+        and llama_norm_maths_match()
+    )
 
 
 def _wants(layer: nn.Module) -> bool:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check: train the tiny preset from a streamed parquet corpus (bf16, SDPA, packing, 2 DataLoader workers)
-# in each mode of DEVICE_CHECK_MODES (dynamic: batches as they come, eager; fixed: --fixed_shapes, eager;
+# in each mode of DEVICE_CHECK_MODES (dynamic: --no_fixed_shapes, eager; fixed: --fixed_shapes, eager;
 # compiled: --torch_compile, one fullgraph graph of static shapes), then generate; prints words/s, model FLOPs
 # utilisation against the card's dense bf16 peak, peak GPU memory, the data pipeline's share of step time and
 # generation units/s. Within 8 minutes, the install from carried wheels included. Never part of `make test`.
@@ -141,7 +141,7 @@ def main() -> int:
     peak_flops = float(os.environ["DEVICE_CHECK_PEAK_TFLOPS"]) * 1e12
     for mode in os.environ["DEVICE_CHECK_MODES"].split():
         measure = Measure()
-        extra = {"dynamic": [], "fixed": ["--fixed_shapes"], "compiled": ["--torch_compile"]}[mode]
+        extra = {"dynamic": ["--no_fixed_shapes"], "fixed": ["--fixed_shapes"], "compiled": ["--torch_compile"]}[mode]
         with tempfile.TemporaryDirectory(prefix="ilt-device-check-") as out:
             argv = [
                 "--model_spec", "tiny",

@@ -136,6 +136,8 @@ class ILTRunner:
         self.batch_size = int(mix["bench"]["batch_size"])
         self.block_units = min(int(mix["bench"]["block_units"]), self.model.max_units)
         self._pending: list[Any] = []
+        # the batches ilt train makes by default: the same shapes at every step (ilt train --fixed_shapes)
+        self.shapes = self.model.fixed_shapes(self.batch_size, self.block_units)
         self.flops = ilt_counter(self.model)  # one part per component and mapping: ilt train's count
 
     def parameters(self) -> Any:
@@ -160,7 +162,7 @@ class ILTRunner:
     def next_batch(self, texts: Iterator[str]) -> tuple[Any, int, int]:
         """The next training batch from the shared stream, with its units and UTF-8 bytes of text."""
         blocks = take_blocks(self._pending, texts, self.processor.segment, self.batch_size, self.block_units)
-        batch = self.processor.collate(blocks, packing=True, max_units=self.block_units)
+        batch = self.processor.collate(blocks, packing=True, shapes=self.shapes)
         units = sum(len(b.units) for b in blocks)
         nbytes = sum(utf8_len(u) for b in blocks for u in b.units)
         return batch, units, nbytes

@@ -3,6 +3,9 @@
 - ``model``: :class:`ILTModel` (components built from a spec, the forward pass, ``generate``) and
   :func:`~ilt_core.modeling.model.build_model`.
 - ``pretrained``: ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (a mixin of ``ILTModel``).
+- ``fixed_step``: the fixed-shape training step (packed images and labels, no host sync; a mixin of ``ILTModel``).
+- ``outputs``: :class:`ILTOutput`, what the forward returns; ``masks``: the latent's block-causal mask.
+- ``random_state``: keeping the caller's random state around building and loading.
 - ``checkpoint``: the checkpoint files: safetensors weights with their SHA-256, JSON files, format 1.
 - ``config``: :class:`ILTConfig` (``config.json``), the resolved spec and the renderer key.
 - ``card``: the model card of a saved model.

@@ -12,7 +12,6 @@ Data flow (U distinct units, B rows, L units per row, M positions with labels, K
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,9 @@ from ilt_core.generation.loop import generate
 from ilt_core.generation.options import GenerationOptions
 from ilt_core.modeling.card import source_licenses
 from ilt_core.modeling.config import ILTConfig, resolve_spec
+from ilt_core.modeling.fixed_step import FixedShapesStep
+from ilt_core.modeling.masks import block_causal_mask
+from ilt_core.modeling.outputs import ILTOutput
 from ilt_core.modeling.parameters import count_parameters
 from ilt_core.modeling.pretrained import GENERATION_DEFAULTS, PretrainedIO
 from ilt_core.modeling.products import set_cpu_products
@@ -33,40 +35,12 @@ from ilt_core.modeling.random_state import random_state_kept
 from ilt_core.plugins.registry import BuildContext, get_registry
 from ilt_core.specs.spec import ModelSpec, check_components, load_spec
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
-from ilt_core.text.collator import IGNORE_INDEX, FixedShapes
-from ilt_core.text.image_packing import ImagePacking, segment_mask
+from ilt_core.text.collator import IGNORE_INDEX
 from ilt_core.text.label_packing import LabelPacking
 from ilt_core.text.processor import ILTProcessor
 from ilt_core.text.render_cache import pixels_as_float
 
 MODALITIES = ("image", "bytes")
-
-
-@dataclass
-class ILTOutput:
-    """What :meth:`ILTModel.forward` returns.
-
-    ``loss``: mean cross-entropy (nats) over every label byte in the batch, or None without labels.
-    ``logits``: ``(M, K, V)`` for the M labelled positions. ``unit_losses``: ``(B, L)`` summed
-    negative log-likelihood (nats) of each position's label (0 where none).
-    ``hidden_states``: the latent ``(B, L, D)``. ``num_label_tokens``: how many bytes the loss
-    averaged over.
-    """
-
-    loss: torch.Tensor | None
-    logits: torch.Tensor | None
-    unit_losses: torch.Tensor | None
-    hidden_states: torch.Tensor
-    num_label_tokens: int | torch.Tensor = 0
-
-    # Trainer reads outputs["loss"] or outputs[0]
-    def __getitem__(self, key: str | int) -> Any:
-        if isinstance(key, int):
-            return [self.loss, self.logits][key]
-        return getattr(self, key)
-
-    def keys(self) -> list[str]:
-        return ["loss", "logits", "unit_losses", "hidden_states"]
 
 
 def _build(registry: Any, spec: ModelSpec, role: str, context: BuildContext) -> Any:
@@ -96,24 +70,10 @@ def _factory_params(registry: Any, spec: ModelSpec) -> dict[str, tuple[str, ...]
     return out
 
 
-def block_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """Boolean ``(B, 1, L, L)`` mask: attend only to earlier positions of the same text.
-
-    Padding (segment -1) attends to itself only, so no attention row is empty.
-    """
-    L = segment_ids.shape[1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=segment_ids.device).tril()
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    mask = same & causal
-    eye = torch.eye(L, dtype=torch.bool, device=segment_ids.device)
-    mask = mask | eye
-    return mask[:, None]
-
-
 ROLE_ATTRIBUTES = ("renderer", "image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder")
 
 
-class ILTModel(PretrainedIO, PreTrainedModel):
+class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
     """Renderer, image and bytes encoders, latent transformer, bytes decoder, two mappings.
 
     Build with :func:`build_model` (or ``ILTModel(spec)`` / ``ILTModel(ILTConfig(...))``) or
@@ -188,22 +148,6 @@ class ILTModel(PretrainedIO, PreTrainedModel):
             self.activation_checkpointing_enable()
         set_cpu_products(self, spec.cpu_products)
         self.post_init()
-
-    def _image_packing(self, patch: int) -> ImagePacking | None:
-        """How fixed-shape batches carry word images to this model's image encoder: packed rows of patches when it
-        takes them (``protocols.PackedImageEncoder``), else None (images grouped by width, one call per width)."""
-        prepare = getattr(self.image_encoder, "prepare_packed", None)
-        grid_rows, widths = self.spec.image_height // patch, self.spec.max_image_width // patch
-        if prepare is None or not prepare(grid_rows, widths):
-            return None
-        longest = 1 + grid_rows * widths  # the widest image and its class token
-        return ImagePacking(patch_size=patch, row_tokens=-(-2 * longest // 8) * 8)
-
-    def fixed_shapes(self, rows: int, row_units: int) -> FixedShapes:
-        """Shapes for fixed-shape batches of ``rows`` x ``row_units`` positions for this model: word images packed
-        for its image encoder and label bytes for its bytes decoder where they take them
-        (``processor.collate(..., shapes=model.fixed_shapes(8, 128))``)."""
-        return self.processor.fixed_shapes(rows, row_units, self.image_packing, self.label_stream)
 
     def _components(self) -> dict[str, Any]:
         return {role: getattr(self, role) for role in ROLE_ATTRIBUTES}
@@ -407,76 +351,6 @@ class ILTModel(PretrainedIO, PreTrainedModel):
         unit_losses = torch.zeros(selected.shape, device=device, dtype=token_nll.dtype)
         unit_losses[selected] = token_nll.sum(-1)
         return ILTOutput(loss, logits, unit_losses, hidden, count)
-
-    def _fixed_forward(
-        self,
-        inputs_embeds: torch.Tensor,
-        segment_ids: torch.Tensor | None,
-        position_ids: torch.Tensor | None,
-        labels: torch.Tensor | None,
-        device: torch.device,
-        stream: tuple[torch.Tensor, ...] | None = None,
-    ) -> ILTOutput:
-        """The latent and the loss for a fixed-shape batch, with no host synchronisation: ``(B, L, D)`` in.
-
-        ``stream``: the label bytes packed into rows (:class:`ilt_core.text.label_packing.PackedLabels`'s fields in
-        order), decoded in one call with no padding to the longest label; without it every position is decoded
-        from ``labels`` ``(B, L, K)``.
-        """
-        B, L, _ = inputs_embeds.shape
-        mask = block_causal_mask(segment_ids.to(device)) if segment_ids is not None else None
-        hidden = self.latent_transformer(
-            inputs_embeds,
-            attention_mask=mask,
-            position_ids=position_ids.to(device) if position_ids is not None else None,
-        ).hidden_states
-        if labels is None:
-            return ILTOutput(None, None, None, hidden)
-        if stream is not None:
-            return self._stream_loss(hidden, *(t.to(device) for t in stream))
-        label_ids = labels.to(device).reshape(B * L, -1)  # (B*L, K): every position, -100 where no label
-        logits = self.decode_logits(hidden.reshape(B * L, -1), label_ids)
-        token_nll = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            label_ids.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="none",
-        ).view(label_ids.shape)
-        count = (label_ids != IGNORE_INDEX).sum()
-        loss = token_nll.sum() / count.clamp(min=1)
-        return ILTOutput(loss, logits, token_nll.sum(-1).view(B, L), hidden, count)
-
-    def _stream_loss(
-        self,
-        hidden: torch.Tensor,
-        input_ids: torch.Tensor,
-        prefix: torch.Tensor,
-        positions: torch.Tensor,
-        segments: torch.Tensor,
-        targets: torch.Tensor,
-        owner: torch.Tensor,
-    ) -> ILTOutput:
-        """Loss from the latent ``(B, L, D)`` and the packed label stream (each ``(R, S)``); logits ``(R, S, V)``."""
-        B, L, _ = hidden.shape
-        prefixes = self.decoder_mapping(hidden.reshape(B * L, -1))  # (B*L, Dd)
-        embeds = self.bytes_decoder.embed(input_ids)  # (R, S, Dd)
-        embeds = torch.where((prefix >= 0)[..., None], prefixes[prefix.clamp(min=0)].to(embeds.dtype), embeds)
-        S = segments.shape[1]
-        causal = torch.ones(S, S, dtype=torch.bool, device=segments.device).tril()
-        mask = segment_mask(segments) & causal
-        logits, _ = self.bytes_decoder(embeds, attention_mask=mask, position_ids=positions)
-        token_nll = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="none",
-        )
-        count = (targets != IGNORE_INDEX).sum()
-        loss = token_nll.sum() / count.clamp(min=1)
-        # each token's loss to its position's; padding to a spare slot past the end
-        per_position = torch.zeros(B * L + 1, device=hidden.device, dtype=token_nll.dtype)
-        per_position = per_position.index_add(0, owner.reshape(-1), token_nll)
-        return ILTOutput(loss, logits, per_position[: B * L].view(B, L), hidden, count)
 
     # ---- summaries and checkpoints -----------------------------------------------------
     def get_input_embeddings(self) -> None:

@@ -148,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"size": size, "batches": kind, "dtype": "bf16 autocast" if autocast else "fp32", **figures}
                 if kind == "fixed" and not autocast:
                     row.update(compile_counts(model, collate[kind], data))
-                    row["capacity_growths"] = shapes.grown + (shapes.images.grown if shapes.images else 0)
+                    row["capacity_changes"] = {
+                        "units": shapes.changes,
+                        "image_rows": shapes.images.changes if shapes.images else None,
+                        "label_rows": shapes.label_stream.changes if shapes.label_stream else None,
+                    }
                 row["seconds"] = round(time.perf_counter() - start, 1)
                 results.append(row)
                 print(json.dumps(row, ensure_ascii=False), flush=True)

@@ -9,7 +9,7 @@ from ilt_bench.opcount import DispatchCount
 
 from ilt_core import build_model, load_spec
 from ilt_core.text.collator import TextUnits
-from ilt_core.text.image_packing import ImagePacking, position_offset, position_table_size
+from ilt_core.text.image_packing import ImagePacking, capacity_for, position_offset, position_table_size
 from ilt_core.text.render_cache import images_to_batches
 
 TEXTS = [
@@ -75,25 +75,36 @@ def test_image_packing_lays_out_patches_positions_and_segments():
     assert position_table_size(1, 2) == position_offset(1, 3) == 1 + 1 + 2
 
 
-def test_image_packing_grows_instead_of_dropping_and_counts_it():
+def test_capacities_are_ladder_steps_at_or_above_the_need():
+    steps = [capacity_for(n) for n in range(1, 2000)]
+    assert steps[:12] == [1, 2, 3, 4, 5, 7, 7, 9, 9, 12, 12, 12]
+    for n, step in enumerate(steps, start=1):
+        assert n <= step <= 1.25 * n + 1
+    assert len(set(steps)) < 40  # a few shapes in all
+
+
+def test_image_packing_takes_the_step_its_images_need_and_drops_none():
     pack = ImagePacking(patch_size=2, row_tokens=6)
     pack.pack([np.zeros((2, 4), np.uint8)])
-    rows = pack.rows
+    assert pack.rows == 1
     many = [np.zeros((2, 8), np.uint8)] * 5  # 5 tokens each: one per row
     out = pack.pack(many)
-    assert pack.rows >= 5 > rows and pack.grown == 1
+    assert pack.rows == capacity_for(5) == 5 and pack.changes == 1
     assert len(set(out.cls_index.tolist())) == 5  # every image placed
+    again = ImagePacking(patch_size=2, row_tokens=6).pack(many)  # no history: the same shape for the same batch
+    assert again.patches.shape == out.patches.shape
 
 
-def test_fixed_batches_have_one_shape_and_the_dynamic_loss(model):
+def test_a_batch_gets_the_same_shapes_in_any_run_and_the_dynamic_loss(model):
     model.eval()
-    shapes_seen = set()
-    shapes = model.fixed_shapes(rows=4, row_units=48)
-    fixed, _ = fixed_batch(model, TEXTS[:6], shapes=shapes)
-    for texts in (TEXTS[:6], TEXTS[2:5], TEXTS[6:]):
-        batch, _ = fixed_batch(model, texts, shapes=shapes)
-        shapes_seen.add(tuple((k, tuple(v.shape)) for k, v in batch.model_inputs().items() if torch.is_tensor(v)))
-    assert len(shapes_seen) == 1, "a fixed-shape batch changed shape"
+    first = model.fixed_shapes(rows=4, row_units=48)
+    fixed, _ = fixed_batch(model, TEXTS[:6], shapes=first)
+    other = model.fixed_shapes(rows=4, row_units=48)  # another run: other batches before this one
+    for texts in (TEXTS[6:], TEXTS[2:5]):
+        fixed_batch(model, texts, shapes=other)
+    again, _ = fixed_batch(model, TEXTS[:6], shapes=other)
+    shapes = [{k: tuple(v.shape) for k, v in b.model_inputs().items() if torch.is_tensor(v)} for b in (fixed, again)]
+    assert shapes[0] == shapes[1]
     dynamic = model.processor.collate(units(model, TEXTS[:6]), packing=True, max_units=48)
     with torch.no_grad():
         a, b = model(**dynamic.model_inputs()), model(**fixed.model_inputs())
@@ -112,14 +123,15 @@ def test_padding_never_changes_a_texts_loss_under_fixed_shapes(model):
     torch.testing.assert_close(a[:n], b[:n], atol=1e-4, rtol=1e-4)
 
 
-def test_unit_capacity_grows_instead_of_dropping_units(model):
+def test_the_unit_capacity_follows_the_batch_and_drops_no_unit(model):
     shapes = model.fixed_shapes(rows=4, row_units=48)
-    small, _ = fixed_batch(model, ["a a a a a"], shapes=shapes)
-    capacity = shapes.unit_capacity
     big, _ = fixed_batch(model, TEXTS[:6], shapes=shapes)
-    assert shapes.unit_capacity > capacity and shapes.grown == 1
+    assert shapes.unit_capacity == capacity_for(len(big.units)) == big.unit_input_ids.shape[0]
     assert len(big.units) <= big.unit_input_ids.shape[0]  # every distinct unit has its row
     assert big.unit_index.max() < len(big.units)
+    small, _ = fixed_batch(model, ["a a a a a"], shapes=shapes)
+    assert small.unit_input_ids.shape[0] == capacity_for(len(small.units)) < big.unit_input_ids.shape[0]
+    assert shapes.changes == 1
 
 
 def test_fixed_forward_never_syncs_and_its_ops_do_not_grow_with_rows(model):

@@ -217,5 +217,7 @@ def test_typed_dict_arguments_are_documented_and_checked():
     lines = component.arguments()
     assert lines[0] == "pooling: str = 'mean'"
     assert "name_or_path: str | None" in lines and "pretrained: bool" in lines
-    with pytest.raises(ILTError, match=r"unknown argument\(s\) hidden_size; expected some of: pooling, length_groups, config"):
+    with pytest.raises(
+        ILTError, match=r"unknown argument\(s\) hidden_size; expected some of: pooling, length_groups, config"
+    ):
         get_registry().build("hf:encoder", "bytes_encoder", BuildContext(), {"hidden_size": 8})

@@ -18,14 +18,16 @@ T = bytes per unit, K = label bytes per position):
   (``labels: bytes``); after a text's last unit, a lone ``eos`` (end of text); -100 is ignored.
 - ``num_bytes`` ``(B,)``: UTF-8 bytes of text each row is scored on (for bits-per-byte).
 
-With :class:`FixedShapes` every tensor has the same shape at every step: ``B`` is the configured rows (extra rows
-are all padding), ``L`` the row length, ``U`` a capacity of distinct units (unused slots are padding units nothing
-points to), ``T`` the longest unit's bytes and ``K`` the longest label; the word images come packed into rows of
-patches (``image_patches`` ``uint8 (R, S, p*p)``, ``image_positions`` / ``image_segments`` ``(R, S)``,
-``image_cls`` ``(U,)``; see :mod:`ilt_core.text.image_packing`) instead of ``image_groups``, when the image
-encoder takes them; and the label bytes come as one packed stream for the bytes decoder as well (``decoder_*``
-``(R', S')``; see :mod:`ilt_core.text.label_packing`), when the decoder takes packed rows. Capacities grow, never drop: a batch with more distinct units or image tokens than the capacity
-raises it (a new shape: a compiled model compiles once more), and :attr:`FixedShapes.grown` counts it.
+With :class:`FixedShapes` every tensor has one of a few shapes, the same for the same batch in any run: ``B`` is
+the configured rows (extra rows are all padding), ``L`` the row length, ``T`` the longest unit's bytes, ``K`` the
+longest label, and ``U`` (distinct units; unused slots are padding units nothing points to) a step of a fixed
+ladder at or above what the batch needs (:func:`~ilt_core.text.image_packing.capacity_for`: never fewer, at most
+a quarter more). The word images come packed into rows of patches (``image_patches`` ``uint8 (R, S, p*p)``,
+``image_positions`` / ``image_segments`` ``(R, S)``, ``image_cls`` ``(U,)``; see :mod:`ilt_core.text.image_packing`)
+instead of ``image_groups``, when the image encoder takes them, and the label bytes as one packed stream for the
+bytes decoder (``decoder_*`` ``(R', S')``; see :mod:`ilt_core.text.label_packing`), when the decoder takes packed
+rows; ``R`` and ``R'`` are ladder steps too. A capacity is a function of the batch alone, so a resumed run or a
+DataLoader worker gives a batch the shapes (and the dropout draws) the unbroken run gave it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import torch
 
 from ilt_core.errors import ILTError
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID
-from ilt_core.text.image_packing import ImagePacking, grown_capacity
+from ilt_core.text.image_packing import ImagePacking, capacity_for
 from ilt_core.text.label_packing import LabelPacking
 
 IGNORE_INDEX = -100
@@ -57,10 +59,10 @@ class TextUnits:
 class FixedShapes:
     """The shapes every batch of a configuration gets (see the module docstring).
 
-    ``rows`` x ``row_units``: ``(B, L)``; ``unit_bytes``: ``T``; ``label_len``: ``K``; ``unit_capacity``: ``U``
-    (0: set from the first batch, with a quarter to spare); ``images``: how word images are packed (None: by width,
-    in ``image_groups``); ``label_stream``: how label bytes are packed for the bytes decoder (None: ``labels`` only).
-    ``grown`` counts the batches that raised the unit capacity.
+    ``rows`` x ``row_units``: ``(B, L)``; ``unit_bytes``: ``T``; ``label_len``: ``K``; ``unit_capacity``: the last
+    batch's ``U``; ``images``: how word images are packed (None: by width, in ``image_groups``); ``label_stream``:
+    how label bytes are packed for the bytes decoder (None: ``labels`` only). ``changes`` counts the batches whose
+    ``U`` differed from the batch before.
     """
 
     rows: int
@@ -70,12 +72,14 @@ class FixedShapes:
     unit_capacity: int = 0
     images: ImagePacking | None = None
     label_stream: LabelPacking | None = None
-    grown: int = 0
+    changes: int = 0
 
     def units_for(self, needed: int) -> int:
-        """The unit capacity for a batch of ``needed`` distinct units (start marker included), raised if short."""
-        self.unit_capacity, self.grown = grown_capacity(self.unit_capacity, self.grown, needed)
-        return self.unit_capacity
+        """The unit capacity for a batch of ``needed`` distinct units (start marker included)."""
+        capacity = capacity_for(needed)
+        self.changes += int(bool(self.unit_capacity) and capacity != self.unit_capacity)
+        self.unit_capacity = capacity
+        return capacity
 
 
 @dataclass

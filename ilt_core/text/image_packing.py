@@ -53,15 +53,16 @@ class PackedImages:
 class ImagePacking:
     """How a collator packs word images: patch size, tokens per row, and the rows a batch holds.
 
-    ``rows`` is a capacity, not a per-batch figure: every batch packs into exactly ``rows`` rows, so the image
-    encoder sees one shape. A batch whose images need more rows grows the capacity (never drops an image) and
-    :attr:`grown` counts it: each growth is a new shape, which a compiled model recompiles once for.
+    A batch packs into :func:`capacity_for` the rows its images need (never fewer: no image is dropped), a step of a
+    fixed ladder, so the image encoder sees one of a few shapes, each the same for the same batch in any run.
+    ``rows``: the last batch's; ``changes``: how many times it differed from the batch before (a compiled model
+    compiles once for each new one).
     """
 
     patch_size: int
     row_tokens: int
     rows: int = 0
-    grown: int = 0
+    changes: int = 0
 
     def pack(self, images: Sequence[np.ndarray], count: int | None = None) -> PackedImages:
         """Pack ``images`` (``uint8 (H, W_i)``, one ``H``, ``W_i`` multiples of the patch size) in order.
@@ -86,7 +87,9 @@ class ImagePacking:
                 )
             lengths.append(length)
         starts = first_fit(lengths, self.row_tokens)
-        self.rows, self.grown = grown_capacity(self.rows, self.grown, rows_used(starts, self.row_tokens))
+        rows = capacity_for(rows_used(starts, self.row_tokens))
+        self.changes += int(bool(self.rows) and rows != self.rows)
+        self.rows = rows
         S, R = self.row_tokens, self.rows
         patches = np.zeros((R * S, p * p), dtype=np.uint8)
         positions = np.zeros(R * S, dtype=np.int64)
@@ -119,12 +122,18 @@ def rows_used(starts: Sequence[int], row_tokens: int) -> int:
     return max((s // row_tokens for s in starts), default=-1) + 1
 
 
-def grown_capacity(capacity: int, grown: int, needed: int) -> tuple[int, int]:
-    """``(capacity, grown)`` after a batch that needs ``needed``: raised with a quarter to spare when short (batches
-    of one corpus vary less than that), ``grown`` counting the raises after the first batch's."""
-    if needed <= capacity:
-        return capacity, grown
-    return math.ceil(needed * 1.25), grown + (1 if capacity else 0)
+def capacity_for(needed: int) -> int:
+    """The capacity a batch that needs ``needed`` slots gets: the smallest step of a fixed ladder (1, 2, 3, 4, 5, 7,
+    9, 12, 15, 19, 24, ..., each step a quarter above the last) at or above it.
+
+    A function of the batch alone, never of the batches before it: a resumed run (or a DataLoader worker) gives a
+    batch the shape the unbroken run gave it, so dropout draws the same numbers; batches of one corpus mostly land
+    on one or two steps, a compiled step compiles once per step met; at most a quarter is padding.
+    """
+    step = 1
+    while step < needed:
+        step = max(step + 1, math.ceil(step * 1.25))
+    return step
 
 
 def first_fit(lengths: Sequence[int], row_tokens: int) -> list[int]:
@@ -161,7 +170,7 @@ __all__ = [
     "ImagePacking",
     "PackedImages",
     "first_fit",
-    "grown_capacity",
+    "capacity_for",
     "position_offset",
     "position_table_size",
     "rows_used",

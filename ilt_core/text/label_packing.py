@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ilt_core.text.byte_tokenizer import PAD_ID
-from ilt_core.text.image_packing import first_fit, grown_capacity, rows_used
+from ilt_core.text.image_packing import capacity_for, first_fit, rows_used
 
 IGNORE = -100
 
@@ -44,18 +44,21 @@ class PackedLabels:
 
 @dataclass
 class LabelPacking:
-    """How a collator packs label bytes: tokens per row and the rows a batch holds (a capacity that grows, never
-    drops a label; :attr:`grown` counts the raises, each a new shape)."""
+    """How a collator packs label bytes: tokens per row and the rows a batch holds (the step of
+    :func:`~ilt_core.text.image_packing.capacity_for` its labels need, never dropping one; ``changes`` counts the
+    batches whose rows differed from the batch before)."""
 
     row_tokens: int
     rows: int = 0
-    grown: int = 0
+    changes: int = 0
 
     def pack(self, labels: Sequence[tuple[int, Sequence[int]]], positions: int) -> PackedLabels:
         """Pack ``labels``, ``(flat position, label byte ids)`` pairs, for a batch of ``positions`` positions."""
         lengths = [len(lab) for _, lab in labels]
         starts = first_fit(lengths, self.row_tokens)
-        self.rows, self.grown = grown_capacity(self.rows, self.grown, rows_used(starts, self.row_tokens))
+        rows = capacity_for(rows_used(starts, self.row_tokens))
+        self.changes += int(bool(self.rows) and rows != self.rows)
+        self.rows = rows
         size = self.rows * self.row_tokens
         input_ids = np.full(size, PAD_ID, dtype=np.int64)
         prefix = np.full(size, -1, dtype=np.int64)

@@ -13,10 +13,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ilt_core.modeling.masks import block_causal_mask
 from ilt_core.modeling.outputs import ILTOutput
 from ilt_core.text.collator import IGNORE_INDEX, FixedShapes
 from ilt_core.text.image_packing import ImagePacking, segment_mask
+
+
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood (nats, float32) of each target: ``logits (..., V)``, ``targets (...)`` -> ``(...)``,
+    0 where the target is -100."""
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return nll.view(targets.shape)
 
 
 class FixedShapesStep:
@@ -48,40 +56,19 @@ class FixedShapesStep:
         (``processor.collate(..., shapes=model.fixed_shapes(8, 128))``)."""
         return self.processor.fixed_shapes(rows, row_units, self.image_packing, self.label_stream)
 
-    def _fixed_forward(
-        self,
-        inputs_embeds: torch.Tensor,
-        segment_ids: torch.Tensor | None,
-        position_ids: torch.Tensor | None,
-        labels: torch.Tensor | None,
-        device: torch.device,
-        stream: tuple[torch.Tensor, ...] | None = None,
-    ) -> ILTOutput:
-        """The latent and the loss for a fixed-shape batch, with no host synchronisation: ``(B, L, D)`` in.
+    def _fixed_loss(self, hidden: torch.Tensor, labels: torch.Tensor, stream: tuple[torch.Tensor, ...] | None) -> Any:
+        """The loss of a fixed-shape batch from the latent ``(B, L, D)``, with no host synchronisation.
 
         ``stream``: the label bytes packed into rows (:class:`ilt_core.text.label_packing.PackedLabels`'s fields in
         order), decoded in one call with no padding to the longest label; without it every position is decoded
         from ``labels`` ``(B, L, K)``.
         """
-        B, L, _ = inputs_embeds.shape
-        mask = block_causal_mask(segment_ids.to(device)) if segment_ids is not None else None
-        hidden = self.latent_transformer(
-            inputs_embeds,
-            attention_mask=mask,
-            position_ids=position_ids.to(device) if position_ids is not None else None,
-        ).hidden_states
-        if labels is None:
-            return ILTOutput(None, None, None, hidden)
         if stream is not None:
-            return self._stream_loss(hidden, *(t.to(device) for t in stream))
-        label_ids = labels.to(device).reshape(B * L, -1)  # (B*L, K): every position, -100 where no label
+            return self._stream_loss(hidden, *(t.to(hidden.device) for t in stream))
+        B, L, _ = hidden.shape
+        label_ids = labels.reshape(B * L, -1)  # (B*L, K): every position, -100 where no label
         logits = self.decode_logits(hidden.reshape(B * L, -1), label_ids)
-        token_nll = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            label_ids.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="none",
-        ).view(label_ids.shape)
+        token_nll = token_losses(logits, label_ids)
         count = (label_ids != IGNORE_INDEX).sum()
         loss = token_nll.sum() / count.clamp(min=1)
         return ILTOutput(loss, logits, token_nll.sum(-1).view(B, L), hidden, count)
@@ -119,4 +106,4 @@ class FixedShapesStep:
         return ILTOutput(loss, logits, per_position[: B * L].view(B, L), hidden, count)
 
 
-__all__ = ["FixedShapesStep"]
+__all__ = ["FixedShapesStep", "token_losses"]

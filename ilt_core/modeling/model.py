@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -25,7 +24,7 @@ from ilt_core.generation.loop import generate
 from ilt_core.generation.options import GenerationOptions
 from ilt_core.modeling.card import source_licenses
 from ilt_core.modeling.config import ILTConfig, resolve_spec
-from ilt_core.modeling.fixed_step import FixedShapesStep
+from ilt_core.modeling.fixed_step import FixedShapesStep, token_losses
 from ilt_core.modeling.masks import block_causal_mask
 from ilt_core.modeling.outputs import ILTOutput
 from ilt_core.modeling.parameters import count_parameters
@@ -320,14 +319,15 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
         packed = (image_patches, image_positions, image_segments, image_cls) if image_patches is not None else None
         unit_embeds = self.encode_units(unit_input_ids, unit_attention_mask, image_groups, packed)
         inputs_embeds = unit_embeds[unit_index.to(device)]  # (B, L, D)
-        if fixed:
-            stream = (
-                (decoder_input_ids, decoder_prefix, decoder_positions, decoder_segments, decoder_targets, decoder_owner)
-                if decoder_targets is not None
-                else None
-            )
-            return self._fixed_forward(inputs_embeds, segment_ids, position_ids, labels, device, stream)
-        mask = self._latent_mask(segment_ids, position_ids, device)
+        stream = (
+            (decoder_input_ids, decoder_prefix, decoder_positions, decoder_segments, decoder_targets, decoder_owner)
+            if decoder_targets is not None
+            else None
+        )
+        if fixed:  # a dense mask built on the device: no value read back
+            mask = block_causal_mask(segment_ids.to(device)) if segment_ids is not None else None
+        else:
+            mask = self._latent_mask(segment_ids, position_ids, device)
         hidden = self.latent_transformer(
             inputs_embeds,
             attention_mask=mask,
@@ -335,17 +335,14 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
         ).hidden_states
         if labels is None:
             return ILTOutput(None, None, None, hidden)
+        if fixed:
+            return self._fixed_loss(hidden, labels.to(device), stream)
 
         labels = labels.to(device)
         selected = labels[..., 0] != IGNORE_INDEX  # (B, L)
         label_ids = labels[selected]  # (M, K)
         logits = self.decode_logits(hidden[selected], label_ids)
-        token_nll = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            label_ids.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="none",
-        ).view(label_ids.shape)
+        token_nll = token_losses(logits, label_ids)
         count = int((label_ids != IGNORE_INDEX).sum())
         loss = token_nll.sum() / max(count, 1)
         unit_losses = torch.zeros(selected.shape, device=device, dtype=token_nll.dtype)

@@ -133,9 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     processor = model.processor.with_pixels("uint8")
     results = []
-    for size in args.sizes:
-        rows, row_units = (int(x) for x in size.split("x"))
-        data = batches(model, texts, rows, row_units, args.compile_batches + 1)
+    sizes = [tuple(int(x) for x in size.split("x")) for size in args.sizes]
+    # every size's batches first: a text too short for one stops the run before any figure, not after hours
+    all_data = {
+        size: batches(model, texts, *dims, args.compile_batches + 1)
+        for size, dims in zip(args.sizes, sizes, strict=True)
+    }
+    for size, (rows, row_units) in zip(args.sizes, sizes, strict=True):
+        data = all_data[size]
         shapes = model.fixed_shapes(rows=rows, row_units=row_units)
         collate = {
             "dynamic": lambda b, r=row_units: processor.collate(b, packing=True, max_units=r).model_inputs(),

@@ -435,14 +435,20 @@ def memorised_model():
     """The micro preset without images, trained on :data:`SENTENCES` (AdamW, lr 3e-3, 80 full-batch steps, seed 0):
     greedy decoding then reproduces each English sentence from any cut of it; the Hebrew ones are learnt less
     well (twice the bytes), well enough to tell their endings from each other's."""
+    return memorise(SENTENCES, steps=80, lr=3e-3)
+
+
+def memorise(texts: list[str], steps: int, lr: float):
+    """The micro preset without images (seed 0), trained full-batch on ``texts`` for ``steps`` AdamW steps at
+    ``lr`` (dropout seeded 0); returned in eval mode."""
     from ilt_core.modeling.model import build_model
 
     model = build_model(micro_spec("bytes-only"), seed=0)
     torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    batch = model.processor(SENTENCES)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    batch = model.processor(texts)
     model.train()
-    for _ in range(80):
+    for _ in range(steps):
         loss = model(**batch.model_inputs()).loss
         optimizer.zero_grad()
         loss.backward()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import GENERATION_LATENTS, PROMPTS, micro_spec, small_model, small_spec, stops_for, swapped
+from helpers import GENERATION_LATENTS, PROMPTS, memorise, small_model, small_spec, stops_for, swapped
 
 import ilt_core
 from ilt_core.cli.generate import add_generate_parser
@@ -398,17 +398,7 @@ def test_memorised_sentences_are_reproduced_from_their_first_words():
     # the micro spec (tiny's architectures, shrunk): with AdamW at lr 1e-3 this seed reproduces all four texts
     # from step 50 on (checked every 50 steps up to 400); 100 steps leave a margin
     texts = ["the cat sat on my mat", "a dog ran in green fields", "one two three four five", "שלום לכם חברים יקרים"]
-    model = build_model(micro_spec("bytes-only"), seed=0)
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batch = model.processor(texts)
-    model.train()
-    for _ in range(100):
-        loss = model(**batch.model_inputs()).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    model = memorise(texts, steps=100, lr=1e-3)
     prompts = [" ".join(t.split()[:2]) + " " for t in texts]
     results = generate(model, prompts, 10, return_scores=True)
     for text, prompt, r in zip(texts, prompts, results, strict=True):

@@ -43,17 +43,21 @@ START = None  # the memo key of the text-start marker (bytes [bos], the image of
 _GREEDY_OPTIONS = {"suppress_tokens", "min_new_tokens"}  # byte options the decoder's greedy() honours itself
 
 
-@dataclass(frozen=True)
+@dataclass
 class Decoding:
     """What the strategies read besides the options: the model's unit byte limit and label kind.
 
     ``want_scores``: score every unit (for ``return_scores``, and for beam search's greedy baseline).
+    ``byte_steps``: how many bytes the last decode needed (its longest row, ``eos`` included): the fast greedy loop
+    reads back whether its rows have ended once, after that many bytes (``protocols.FastGreedy``'s ``check_at``),
+    as the next unit is most often about as long. It changes how much work is done, never the ids.
     """
 
     options: GenerationOptions
     byte_limit: int
     labels: str
     want_scores: bool
+    byte_steps: int | None = None
 
     @classmethod
     def for_model(cls, model: Any, options: GenerationOptions, want_scores: bool | None = None) -> Decoding:
@@ -245,7 +249,9 @@ class LatentState:
 
 
 # ---- latents -> units -------------------------------------------------------------------------------------------
-def _decode(model: Any, embeds: torch.Tensor, limit: int, kwargs: dict[str, Any]) -> torch.Tensor:
+def _decode(
+    model: Any, embeds: torch.Tensor, limit: int, kwargs: dict[str, Any], check_at: int | None = None
+) -> torch.Tensor:
     """New ids ``(N * R, T_new)`` from decoder inputs ``(N, T0, Dd)`` (prefix, then any forced bytes)."""
     decoder = model.bytes_decoder
     greedy = getattr(decoder, "greedy", None)
@@ -258,6 +264,7 @@ def _decode(model: Any, embeds: torch.Tensor, limit: int, kwargs: dict[str, Any]
             PAD_ID,
             kwargs.get("suppress_tokens"),
             kwargs.get("min_new_tokens") or 0,
+            check_at=check_at,
         )
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
     out = decoder.generate(embeds, mask, max_new_tokens=limit, **kwargs)
@@ -296,9 +303,11 @@ def decode_unit_ids(
         if length:
             ids = torch.tensor([list(given[i]) for i in members], dtype=torch.long, device=prefix.device)
             embeds = torch.cat([embeds, model.bytes_decoder.embed(ids).to(embeds.dtype)], dim=1)
-        for j, row in enumerate(_decode(model, embeds, limit, kwargs).tolist()):
+        for j, row in enumerate(_decode(model, embeds, limit, kwargs, decoding.byte_steps).tolist()):
             cut = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)
             rows[members[j // R] * R + j % R] = row[:cut]
+    if rows:
+        decoding.byte_steps = max(1, max(len(r) for r in rows))
     return rows
 
 

@@ -244,10 +244,11 @@ class FastGreedy(Protocol):
     """Optional for bytes decoders: greedy decoding without ``generate``'s per-step overhead.
 
     ``greedy(inputs_embeds, max_new_tokens, eos_token_id, pad_token_id, suppress_tokens=None,
-    min_new_tokens=0)``: ``inputs_embeds`` ``(N, T0, D)`` prefix embeddings, all real (no padding); returns
-    ids ``(N, max_new_tokens)``, the same ids as ``generate(do_sample=False, suppress_tokens=...,
+    min_new_tokens=0, check_at=None)``: ``inputs_embeds`` ``(N, T0, D)`` prefix embeddings, all real (no padding);
+    returns ids ``(N, max_new_tokens)``, the same ids as ``generate(do_sample=False, suppress_tokens=...,
     min_new_tokens=...)`` (float rounding of fused matrices aside), with ``pad_token_id`` after a row's
-    ``eos``. The generation loop calls it for plain greedy decoding (no byte-level option other than
+    ``eos``. ``check_at``: a hint, after how many bytes to read back (once) whether every row has ended; the
+    loop keeps every row in the batch and reads nothing else from the device, so the ids never depend on it. The generation loop calls it for plain greedy decoding (no byte-level option other than
     ``suppress_tokens`` / ``min_new_tokens``); a decoder without it decodes through ``generate``.
     """
 
@@ -259,6 +260,7 @@ class FastGreedy(Protocol):
         pad_token_id: int,
         suppress_tokens: list[int] | None = None,
         min_new_tokens: int = 0,
+        check_at: int | None = None,
     ) -> torch.Tensor: ...
 
 

@@ -397,11 +397,14 @@ class HFBytesDecoder(HFWrapper):
         pad_token_id: int,
         suppress_tokens: list[int] | None = None,
         min_new_tokens: int = 0,
+        check_at: int | None = None,
     ) -> torch.Tensor:
         """Greedy ids ``(N, max_new_tokens)`` from the prefix ``(N, T0, D)`` without ``generate``'s overhead.
 
         The same ids as ``generate(do_sample=False)``; after ``eos`` a row holds ``pad_token_id``. Llama-family
-        decoders run a fused step (see :mod:`ilt_hf.fast_greedy`), others their own forward in a loop.
+        decoders run a fused step (see :mod:`ilt_hf.fast_greedy`), others their own forward in a loop. Every row
+        writes until ``max_new_tokens`` (``pad`` after its ``eos``) unless all have ended when the loop reads so, once,
+        after ``check_at`` bytes (``protocols.FastGreedy``).
         """
         extra = set(self.lm.generation_config.to_diff_dict()) - _PLAIN_GENERATION_KEYS
         if extra:  # a hub generation_config.json that samples, penalises, ...: generate() honours it
@@ -421,6 +424,7 @@ class HFBytesDecoder(HFWrapper):
             min_new_tokens,
             fused=self._fused,
             cache_arg=self._cache_argument,
+            check_at=check_at,
         )
 
 

@@ -185,21 +185,39 @@ class LatentState:
     The cache is the latent's own value; the loop touches it only through the latent's optional methods
     ``select_cache`` (without it, the kept rows are recomputed once into a fresh cache) and ``crop_cache_left``
     (without it, columns that became padding in every row stay, masked).
+
+    ``static_steps``: with the latent's optional ``static_cache(rows, length)``, the cache is allocated once for
+    the prompts and that many steps, and every step has the same shapes (a mask ``(N, M)`` over all its columns,
+    one column written per step): what a captured graph needs. Rows then stay in the batch (:meth:`select` of
+    every row in order only); a finished row's position stops at the latent's last.
     """
 
-    def __init__(self, model: Any, embed: UnitEmbeddings, use_cache: bool) -> None:
+    def __init__(self, model: Any, embed: UnitEmbeddings, use_cache: bool, static_steps: int | None = None) -> None:
         self.latent = model.latent_transformer
         self.embed = embed
         self.use_cache = use_cache
+        self.max_position = model.max_units - 1
+        # a static cache: room for this many steps after the prefill (None: a cache that grows)
+        self.static_steps = static_steps if use_cache and hasattr(self.latent, "static_cache") else None
         self.contexts: list[list[Any]] = []
         self.cache: Any = None
-        self.mask: torch.Tensor | None = None  # (N, L_past) 1 for real units, 0 for left padding
+        self.mask: torch.Tensor | None = None  # (N, L_past) 1 for real units, 0 for left padding (static: (N, M))
         self.next_position: torch.Tensor | None = None  # (N,)
+        self.filled = 0  # static: the cache columns written
 
     def _prefill(self) -> torch.Tensor:
         """Run every row's whole context; with the cache, keep it for the next steps."""
         embeds, mask, positions = _left_pad(self.contexts, self.embed)
-        out = self.latent(embeds, attention_mask=mask, position_ids=positions, use_cache=self.use_cache)
+        cache = None
+        if self.static_steps is not None:
+            # every row's columns laid out once: the prompt's, then one per step, all rows at the same column
+            N, L = mask.shape
+            cache = self.latent.static_cache(N, L + self.static_steps)
+            mask = torch.cat([mask, mask.new_zeros(N, self.static_steps)], dim=1)  # (N, M)
+            self.filled = L
+        out = self.latent(
+            embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=self.use_cache
+        )
         if self.use_cache:
             self.cache, self.mask, self.next_position = out.past_key_values, mask, positions[:, -1] + 1
         return out.hidden_states[:, -1]
@@ -236,13 +254,15 @@ class LatentState:
         if not self.use_cache or self.cache is None:
             return self._prefill()
         embeds = self.embed(units)[:, None]  # (N, 1, D)
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(units), 1)], dim=1)
+        positions = self.next_position[:, None]
+        if self.static_steps is not None:
+            self.mask[:, self.filled] = 1  # the same shapes at every step
+            self.filled += 1
+            positions = positions.clamp(max=self.max_position)  # a finished row's unit is read, never used
+        else:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(len(units), 1)], dim=1)
         out = self.latent(
-            embeds,
-            attention_mask=self.mask,
-            position_ids=self.next_position[:, None],
-            past_key_values=self.cache,
-            use_cache=True,
+            embeds, attention_mask=self.mask, position_ids=positions, past_key_values=self.cache, use_cache=True
         )
         self.cache, self.next_position = out.past_key_values, self.next_position + 1
         return out.hidden_states[:, -1]

@@ -193,23 +193,34 @@ def _prompts_to_hypotheses(model: Any, prompts: list[str]) -> list[Hypothesis]:
 
 def _plain_steps(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> Iterator[tuple[int, str]]:
     """Greedy / sampling / byte-level strategies: yields ``(prompt, new text)`` as each unit is decoded."""
-    latent = LatentState(model, UnitEmbeddings(model), decoding.options.use_cache)
+    options = decoding.options
     live = [h for h in hyps if not h.done]
     if not live:
         return
+    static = options.cache_implementation == "static" and options.use_cache
+    # a static cache holds the prompts and every step: at most max_new_units, a completion, and the context's room
+    steps = min(options.max_new_units + 1, model.max_units) if static else None
+    latent = LatentState(model, UnitEmbeddings(model), options.use_cache, steps)
+    static = latent.static_steps is not None
     latents = latent.start([h.context for h in live])
+    active = live
     while True:
-        ids, scores = pick_units(model, latents, decoding, forced_ids(model, live))
-        for i, h in enumerate(live):
+        # the decoder writes for unfinished rows only (so sampling draws what it draws with a dynamic cache)
+        ids, scores = pick_units(model, latents, decoding, forced_ids(model, active))
+        for i, h in enumerate(active):
             new = append_unit(model, h, ids[i], scores[i] if scores is not None else None, decoding)
             if new:
                 yield h.prompt, new
         keep = [i for i, h in enumerate(live) if not h.done]
         if not keep:
             return
-        latent.select(keep)
-        live = [live[i] for i in keep]
+        if not static:  # finished rows leave the batch; a static one keeps its shapes
+            latent.select(keep)
+            live = [live[i] for i in keep]
+        active = [live[i] for i in keep] if static else live
         latents = latent.step([h.last_unit for h in live])
+        if static and len(keep) < len(live):
+            latents = latents[torch.tensor(keep, device=latents.device)]
 
 
 def _beam_search_or_greedy(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> list[Hypothesis]:

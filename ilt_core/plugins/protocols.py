@@ -188,6 +188,20 @@ class LatentCache(Protocol):
 
 
 @runtime_checkable
+class StaticLatentCache(Protocol):
+    """Optional for latent transformers: a KV cache allocated once, for steps of constant shapes.
+
+    ``static_cache(rows, length)``: an empty cache that ``forward(..., past_key_values=cache, use_cache=True)``
+    fills in place, ``length`` columns for each of ``rows`` rows. The loop then passes an ``attention_mask``
+    ``(rows, length)`` at every call (1 for the columns written so far that hold real units, 0 for left padding
+    and for the columns still empty), writes the prompts' ``L`` columns with the first call and one column per
+    call after it: every step has the same shapes (generation's ``cache_implementation="static"``).
+    """
+
+    def static_cache(self, rows: int, length: int) -> Any: ...
+
+
+@runtime_checkable
 class PositionMasking(Protocol):
     """Optional for latent transformers: packed rows without a dense ``(B, 1, L, L)`` mask.
 

@@ -270,6 +270,12 @@ class HFLatentTransformer(HFWrapper):
         """
         return switch_fused(self, "_fused_step", enabled, fused_neox_supported, FusedNeoXWeights)
 
+    def static_cache(self, rows: int, length: int) -> Any:
+        """``protocols.StaticLatentCache``: a transformers ``StaticCache`` of ``length`` columns (filled in place)."""
+        from transformers import StaticCache  # transformers is imported when a component is built
+
+        return StaticCache(config=self.model.config, max_cache_len=length)
+
     def select_cache(self, cache: Any, rows: torch.Tensor) -> Any:
         """``protocols.LatentCache``: keep batch rows ``rows`` ``(N',)`` (they may repeat) of a transformers cache."""
         cache.reorder_cache(rows)  # index_select over the batch of every layer, in place

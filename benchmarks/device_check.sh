@@ -201,17 +201,25 @@ def main() -> int:
     prompts = ["".join(units[:8]) for units in long_texts[:8]]
     fixed_work = {"byte_min_new_tokens": 1}
     model.eval()
-    for batch in (prompts[:1], prompts):
-        model.generate(batch, max_new_units=4, **fixed_work)  # warm-up: kernels, caches
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        outputs = model.generate(batch, max_new_units=32, return_scores=True, **fixed_work)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        units = sum(len(o.units) for o in outputs)
-        print(f"generate batch {len(batch)}: {units / seconds:,.1f} units/s ({units} units in {seconds:.2f} s, fp32)")
+    for batch in (prompts[:1], prompts, prompts * 8):
+        texts = {}
+        for cache in ("dynamic", "static"):  # a growing latent cache, then one of constant shapes
+            options = {**fixed_work, "cache_implementation": cache}
+            model.generate(batch, max_new_units=4, **options)  # warm-up: kernels, caches
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            outputs = model.generate(batch, max_new_units=32, return_scores=True, **options)
+            if cuda:
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            units = sum(len(o.units) for o in outputs)
+            texts[cache] = [o.text for o in outputs]
+            print(
+                f"generate batch {len(batch)} {cache} cache: {units / seconds:,.1f} units/s "
+                f"({units} units in {seconds:.2f} s, fp32)"
+            )
+        print(f"generate batch {len(batch)}: static text == dynamic text: {texts['static'] == texts['dynamic']}")
     print(f"sample: {prompts[0]!r} -> {outputs[0].text[:80]!r}")
 
     # training batches carry word images as uint8, made floats on the device: the loss must not change

@@ -270,3 +270,45 @@ def test_a_decoder_too_wide_for_numpy_products_keeps_no_numpy_copies(monkeypatch
     rows = counting_numpy_products(monkeypatch)
     assert torch.equal(dec.greedy(prefix, 8, EOS, PAD), expected)
     assert dec._fused.numpy_layers == [] and dec._fused.numpy_head is None and rows == []
+
+
+def test_the_byte_step_traces_as_one_graph_with_no_recompile(monkeypatch):
+    """What a CUDA graph capture needs, checked on the CPU: dynamo traces the byte step whole (``fullgraph``: no
+    break, so no host read or Python-side value inside) once, and replays it at every byte and call of one shape,
+    giving the eager ids."""
+    monkeypatch.setattr(fast_greedy, "NUMPY_PRODUCTS", False)
+    dec = decoder("llama")
+    torch.manual_seed(1)
+    prefixes = [torch.randn(4, 1, D), torch.randn(4, 1, D)]
+    expected = [dec.greedy(p, 10, EOS, PAD, check_at=10) for p in prefixes]
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    eager_step = fast_greedy._ByteLoop.step
+    compiled = torch.compile(eager_step, backend=backend, fullgraph=True, dynamic=False)
+    monkeypatch.setattr(fast_greedy._ByteLoop, "step", lambda loop: compiled(loop))
+    try:
+        got = [dec.greedy(p, 10, EOS, PAD, check_at=10) for p in prefixes]
+    finally:
+        torch._dynamo.reset()
+    assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+    assert len(graphs) == 1  # 18 byte steps, one trace
+
+
+def test_a_kept_loop_in_use_elsewhere_leaves_this_call_a_fresh_one():
+    """Loops are kept per shape for reuse; a call that finds its loop busy (another thread) runs a fresh one."""
+    dec = decoder("llama")
+    torch.manual_seed(3)
+    prefix = torch.randn(3, 1, D)
+    expected = reference(dec, prefix, 12)
+    assert torch.equal(dec.greedy(prefix, 12, EOS, PAD), expected)
+    (loop,) = dec._fused.loops.values()
+    other = torch.randn(3, 1, D)
+    assert torch.equal(dec.greedy(other, 12, EOS, PAD), reference(dec, other, 12))  # the kept loop, reset
+    with loop.lock:  # busy
+        assert torch.equal(dec.greedy(prefix, 12, EOS, PAD), expected)
+    assert list(dec._fused.loops.values()) == [loop]

@@ -78,6 +78,31 @@ def test_every_latent_step_has_the_same_shapes():
     assert len(set(dynamic[1:])) == len(dynamic) - 1  # the growing cache: a new shape each step
 
 
+def test_greedy_decodes_every_row_at_every_step_with_a_static_cache():
+    """The decoder's batch keeps its size too (greedy ids do not depend on the other rows), finished rows or not."""
+    model = small_model()
+    decoder = model.bytes_decoder
+    sizes = []
+    real = decoder.greedy
+
+    def recording(inputs_embeds, *args, **kwargs):
+        sizes.append(tuple(inputs_embeds.shape))
+        return real(inputs_embeds, *args, **kwargs)
+
+    decoder.greedy = recording
+    try:
+        results = generate(model, ROWS, 6, cache_implementation="static", return_scores=True)
+        static, sizes[:] = list(sizes), []
+        generate(model, ROWS, 6)
+        dynamic = list(sizes)
+    finally:
+        del decoder.greedy
+    assert len({len(r.units) for r in results}) > 1
+    # the first step decodes rows cut inside a word in groups of their forced bytes; the 5 steps after it, all rows
+    assert set(static[-5:]) == {(len(ROWS), 1, 64)}
+    assert len({s[0] for s in dynamic}) > 1  # a growing cache drops finished rows
+
+
 def test_unit_steps_read_the_device_twice_at_most():
     """Per unit step: the byte loop's one check of whether its rows ended, and the ids read back once."""
     from ilt_bench.opcount import DispatchCount

@@ -269,6 +269,12 @@ class LatentState:
 
 
 # ---- latents -> units -------------------------------------------------------------------------------------------
+def is_plain_greedy(options: GenerationOptions) -> bool:
+    """Whether the decoder writes each unit greedily with no byte-level option but those its fast greedy loop
+    honours: its ids for a row then do not depend on the other rows of the batch."""
+    return not options.do_sample and options.num_beams == 1 and set(options.byte_options) <= _GREEDY_OPTIONS
+
+
 def _decode(
     model: Any, embeds: torch.Tensor, limit: int, kwargs: dict[str, Any], check_at: int | None = None
 ) -> torch.Tensor:

@@ -55,6 +55,7 @@ from ilt_core.generation.decoding import (
     append_unit,
     finished_unit,
     forced_ids,
+    is_plain_greedy,
 )
 from ilt_core.generation.options import GenerationOptions
 from ilt_core.generation.sampling import pick_units
@@ -203,23 +204,26 @@ def _plain_steps(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> Iter
     latent = LatentState(model, UnitEmbeddings(model), options.use_cache, steps)
     static = latent.static_steps is not None
     latents = latent.start([h.context for h in live])
+    # with a static cache, greedy decoding writes for every row too (its ids do not depend on the batch), so the
+    # decoder's shapes stay; sampling writes for unfinished rows only, drawing what it draws with a growing cache
+    every_row = static and is_plain_greedy(decoding.options)
     active = live
     while True:
-        # the decoder writes for unfinished rows only (so sampling draws what it draws with a dynamic cache)
         ids, scores = pick_units(model, latents, decoding, forced_ids(model, active))
         for i, h in enumerate(active):
-            new = append_unit(model, h, ids[i], scores[i] if scores is not None else None, decoding)
-            if new:
-                yield h.prompt, new
+            if not h.done:
+                new = append_unit(model, h, ids[i], scores[i] if scores is not None else None, decoding)
+                if new:
+                    yield h.prompt, new
         keep = [i for i, h in enumerate(live) if not h.done]
         if not keep:
             return
         if not static:  # finished rows leave the batch; a static one keeps its shapes
             latent.select(keep)
             live = [live[i] for i in keep]
-        active = [live[i] for i in keep] if static else live
         latents = latent.step([h.last_unit for h in live])
-        if static and len(keep) < len(live):
+        active = live if not static or every_row else [live[i] for i in keep]
+        if len(active) < len(live):
             latents = latents[torch.tensor(keep, device=latents.device)]
 
 

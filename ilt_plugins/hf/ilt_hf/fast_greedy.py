@@ -19,6 +19,9 @@ cache than in the matrices. Two paths, both giving the same ids as ``generate(do
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ from ilt_core.modeling.products import numpy_matmul
 from ilt_hf.fused_weights import FusedWeights
 
 __all__ = ["greedy_decode", "fused_llama_supported", "FusedLlamaWeights"]
+
+logger = logging.getLogger(__name__)
 
 
 def fused_llama_supported(config: Any) -> bool:
@@ -68,6 +73,8 @@ class FusedLlamaWeights(FusedWeights):
     """
 
     def build(self, lm: Any) -> None:
+        # byte loops kept for reuse hold these weights (a captured graph, their addresses): dropped with them
+        self.loops: OrderedDict[tuple, _ByteLoop] = OrderedDict()
         self.numpy_layers: list[tuple[np.ndarray, ...]] = []
         self.numpy_head: np.ndarray | None = None
         head = lm.get_output_embeddings().weight
@@ -273,13 +280,49 @@ class _ByteLoop:
         self.token = torch.full((N,), rules.pad_id, dtype=torch.long, device=device)
         self.done = torch.zeros(N, dtype=torch.bool, device=device)
         self.pos = torch.full((1,), T0, dtype=torch.long, device=device)
-        self.numpy_layers = fused.numpy_layers if NUMPY_PRODUCTS and device.type == "cpu" else []
-        # multiply-adds of one row's largest product
-        self.largest = max(w.size for w in self.numpy_layers[0]) if self.numpy_layers else 0
+        self.cpu = device.type == "cpu"
+        self.lock = threading.Lock()  # one call at a time uses these buffers
+        self.graph: Any = None  # the captured step (CUDA), or None: eager steps
+        self.graph_failed = False
+
+    def reset(self) -> None:
+        """Ready the buffers for a new call, in place (a captured graph keeps reading the same tensors). Columns
+        still holding an earlier call's keys are masked until this call writes them."""
+        self.out.fill_(self.rules.pad_id)
+        self.token.fill_(self.rules.pad_id)
+        self.done.zero_()
+        self.pos.fill_(self.T0)
+
+    def capture(self) -> None:
+        """Record :meth:`step` as one CUDA graph (after two warm-up steps on a side stream, as CUDA graphs need);
+        on failure the loop stays eager and says why once. The buffers need a :meth:`reset` after it."""
+        try:
+            stream = torch.cuda.Stream(device=self.out.device)
+            stream.wait_stream(torch.cuda.current_stream(self.out.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    self.step()
+            torch.cuda.current_stream(self.out.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.step()
+            self.graph = graph
+        except Exception as exc:  # a capture the device or its driver refuses: eager steps give the same ids
+            self.graph_failed = True
+            logger.warning("ilt_hf: the greedy byte step could not be captured as a CUDA graph, running eager: %s", exc)
+
+    def advance(self) -> None:
+        """One byte step: the captured graph's replay, or :meth:`step`."""
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.step()
 
     def _layers(self, x: torch.Tensor, rows: int, attend: Any) -> torch.Tensor:
-        if self.numpy_layers and rows * self.largest <= NUMPY_MAX_MULTIPLY_ADDS:
-            return _numpy_layers(x, self.fused, self.numpy_layers, attend, self.dims)
+        numpy_layers = self.fused.numpy_layers if NUMPY_PRODUCTS and self.cpu else []  # decided at every call
+        # multiply-adds of one row's largest product
+        if numpy_layers and rows * max(w.size for w in numpy_layers[0]) <= NUMPY_MAX_MULTIPLY_ADDS:
+            return _numpy_layers(x, self.fused, numpy_layers, attend, self.dims)
         return _torch_layers(x, self.fused, attend, self.dims)
 
     def _next(self, last: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -347,7 +390,9 @@ def _fused_llama_greedy(
     Tokens are rows of 2-D tensors; keys/values are preallocated per layer (:class:`_ByteLoop`). The prefix step
     reads the ``T0`` prefix positions; each byte step after it has the same shapes (every row stays, finished ones
     write ``pad``), and nothing is read back to the host inside the loop but one check, after ``check_at`` bytes,
-    of whether every row has ended (the loop stops there if so, else runs to ``max_new_tokens``).
+    of whether every row has ended (the loop stops there if so, else runs to ``max_new_tokens``). The loop's
+    buffers are kept per shape for the next call (:data:`KEPT_LOOPS`); on a CUDA device its byte step is captured
+    once as a CUDA graph and replayed (:data:`CUDA_GRAPHS`; eager if the capture fails).
     Per layer and byte about a dozen calls: the norm, one product for q/k/v, RoPE on q and k together, two cache
     writes, attention, the output projection with its residual in one ``addmm``, the norm, gate/up, SiLU and
     product in place, and ``down`` with its residual in one ``addmm``; the output head adds the barred ids' ``-inf``
@@ -355,14 +400,58 @@ def _fused_llama_greedy(
     multiply-adds runs its products in numpy (the residuals and biases added after each product).
     """
     fused.refresh(lm)
-    loop = _ByteLoop(lm, fused, embeds, rules)
-    loop.prefix(embeds)
-    check = max(_first_check(rules, check_at), rules.min_new_tokens + 1)
-    for t in range(1, rules.max_new_tokens):
-        if t == check and bool(loop.done.all()):
-            break
-        loop.step()
-    return loop.out
+    loop, kept = _loop_for(lm, fused, embeds, rules)
+    try:
+        if kept and loop.graph is None and not loop.graph_failed and _wants_graph(embeds, rules):
+            loop.reset()
+            loop.capture()
+        loop.reset()
+        loop.prefix(embeds)
+        check = max(_first_check(rules, check_at), rules.min_new_tokens + 1)
+        for t in range(1, rules.max_new_tokens):
+            if t == check and bool(loop.done.all()):
+                break
+            loop.advance()
+        return loop.out.clone() if kept else loop.out  # a kept loop's buffer is the next call's
+    finally:
+        if kept:
+            loop.lock.release()
+
+
+#: Byte loops kept per decoder for reuse (their buffers and captured graph), one per shape and rule set.
+KEPT_LOOPS = 8
+#: Whether the fused loop replays its byte step as a CUDA graph on a CUDA device (captured once per kept loop).
+CUDA_GRAPHS = True
+
+
+def _wants_graph(embeds: torch.Tensor, rules: _Rules) -> bool:
+    return (
+        CUDA_GRAPHS
+        and embeds.device.type == "cuda"
+        and rules.max_new_tokens >= 3  # room for the capture's warm-up steps
+        and not torch.cuda.is_current_stream_capturing()
+    )
+
+
+def _loop_for(lm: Any, fused: FusedLlamaWeights, embeds: torch.Tensor, rules: _Rules) -> tuple[_ByteLoop, bool]:
+    """A kept loop for this shape and these rules, locked for this call (made and kept when new), and True; or a
+    fresh loop and False when the kept one is in use on another thread."""
+    N, T0, _ = embeds.shape
+    key = (N, T0, rules.max_new_tokens, rules.eos_id, rules.pad_id, tuple(rules.suppress), rules.min_new_tokens)
+    key += (embeds.device, lm.model.embed_tokens.weight.dtype)
+    with _KEEPING:
+        loop = fused.loops.get(key)
+        if loop is None:
+            loop = fused.loops[key] = _ByteLoop(lm, fused, embeds, rules)
+            while len(fused.loops) > KEPT_LOOPS:
+                fused.loops.popitem(last=False)
+        fused.loops.move_to_end(key)
+        if not loop.lock.acquire(blocking=False):
+            return _ByteLoop(lm, fused, embeds, rules), False
+    return loop, True
+
+
+_KEEPING = threading.Lock()
 
 
 def _first_check(rules: _Rules, check_at: int | None) -> int:

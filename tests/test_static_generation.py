@@ -118,3 +118,37 @@ def test_unit_steps_read_the_device_twice_at_most():
 def test_an_unknown_cache_implementation_is_refused():
     with pytest.raises(ILTError, match="cache_implementation='sliding'.*dynamic, static"):
         GenerationOptions(cache_implementation="sliding")
+
+
+def test_new_word_images_reach_the_image_encoder_in_one_shape():
+    """With a static cache the new units' word images are packed in ceil(n / 2) rows of fixed size (the training
+    step's packing): one image-encoder call of one shape per unit step, and the same text as per-width calls."""
+    from helpers import micro_spec
+
+    from ilt_core.modeling.model import build_model
+
+    model = build_model(micro_spec("full"), seed=0).eval()
+    assert model.image_packing is not None
+    encoder = model.image_encoder
+    shapes, widths = [], []
+    packed, plain = encoder.encode_packed, encoder.forward
+
+    def recording_packed(patches, *args):
+        shapes.append(tuple(patches.shape))
+        return packed(patches, *args)
+
+    def recording_plain(pixels, *args, **kwargs):
+        widths.append(pixels.shape[-1])
+        return plain(pixels, *args, **kwargs)
+
+    encoder.encode_packed, encoder.forward = recording_packed, recording_plain
+    prompts = ["the cat sat ", "a b ", "שלום לכם ", "one two three "]
+    try:
+        static = generate(model, prompts, 5, cache_implementation="static")
+        assert widths == [] and len(shapes) >= 5
+        dynamic = generate(model, prompts, 5)
+    finally:
+        del encoder.encode_packed, encoder.forward
+    assert static == dynamic
+    assert len(set(shapes[1:])) == 1 and shapes[1][0] == 2  # 4 new units a step: 2 rows
+    assert len(set(widths)) > 1  # per width without tiles

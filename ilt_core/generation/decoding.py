@@ -13,6 +13,7 @@ The model is duck-typed (an ``ILTModel`` or anything with its attributes): this 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,11 +134,20 @@ def forced_ids(model: Any, hyps: Sequence[Hypothesis]) -> list[list[int]] | None
 
 # ---- units -> embeddings, and the latent over them --------------------------------------------------------------
 class UnitEmbeddings:
-    """Embeddings ``(D,)`` of units, each unit encoded once per generation call (the start marker is ``START``)."""
+    """Embeddings ``(D,)`` of units, each unit encoded once per generation call (the start marker is ``START``).
 
-    def __init__(self, model: Any) -> None:
+    ``tiles``: the new units' word images go to the image encoder packed in rows of a fixed size
+    (:class:`~ilt_core.text.image_packing.ImagePacking`, as fixed-shape training batches carry them), ``ceil(n / 2)``
+    rows for a call with ``n`` keys, and their bytes padded to ``n`` rows of the unit byte limit (slots of keys
+    already encoded hold padding): one call of one shape for a given number of keys, where the image encoder takes
+    packed rows (else, and without ``tiles``, one call per image width).
+    """
+
+    def __init__(self, model: Any, tiles: bool = False) -> None:
         self.model = model
         self.memo: dict[Any, torch.Tensor] = {}
+        packing = getattr(model, "image_packing", None) if tiles else None
+        self.packing = dataclasses.replace(packing, rows=0, changes=0) if packing is not None else None
 
     def __call__(self, keys: Sequence[Any]) -> torch.Tensor:
         """Embeddings ``(N, D)`` for ``keys`` (units or ``START``); new distinct ones are encoded in one batch."""
@@ -146,16 +156,26 @@ class UnitEmbeddings:
             processor = self.model.processor
             ids = [[BOS_ID] if k is START else processor.encode_unit(k) for k in new]
             width = max(1, max(len(x) for x in ids))
-            unit_ids = torch.full((len(ids), width), PAD_ID, dtype=torch.long)
-            unit_mask = torch.zeros(len(ids), width, dtype=torch.long)
+            count = len(ids)
+            if self.packing is not None:  # one shape per number of keys: slots for every key, bytes to the limit
+                count, width = len(keys), max(width, int(self.model.spec.max_unit_bytes))
+            unit_ids = torch.full((count, width), PAD_ID, dtype=torch.long)
+            unit_mask = torch.zeros(count, width, dtype=torch.long)
+            unit_mask[:, 0] = 1  # a slot with no unit reads one padding byte
             for i, x in enumerate(ids):
                 unit_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
                 unit_mask[i, : max(1, len(x))] = 1
-            groups = None
+            groups = packed = None
             if self.model.renderer is not None:
-                groups = processor.render_units(["" if k is START else k for k in new])
-            vectors = self.model.encode_units(unit_ids, unit_mask, groups)  # (len(new), D)
-            for k, v in zip(new, vectors, strict=True):
+                names = ["" if k is START else k for k in new]
+                if self.packing is not None:
+                    images = processor.render_units(names, grouped=False)
+                    tiles = self.packing.pack(images, count=count, rows=-(-count // 2))
+                    packed = (tiles.patches, tiles.positions, tiles.segments, tiles.cls_index)
+                else:
+                    groups = processor.render_units(names)
+            vectors = self.model.encode_units(unit_ids, unit_mask, groups, packed)  # (count, D)
+            for k, v in zip(new, vectors[: len(new)], strict=True):
                 self.memo[k] = v
         return torch.stack([self.memo[k] for k in keys])
 

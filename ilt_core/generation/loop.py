@@ -201,7 +201,7 @@ def _plain_steps(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> Iter
     static = options.cache_implementation == "static" and options.use_cache
     # a static cache holds the prompts and every step: at most max_new_units, a completion, and the context's room
     steps = min(options.max_new_units + 1, model.max_units) if static else None
-    latent = LatentState(model, UnitEmbeddings(model), options.use_cache, steps)
+    latent = LatentState(model, UnitEmbeddings(model, tiles=static), options.use_cache, steps)
     static = latent.static_steps is not None
     latents = latent.start([h.context for h in live])
     # with a static cache, greedy decoding writes for every row too (its ids do not depend on the batch), so the

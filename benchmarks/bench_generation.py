@@ -26,6 +26,12 @@ with the latent's cached step and the bytes encoder through the transformers for
 numpy (``whole_cached_step_torch_products``, ``decode_unit_bytes_torch_products``: ``ilt_hf.fast_greedy``'s
 ``NUMPY_PRODUCTS``), and with all of these off (``whole_cached_step_before``).
 
+``--counts [BATCH ...]`` only counts, per unit step of ``tiny`` with 16-unit prompts and ``--unit-bytes`` bytes a
+unit (eos barred: fixed work), the aten ops (per unit and per byte) and host syncs with the numpy products off (the
+path a GPU runs), and times units/s and bytes/s, for a growing (``dynamic``) and a ``static`` latent cache:
+
+    .venv/bin/python benchmarks/bench_generation.py --counts 1 8 64 --unit-bytes 16 --out counts.json
+
 ``--reference img`` (or ``noimg``) runs the reference implementation's setup instead of ``--preset``
 (:func:`ilt_bench.setups.reference_spec`, words rendered 16 px high) at its generation protocol: batch 4, 16-unit prompts,
 every unit decoded to 32 bytes (defaults of ``--contexts``, ``--batches``, ``--unit-bytes`` then 16, 4, 32). The
@@ -87,6 +93,74 @@ def step_times(model, prompts: list[str], units: int, use_cache: bool, unit_byte
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())
     return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
+def launch_counts(model, batches: list[int], unit_bytes: int, units: int, repeats: int) -> list[dict]:
+    """Per unit step (every row one unit of ``unit_bytes`` bytes, eos and the other specials barred: fixed work), for each batch and cache
+    kind: aten ops (what a GPU launches; per byte step of the decoder by the difference with units of twice the
+    bytes) and host syncs (what it waits for; the ids' one copy back per unit step is not an aten op on a CPU),
+    counted by
+    :class:`ilt_bench.opcount.DispatchCount` with the CPU-only numpy products off, and units/s and bytes/s timed
+    without the counter (best of ``repeats`` runs of ``units`` steps after a 1-step run, whose time is taken off)."""
+    from ilt_bench.opcount import DispatchCount
+    from ilt_hf import fast_greedy
+
+    rows = []
+    # every id but the 256 bytes barred: no unit ends early or comes out empty (which would end its row)
+    specials = list(range(256, model.bytes_decoder.vocab_size))
+    saved = fast_greedy.NUMPY_PRODUCTS
+    fast_greedy.NUMPY_PRODUCTS = False  # the path a GPU runs
+    try:
+        for batch in batches:
+            prompts = [prompt_of(16, r) for r in range(batch)]
+            for cache in ("dynamic", "static"):
+
+                def run(n: int, limit: int = unit_bytes, prompts=prompts, cache=cache) -> None:
+                    options = GenerationOptions(
+                        max_new_units=n,
+                        cache_implementation=cache,
+                        max_unit_bytes=limit,
+                        byte_options={"suppress_tokens": specials},
+                    )
+                    Generation(model, prompts, options).results()
+
+                run(1)  # warm the render cache
+                with DispatchCount() as one:
+                    run(1)
+                with DispatchCount() as more:
+                    run(1 + units)
+                with DispatchCount() as longer:  # units of twice the bytes: the byte loop's ops by difference
+                    run(1 + units, 2 * unit_bytes)
+                ops = (more.ops - one.ops) / units
+                per_byte = (longer.ops - more.ops) / (1 + units) / unit_bytes  # 1 + units units, each longer
+                syncs = (more.syncs - one.syncs) / units
+                best = float("inf")
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    run(1)
+                    t1 = time.perf_counter()
+                    run(1 + units)
+                    t2 = time.perf_counter()
+                    best = min(best, ((t2 - t1) - (t1 - t0)) / units)
+                row = dict(
+                    batch=batch,
+                    cache=cache,
+                    ops_per_unit_step=ops,
+                    ops_per_byte_step=per_byte,
+                    syncs_per_unit_step=syncs,
+                    sync_ops=dict(more.sync_ops),
+                    units_per_second=batch / best,
+                    bytes_per_second=batch * unit_bytes / best,
+                )
+                rows.append(row)
+                print(
+                    f"counts batch {batch:>3} {cache:>7}: {ops:8.0f} ops/unit step ({per_byte:6.1f} per byte step), "
+                    f"{syncs:4.1f} syncs/unit step, {batch / best:8.1f} units/s, {batch * unit_bytes / best:9.0f} bytes/s",
+                    flush=True,
+                )
+    finally:
+        fast_greedy.NUMPY_PRODUCTS = saved
+    return rows
 
 
 def decoder_per_byte(preset: str, batches: list[int], byte_count: int, repeats: int) -> list[dict]:
@@ -386,6 +460,14 @@ def main() -> int:
     parser.add_argument("--vit", action="store_true", help="also time the image encoder: transformers vs fused")
     parser.add_argument("--parts", action="store_true", help="also split one step into its parts (see above)")
     parser.add_argument(
+        "--counts",
+        type=int,
+        nargs="*",
+        metavar="BATCH",
+        help="only count ops and syncs per unit step and time units/s at these batches (default 1 8 64), "
+        "growing and static latent cache, --unit-bytes bytes a unit (see launch_counts)",
+    )
+    parser.add_argument(
         "--reference", choices=["img", "noimg"], help="the reference's setup and protocol instead of --preset"
     )
     args = parser.parse_args()
@@ -399,6 +481,12 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     common.as_the_ilt_command()
+    if args.counts is not None:
+        model = build_model(spec, seed=0).to(args.device).eval()
+        counts = launch_counts(model, args.counts or [1, 8, 64], args.unit_bytes, args.new_units, args.repeats)
+        if args.out:
+            args.out.write_text(json.dumps(dict(preset=args.preset, device=args.device, counts=counts), indent=2))
+        return 0
     decoder_rows = decoder_per_byte(args.preset, args.batches, 32, 3 * args.repeats) if args.decoder else []
 
     model = build_model(spec, seed=0).to(args.device).eval()

@@ -69,6 +69,68 @@ def test_greedy_with_suppressed_eos_and_a_longer_prefix(name):
     assert not bool((got == EOS).any()) and torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("name", ["llama", "gpt_neox"])
+def test_the_loop_reads_the_device_once_at_most_and_its_ids_do_not_depend_on_when(name, monkeypatch):
+    """Every row stays in the batch (finished ones write pad): the only host read inside the loop is the one check
+    of whether all rows ended, and the ids are the same wherever that check falls (or when it never does)."""
+    from ilt_bench.opcount import DispatchCount
+
+    monkeypatch.setattr(fast_greedy, "NUMPY_PRODUCTS", False)  # the path a GPU runs
+    dec = decoder(name)
+    torch.manual_seed(1)
+    prefix = torch.randn(8, 1, D)
+    expected = reference(dec, prefix, 24)
+    for check_at in (1, 3, 24, 100, None):
+        with DispatchCount() as count:
+            got = dec.greedy(prefix, 24, EOS, PAD, check_at=check_at)
+        assert torch.equal(got, expected), check_at
+        assert count.syncs <= 1, (check_at, dict(count.sync_ops))
+    with DispatchCount() as count:  # no check inside the limit: no read at all
+        dec.greedy(prefix, 24, EOS, PAD, check_at=24)
+    assert count.syncs == 0, dict(count.sync_ops)
+    all_end = decoder(name, eos_scale=50.0)  # every row ends at once: the check stops the loop there
+    first = all_end.greedy(prefix, 1, EOS, PAD)[:, 0]
+    ending = prefix[first == EOS]  # rows whose first id is eos
+    assert 0 < len(ending)
+    with DispatchCount() as early:
+        ids = all_end.greedy(ending, 24, EOS, PAD, check_at=2)
+    with DispatchCount() as late:
+        all_end.greedy(ending, 24, EOS, PAD, check_at=24)
+    assert bool((ids[:, 0] == EOS).all()) and early.syncs == 1 and early.ops < late.ops / 4
+
+
+def test_every_byte_step_runs_the_same_ops_on_the_same_shapes(monkeypatch):
+    """The fused step's shapes do not depend on the position, nor on which rows have ended: one CUDA graph."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            shapes = [tuple(t.shape) for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+            self.calls.append((str(func), shapes))
+            return out
+
+    monkeypatch.setattr(fast_greedy, "NUMPY_PRODUCTS", False)
+    steps = []
+    step = fast_greedy._ByteLoop.step
+
+    def recorded(loop):
+        with Shapes() as seen:
+            step(loop)
+        steps.append(seen.calls)
+
+    monkeypatch.setattr(fast_greedy._ByteLoop, "step", recorded)
+    dec = decoder("llama")
+    torch.manual_seed(1)
+    ids = dec.greedy(torch.randn(8, 1, D), 24, EOS, PAD, check_at=24)
+    assert bool((ids == EOS).any())  # rows ended along the way
+    assert len(steps) == 23 and all(s == steps[0] for s in steps)
+
+
 def test_fused_weights_follow_parameter_updates():
     dec = decoder("llama")
     prefix = torch.randn(4, 1, D)
@@ -208,3 +270,45 @@ def test_a_decoder_too_wide_for_numpy_products_keeps_no_numpy_copies(monkeypatch
     rows = counting_numpy_products(monkeypatch)
     assert torch.equal(dec.greedy(prefix, 8, EOS, PAD), expected)
     assert dec._fused.numpy_layers == [] and dec._fused.numpy_head is None and rows == []
+
+
+def test_the_byte_step_traces_as_one_graph_with_no_recompile(monkeypatch):
+    """What a CUDA graph capture needs, checked on the CPU: dynamo traces the byte step whole (``fullgraph``: no
+    break, so no host read or Python-side value inside) once, and replays it at every byte and call of one shape,
+    giving the eager ids."""
+    monkeypatch.setattr(fast_greedy, "NUMPY_PRODUCTS", False)
+    dec = decoder("llama")
+    torch.manual_seed(1)
+    prefixes = [torch.randn(4, 1, D), torch.randn(4, 1, D)]
+    expected = [dec.greedy(p, 10, EOS, PAD, check_at=10) for p in prefixes]
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    eager_step = fast_greedy._ByteLoop.step
+    compiled = torch.compile(eager_step, backend=backend, fullgraph=True, dynamic=False)
+    monkeypatch.setattr(fast_greedy._ByteLoop, "step", lambda loop: compiled(loop))
+    try:
+        got = [dec.greedy(p, 10, EOS, PAD, check_at=10) for p in prefixes]
+    finally:
+        torch._dynamo.reset()
+    assert all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+    assert len(graphs) == 1  # 18 byte steps, one trace
+
+
+def test_a_kept_loop_in_use_elsewhere_leaves_this_call_a_fresh_one():
+    """Loops are kept per shape for reuse; a call that finds its loop busy (another thread) runs a fresh one."""
+    dec = decoder("llama")
+    torch.manual_seed(3)
+    prefix = torch.randn(3, 1, D)
+    expected = reference(dec, prefix, 12)
+    assert torch.equal(dec.greedy(prefix, 12, EOS, PAD), expected)
+    (loop,) = dec._fused.loops.values()
+    other = torch.randn(3, 1, D)
+    assert torch.equal(dec.greedy(other, 12, EOS, PAD), reference(dec, other, 12))  # the kept loop, reset
+    with loop.lock:  # busy
+        assert torch.equal(dec.greedy(prefix, 12, EOS, PAD), expected)
+    assert list(dec._fused.loops.values()) == [loop]

@@ -86,6 +86,61 @@ def run_steps(lat, lengths: list[int], steps: int, fused: bool):
         lat.set_fused_inference(True)
 
 
+def run_static_steps(lat, lengths: list[int], steps: int, fused: bool):
+    """:func:`run_steps` over a static cache of ``max(lengths) + steps`` columns (a mask over all of them)."""
+    from ilt_bench.opcount import DispatchCount
+
+    assert lat.set_fused_inference(fused) is fused
+    try:
+        torch.manual_seed(1)
+        N, L = len(lengths), max(lengths)
+        embeds = torch.randn(N, L, D)
+        mask = torch.zeros(N, L + steps, dtype=torch.long)
+        for i, n in enumerate(lengths):
+            mask[i, L - n : L] = 1
+        positions = (mask[:, :L].cumsum(-1) - 1).clamp(min=0)
+        cache = lat.static_cache(N, L + steps)
+        with torch.no_grad():
+            lat(embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        position = positions[:, -1] + 1
+        torch.manual_seed(2)
+        hidden, syncs = [], 0
+        for t in range(steps):
+            new = torch.randn(N, 1, D)
+            mask[:, L + t] = 1
+            with torch.no_grad(), DispatchCount() as count:
+                out = lat(
+                    new, attention_mask=mask, position_ids=position[:, None], past_key_values=cache, use_cache=True
+                )
+            syncs += count.syncs
+            position = position + 1
+            hidden.append(out.hidden_states[:, -1])
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        return torch.stack(hidden), kv, syncs
+    finally:
+        lat.set_fused_inference(True)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+@pytest.mark.parametrize("lengths", [[5, 5, 5], [6, 2, 4, 1]])
+def test_fused_step_over_a_static_cache_equals_transformers_and_the_growing_cache(parallel, lengths, monkeypatch):
+    """A static cache: the fused step writes its column in place, reads nothing back, and gives what transformers
+    gives over the same cache and what both give over a growing one."""
+    lat = latent(parallel)
+    calls = counting(monkeypatch)
+    expected, expected_kv, _ = run_static_steps(lat, lengths, 4, fused=False)
+    growing, _ = run_steps(lat, lengths, 4, fused=False)
+    assert calls == []
+    got, got_kv, syncs = run_static_steps(lat, lengths, 4, fused=True)
+    assert len(calls) == 4 and syncs == 0
+    torch.testing.assert_close(got, expected, **TOL)
+    torch.testing.assert_close(got, growing, **TOL)
+    for (k, v), (ek, ev) in zip(got_kv, expected_kv, strict=True):
+        assert k.shape == (len(lengths), 4, max(lengths) + 4, D // 4)
+        torch.testing.assert_close(k, ek, **TOL)
+        torch.testing.assert_close(v, ev, **TOL)
+
+
 @pytest.mark.parametrize("parallel", [True, False])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("lengths", [[5, 5, 5], [6, 2, 4, 1]])

@@ -181,3 +181,21 @@ def test_the_fixed_training_forward_is_one_graph_and_compiled_grads_equal_eager(
     for name, grad in want.items():
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
     torch._dynamo.reset()
+
+
+def test_a_fixed_batch_counts_the_flops_of_its_dynamic_twin(model):
+    """The FLOPs a batch is counted for (``ilt bench``, Trainer's ``total_flos``) do not depend on its layout: packed
+    images count as many image tokens as per-width groups, as a Batch and as its model inputs."""
+    from ilt_core.modeling.flops import FlopCounter, count_ilt_batch, ilt_counter
+
+    fixed, _ = fixed_batch(model, TEXTS[:6])
+    dynamic = model.processor.collate(units(model, TEXTS[:6]), packing=True, max_units=48)
+    counted = []
+    for batch in (fixed, fixed.model_inputs(), dynamic):
+        counter: FlopCounter = ilt_counter(model)
+        count_ilt_batch(counter, model, batch)
+        counted.append({name: part.flops() for name, part in counter.parts.items()})
+    assert counted[0]["image_encoder"] > 0
+    for name in counted[2]:
+        assert counted[0][name] == pytest.approx(counted[2][name]), name
+        assert counted[1][name] == pytest.approx(counted[2][name]), name

@@ -9,7 +9,7 @@ from typing import Any
 
 from ilt_core.errors import ILTError
 from ilt_core.generation.loop import generate, stream_generate
-from ilt_core.generation.options import GenerationOptions
+from ilt_core.generation.options import CACHE_IMPLEMENTATIONS, GenerationOptions
 from ilt_core.modeling.model import ILTModel
 
 __all__ = ["add_generate_parser", "cmd_generate"]
@@ -36,6 +36,7 @@ def options_from_args(args: argparse.Namespace) -> GenerationOptions:
     return GenerationOptions(
         max_new_units=args.max_new_units,
         use_cache=not args.no_cache,
+        cache_implementation=args.cache_implementation,
         num_beams=args.num_beams,
         do_sample=args.do_sample,
         temperature=args.temperature,
@@ -88,6 +89,12 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a transformers GenerationConfig option for the bytes decoder, e.g. repetition_penalty=1.3",
     )
     p.add_argument("--no-cache", action="store_true", help="recompute the latent at every step (slow; for checks)")
+    p.add_argument(
+        "--cache-implementation",
+        choices=CACHE_IMPLEMENTATIONS,
+        default="dynamic",
+        help="the latent's KV cache: one that grows (default) or one allocated once, every step the same shapes",
+    )
     p.add_argument("--stream", action="store_true", help="print each unit as soon as it is decoded")
     p.set_defaults(func=cmd_generate)
     return p

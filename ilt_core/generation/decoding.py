@@ -13,6 +13,7 @@ The model is duck-typed (an ``ILTModel`` or anything with its attributes): this 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,17 +44,21 @@ START = None  # the memo key of the text-start marker (bytes [bos], the image of
 _GREEDY_OPTIONS = {"suppress_tokens", "min_new_tokens"}  # byte options the decoder's greedy() honours itself
 
 
-@dataclass(frozen=True)
+@dataclass
 class Decoding:
     """What the strategies read besides the options: the model's unit byte limit and label kind.
 
     ``want_scores``: score every unit (for ``return_scores``, and for beam search's greedy baseline).
+    ``byte_steps``: how many bytes the last decode needed (its longest row, ``eos`` included): the fast greedy loop
+    reads back whether its rows have ended once, after that many bytes (``protocols.FastGreedy``'s ``check_at``),
+    as the next unit is most often about as long. It changes how much work is done, never the ids.
     """
 
     options: GenerationOptions
     byte_limit: int
     labels: str
     want_scores: bool
+    byte_steps: int | None = None
 
     @classmethod
     def for_model(cls, model: Any, options: GenerationOptions, want_scores: bool | None = None) -> Decoding:
@@ -129,11 +134,20 @@ def forced_ids(model: Any, hyps: Sequence[Hypothesis]) -> list[list[int]] | None
 
 # ---- units -> embeddings, and the latent over them --------------------------------------------------------------
 class UnitEmbeddings:
-    """Embeddings ``(D,)`` of units, each unit encoded once per generation call (the start marker is ``START``)."""
+    """Embeddings ``(D,)`` of units, each unit encoded once per generation call (the start marker is ``START``).
 
-    def __init__(self, model: Any) -> None:
+    ``tiles``: the new units' word images go to the image encoder packed in rows of a fixed size
+    (:class:`~ilt_core.text.image_packing.ImagePacking`, as fixed-shape training batches carry them), ``ceil(n / 2)``
+    rows for a call with ``n`` keys, and their bytes padded to ``n`` rows of the unit byte limit (slots of keys
+    already encoded hold padding): one call of one shape for a given number of keys, where the image encoder takes
+    packed rows (else, and without ``tiles``, one call per image width).
+    """
+
+    def __init__(self, model: Any, tiles: bool = False) -> None:
         self.model = model
         self.memo: dict[Any, torch.Tensor] = {}
+        packing = getattr(model, "image_packing", None) if tiles else None
+        self.packing = dataclasses.replace(packing, rows=0, changes=0) if packing is not None else None
 
     def __call__(self, keys: Sequence[Any]) -> torch.Tensor:
         """Embeddings ``(N, D)`` for ``keys`` (units or ``START``); new distinct ones are encoded in one batch."""
@@ -142,16 +156,26 @@ class UnitEmbeddings:
             processor = self.model.processor
             ids = [[BOS_ID] if k is START else processor.encode_unit(k) for k in new]
             width = max(1, max(len(x) for x in ids))
-            unit_ids = torch.full((len(ids), width), PAD_ID, dtype=torch.long)
-            unit_mask = torch.zeros(len(ids), width, dtype=torch.long)
+            count = len(ids)
+            if self.packing is not None:  # one shape per number of keys: slots for every key, bytes to the limit
+                count, width = len(keys), max(width, int(self.model.spec.max_unit_bytes))
+            unit_ids = torch.full((count, width), PAD_ID, dtype=torch.long)
+            unit_mask = torch.zeros(count, width, dtype=torch.long)
+            unit_mask[:, 0] = 1  # a slot with no unit reads one padding byte
             for i, x in enumerate(ids):
                 unit_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
                 unit_mask[i, : max(1, len(x))] = 1
-            groups = None
+            groups = packed = None
             if self.model.renderer is not None:
-                groups = processor.render_units(["" if k is START else k for k in new])
-            vectors = self.model.encode_units(unit_ids, unit_mask, groups)  # (len(new), D)
-            for k, v in zip(new, vectors, strict=True):
+                names = ["" if k is START else k for k in new]
+                if self.packing is not None:
+                    images = processor.render_units(names, grouped=False)
+                    tiles = self.packing.pack(images, count=count, rows=-(-count // 2))
+                    packed = (tiles.patches, tiles.positions, tiles.segments, tiles.cls_index)
+                else:
+                    groups = processor.render_units(names)
+            vectors = self.model.encode_units(unit_ids, unit_mask, groups, packed)  # (count, D)
+            for k, v in zip(new, vectors[: len(new)], strict=True):
                 self.memo[k] = v
         return torch.stack([self.memo[k] for k in keys])
 
@@ -181,21 +205,39 @@ class LatentState:
     The cache is the latent's own value; the loop touches it only through the latent's optional methods
     ``select_cache`` (without it, the kept rows are recomputed once into a fresh cache) and ``crop_cache_left``
     (without it, columns that became padding in every row stay, masked).
+
+    ``static_steps``: with the latent's optional ``static_cache(rows, length)``, the cache is allocated once for
+    the prompts and that many steps, and every step has the same shapes (a mask ``(N, M)`` over all its columns,
+    one column written per step): what a captured graph needs. Rows then stay in the batch (:meth:`select` of
+    every row in order only); a finished row's position stops at the latent's last.
     """
 
-    def __init__(self, model: Any, embed: UnitEmbeddings, use_cache: bool) -> None:
+    def __init__(self, model: Any, embed: UnitEmbeddings, use_cache: bool, static_steps: int | None = None) -> None:
         self.latent = model.latent_transformer
         self.embed = embed
         self.use_cache = use_cache
+        self.max_position = model.max_units - 1
+        # a static cache: room for this many steps after the prefill (None: a cache that grows)
+        self.static_steps = static_steps if use_cache and hasattr(self.latent, "static_cache") else None
         self.contexts: list[list[Any]] = []
         self.cache: Any = None
-        self.mask: torch.Tensor | None = None  # (N, L_past) 1 for real units, 0 for left padding
+        self.mask: torch.Tensor | None = None  # (N, L_past) 1 for real units, 0 for left padding (static: (N, M))
         self.next_position: torch.Tensor | None = None  # (N,)
+        self.filled = 0  # static: the cache columns written
 
     def _prefill(self) -> torch.Tensor:
         """Run every row's whole context; with the cache, keep it for the next steps."""
         embeds, mask, positions = _left_pad(self.contexts, self.embed)
-        out = self.latent(embeds, attention_mask=mask, position_ids=positions, use_cache=self.use_cache)
+        cache = None
+        if self.static_steps is not None:
+            # every row's columns laid out once: the prompt's, then one per step, all rows at the same column
+            N, L = mask.shape
+            cache = self.latent.static_cache(N, L + self.static_steps)
+            mask = torch.cat([mask, mask.new_zeros(N, self.static_steps)], dim=1)  # (N, M)
+            self.filled = L
+        out = self.latent(
+            embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=self.use_cache
+        )
         if self.use_cache:
             self.cache, self.mask, self.next_position = out.past_key_values, mask, positions[:, -1] + 1
         return out.hidden_states[:, -1]
@@ -232,20 +274,30 @@ class LatentState:
         if not self.use_cache or self.cache is None:
             return self._prefill()
         embeds = self.embed(units)[:, None]  # (N, 1, D)
-        self.mask = torch.cat([self.mask, self.mask.new_ones(len(units), 1)], dim=1)
+        positions = self.next_position[:, None]
+        if self.static_steps is not None:
+            self.mask[:, self.filled] = 1  # the same shapes at every step
+            self.filled += 1
+            positions = positions.clamp(max=self.max_position)  # a finished row's unit is read, never used
+        else:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(len(units), 1)], dim=1)
         out = self.latent(
-            embeds,
-            attention_mask=self.mask,
-            position_ids=self.next_position[:, None],
-            past_key_values=self.cache,
-            use_cache=True,
+            embeds, attention_mask=self.mask, position_ids=positions, past_key_values=self.cache, use_cache=True
         )
         self.cache, self.next_position = out.past_key_values, self.next_position + 1
         return out.hidden_states[:, -1]
 
 
 # ---- latents -> units -------------------------------------------------------------------------------------------
-def _decode(model: Any, embeds: torch.Tensor, limit: int, kwargs: dict[str, Any]) -> torch.Tensor:
+def is_plain_greedy(options: GenerationOptions) -> bool:
+    """Whether the decoder writes each unit greedily with no byte-level option but those its fast greedy loop
+    honours: its ids for a row then do not depend on the other rows of the batch."""
+    return not options.do_sample and options.num_beams == 1 and set(options.byte_options) <= _GREEDY_OPTIONS
+
+
+def _decode(
+    model: Any, embeds: torch.Tensor, limit: int, kwargs: dict[str, Any], check_at: int | None = None
+) -> torch.Tensor:
     """New ids ``(N * R, T_new)`` from decoder inputs ``(N, T0, Dd)`` (prefix, then any forced bytes)."""
     decoder = model.bytes_decoder
     greedy = getattr(decoder, "greedy", None)
@@ -258,6 +310,7 @@ def _decode(model: Any, embeds: torch.Tensor, limit: int, kwargs: dict[str, Any]
             PAD_ID,
             kwargs.get("suppress_tokens"),
             kwargs.get("min_new_tokens") or 0,
+            check_at=check_at,
         )
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
     out = decoder.generate(embeds, mask, max_new_tokens=limit, **kwargs)
@@ -296,9 +349,11 @@ def decode_unit_ids(
         if length:
             ids = torch.tensor([list(given[i]) for i in members], dtype=torch.long, device=prefix.device)
             embeds = torch.cat([embeds, model.bytes_decoder.embed(ids).to(embeds.dtype)], dim=1)
-        for j, row in enumerate(_decode(model, embeds, limit, kwargs).tolist()):
+        for j, row in enumerate(_decode(model, embeds, limit, kwargs, decoding.byte_steps).tolist()):
             cut = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)
             rows[members[j // R] * R + j % R] = row[:cut]
+    if rows:
+        decoding.byte_steps = max(1, max(len(r) for r in rows))
     return rows
 
 

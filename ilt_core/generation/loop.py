@@ -55,6 +55,7 @@ from ilt_core.generation.decoding import (
     append_unit,
     finished_unit,
     forced_ids,
+    is_plain_greedy,
 )
 from ilt_core.generation.options import GenerationOptions
 from ilt_core.generation.sampling import pick_units
@@ -193,23 +194,37 @@ def _prompts_to_hypotheses(model: Any, prompts: list[str]) -> list[Hypothesis]:
 
 def _plain_steps(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> Iterator[tuple[int, str]]:
     """Greedy / sampling / byte-level strategies: yields ``(prompt, new text)`` as each unit is decoded."""
-    latent = LatentState(model, UnitEmbeddings(model), decoding.options.use_cache)
+    options = decoding.options
     live = [h for h in hyps if not h.done]
     if not live:
         return
+    static = options.cache_implementation == "static" and options.use_cache
+    # a static cache holds the prompts and every step: at most max_new_units, a completion, and the context's room
+    steps = min(options.max_new_units + 1, model.max_units) if static else None
+    latent = LatentState(model, UnitEmbeddings(model, tiles=static), options.use_cache, steps)
+    static = latent.static_steps is not None
     latents = latent.start([h.context for h in live])
+    # with a static cache, greedy decoding writes for every row too (its ids do not depend on the batch), so the
+    # decoder's shapes stay; sampling writes for unfinished rows only, drawing what it draws with a growing cache
+    every_row = static and is_plain_greedy(decoding.options)
+    active = live
     while True:
-        ids, scores = pick_units(model, latents, decoding, forced_ids(model, live))
-        for i, h in enumerate(live):
-            new = append_unit(model, h, ids[i], scores[i] if scores is not None else None, decoding)
-            if new:
-                yield h.prompt, new
+        ids, scores = pick_units(model, latents, decoding, forced_ids(model, active))
+        for i, h in enumerate(active):
+            if not h.done:
+                new = append_unit(model, h, ids[i], scores[i] if scores is not None else None, decoding)
+                if new:
+                    yield h.prompt, new
         keep = [i for i, h in enumerate(live) if not h.done]
         if not keep:
             return
-        latent.select(keep)
-        live = [live[i] for i in keep]
+        if not static:  # finished rows leave the batch; a static one keeps its shapes
+            latent.select(keep)
+            live = [live[i] for i in keep]
         latents = latent.step([h.last_unit for h in live])
+        active = live if not static or every_row else [live[i] for i in keep]
+        if len(active) < len(live):
+            latents = latents[torch.tensor(keep, device=latents.device)]
 
 
 def _beam_search_or_greedy(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> list[Hypothesis]:

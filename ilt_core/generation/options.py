@@ -45,6 +45,10 @@ _RESERVED = {
 _IGNORED = ("return_dict_in_generate", "output_scores", "output_logits")
 
 
+#: The latent cache kinds :attr:`GenerationOptions.cache_implementation` takes.
+CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+
+
 def _integer(name: str, value: Any, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ILTError(f"{name}={value!r}: expected an int >= {low}")
@@ -75,6 +79,10 @@ class GenerationOptions:
         max_new_units: how many units at most (``0`` gives ``""``).
         use_cache: keep the latent transformer's KV cache (one latent step per unit); ``False`` recomputes every
             row from its whole context at each step (the same text, for checks and benchmarks).
+        cache_implementation: ``"dynamic"``, a cache that grows by a column per unit while finished rows leave
+            the batch, or ``"static"`` (as transformers names it), a cache allocated once for the prompts and
+            every step, rows kept to the end, so that each unit step (greedy and sampling) has the same shapes:
+            what a captured graph needs. The same text either way; a latent without ``static_cache`` grows.
         num_beams, length_penalty: word-level beam search over units (``num_beams > 1``); finished hypotheses
             rank by ``score / units ** length_penalty``.
         do_sample, temperature, top_k, top_p, unit_candidates: word-level sampling over units;
@@ -89,6 +97,7 @@ class GenerationOptions:
 
     max_new_units: int = 32
     use_cache: bool = True
+    cache_implementation: str = "dynamic"
     num_beams: int = 1
     do_sample: bool = False
     temperature: float = 1.0
@@ -116,6 +125,10 @@ class GenerationOptions:
         _integer("max_new_units", self.max_new_units, 0)
         _integer("num_beams", self.num_beams, 1)
         _integer("unit_candidates", self.unit_candidates, 1)
+        if self.cache_implementation not in CACHE_IMPLEMENTATIONS:
+            raise ILTError(
+                f"cache_implementation={self.cache_implementation!r}: expected one of {', '.join(CACHE_IMPLEMENTATIONS)}"
+            )
         if self.max_unit_bytes is not None:
             _integer("max_unit_bytes", self.max_unit_bytes, 1)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):

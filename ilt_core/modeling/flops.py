@@ -135,6 +135,14 @@ def ilt_counter(model: Any) -> FlopCounter:
     return FlopCounter(parts={n: PartWork(params=a, layers=b, width=c) for n, (a, b, c) in shapes.items()})
 
 
+def _field(inputs: Any, name: str) -> Any:
+    """``inputs[name]`` of a batch (a ``Batch``, whose absent fields raise AttributeError) or a mapping, else None."""
+    try:
+        return inputs[name]
+    except (KeyError, AttributeError):
+        return None
+
+
 def count_ilt_batch(counter: FlopCounter, model: Any, inputs: Mapping[str, Any], num_bytes: int | None = None) -> None:
     """Add one collated batch's work per part (see the module docstring) and its UTF-8 bytes of text.
 
@@ -142,15 +150,16 @@ def count_ilt_batch(counter: FlopCounter, model: Any, inputs: Mapping[str, Any],
     ``segment_ids`` (B, L) with -1 for padding, ``labels`` (B, L, K) with -100 where none, ``num_bytes`` (B,).
     """
     parts = counter.parts
-    unit_mask = inputs["unit_attention_mask"]
+    # distinct units past the last one any position reads are a fixed-shape batch's padding slots: no text
+    unit_mask = inputs["unit_attention_mask"][: int(inputs["unit_index"].max()) + 1]
     if "bytes_encoder" in parts:
         parts["bytes_encoder"].add(unit_mask.sum(1))
-    groups = inputs.get("image_groups") if hasattr(inputs, "get") else inputs["image_groups"]
+    groups = _field(inputs, "image_groups")
     if "image_encoder" in parts and groups and "image" not in getattr(model, "disabled", ()):
         for idx, pixels in groups:
             length = image_sequence_length(model.image_encoder, pixels.shape[-2], pixels.shape[-1])
             parts["image_encoder"].add([length] * int(idx.numel()))
-    packed = inputs.get("image_segments") if hasattr(inputs, "get") else None
+    packed = _field(inputs, "image_segments")
     if "image_encoder" in parts and packed is not None and "image" not in getattr(model, "disabled", ()):
         # packed rows of patches: one attended sequence per image (its class token and patches)
         per_row = [torch.bincount(row[row >= 0]).tolist() for row in packed.cpu()]

@@ -188,6 +188,20 @@ class LatentCache(Protocol):
 
 
 @runtime_checkable
+class StaticLatentCache(Protocol):
+    """Optional for latent transformers: a KV cache allocated once, for steps of constant shapes.
+
+    ``static_cache(rows, length)``: an empty cache that ``forward(..., past_key_values=cache, use_cache=True)``
+    fills in place, ``length`` columns for each of ``rows`` rows. The loop then passes an ``attention_mask``
+    ``(rows, length)`` at every call (1 for the columns written so far that hold real units, 0 for left padding
+    and for the columns still empty), writes the prompts' ``L`` columns with the first call and one column per
+    call after it: every step has the same shapes (generation's ``cache_implementation="static"``).
+    """
+
+    def static_cache(self, rows: int, length: int) -> Any: ...
+
+
+@runtime_checkable
 class PositionMasking(Protocol):
     """Optional for latent transformers: packed rows without a dense ``(B, 1, L, L)`` mask.
 
@@ -244,10 +258,11 @@ class FastGreedy(Protocol):
     """Optional for bytes decoders: greedy decoding without ``generate``'s per-step overhead.
 
     ``greedy(inputs_embeds, max_new_tokens, eos_token_id, pad_token_id, suppress_tokens=None,
-    min_new_tokens=0)``: ``inputs_embeds`` ``(N, T0, D)`` prefix embeddings, all real (no padding); returns
-    ids ``(N, max_new_tokens)``, the same ids as ``generate(do_sample=False, suppress_tokens=...,
+    min_new_tokens=0, check_at=None)``: ``inputs_embeds`` ``(N, T0, D)`` prefix embeddings, all real (no padding);
+    returns ids ``(N, max_new_tokens)``, the same ids as ``generate(do_sample=False, suppress_tokens=...,
     min_new_tokens=...)`` (float rounding of fused matrices aside), with ``pad_token_id`` after a row's
-    ``eos``. The generation loop calls it for plain greedy decoding (no byte-level option other than
+    ``eos``. ``check_at``: a hint, after how many bytes to read back (once) whether every row has ended; the
+    loop keeps every row in the batch and reads nothing else from the device, so the ids never depend on it. The generation loop calls it for plain greedy decoding (no byte-level option other than
     ``suppress_tokens`` / ``min_new_tokens``); a decoder without it decodes through ``generate``.
     """
 
@@ -259,6 +274,7 @@ class FastGreedy(Protocol):
         pad_token_id: int,
         suppress_tokens: list[int] | None = None,
         min_new_tokens: int = 0,
+        check_at: int | None = None,
     ) -> torch.Tensor: ...
 
 

@@ -64,11 +64,13 @@ class ImagePacking:
     rows: int = 0
     changes: int = 0
 
-    def pack(self, images: Sequence[np.ndarray], count: int | None = None) -> PackedImages:
+    def pack(self, images: Sequence[np.ndarray], count: int | None = None, rows: int | None = None) -> PackedImages:
         """Pack ``images`` (``uint8 (H, W_i)``, one ``H``, ``W_i`` multiples of the patch size) in order.
 
         ``count``: how many image slots to return in ``cls_index`` (at least ``len(images)``; the extra slots point
-        at token 0, a real class token, so their vectors exist but mean nothing).
+        at token 0, a real class token, so their vectors exist but mean nothing). ``rows``: the rows to return
+        (at least those the images need), instead of the ladder's step: a row holds two of the widest images, so
+        ``ceil(count / 2)`` rows always suffice and give one shape per ``count``.
         """
         p = self.patch_size
         n = len(images)
@@ -87,7 +89,10 @@ class ImagePacking:
                 )
             lengths.append(length)
         starts = first_fit(lengths, self.row_tokens)
-        rows = capacity_for(rows_used(starts, self.row_tokens))
+        needed = rows_used(starts, self.row_tokens)
+        if rows is not None and rows < needed:
+            raise ILTError(f"ImagePacking.pack: rows={rows} is below the {needed} rows the images need")
+        rows = capacity_for(needed) if rows is None else rows
         self.changes += int(bool(self.rows) and rows != self.rows)
         self.rows = rows
         S, R = self.row_tokens, self.rows

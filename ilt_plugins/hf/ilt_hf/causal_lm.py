@@ -270,6 +270,12 @@ class HFLatentTransformer(HFWrapper):
         """
         return switch_fused(self, "_fused_step", enabled, fused_neox_supported, FusedNeoXWeights)
 
+    def static_cache(self, rows: int, length: int) -> Any:
+        """``protocols.StaticLatentCache``: a transformers ``StaticCache`` of ``length`` columns (filled in place)."""
+        from transformers import StaticCache  # transformers is imported when a component is built
+
+        return StaticCache(config=self.model.config, max_cache_len=length)
+
     def select_cache(self, cache: Any, rows: torch.Tensor) -> Any:
         """``protocols.LatentCache``: keep batch rows ``rows`` ``(N',)`` (they may repeat) of a transformers cache."""
         cache.reorder_cache(rows)  # index_select over the batch of every layer, in place
@@ -397,11 +403,14 @@ class HFBytesDecoder(HFWrapper):
         pad_token_id: int,
         suppress_tokens: list[int] | None = None,
         min_new_tokens: int = 0,
+        check_at: int | None = None,
     ) -> torch.Tensor:
         """Greedy ids ``(N, max_new_tokens)`` from the prefix ``(N, T0, D)`` without ``generate``'s overhead.
 
         The same ids as ``generate(do_sample=False)``; after ``eos`` a row holds ``pad_token_id``. Llama-family
-        decoders run a fused step (see :mod:`ilt_hf.fast_greedy`), others their own forward in a loop.
+        decoders run a fused step (see :mod:`ilt_hf.fast_greedy`), others their own forward in a loop. Every row
+        writes until ``max_new_tokens`` (``pad`` after its ``eos``) unless all have ended when the loop reads so, once,
+        after ``check_at`` bytes (``protocols.FastGreedy``).
         """
         extra = set(self.lm.generation_config.to_diff_dict()) - _PLAIN_GENERATION_KEYS
         if extra:  # a hub generation_config.json that samples, penalises, ...: generate() honours it
@@ -421,6 +430,7 @@ class HFBytesDecoder(HFWrapper):
             min_new_tokens,
             fused=self._fused,
             cache_arg=self._cache_argument,
+            check_at=check_at,
         )
 
 

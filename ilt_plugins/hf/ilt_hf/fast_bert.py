@@ -99,8 +99,9 @@ def fused_bert_forward(
     emb = model.embeddings
     x = emb.word_embeddings(input_ids) + fused.positions[:T]  # the module: its hooks still see the ids
     x = _norm(x, emb.LayerNorm).view(N * T, D)
-    # the padding mask as SDPA's boolean mask (N, 1, 1, T); none when no row is padded
-    mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
+    # the padding mask as SDPA's boolean mask (N, 1, 1, T), always: asking whether any row is padded would read the
+    # device once per call
+    mask = attention_mask.bool()[:, None, None, :]
     scale = hd**-0.5
     for w_qkv, b_qkv, w_o_t, b_o, ln1, w_i, b_i, act, w_out_t, b_out, ln2 in fused.layers:
         q, k, v = F.linear(x, w_qkv, b_qkv).view(N, T, 3, H, hd).permute(2, 0, 3, 1, 4)

@@ -10,7 +10,8 @@ multiply, the halves swapped, one ``addcmul``), two cache appends, attention wit
 mask (none when no row is padded), the output projection and the MLP's second product with the residual inside
 ``addmm``, and their biases as one precomputed sum.
 
-It runs only in eval mode with gradients off, for one new position per row over a plain ``DynamicCache``; anything
+It runs only in eval mode with gradients off, for one new position per row over a plain ``DynamicCache`` or a
+filled ``StaticCache`` (generation's ``cache_implementation="static"``: its next column written in place); anything
 else (training, a prefill, another cache or attention implementation) takes the transformers forward. The result
 equals that forward to float rounding (``tests/test_fast_neox.py``); ``benchmarks/bench_generation.py --parts``
 times both.
@@ -90,20 +91,22 @@ def _norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
     return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
-def _plain_cache_layers(cache: Any, count: int, rows: int, past: int) -> list[Any] | None:
-    """The cache's layers when each is a filled ``DynamicLayer`` of ``rows`` rows and ``past`` positions, else None."""
-    from transformers.cache_utils import DynamicLayer  # transformers is imported once a component is built
+def _plain_cache_layers(cache: Any, count: int, rows: int, columns: int) -> tuple[list[Any], bool] | None:
+    """The cache's layers and whether they are static, when each is a filled ``DynamicLayer`` of ``rows`` rows and
+    ``columns - 1`` positions, or a filled ``StaticLayer`` of ``rows`` rows and ``columns`` columns; else None."""
+    from transformers.cache_utils import DynamicLayer, StaticLayer  # imported once a component is built
 
     layers = getattr(cache, "layers", None)
     if layers is None or len(layers) != count:
         return None
+    static = all(type(layer) is StaticLayer for layer in layers)
     for layer in layers:
         keys = getattr(layer, "keys", None)
-        if type(layer) is not DynamicLayer or keys is None or keys.ndim != 4 or keys.shape[0] != rows:
+        if type(layer) is not (StaticLayer if static else DynamicLayer) or keys is None or keys.ndim != 4:
             return None
-        if keys.shape[-2] != past:
+        if keys.shape[0] != rows or keys.shape[-2] != (columns if static else columns - 1):
             return None
-    return list(layers)
+    return list(layers), static
 
 
 @torch.no_grad()
@@ -119,16 +122,19 @@ def neox_cached_step(
 
     ``inputs_embeds`` ``(N, 1, D)`` in the model's dtype; ``attention_mask`` ``(N, P + 1)`` (1 real, 0 left padding;
     ``P`` cached positions); ``position_ids`` ``(N, 1)``; ``cache`` a ``DynamicCache`` of ``P`` positions, appended
-    to in place as the transformers forward would. None (nothing touched) when the cache is not plain
-    ``DynamicLayer`` layers of that size: the caller then runs the transformers forward.
+    to in place as the transformers forward would; or a ``StaticCache`` of ``P + 1`` columns (``attention_mask``
+    covers them all, 0 for those not yet written), whose next column is written in place: the step's shapes then
+    do not depend on the position and nothing is read back to the host. None (nothing touched) when the cache is
+    neither, filled, of that size: the caller then runs the transformers forward.
     """
     N, L, D = inputs_embeds.shape
     if L != 1 or attention_mask.ndim != 2 or attention_mask.shape[0] != N:
         return None
     cfg = model.config
-    layers = _plain_cache_layers(cache, len(model.layers), N, attention_mask.shape[1] - 1)
-    if layers is None:
+    found = _plain_cache_layers(cache, len(model.layers), N, attention_mask.shape[1])
+    if found is None:
         return None
+    layers, static = found
     fused.refresh(model)
     H = int(cfg.num_attention_heads)
     hd = D // H
@@ -142,7 +148,8 @@ def neox_cached_step(
         N, 1, 1, r
     )
     # the padding mask as SDPA's boolean mask (N, 1, 1, P + 1); none when no row is padded, as transformers passes
-    mask = None if bool(attention_mask.all()) else attention_mask.bool()[:, None, None, :]
+    # (a static cache always has columns to mask, and asking would read the device)
+    mask = attention_mask.bool()[:, None, None, :] if static or not bool(attention_mask.all()) else None
     for layer, (ln1, w_qkv, b_qkv, w_o_t, b_o, ln2, w_1, b_1, w_2_t, b_2, b_out, act, parallel) in zip(
         layers, fused.layers, strict=True
     ):
@@ -150,8 +157,14 @@ def neox_cached_step(
         rot = y[:, :, :2, :r]  # the rotary part of q and k: (N, H, 2, r)
         swapped = rot.unflatten(-1, (2, r // 2)).flip(-2).flatten(-2)  # per vector [x2, x1]
         rot.copy_(torch.addcmul(rot * cos, swapped, sin))
-        layer.keys = torch.cat([layer.keys, y[:, :, 1, None]], dim=-2)  # (N, H, P + 1, hd)
-        layer.values = torch.cat([layer.values, y[:, :, 2, None]], dim=-2)
+        if static:  # column cumulative_length of the preallocated keys/values, addressed on the device
+            column = layer.cumulative_length.view(1)
+            layer.keys.index_copy_(2, column, y[:, :, 1, None])
+            layer.values.index_copy_(2, column, y[:, :, 2, None])
+            layer.cumulative_length.add_(1)
+        else:
+            layer.keys = torch.cat([layer.keys, y[:, :, 1, None]], dim=-2)  # (N, H, P + 1, hd)
+            layer.values = torch.cat([layer.values, y[:, :, 2, None]], dim=-2)
         att = F.scaled_dot_product_attention(y[:, :, 0, None], layer.keys, layer.values, attn_mask=mask, scale=scale)
         att = att.reshape(N, D)  # (N, H, 1, hd) laid out as (N, 1, H, hd): one position
         if parallel:  # x + attention + mlp(norm(x))

@@ -4,9 +4,13 @@ sync debug mode and a profiler's kernel count).
 For each preset and batch size (rows x block units), eager float32 and bf16 autocast, the dynamic batches of
 ``ilt train`` and the fixed-shape ones (``--fixed_shapes``): aten ops of the forward, the backward and the optimizer
 step (each one kernel launch on a GPU), host syncs in the forward, and, for the fixed batches, graph breaks
-(``torch._dynamo.explain``) and recompiles over ``--compile-batches`` batches of real text after one warm-up batch
-(``torch.compile(fullgraph=True, dynamic=False)`` with the ``eager`` backend: dynamo's guards decide recompiles,
-not the backend). The CPU-only speed layers are off (``cpu_products=torch``, no length groups): the path counted is
+(``torch._dynamo.explain``) and recompiles over ``--compile-batches`` batches of real text after
+``--warmup-batches`` (default 1) warm-up batches (``torch.compile(fullgraph=True, dynamic=False)`` with the ``eager``
+backend: dynamo's guards decide recompiles, not the backend). ``--grow-only`` makes capacities never shrink, as
+``ilt train --torch_compile`` does; ``--compile-only`` counts only graph breaks and recompiles:
+
+    .venv/bin/python benchmarks/bench_ops.py --text data/he-news/train.txt --sizes 8x128 --compile-only \
+        --grow-only --warmup-batches 5 The CPU-only speed layers are off (``cpu_products=torch``, no length groups): the path counted is
 the one a GPU runs.
 
     .venv/bin/python benchmarks/bench_ops.py --text data/he-news/train.txt --speed-rounds 10 \
@@ -71,8 +75,8 @@ def count_step(model, inputs: dict, optimizer, autocast: bool) -> dict[str, int]
     }
 
 
-def compile_counts(model, collate, texts_batches) -> dict[str, int]:
-    """Graph breaks of one fixed forward, and recompiles over the batches after the first."""
+def compile_counts(model, collate, texts_batches, warmup: int = 1) -> dict[str, int]:
+    """Graph breaks of one fixed forward, and recompiles over the batches after the first ``warmup``."""
     import torch._dynamo as dynamo
     from torch._dynamo.utils import counters
 
@@ -81,16 +85,19 @@ def compile_counts(model, collate, texts_batches) -> dict[str, int]:
     dynamo.reset()
     counters.clear()
     compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=False)
-    compiled(**collate(texts_batches[0])).loss.backward()
+    for batch in texts_batches[:warmup]:
+        compiled(**collate(batch)).loss.backward()
     frames_after_warmup = counters["stats"]["unique_graphs"]
-    for batch in texts_batches[1:]:
+    for batch in texts_batches[warmup:]:
         compiled(**collate(batch)).loss.backward()
     dynamo.reset()
     return {
         "graph_breaks": explained.graph_break_count,
         "graphs": explained.graph_count,
+        "warmup_batches": warmup,
+        "graphs_in_warmup": frames_after_warmup,
         "recompiles": counters["stats"]["unique_graphs"] - frames_after_warmup,
-        "compile_batches": len(texts_batches) - 1,
+        "compile_batches": len(texts_batches) - warmup,
     }
 
 
@@ -122,6 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--sizes", nargs="+", default=["8x128", "16x256"], help="rows x block units")
     parser.add_argument("--compile-batches", type=int, default=50, help="batches after warm-up for recompiles")
+    parser.add_argument("--warmup-batches", type=int, default=1, help="batches compiled before recompiles count")
+    parser.add_argument(
+        "--grow-only",
+        action="store_true",
+        help="capacities never shrink (FixedShapes.grow_only, what ilt train --torch_compile uses)",
+    )
+    parser.add_argument(
+        "--compile-only", action="store_true", help="only graph breaks and recompiles of the fixed fp32 forward"
+    )
     parser.add_argument(
         "--speed-rounds", type=int, default=0, help="also time N steps of each kind, interleaved (eager fp32)"
     )
@@ -136,23 +152,24 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [tuple(int(x) for x in size.split("x")) for size in args.sizes]
     # every size's batches first: a text too short for one stops the run before any figure, not after hours
     all_data = {
-        size: batches(model, texts, *dims, args.compile_batches + 1)
+        size: batches(model, texts, *dims, args.compile_batches + args.warmup_batches)
         for size, dims in zip(args.sizes, sizes, strict=True)
     }
     for size, (rows, row_units) in zip(args.sizes, sizes, strict=True):
         data = all_data[size]
-        shapes = model.fixed_shapes(rows=rows, row_units=row_units)
+        shapes = model.fixed_shapes(rows=rows, row_units=row_units, grow_only=args.grow_only)
         collate = {
             "dynamic": lambda b, r=row_units: processor.collate(b, packing=True, max_units=r).model_inputs(),
             "fixed": lambda b, s=shapes: processor.collate(b, packing=True, shapes=s).model_inputs(),
         }
-        for kind in ("dynamic", "fixed"):
-            for autocast in (False, True):
+        for kind in ("fixed",) if args.compile_only else ("dynamic", "fixed"):
+            for autocast in (False,) if args.compile_only else (False, True):
                 start = time.perf_counter()
-                figures = count_step(model, collate[kind](data[0]), optimizer, autocast)
+                figures = {} if args.compile_only else count_step(model, collate[kind](data[0]), optimizer, autocast)
                 row = {"size": size, "batches": kind, "dtype": "bf16 autocast" if autocast else "fp32", **figures}
+                row["grow_only"] = args.grow_only
                 if kind == "fixed" and not autocast:
-                    row.update(compile_counts(model, collate[kind], data))
+                    row.update(compile_counts(model, collate[kind], data, args.warmup_batches))
                     row["capacity_changes"] = {
                         "units": shapes.changes,
                         "image_rows": shapes.images.changes if shapes.images else None,

@@ -312,3 +312,16 @@ def test_a_kept_loop_in_use_elsewhere_leaves_this_call_a_fresh_one():
     with loop.lock:  # busy
         assert torch.equal(dec.greedy(prefix, 12, EOS, PAD), expected)
     assert list(dec._fused.loops.values()) == [loop]
+
+
+def test_kept_loops_serve_calls_in_and_out_of_inference_mode():
+    """A loop kept from a call in inference mode (generation) is not written by a call outside it (no_grad)."""
+    dec = decoder("llama")
+    torch.manual_seed(5)
+    prefix = torch.randn(2, 1, D)
+    expected = reference(dec, prefix, 8)
+    with torch.inference_mode():
+        assert torch.equal(dec.greedy(prefix, 8, EOS, PAD), expected)
+    with torch.no_grad():
+        assert torch.equal(dec.greedy(prefix, 8, EOS, PAD), expected)
+    assert len(dec._fused.loops) == 2

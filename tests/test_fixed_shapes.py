@@ -199,3 +199,23 @@ def test_a_fixed_batch_counts_the_flops_of_its_dynamic_twin(model):
     for name in counted[2]:
         assert counted[0][name] == pytest.approx(counted[2][name]), name
         assert counted[1][name] == pytest.approx(counted[2][name]), name
+
+
+def test_grow_only_capacities_never_shrink_and_keep_the_loss(model):
+    """``grow_only`` (``ilt train --torch_compile``): a small batch after a large one keeps the large one's shapes
+    (a compiled step meets no new shape), and its loss is still the dynamic batch's; the ladder shrinks back."""
+    model.eval()
+    big, small = TEXTS[:6], TEXTS[6:7]
+    for grow in (False, True):
+        shapes = model.fixed_shapes(rows=4, row_units=48, grow_only=grow)
+        first, _ = fixed_batch(model, big, shapes=shapes)
+        second, _ = fixed_batch(model, small, shapes=shapes)
+        dims = [{k: tuple(v.shape) for k, v in b.model_inputs().items() if torch.is_tensor(v)} for b in (first, second)]
+        if grow:
+            assert dims[0] == dims[1] and shapes.changes == shapes.images.changes == shapes.label_stream.changes == 0
+        else:
+            assert dims[0]["unit_input_ids"][0] > dims[1]["unit_input_ids"][0]  # the ladder took a smaller step
+    dynamic = model.processor.collate(units(model, small), packing=True, max_units=48)
+    with torch.no_grad():
+        a, b = model(**dynamic.model_inputs()), model(**second.model_inputs())
+    torch.testing.assert_close(b.loss, a.loss, atol=1e-5, rtol=1e-5)

@@ -50,11 +50,11 @@ class FixedShapesStep:
         longest = 1 + grid_rows * widths  # the widest image and its class token
         return ImagePacking(patch_size=patch, row_tokens=-(-2 * longest // 8) * 8)
 
-    def fixed_shapes(self, rows: int, row_units: int) -> FixedShapes:
+    def fixed_shapes(self, rows: int, row_units: int, grow_only: bool = False) -> FixedShapes:
         """Shapes for fixed-shape batches of ``rows`` x ``row_units`` positions for this model: word images packed
         for its image encoder and label bytes for its bytes decoder where they take them
         (``processor.collate(..., shapes=model.fixed_shapes(8, 128))``)."""
-        return self.processor.fixed_shapes(rows, row_units, self.image_packing, self.label_stream)
+        return self.processor.fixed_shapes(rows, row_units, self.image_packing, self.label_stream, grow_only)
 
     def _fixed_loss(self, hidden: torch.Tensor, labels: torch.Tensor, stream: tuple[torch.Tensor, ...] | None) -> Any:
         """The loss of a fixed-shape batch from the latent ``(B, L, D)``, with no host synchronisation.

@@ -62,7 +62,10 @@ class FixedShapes:
     ``rows`` x ``row_units``: ``(B, L)``; ``unit_bytes``: ``T``; ``label_len``: ``K``; ``unit_capacity``: the last
     batch's ``U``; ``images``: how word images are packed (None: by width, in ``image_groups``); ``label_stream``:
     how label bytes are packed for the bytes decoder (None: ``labels`` only). ``changes`` counts the batches whose
-    ``U`` differed from the batch before.
+    ``U`` differed from the batch before. ``grow_only`` (set on the packings too by
+    :meth:`~ilt_core.text.processor.TextProcessor.fixed_shapes`): a capacity never falls back to a smaller step,
+    so a compiled step meets each shape once and stops meeting new ones; the padding is larger and a resumed run
+    may take other shapes, but padding never changes a result.
     """
 
     rows: int
@@ -73,10 +76,14 @@ class FixedShapes:
     images: ImagePacking | None = None
     label_stream: LabelPacking | None = None
     changes: int = 0
+    grow_only: bool = False
 
     def units_for(self, needed: int) -> int:
-        """The unit capacity for a batch of ``needed`` distinct units (start marker included)."""
+        """The unit capacity for a batch of ``needed`` distinct units (start marker included): the ladder's step, or
+        with ``grow_only`` the largest step any batch so far took (fewer shapes, so fewer compilations)."""
         capacity = capacity_for(needed)
+        if self.grow_only:
+            capacity = max(capacity, self.unit_capacity)
         self.changes += int(bool(self.unit_capacity) and capacity != self.unit_capacity)
         self.unit_capacity = capacity
         return capacity

@@ -63,6 +63,7 @@ class ImagePacking:
     row_tokens: int
     rows: int = 0
     changes: int = 0
+    grow_only: bool = False  # never fewer rows than a batch before took (see FixedShapes.grow_only)
 
     def pack(self, images: Sequence[np.ndarray], count: int | None = None, rows: int | None = None) -> PackedImages:
         """Pack ``images`` (``uint8 (H, W_i)``, one ``H``, ``W_i`` multiples of the patch size) in order.
@@ -92,7 +93,8 @@ class ImagePacking:
         needed = rows_used(starts, self.row_tokens)
         if rows is not None and rows < needed:
             raise ILTError(f"ImagePacking.pack: rows={rows} is below the {needed} rows the images need")
-        rows = capacity_for(needed) if rows is None else rows
+        if rows is None:
+            rows = max(capacity_for(needed), self.rows) if self.grow_only else capacity_for(needed)
         self.changes += int(bool(self.rows) and rows != self.rows)
         self.rows = rows
         S, R = self.row_tokens, self.rows

@@ -51,12 +51,15 @@ class LabelPacking:
     row_tokens: int
     rows: int = 0
     changes: int = 0
+    grow_only: bool = False
 
     def pack(self, labels: Sequence[tuple[int, Sequence[int]]], positions: int) -> PackedLabels:
         """Pack ``labels``, ``(flat position, label byte ids)`` pairs, for a batch of ``positions`` positions."""
         lengths = [len(lab) for _, lab in labels]
         starts = first_fit(lengths, self.row_tokens)
         rows = capacity_for(rows_used(starts, self.row_tokens))
+        if self.grow_only:  # never fewer rows than a batch before took (see FixedShapes.grow_only)
+            rows = max(rows, self.rows)
         self.changes += int(bool(self.rows) and rows != self.rows)
         self.rows = rows
         size = self.rows * self.row_tokens

@@ -114,22 +114,30 @@ class ILTProcessor:
         row_units: int,
         image_packing: ImagePacking | None = None,
         label_stream: LabelPacking | None = None,
+        grow_only: bool = False,
     ) -> FixedShapes:
         """Shapes for batches of ``rows`` x ``row_units`` positions under this processor's settings.
 
         Units hold at most ``max_unit_bytes`` bytes; a label at most that and ``eos`` (``labels: unit``) or
         ``label_bytes`` (``labels: bytes``). ``image_packing``: how the model's image encoder takes packed images
         (``ILTModel.image_packing``), or None for images by width; ``label_stream``: how the model's bytes decoder
-        takes the label bytes packed (``ILTModel.label_stream``), or None.
+        takes the label bytes packed (``ILTModel.label_stream``), or None. ``grow_only``: capacities never shrink
+        (:attr:`FixedShapes.grow_only`; what ``ilt train --torch_compile`` asks for).
         """
         label_len = self.max_unit_bytes + 1 if self.labels == "unit" else self.label_bytes
+        images = copy.copy(image_packing) if image_packing is not None else None
+        stream = copy.copy(label_stream) if label_stream is not None else None
+        for packing in (images, stream):
+            if packing is not None:
+                packing.grow_only = grow_only
         return FixedShapes(
             rows=rows,
             row_units=row_units,
             unit_bytes=self.max_unit_bytes,
             label_len=max(label_len, 1),
-            images=copy.copy(image_packing) if image_packing is not None else None,
-            label_stream=copy.copy(label_stream) if label_stream is not None else None,
+            images=images,
+            label_stream=stream,
+            grow_only=grow_only,
         )
 
     def __call__(self, texts: str | Sequence[str], *, packing: bool = False, max_units: int | None = None) -> Batch:

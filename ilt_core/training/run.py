@@ -226,6 +226,7 @@ def _run_training(parsed: tuple[Any, ...], argv: list[str] | None, callbacks: li
         model.fixed_shapes(
             rows=max(training_args.per_device_train_batch_size, training_args.per_device_eval_batch_size),
             row_units=block_size,
+            grow_only=bool(training_args.torch_compile),  # a compiled step meets fewer shapes
         )
         if ilt.fixed_shapes
         else None

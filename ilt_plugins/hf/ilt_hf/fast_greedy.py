@@ -438,7 +438,8 @@ def _loop_for(lm: Any, fused: FusedLlamaWeights, embeds: torch.Tensor, rules: _R
     fresh loop and False when the kept one is in use on another thread."""
     N, T0, _ = embeds.shape
     key = (N, T0, rules.max_new_tokens, rules.eos_id, rules.pad_id, tuple(rules.suppress), rules.min_new_tokens)
-    key += (embeds.device, lm.model.embed_tokens.weight.dtype)
+    # buffers made in inference mode cannot be written outside it (nor the other way round): kept apart
+    key += (embeds.device, lm.model.embed_tokens.weight.dtype, torch.is_inference_mode_enabled())
     with _KEEPING:
         loop = fused.loops.get(key)
         if loop is None:

@@ -59,6 +59,7 @@ from pathlib import Path
 import torch
 from ilt_bench import common
 
+from ilt_core import load_spec
 from ilt_core.generation import Generation, GenerationOptions
 from ilt_core.generation.decoding import LatentState, UnitEmbeddings, decode_unit_ids
 from ilt_core.generation.loop import GenerationSession
@@ -482,7 +483,9 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     common.as_the_ilt_command()
     if args.counts is not None:
-        model = build_model(spec, seed=0).to(args.device).eval()
+        # the CPU-only layers off (numpy products, the bytes encoder's length groups): the path a GPU runs
+        gpu_path = load_spec(args.preset, ["bytes_encoder.length_groups=false", "cpu_products=torch"])
+        model = build_model(gpu_path, seed=0).to(args.device).eval()
         counts = launch_counts(model, args.counts or [1, 8, 64], args.unit_bytes, args.new_units, args.repeats)
         if args.out:
             args.out.write_text(json.dumps(dict(preset=args.preset, device=args.device, counts=counts), indent=2))

@@ -194,6 +194,8 @@ def main() -> int:
             peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
             print(f"[{mode}]   peak GPU memory: {peak / 2**30:.2f} GiB allocated, {reserved / 2**30:.2f} GiB reserved")
 
+    from ilt_hf import fast_greedy, fast_neox
+
     texts = pq.read_table(sorted(glob.glob(".whl/corpus/*.parquet"))[0], columns=["text"]).column("text")
     # the first 8 words of texts of 24 words or more; every unit at least one byte, so no text ends early
     # (a trained model may end a headline at once: then a timing would count no units)
@@ -202,9 +204,12 @@ def main() -> int:
     fixed_work = {"byte_min_new_tokens": 1}
     model.eval()
     for batch in (prompts[:1], prompts, prompts * 8):
-        texts = {}
-        for cache in ("dynamic", "static"):  # a growing latent cache, then one of constant shapes
-            options = {**fixed_work, "cache_implementation": cache}
+        written = {}
+        # a growing latent cache, then one of constant shapes (its steps CUDA graphs), then that without graphs
+        for cache in ("dynamic", "static", "static-eager"):
+            graphs = cache != "static-eager"
+            fast_greedy.CUDA_GRAPHS = fast_neox.STEP_GRAPHS = graphs
+            options = {**fixed_work, "cache_implementation": cache.split("-")[0]}
             model.generate(batch, max_new_units=4, **options)  # warm-up: kernels, caches
             if cuda:
                 torch.cuda.synchronize()
@@ -214,12 +219,14 @@ def main() -> int:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0
             units = sum(len(o.units) for o in outputs)
-            texts[cache] = [o.text for o in outputs]
+            written[cache] = [o.text for o in outputs]
             print(
                 f"generate batch {len(batch)} {cache} cache: {units / seconds:,.1f} units/s "
                 f"({units} units in {seconds:.2f} s, fp32)"
             )
-        print(f"generate batch {len(batch)}: static text == dynamic text: {texts['static'] == texts['dynamic']}")
+        fast_greedy.CUDA_GRAPHS = fast_neox.STEP_GRAPHS = True
+        same = written["static"] == written["dynamic"] == written["static-eager"]
+        print(f"generate batch {len(batch)}: the same texts with all three: {same}")
     print(f"sample: {prompts[0]!r} -> {outputs[0].text[:80]!r}")
 
     # the fused greedy byte loop (its step a CUDA graph on CUDA) against transformers' generate, on this device
@@ -239,18 +246,24 @@ def main() -> int:
         plain = F.pad(plain, (0, 24 - plain.shape[1]), value=PAD_ID)
         graphs = any(loop.graph is not None for loop in getattr(decoder._fused, "loops", {}).values())
         same = (fused == plain).all(1).float().mean().item()
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(10):
-            decoder.greedy(prefix, 24, EOS_ID, PAD_ID, check_at=24)
-        if cuda:
-            torch.cuda.synchronize()
-        per_byte = (time.perf_counter() - t0) / 10 / 24
-        print(
-            f"fused greedy vs generate, {dtype}: rows equal {same:.0%}, CUDA graph {graphs}, "
-            f"{per_byte * 1e6:.0f} us a byte step at batch 8"
-        )
+        print(f"fused greedy vs generate, {dtype}: rows equal {same:.0%}, CUDA graph {graphs}")
+        for use_graphs in (True, False):  # the byte step replayed as a graph, then launched op by op
+            fast_greedy.CUDA_GRAPHS = use_graphs
+            timed = copy.deepcopy(decoder)  # no kept loop, no graph yet
+            ids = timed.greedy(prefix, 24, EOS_ID, PAD_ID, check_at=24)  # warm-up (and the capture)
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(10):
+                timed.greedy(prefix, 24, EOS_ID, PAD_ID, check_at=24)
+            if cuda:
+                torch.cuda.synchronize()
+            per_byte = (time.perf_counter() - t0) / 10 / 24
+            print(
+                f"  byte step at batch 8, {dtype}, graphs {use_graphs}: {per_byte * 1e6:.0f} us "
+                f"(ids equal to the fused loop's: {bool(torch.equal(ids, fused))})"
+            )
+        fast_greedy.CUDA_GRAPHS = True
 
     # training batches carry word images as uint8, made floats on the device: the loss must not change
     processor = model.processor

@@ -8,6 +8,7 @@ training and gradients to transformers, and fall back for whatever it does not r
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -86,8 +87,9 @@ def run_steps(lat, lengths: list[int], steps: int, fused: bool):
         lat.set_fused_inference(True)
 
 
-def run_static_steps(lat, lengths: list[int], steps: int, fused: bool):
-    """:func:`run_steps` over a static cache of ``max(lengths) + steps`` columns (a mask over all of them)."""
+def run_static_steps(lat, lengths: list[int], steps: int, fused: bool, count: bool = True):
+    """:func:`run_steps` over a static cache of ``max(lengths) + steps`` columns (a mask over all of them), and the
+    host syncs of the steps (``count``: counted; a dispatch mode keeps dynamo from tracing)."""
     from ilt_bench.opcount import DispatchCount
 
     assert lat.set_fused_inference(fused) is fused
@@ -108,11 +110,12 @@ def run_static_steps(lat, lengths: list[int], steps: int, fused: bool):
         for t in range(steps):
             new = torch.randn(N, 1, D)
             mask[:, L + t] = 1
-            with torch.no_grad(), DispatchCount() as count:
+            counter = DispatchCount() if count else contextlib.nullcontext()
+            with torch.no_grad(), counter:
                 out = lat(
                     new, attention_mask=mask, position_ids=position[:, None], past_key_values=cache, use_cache=True
                 )
-            syncs += count.syncs
+            syncs += counter.syncs if count else 0
             position = position + 1
             hidden.append(out.hidden_states[:, -1])
         kv = [(layer.keys, layer.values) for layer in cache.layers]
@@ -227,3 +230,27 @@ def test_generation_gives_the_same_text_with_the_fused_step_on_and_off(monkeypat
     finally:
         lat.set_fused_inference(True)
     assert fused == plain
+
+
+def test_the_static_step_traces_as_one_graph_with_no_recompile():
+    """What the CUDA graph of the static step needs, checked on the CPU: dynamo traces it whole (``fullgraph``: no
+    host read, no value made on the host) once, replays it at every step, and gives the eager states."""
+    lat = latent()
+    eager, _, _ = run_static_steps(lat, [5, 3], 4, fused=True)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fast_neox._step, backend=backend, fullgraph=True, dynamic=False)
+    real = fast_neox._step
+    fast_neox._step = compiled
+    try:
+        traced, _, _ = run_static_steps(lat, [5, 3], 4, fused=True, count=False)
+    finally:
+        fast_neox._step = real
+        torch._dynamo.reset()
+    torch.testing.assert_close(traced, eager, **TOL)
+    assert len(graphs) == 1

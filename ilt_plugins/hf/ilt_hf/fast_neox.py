@@ -11,7 +11,8 @@ mask (none when no row is padded), the output projection and the MLP's second pr
 ``addmm``, and their biases as one precomputed sum.
 
 It runs only in eval mode with gradients off, for one new position per row over a plain ``DynamicCache`` or a
-filled ``StaticCache`` (generation's ``cache_implementation="static"``: its next column written in place); anything
+filled ``StaticCache`` (generation's ``cache_implementation="static"``: its next column written in place; on a CUDA
+device the step is captured once per cache as a CUDA graph and replayed, :data:`STEP_GRAPHS`); anything
 else (training, a prefill, another cache or attention implementation) takes the transformers forward. The result
 equals that forward to float rounding (``tests/test_fast_neox.py``); ``benchmarks/bench_generation.py --parts``
 times both.
@@ -19,6 +20,8 @@ times both.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +31,8 @@ from torch import nn
 from ilt_hf.fused_weights import FusedWeights
 
 __all__ = ["FusedNeoXWeights", "fused_neox_supported", "neox_cached_step"]
+
+logger = logging.getLogger(__name__)
 
 # attention implementations whose results the step reproduces (eager to float rounding: its softmax is float32)
 _ATTENTION = frozenset({"sdpa", "eager"})
@@ -130,12 +135,109 @@ def neox_cached_step(
     N, L, D = inputs_embeds.shape
     if L != 1 or attention_mask.ndim != 2 or attention_mask.shape[0] != N:
         return None
-    cfg = model.config
     found = _plain_cache_layers(cache, len(model.layers), N, attention_mask.shape[1])
     if found is None:
         return None
     layers, static = found
     fused.refresh(model)
+    if static and inputs_embeds.is_cuda and STEP_GRAPHS:
+        graphed = _graphed(model, fused, layers, inputs_embeds, attention_mask, position_ids, cache)
+        if graphed is not None:
+            return graphed
+    return _step(model, fused, layers, static, inputs_embeds, attention_mask, position_ids)
+
+
+#: Whether the step over a static cache on a CUDA device is replayed as a CUDA graph (captured once per cache).
+STEP_GRAPHS = True
+
+
+@dataclass
+class _StepGraph:
+    """One captured step over one static cache: its input buffers, its output, and what it was captured for."""
+
+    graph: Any
+    embeds: torch.Tensor  # (N, 1, D)
+    positions: torch.Tensor  # (N, 1)
+    out: torch.Tensor  # (N, 1, D)
+    mask: torch.Tensor  # the attention mask it reads (the caller's, updated in place between steps)
+    weights: Any  # the fused weights' key when captured
+
+    def fits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, fused: FusedNeoXWeights) -> bool:
+        return (
+            attention_mask is self.mask
+            and inputs_embeds.shape == self.embeds.shape
+            and inputs_embeds.dtype == self.embeds.dtype
+            and fused.key == self.weights
+        )
+
+
+def _graphed(
+    model: Any,
+    fused: FusedNeoXWeights,
+    layers: list[Any],
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Any,
+) -> torch.Tensor | None:
+    """The static step as a CUDA graph kept on the cache (captured at its first step), or None where the capture
+    fails (the caller runs it eagerly; said once per cache)."""
+    step: _StepGraph | None = getattr(cache, "_ilt_step_graph", None)
+    if step is None or not step.fits(inputs_embeds, attention_mask, fused):
+        if getattr(cache, "_ilt_step_graph_failed", False) or torch.cuda.is_current_stream_capturing():
+            return None
+        try:
+            step = _capture(model, fused, layers, inputs_embeds, attention_mask, position_ids)
+        except Exception as exc:  # a capture the device refuses: the eager step gives the same states
+            cache._ilt_step_graph_failed = True
+            logger.warning("ilt_hf: the latent's static step could not be captured as a CUDA graph: %s", exc)
+            return None
+        cache._ilt_step_graph = step
+    step.embeds.copy_(inputs_embeds)
+    step.positions.copy_(position_ids)
+    step.graph.replay()
+    return step.out.clone()
+
+
+def _capture(
+    model: Any,
+    fused: FusedNeoXWeights,
+    layers: list[Any],
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+) -> _StepGraph:
+    """Capture :func:`_step` over a static cache: one warm-up step on a side stream (its column is written again by
+    the first replay, with the same inputs), the cache's lengths put back, then the capture (which runs nothing)."""
+    embeds, positions = inputs_embeds.clone(), position_ids.clone()
+    lengths = [layer.cumulative_length.clone() for layer in layers]
+    device = inputs_embeds.device
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        _step(model, fused, layers, True, embeds, attention_mask, positions)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    for layer, n in zip(layers, lengths, strict=True):
+        layer.cumulative_length.copy_(n)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = _step(model, fused, layers, True, embeds, attention_mask, positions)
+    return _StepGraph(graph, embeds, positions, out, attention_mask, fused.key)
+
+
+def _step(
+    model: Any,
+    fused: FusedNeoXWeights,
+    layers: list[Any],
+    static: bool,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+) -> torch.Tensor:
+    """The step itself (:func:`neox_cached_step`, its checks done). Over a static cache nothing in it is read back
+    to the host or made from host values, so it can be captured as one CUDA graph."""
+    N, _, D = inputs_embeds.shape
+    cfg = model.config
     H = int(cfg.num_attention_heads)
     hd = D // H
     r = int(model.layers[0].attention.rotary_ndims)
@@ -144,9 +246,8 @@ def neox_cached_step(
     cos, sin = model.rotary_emb(inputs_embeds, position_ids)  # (N, 1, r), as the transformers forward computes them
     cos = cos.view(N, 1, 1, r)
     # rotate_half(x) * sin, per vector [-x2 * s1, x1 * s2], is the halves swapped times [-s1, s2] (negation is exact)
-    sin = (sin.view(N, 1, 2, r // 2) * torch.tensor([-1.0, 1.0], dtype=sin.dtype, device=sin.device)[:, None]).view(
-        N, 1, 1, r
-    )
+    halves = sin.view(N, 1, 2, r // 2)
+    sin = torch.cat([halves[:, :, :1].neg(), halves[:, :, 1:]], dim=2).view(N, 1, 1, r)
     # the padding mask as SDPA's boolean mask (N, 1, 1, P + 1); none when no row is padded, as transformers passes
     # (a static cache always has columns to mask, and asking would read the device)
     mask = attention_mask.bool()[:, None, None, :] if static or not bool(attention_mask.all()) else None

@@ -325,3 +325,17 @@ def test_kept_loops_serve_calls_in_and_out_of_inference_mode():
     with torch.no_grad():
         assert torch.equal(dec.greedy(prefix, 8, EOS, PAD), expected)
     assert len(dec._fused.loops) == 2
+
+
+def test_a_decoder_with_kept_loops_copies_and_pickles():
+    """Kept loops hold a lock (and on CUDA a graph): a copy or pickle of the decoder leaves them, and rebuilds."""
+    import copy
+    import pickle
+
+    dec = decoder("llama")
+    torch.manual_seed(6)
+    prefix = torch.randn(2, 1, D)
+    ids = dec.greedy(prefix, 8, EOS, PAD)
+    assert dec._fused.loops
+    for twin in (copy.deepcopy(dec), pickle.loads(pickle.dumps(dec))):
+        assert torch.equal(twin.greedy(prefix, 8, EOS, PAD), ids)

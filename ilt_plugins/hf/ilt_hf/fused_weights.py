@@ -27,6 +27,14 @@ class FusedWeights:
     def build(self, model: nn.Module) -> None:
         raise NotImplementedError
 
+    def __getstate__(self) -> dict[str, Any]:
+        # all of it derives from the model's parameters and is rebuilt at first use: a copy or a pickle of the model
+        # carries none of it (kept byte loops hold locks and CUDA graphs, which cannot be copied)
+        return {"key": None, "layers": []}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
     def refresh(self, model: nn.Module) -> None:
         """Rebuild from ``model`` unless no parameter changed since the last build."""
         key = tuple((p.data_ptr(), p._version) for p in model.parameters())

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ilt_core.modeling.products import numpy_matmul
+from ilt_hf.cuda_graphs import capture
 from ilt_hf.fused_weights import FusedWeights
 
 __all__ = ["greedy_decode", "fused_llama_supported", "FusedLlamaWeights"]
@@ -297,16 +298,7 @@ class _ByteLoop:
         """Record :meth:`step` as one CUDA graph (after two warm-up steps on a side stream, as CUDA graphs need);
         on failure the loop stays eager and says why once. The buffers need a :meth:`reset` after it."""
         try:
-            stream = torch.cuda.Stream(device=self.out.device)
-            stream.wait_stream(torch.cuda.current_stream(self.out.device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self.step()
-            torch.cuda.current_stream(self.out.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.step()
-            self.graph = graph
+            self.graph, _ = capture(self.step, self.out.device, warmup=2)
         except Exception as exc:  # a capture the device or its driver refuses: eager steps give the same ids
             self.graph_failed = True
             logger.warning("ilt_hf: the greedy byte step could not be captured as a CUDA graph, running eager: %s", exc)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ilt_hf.cuda_graphs import capture
 from ilt_hf.fused_weights import FusedWeights
 
 __all__ = ["FusedNeoXWeights", "fused_neox_supported", "neox_cached_step"]
@@ -207,21 +208,13 @@ def _capture(
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
 ) -> _StepGraph:
-    """Capture :func:`_step` over a static cache: one warm-up step on a side stream (its column is written again by
-    the first replay, with the same inputs), the cache's lengths put back, then the capture (which runs nothing)."""
+    """Capture :func:`_step` over a static cache (:func:`ilt_hf.cuda_graphs.capture`): its one warm-up step writes a
+    column the first replay writes again with the same inputs; the cache's lengths are put back after it."""
     embeds, positions = inputs_embeds.clone(), position_ids.clone()
     lengths = [layer.cumulative_length.clone() for layer in layers]
-    device = inputs_embeds.device
-    stream = torch.cuda.Stream(device=device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        _step(model, fused, layers, True, embeds, attention_mask, positions)
-    torch.cuda.current_stream(device).wait_stream(stream)
-    for layer, n in zip(layers, lengths, strict=True):
+    graph, out = capture(lambda: _step(model, fused, layers, True, embeds, attention_mask, positions), embeds.device)
+    for layer, n in zip(layers, lengths, strict=True):  # the warm-up step's advance undone
         layer.cumulative_length.copy_(n)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = _step(model, fused, layers, True, embeds, attention_mask, positions)
     return _StepGraph(graph, embeds, positions, out, attention_mask, fused.key)
 
 

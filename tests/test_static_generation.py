@@ -6,6 +6,8 @@ latent step reads a mask over every column: what a captured graph needs. The tex
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from helpers import PROMPTS, small_model
 
@@ -14,6 +16,24 @@ from ilt_core.generation import Generation, GenerationOptions, generate
 
 # rows of different lengths, one cut inside a word, one that fills the context (12 units) before the others end
 ROWS = [*PROMPTS, "The capital is", "x y z w v u t s "]
+
+
+@contextlib.contextmanager
+def recorded(obj, name: str, record):
+    """``obj.<name>`` calls ``record`` with its arguments first, inside the block."""
+    real = getattr(obj, name)
+
+    def wrapper(*args, **kwargs):
+        record(*args, **kwargs)
+        return real(*args, **kwargs)
+
+    setattr(obj, name, wrapper)
+    try:
+        yield
+    finally:
+        delattr(obj, name)
+
+
 OPTIONS = [
     {},
     {"do_sample": True, "seed": 3},
@@ -57,22 +77,16 @@ def test_every_latent_step_has_the_same_shapes():
     """With a static cache the latent reads the same input and mask shapes at every unit step, rows ending or not;
     a dynamic cache grows (so the check means something)."""
     model = small_model()
-    latent = model.latent_transformer
     seen = []
-    real = latent.forward
 
-    def recording(inputs_embeds, attention_mask=None, **kwargs):
+    def record(inputs_embeds, attention_mask=None, **kwargs):
         seen.append((tuple(inputs_embeds.shape), tuple(attention_mask.shape)))
-        return real(inputs_embeds, attention_mask=attention_mask, **kwargs)
 
-    latent.forward = recording
-    try:
+    with recorded(model.latent_transformer, "forward", record):
         results = generate(model, ROWS, 6, cache_implementation="static", return_scores=True)
         static, seen[:] = list(seen), []
         generate(model, ROWS, 6)
         dynamic = list(seen)
-    finally:
-        del latent.forward
     assert len({r.finish_reason for r in results}) > 1  # rows ended at different steps
     assert len(static) == 7 and len(set(static[1:])) == 1 and static[1][0] == (len(ROWS), 1, 64)
     assert len(set(dynamic[1:])) == len(dynamic) - 1  # the growing cache: a new shape each step
@@ -81,22 +95,16 @@ def test_every_latent_step_has_the_same_shapes():
 def test_greedy_decodes_every_row_at_every_step_with_a_static_cache():
     """The decoder's batch keeps its size too (greedy ids do not depend on the other rows), finished rows or not."""
     model = small_model()
-    decoder = model.bytes_decoder
     sizes = []
-    real = decoder.greedy
 
-    def recording(inputs_embeds, *args, **kwargs):
+    def record(inputs_embeds, *args, **kwargs):
         sizes.append(tuple(inputs_embeds.shape))
-        return real(inputs_embeds, *args, **kwargs)
 
-    decoder.greedy = recording
-    try:
+    with recorded(model.bytes_decoder, "greedy", record):
         results = generate(model, ROWS, 6, cache_implementation="static", return_scores=True)
         static, sizes[:] = list(sizes), []
         generate(model, ROWS, 6)
         dynamic = list(sizes)
-    finally:
-        del decoder.greedy
     assert len({len(r.units) for r in results}) > 1
     # the first step decodes rows cut inside a word in groups of their forced bytes; the 5 steps after it, all rows
     assert set(static[-5:]) == {(len(ROWS), 1, 64)}
@@ -129,26 +137,15 @@ def test_new_word_images_reach_the_image_encoder_in_one_shape():
 
     model = build_model(micro_spec("full"), seed=0).eval()
     assert model.image_packing is not None
-    encoder = model.image_encoder
     shapes, widths = [], []
-    packed, plain = encoder.encode_packed, encoder.forward
-
-    def recording_packed(patches, *args):
-        shapes.append(tuple(patches.shape))
-        return packed(patches, *args)
-
-    def recording_plain(pixels, *args, **kwargs):
-        widths.append(pixels.shape[-1])
-        return plain(pixels, *args, **kwargs)
-
-    encoder.encode_packed, encoder.forward = recording_packed, recording_plain
     prompts = ["the cat sat ", "a b ", "שלום לכם ", "one two three "]
-    try:
+    with (
+        recorded(model.image_encoder, "encode_packed", lambda patches, *a: shapes.append(tuple(patches.shape))),
+        recorded(model.image_encoder, "forward", lambda pixels, *a, **k: widths.append(pixels.shape[-1])),
+    ):
         static = generate(model, prompts, 5, cache_implementation="static")
         assert widths == [] and len(shapes) >= 5
         dynamic = generate(model, prompts, 5)
-    finally:
-        del encoder.encode_packed, encoder.forward
     assert static == dynamic
     assert len(set(shapes[1:])) == 1 and shapes[1][0] == 2  # 4 new units a step: 2 rows
     assert len(set(widths)) > 1  # per width without tiles

@@ -198,11 +198,15 @@ def _plain_steps(model: Any, hyps: list[Hypothesis], decoding: Decoding) -> Iter
     live = [h for h in hyps if not h.done]
     if not live:
         return
-    static = options.cache_implementation == "static" and options.use_cache
+    # a static cache where asked for and the latent offers one (protocols.StaticLatentCache), else a growing one
+    static = (
+        options.cache_implementation == "static"
+        and options.use_cache
+        and hasattr(model.latent_transformer, "static_cache")
+    )
     # a static cache holds the prompts and every step: at most max_new_units, a completion, and the context's room
     steps = min(options.max_new_units + 1, model.max_units) if static else None
     latent = LatentState(model, UnitEmbeddings(model, tiles=static), options.use_cache, steps)
-    static = latent.static_steps is not None
     latents = latent.start([h.context for h in live])
     # with a static cache, greedy decoding writes for every row too (its ids do not depend on the batch), so the
     # decoder's shapes stay; sampling writes for unfinished rows only, drawing what it draws with a growing cache

@@ -14,7 +14,8 @@ The project's side follows the reference's protocol on the same text: the config
 (:func:`ilt_bench.setups.reference_spec`: BERT 2 x 128 bytes encoder, ViT 12 x 192 image encoder, GPT-NeoX 6 x 512
 latent, Llama 2 x 256 decoder, labels of the next 32 bytes; words rendered ``--image-height`` 16 px high, as the
 reference renders them), a training step (forward, backward, AdamW lr 1e-4 in the fused implementation that
-``ilt train`` uses, fp32) on batches of 8 texts x 64 words cut from the text, ``--warmup`` untimed and ``--steps`` timed steps
+``ilt train`` uses, fp32; eager, or compiled with ``--torch-compile``) on batches of 8 texts x 64 words cut from the
+text and collated as ``ilt train`` collates by default (fixed shapes), no opt-in CPU setting, ``--warmup`` untimed and ``--steps`` timed steps
 (median), with and without images; greedy generation of 4 prompts of 16 words, 32 new words each decoded to
 32 bytes (ms a step = seconds / 32); text -> batch words/s with a cold and a warm render cache. Each
 measurement runs in a fresh process (peak memory is its own), with the same threads and ``OMP_WAIT_POLICY``
@@ -132,8 +133,8 @@ def child(kind: str, variant: str, text_path: Path, args: argparse.Namespace) ->
 
     torch.set_num_threads(args.threads)
     common.as_the_ilt_command()
-    # as `ilt train --cpu_malloc reuse` (return with activation checkpointing), the settings its figures were taken in
-    set_cpu_malloc("return" if variant == "ckpt" else "reuse")
+    if variant == "ckpt":  # as `ilt train --cpu_malloc return`: the freed activations leave the process
+        set_cpu_malloc("return")
     rows, words = (2, 8) if args.quick else (ROWS, WORDS)
     units = text_units(text_path.read_text(encoding="utf-8").strip())
     spec = {**reference_spec(images=variant != "noimg"), "image_height": args.image_height}
@@ -142,13 +143,17 @@ def child(kind: str, variant: str, text_path: Path, args: argparse.Namespace) ->
     model = build_model(spec, seed=0)
     if kind == "train":
         model.train()
-        batches = make_batches(model, units, rows, words, 1 if args.quick else 3)
+        # the batches `ilt train` collates by default (fixed shapes; capacities that only grow under --torch_compile)
+        shapes = model.fixed_shapes(rows, words + 1, grow_only=args.torch_compile)
+        batches = make_batches(model, units, rows, words, 1 if args.quick else 3, shapes=shapes)
+        # as `ilt train --torch_compile`: the whole step in one graph of static shapes
+        stepped = torch.compile(model, fullgraph=True, dynamic=False) if args.torch_compile else model
         # the reference's optimizer and rate, in the implementation `ilt train` uses (Trainer's adamw_torch_fused)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         times = []
         for i in range(args.warmup + args.steps):
             batch = batches[i % len(batches)]
-            seconds, _ = common.timed(lambda b=batch: train_step(model, optimizer, b))
+            seconds, _ = common.timed(lambda b=batch: train_step(stepped, optimizer, b))
             if i >= args.warmup:
                 times.append(seconds)
         step = statistics.median(times)
@@ -200,6 +205,7 @@ def run_ours(text: Path, args: argparse.Namespace) -> dict[str, Any]:
         argv += ["--text", str(text), "--threads", str(args.threads)]
         argv += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--image-height", str(args.image_height)]
         argv += ["--quick"] if args.quick else []
+        argv += ["--torch-compile"] if args.torch_compile else []
         log(f"B: {kind} {variant}")
         label = f"bench_reference: the project's {kind}/{variant} measurement"
         result = common.run_child(argv, label, env=env, show_progress=True)
@@ -297,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--only", nargs="*", help="the project's measurements to run: prep, train, train-img, generate-noimg..."
+    )
+    p.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="the project's training step compiled as `ilt train --torch_compile` compiles it (give the reference's "
+        "run.sh its --torch-compile in --reference-cmd); warm-up steps include the compilation",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: batch 2 x 8, 1 step, 2 new words")
     p.add_argument("--child", help=argparse.SUPPRESS)

@@ -45,14 +45,21 @@ def reference_spec(images: bool = True, **attn: str) -> dict[str, Any]:
     return spec
 
 
-def make_batches(model: Any, units: list[str], rows: int, length: int, count: int) -> list[Any]:
-    """``count`` collated batches of ``rows`` consecutive ``length``-unit pieces (cut: no end label)."""
+def make_batches(
+    model: Any, units: list[str], rows: int, length: int, count: int, shapes: Any = None
+) -> list[Any]:
+    """``count`` collated batches of ``rows`` consecutive ``length``-unit pieces (cut: no end label).
+
+    ``shapes``: a :class:`ilt_core.text.collator.FixedShapes` (``model.fixed_shapes(rows, length + 1)``, what
+    ``ilt train`` collates with by default); None collates each batch to its own sizes."""
     from ilt_core.text.collator import TextUnits
 
     pieces = common.chunk_texts(units, rows * count, length)
     return [
         model.processor.collate(
-            [TextUnits(p, complete=False) for p in pieces[b * rows : (b + 1) * rows]], max_units=length + 1
+            [TextUnits(p, complete=False) for p in pieces[b * rows : (b + 1) * rows]],
+            max_units=length + 1,
+            shapes=shapes,
         )
         for b in range(count)
     ]

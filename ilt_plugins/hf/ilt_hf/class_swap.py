@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["fast_class", "swap_classes"]
+__all__ = ["fast_class", "swap_classes", "unswap_classes"]
 
 
 @cache
@@ -51,3 +51,13 @@ def swap_classes(
             layer.__class__ = fast_class(type(layer), forward, module_name)
             switched += 1
     return switched
+
+
+def unswap_classes(model: nn.Module, module_name: str) -> int:
+    """Put every layer of ``model`` switched by ``module_name`` back to its own class; returns how many."""
+    restored = 0
+    for layer in model.modules():
+        if type(layer).__module__ == module_name:
+            layer.__class__ = type(layer).__mro__[1]
+            restored += 1
+    return restored

@@ -64,6 +64,7 @@ from ilt_core.generation import Generation, GenerationOptions
 from ilt_core.generation.decoding import LatentState, UnitEmbeddings, decode_unit_ids
 from ilt_core.generation.loop import GenerationSession
 from ilt_core.modeling.model import build_model
+from ilt_core.modeling.products import set_cpu_products
 from ilt_core.text.byte_tokenizer import EOS_ID, PAD_ID
 
 
@@ -233,8 +234,9 @@ def transformers_path(model, run, roles=("latent_transformer", "bytes_encoder"))
     A/B. A component without the switch runs as it is."""
     switched = []
     for role in roles:
-        switch = getattr(getattr(model, role, None), "set_fused_inference", None)
-        if switch is not None and switch(False) is False:
+        switch = getattr(getattr(model, role, None), "set_fast_paths", None)  # protocols.FastPaths
+        if switch is not None:
+            switch(False)
             switched.append(switch)
     try:
         return run()
@@ -264,8 +266,8 @@ def best_ms(run, repeats: int) -> float:
 def vit_per_image(model, batches: list[int], repeats: int) -> list[dict]:
     """Milliseconds of the image encoder on ``batch`` new word images: transformers forward vs the fused step."""
     encoder = model.image_encoder
-    switch = getattr(encoder, "set_fused_inference", None)  # ilt_hf's HFVisionEncoder
-    if switch is None or not switch(True):
+    switch = getattr(encoder, "set_fast_paths", None)  # ilt_hf's HFVisionEncoder
+    if switch is None or "fused ViT inference step" not in switch(True):
         print("vit: the preset's image encoder has no fused step; skipped")
         return []
     rows = []
@@ -483,9 +485,11 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     common.as_the_ilt_command()
     if args.counts is not None:
-        # the CPU-only layers off (numpy products, the bytes encoder's length groups): the path a GPU runs
-        gpu_path = load_spec(args.preset, ["bytes_encoder.length_groups=false", "cpu_products=torch"])
-        model = build_model(gpu_path, seed=0).to(args.device).eval()
+        # the CPU-only layers off (numpy products, the bytes encoder's length groups), the fused inference steps
+        # on: the path a GPU runs
+        model = build_model(load_spec(args.preset), seed=0).to(args.device).eval()
+        set_cpu_products(model, "torch")
+        model.bytes_encoder.group_lengths = False
         counts = launch_counts(model, args.counts or [1, 8, 64], args.unit_bytes, args.new_units, args.repeats)
         if args.out:
             args.out.write_text(json.dumps(dict(preset=args.preset, device=args.device, counts=counts), indent=2))

@@ -248,7 +248,7 @@ def work_and_ceilings(
 ) -> list[str]:
     """Lines beside the training figures: GFLOP a word on each side, the goal in words/s, and the matrix-product
     ceilings of the project's step (``bench_bounds.py`` JSON: its products alone at torch's per-shape speed, and at
-    the faster of torch's and numpy's per shape, numpy's being the path of ``cpu_products: numpy``, the default)."""
+    the faster of torch's and numpy's per shape, numpy's being the path of the fast paths, on by default)."""
     bound_data = json.loads(bounds.read_text(encoding="utf-8")) if bounds else None
     lines = []
     for variant, setup, ref_gflop in (("img", "with images", 0), ("noimg", "without images", 1)):

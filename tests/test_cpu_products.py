@@ -1,8 +1,9 @@
-"""Linear layers' products through numpy's OpenBLAS (``ilt_core.modeling.products``, ``ModelSpec.cpu_products``).
+"""Linear layers' products through numpy's OpenBLAS (``ilt_core.modeling.products``, one of the fast paths).
 
 Invariants: the numpy path gives torch's outputs and gradients (inputs, weights, biases) for any input shape and
 layout; it steps aside where torch must see the products (FlopCounterMode, autocast, other dtypes); splitting a
-product across threads changes nothing; the spec field switches every plain ``nn.Linear`` and survives a save.
+product across threads changes nothing; ``ILTModel.set_fast_paths`` switches every plain ``nn.Linear``, and a loaded
+model has them on.
 """
 
 from __future__ import annotations
@@ -115,17 +116,18 @@ def test_flop_counter_and_autocast_see_torch_products() -> None:
     assert not numpy_call_allowed(x[0], fast.weight)  # 1-D input: torch's path
 
 
-def test_spec_switches_every_linear_and_survives_save(tmp_path) -> None:
+def test_fast_paths_switch_every_linear_and_a_loaded_model_has_them(tmp_path) -> None:
     model = build_model(micro_spec(), seed=0)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert linears and all(type(m) is NumpyLinear for m in linears)
-    assert model.config.spec["cpu_products"] == "numpy"
+    model.set_fast_paths(False)  # a setting of the object: saved without it, loaded with the default (on)
     model.save_pretrained(tmp_path / "m")
     assert all(
         type(m) is NumpyLinear for m in ILTModel.from_pretrained(tmp_path / "m").modules() if isinstance(m, nn.Linear)
     )
 
-    plain = build_model({**micro_spec(), "cpu_products": "torch"}, seed=0)
+    plain = build_model(micro_spec(), seed=0)
+    plain.set_fast_paths(False)
     assert not any(type(m) is NumpyLinear for m in plain.modules())
     assert set_cpu_products(plain, "numpy") == len(linears)
     with pytest.raises(ValueError, match="cpu_products"):
@@ -138,7 +140,8 @@ def test_model_loss_and_gradients_equal_torch_products() -> None:
 
     results = []
     for setting in ("numpy", "torch"):
-        model = build_model({**micro_spec(), "cpu_products": setting}, seed=0)
+        model = build_model(micro_spec(), seed=0)
+        set_cpu_products(model, setting)
         model.train()
         batch = model.processor.collate([TextUnits(["שלום ", "עולם ", "טוב "]), TextUnits(["hello ", "world "])])
         torch.manual_seed(1)  # the same dropout draws in both

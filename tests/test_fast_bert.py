@@ -56,12 +56,12 @@ def units(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def transformers_path(enc, ids, mask) -> torch.Tensor:
-    assert enc.set_fused_inference(False) is False
+    assert enc.set_fast_paths(False) == []
     try:
         with torch.no_grad():
             return enc(ids, mask)
     finally:
-        assert enc.set_fused_inference(True)
+        assert "fused BERT inference forward" in enc.set_fast_paths(True)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
@@ -109,4 +109,4 @@ def test_other_encoders_are_not_fused():
     assert fast_bert.fused_bert_supported(bytes_encoder().model)
     for model_type in ("modernbert", "deberta-v2"):
         enc = get_registry().build("hf:encoder", "bytes_encoder", CONTEXT, {"config": ENCODER_CONFIGS[model_type]})
-        assert enc.set_fused_inference(True) is False
+        assert "fused BERT inference forward" not in enc.set_fast_paths(True)

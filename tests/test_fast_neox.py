@@ -67,7 +67,7 @@ def prefill(lat, lengths: list[int]):
 
 def run_steps(lat, lengths: list[int], steps: int, fused: bool):
     """Hidden states ``(steps, N, D)`` of ``steps`` cached one-unit steps, and the cache's keys/values after."""
-    assert lat.set_fused_inference(fused) is fused
+    assert ("fused GPT-NeoX cached step" in lat.set_fast_paths(fused)) is fused
     try:
         mask, position, cache = prefill(lat, lengths)
         torch.manual_seed(2)
@@ -84,7 +84,7 @@ def run_steps(lat, lengths: list[int], steps: int, fused: bool):
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         return torch.stack(hidden), kv
     finally:
-        lat.set_fused_inference(True)
+        lat.set_fast_paths(True)
 
 
 def run_static_steps(lat, lengths: list[int], steps: int, fused: bool, count: bool = True):
@@ -92,7 +92,7 @@ def run_static_steps(lat, lengths: list[int], steps: int, fused: bool, count: bo
     host syncs of the steps (``count``: counted; a dispatch mode keeps dynamo from tracing)."""
     from ilt_bench.opcount import DispatchCount
 
-    assert lat.set_fused_inference(fused) is fused
+    assert ("fused GPT-NeoX cached step" in lat.set_fast_paths(fused)) is fused
     try:
         torch.manual_seed(1)
         N, L = len(lengths), max(lengths)
@@ -121,7 +121,7 @@ def run_static_steps(lat, lengths: list[int], steps: int, fused: bool, count: bo
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         return torch.stack(hidden), kv, syncs
     finally:
-        lat.set_fused_inference(True)
+        lat.set_fast_paths(True)
 
 
 @pytest.mark.parametrize("parallel", [True, False])
@@ -208,9 +208,11 @@ def test_training_gradients_and_other_caches_take_the_transformers_path(monkeypa
 def test_other_latents_are_not_fused():
     assert fast_neox.fused_neox_supported(latent().model)
     llama = get_registry().build("hf:causal-lm", "latent_transformer", CONTEXT, {"config": LATENT_CONFIGS["llama"]})
-    assert llama.set_fused_inference(True) is False
+    assert "fused GPT-NeoX cached step" not in llama.set_fast_paths(True)
     scaled = latent(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
-    assert not fast_neox.fused_neox_supported(scaled.model) and scaled.set_fused_inference(True) is False
+    assert not fast_neox.fused_neox_supported(
+        scaled.model
+    ) and "fused GPT-NeoX cached step" not in scaled.set_fast_paths(True)
 
 
 def test_generation_gives_the_same_text_with_the_fused_step_on_and_off(monkeypatch):
@@ -224,11 +226,11 @@ def test_generation_gives_the_same_text_with_the_fused_step_on_and_off(monkeypat
     calls = counting(monkeypatch)
     fused = generate(model, PROMPTS, 6, stop=stop)
     assert calls  # the cached steps took the fused path
-    assert lat.set_fused_inference(False) is False
+    assert lat.set_fast_paths(False) == []
     try:
         plain = generate(model, PROMPTS, 6, stop=stop)
     finally:
-        lat.set_fused_inference(True)
+        lat.set_fast_paths(True)
     assert fused == plain
 
 

@@ -29,12 +29,12 @@ def encoder():
 
 def transformers_path(enc, pixels: torch.Tensor) -> torch.Tensor:
     """The CLS vector through the transformers modules (the fused step switched off)."""
-    assert enc.set_fused_inference(False) is False
+    assert enc.set_fast_paths(False) == []
     try:
         with torch.no_grad():
             return enc(pixels)
     finally:
-        assert enc.set_fused_inference(True)
+        assert "fused ViT inference step" in enc.set_fast_paths(True)
 
 
 def calls_fused(monkeypatch) -> list[int]:
@@ -93,8 +93,8 @@ def test_other_vision_models_are_not_fused():
     assert fast_vit.fused_vit_supported(encoder().model)
     for model_type in ("swinv2", "clip_vision_model"):
         enc = get_registry().build("hf:vision", "image_encoder", CONTEXT, {"config": VISION_CONFIGS[model_type]})
-        assert enc.fused_weights is None and enc.set_fused_inference(True) is False
+        assert enc.fused_weights is None and "fused ViT inference step" not in enc.set_fast_paths(True)
     gelu_tanh = get_registry().build(
         "hf:vision", "image_encoder", CONTEXT, {"config": {**CONFIG, "hidden_act": "gelu_pytorch_tanh"}}
     )
-    assert gelu_tanh.fused_weights is None and gelu_tanh.set_fused_inference(True) is False
+    assert gelu_tanh.fused_weights is None and "fused ViT inference step" not in gelu_tanh.set_fast_paths(True)

@@ -22,13 +22,17 @@ TEXTS = [
     "a b c d e f g",
     "שתי מילים",
 ]
-# the CPU-only speed layers off: the path counted is the one a GPU runs
-GPU_PATH = ["bytes_encoder.length_groups=false", "cpu_products=torch"]
+
+
+def gpu_path(model):
+    """The model with its fast paths off (CPU-only layers): the training path a GPU runs."""
+    assert model.set_fast_paths(False) == []
+    return model
 
 
 @pytest.fixture(scope="module")
 def model():
-    return build_model(load_spec("micro", ["modality_dropout=0.0", *GPU_PATH]), seed=0)
+    return gpu_path(build_model(load_spec("micro", ["modality_dropout=0.0"]), seed=0))
 
 
 def units(model, texts):
@@ -164,7 +168,7 @@ def test_the_fixed_training_forward_is_one_graph_and_compiled_grads_equal_eager(
         "bytes_encoder.config.hidden_dropout_prob=0.0",
         "bytes_encoder.config.attention_probs_dropout_prob=0.0",
     ]
-    model = build_model(load_spec("micro", ["modality_dropout=0.0", *GPU_PATH, *no_dropout]), seed=0).train()
+    model = gpu_path(build_model(load_spec("micro", ["modality_dropout=0.0", *no_dropout]), seed=0)).train()
     batch, _ = fixed_batch(model, TEXTS[:6])
     inputs = batch.model_inputs()
     explained = torch._dynamo.explain(model)(**inputs)

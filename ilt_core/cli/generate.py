@@ -27,6 +27,13 @@ def _parse_byte_option(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+#: ``--no-fast-paths`` of ``ilt generate`` and ``ilt eval`` (``ILTModel.set_fast_paths``)
+NO_FAST_PATHS_HELP = (
+    "run every layer as its backbone's library writes it: no products through numpy, no fused inference steps "
+    "(the same results to float rounding, slower on a CPU)"
+)
+
+
 def options_from_args(args: argparse.Namespace) -> GenerationOptions:
     """The :class:`GenerationOptions` that ``ilt generate``'s flags ask for (checked: a bad one raises ILTError)."""
     byte_options: dict[str, Any] = {}
@@ -56,6 +63,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.stream and len(prompts) != 1:
         raise ILTError(f"--stream takes one --prompt, got {len(prompts)}")
     model = ILTModel.from_pretrained(args.model)
+    model.set_fast_paths(not args.no_fast_paths)
     if args.stream:
         for piece in stream_generate(model, prompts[0], options=options):
             sys.stdout.write(piece)
@@ -96,5 +104,6 @@ def add_generate_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="the latent's KV cache: one that grows (default) or one allocated once, every step the same shapes",
     )
     p.add_argument("--stream", action="store_true", help="print each unit as soon as it is decoded")
+    p.add_argument("--no-fast-paths", action="store_true", help=NO_FAST_PATHS_HELP)
     p.set_defaults(func=cmd_generate)
     return p

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ilt_core.cli.generate import add_generate_parser
+from ilt_core.cli.generate import NO_FAST_PATHS_HELP, add_generate_parser
 from ilt_core.errors import ILTError, one_line_parser_class, run_user_command
 from ilt_core.evaluation import bits_per_byte
 from ilt_core.modeling.model import ILTModel, build_model
@@ -178,6 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not texts:
         raise ILTError(f"--file {path}: no text in it (every line is blank)")
     model = ILTModel.from_pretrained(args.model)
+    model.set_fast_paths(not args.no_fast_paths)
     result = bits_per_byte(model, texts, batch_size=args.batch_size)
     print(json.dumps({"file": str(path), **result.__dict__}, indent=2))
     return 0
@@ -242,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read invalid UTF-8 and NUL characters as U+FFFD and print how many (default: one-line error naming the line)",
     )
+    p.add_argument("--no-fast-paths", action="store_true", help=NO_FAST_PATHS_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("convert", help="rewrite a checkpoint folder of an older format in the current one")

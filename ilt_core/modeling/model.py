@@ -145,7 +145,7 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
             self.disable(modality)
         if spec.activation_checkpointing:
             self.activation_checkpointing_enable()
-        set_cpu_products(self, spec.cpu_products)
+        self.fast_paths: list[str] = self.set_fast_paths(True)
         self.post_init()
 
     def _components(self) -> dict[str, Any]:
@@ -186,6 +186,26 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
             if switch is not None and switch(on, kwargs, every_n_layers=every_n_layers, offload=offload):
                 roles.append(role)
         return roles
+
+    # ---- fast paths --------------------------------------------------------------------
+    def set_fast_paths(self, enabled: bool = True) -> list[str]:
+        """Switch ILT's faster layers on (the default for a built or loaded model) or off; returns those in use.
+
+        The linear layers' products through numpy's OpenBLAS (:mod:`ilt_core.modeling.products`) and every
+        component's own (``protocols.FastPaths``: the hf plugin's layers in fewer passes and fused inference
+        steps). Each gives the plain path's results to float rounding where it is active (CPU float32 for the
+        training layers) and steps aside everywhere else, so off changes speed, never a result. A setting of this
+        object: never saved with the model (``config.json`` does not hold it); ``ilt train --no_fast_paths`` and
+        ``ilt generate --no-fast-paths`` switch it off for a run.
+        """
+        set_cpu_products(self, "numpy" if enabled else "torch")
+        paths = ["core: linear layers' products in numpy"] if enabled else []
+        for role in ("image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder"):
+            switch = getattr(getattr(self, role), "set_fast_paths", None)  # protocols.FastPaths: optional
+            if switch is not None:
+                paths += [f"{role}: {name}" for name in switch(enabled)]
+        self.fast_paths = paths
+        return paths
 
     # ---- modality switches -------------------------------------------------------------
     def disable(self, modality: str) -> None:

@@ -12,7 +12,8 @@ Optional methods. A role may offer more than its protocol requires; the core loo
 specifics (a transformers cache class, timm's or transformers' checkpointing switch, a hand-fused decoding
 step) inside the plugin that wraps the backbone:
 
-- every neural role: ``set_activation_checkpointing`` (:class:`ActivationCheckpointing`);
+- every neural role: ``set_activation_checkpointing`` (:class:`ActivationCheckpointing`) and ``set_fast_paths``
+  (:class:`FastPaths`);
 - latent transformer: ``select_cache`` and ``crop_cache_left`` (:class:`LatentCache`), and
   ``masks_from_position_ids`` (:class:`PositionMasking`);
 - bytes decoder: ``greedy``, the fast greedy path (:class:`FastGreedy`).
@@ -80,6 +81,21 @@ class ActivationCheckpointing(Protocol):
         every_n_layers: int = 1,
         offload: bool = False,
     ) -> bool: ...
+
+
+@runtime_checkable
+class FastPaths(Protocol):
+    """Optional for every neural role: the component's own faster layers, switched by ``ILTModel.set_fast_paths``.
+
+    ``set_fast_paths(enabled) -> list[str]``: switch every faster layer the component has (a hand-fused step, a
+    layer in fewer passes over memory) on or off; returns the names of those in use after the call (empty when
+    off, or when none applies to this backbone). Each must give the plain path's results to float rounding, be
+    active only where a test shows it (and step aside everywhere else: other devices or dtypes, while
+    ``torch.compile`` traces), and change no state outside the component. The switch is a setting of the built
+    component, never saved with its weights or configuration. A component without the method has no fast paths.
+    """
+
+    def set_fast_paths(self, enabled: bool) -> list[str]: ...
 
 
 @runtime_checkable

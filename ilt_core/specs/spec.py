@@ -17,6 +17,7 @@ what was expected.
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,8 @@ from ilt_core.errors import ILTError, SpecError
 from ilt_core.plugins.protocols import ROLES
 
 PRESET_DIR = Path(__file__).parent / "presets"
+
+logger = logging.getLogger(__name__)
 
 
 class ComponentSpec(BaseModel):
@@ -69,11 +72,18 @@ class ModelSpec(BaseModel):
         False,
         description="recompute each component's layers in the backward pass: far less memory, one more forward pass's time",
     )
-    cpu_products: Literal["numpy", "torch"] = Field(
-        "numpy",
-        description="linear layers' products on a CPU in float32: 'numpy' (numpy's OpenBLAS, faster than torch's "
-        "on some CPUs: benchmarks/bench_bounds.py compares them) or 'torch' (torch's own BLAS)",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_run_settings(cls, data: Any) -> Any:
+        """Settings older specs held that are now a setting of a built model, not of the model (``config.json``)."""
+        if isinstance(data, dict) and "cpu_products" in data:
+            data = {k: v for k, v in data.items() if k != "cpu_products"}
+            logger.warning(
+                "spec field cpu_products is ignored: it is no longer a model property; the products through numpy "
+                "are one of the fast paths, on by default (ILTModel.set_fast_paths(False), ilt train --no_fast_paths)"
+            )
+        return data
 
     @model_validator(mode="after")
     def _check_modalities(self) -> ModelSpec:

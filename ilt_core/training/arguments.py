@@ -153,6 +153,15 @@ class ILTArguments:
             f"share one store of this size, each drawing a word only if no other has"
         },
     )
+    fast_paths: bool = field(
+        default=True,
+        metadata={
+            "help": "ILT's faster layers (ILTModel.set_fast_paths): on a CPU in float32 the linear layers' products "
+            "through numpy and Llama-style norms and rotary embeddings in fewer passes; fused inference steps for "
+            "evaluation. The same results to float rounding; --no_fast_paths runs every layer as its backbone's "
+            "library writes it. A setting of the run, not saved with the model"
+        },
+    )
     cpu_malloc: str = field(
         default="default",
         metadata={

@@ -203,6 +203,7 @@ def _run_training(parsed: tuple[Any, ...], argv: list[str] | None, callbacks: li
 
     set_seed(training_args.seed)
     model = _build_model(margs, training_args.seed)
+    model.set_fast_paths(ilt.fast_paths)
     model.train()
 
     block_size = data.block_size if data.block_size is not None else min(DEFAULT_BLOCK_SIZE, model.max_units)

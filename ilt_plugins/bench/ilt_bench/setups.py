@@ -45,9 +45,7 @@ def reference_spec(images: bool = True, **attn: str) -> dict[str, Any]:
     return spec
 
 
-def make_batches(
-    model: Any, units: list[str], rows: int, length: int, count: int, shapes: Any = None
-) -> list[Any]:
+def make_batches(model: Any, units: list[str], rows: int, length: int, count: int, shapes: Any = None) -> list[Any]:
     """``count`` collated batches of ``rows`` consecutive ``length``-unit pieces (cut: no end label).
 
     ``shapes``: a :class:`ilt_core.text.collator.FixedShapes` (``model.fixed_shapes(rows, length + 1)``, what

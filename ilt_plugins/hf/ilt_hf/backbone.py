@@ -1,7 +1,9 @@
-"""What the hf wrappers offer the core beyond their role: activation checkpointing of the wrapped model.
+"""What the hf wrappers offer the core beyond their role: activation checkpointing and fast paths.
 
-Every ``ilt_hf`` component wraps one transformers ``PreTrainedModel``; switching its checkpointing is the same call
-for all of them, written once here (see ``ilt_core.plugins.protocols.ActivationCheckpointing``).
+Every ``ilt_hf`` component wraps one transformers ``PreTrainedModel``; switching its checkpointing, and its layers in
+fewer passes over memory (``fast_norm.py``, ``fast_rope.py``), is the same call for all of them, written once here
+(see ``ilt_core.plugins.protocols.ActivationCheckpointing`` and ``FastPaths``); a wrapper with a fused inference
+step adds it in :meth:`HFWrapper._set_fused`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+
+from ilt_hf import fast_norm, fast_rope
+from ilt_hf.class_swap import unswap_classes
 
 
 class HFWrapper(nn.Module):
@@ -36,3 +41,22 @@ class HFWrapper(nn.Module):
         else:
             model.activation_checkpointing_disable()
         return True
+
+    def set_fast_paths(self, enabled: bool) -> list[str]:
+        """``protocols.FastPaths``: the wrapped model's Llama-style RMSNorm and rotary layers in fewer passes
+        (CPU float32 training) and the wrapper's fused inference step, on or off; returns those in use."""
+        model = getattr(self, self.backbone_name)
+        paths = []
+        for module, swap, name in (
+            (fast_norm, fast_norm.swap_rms_norms, "RMSNorm in fewer passes"),
+            (fast_rope, fast_rope.swap_rotary_attention, "rotary embeddings in fewer passes"),
+        ):
+            if not enabled:
+                unswap_classes(model, module.__name__)
+            elif swap(model) or any(type(m).__module__ == module.__name__ for m in model.modules()):
+                paths.append(name)
+        return paths + self._set_fused(enabled)
+
+    def _set_fused(self, enabled: bool) -> list[str]:
+        """The wrapper's fused inference step on or off; returns its name when in use (none here)."""
+        return []

@@ -22,10 +22,8 @@ from ilt_core.errors import ILTError
 from ilt_core.plugins.protocols import LatentOutput
 from ilt_core.plugins.registry import BuildContext, component
 from ilt_hf.backbone import HFWrapper
-from ilt_hf.fast_greedy import FusedLlamaWeights, greedy_decode
+from ilt_hf.fast_greedy import FusedLlamaWeights, fused_llama_supported, greedy_decode
 from ilt_hf.fast_neox import FusedNeoXWeights, fused_neox_supported, neox_cached_step
-from ilt_hf.fast_norm import swap_rms_norms
-from ilt_hf.fast_rope import swap_rotary_attention
 from ilt_hf.fused_weights import switch_fused
 from ilt_hf.loading import Source, SourceArgs, max_positions, set_special_tokens
 
@@ -261,14 +259,12 @@ class HFLatentTransformer(HFWrapper):
             hidden_states=out.last_hidden_state, past_key_values=output_cache(out) if use_cache else None
         )
 
-    def set_fused_inference(self, enabled: bool) -> bool:
-        """Let a cached step of one new unit (eval mode, gradients off) take the fused GPT-NeoX step of
-        :mod:`ilt_hf.fast_neox`.
-
-        On by default for a GPT-NeoX the step reproduces; ``False`` sends every call through the transformers forward
-        (the fused weights are kept for when it is switched back on). Returns whether the fused step is in use.
-        """
-        return switch_fused(self, "_fused_step", enabled, fused_neox_supported, FusedNeoXWeights)
+    def _set_fused(self, enabled: bool) -> list[str]:
+        """A cached step of one new unit (eval mode, gradients off) through the fused GPT-NeoX step of
+        :mod:`ilt_hf.fast_neox`, for a GPT-NeoX the step reproduces; off sends every call through the transformers
+        forward (the fused weights kept aside)."""
+        on = switch_fused(self, "_fused_step", enabled, fused_neox_supported, FusedNeoXWeights)
+        return ["fused GPT-NeoX cached step"] if on else []
 
     def static_cache(self, rows: int, length: int) -> Any:
         """``protocols.StaticLatentCache``: a transformers ``StaticCache`` of ``length`` columns (filled in place)."""
@@ -335,7 +331,16 @@ class HFBytesDecoder(HFWrapper):
         self.vocab_size: int = int(lm.get_output_embeddings().weight.shape[0])
         self.max_positions: int = max_positions(lm.config)
         self._cache_argument = cache_argument(lm)
-        self._fused = FusedLlamaWeights()  # greedy()'s fused weights, filled on first use (Llama decoders only)
+        self._fused: FusedLlamaWeights | None = FusedLlamaWeights()  # greedy()'s, filled on first use (Llama only)
+
+    def _set_fused(self, enabled: bool) -> list[str]:
+        """:meth:`greedy` through the fused Llama step of :mod:`ilt_hf.fast_greedy` (for a Llama decoder it
+        reproduces); off, the same byte loop runs the model's own forward."""
+        if not enabled:
+            self._fused = None
+        elif self._fused is None:
+            self._fused = FusedLlamaWeights()
+        return ["fused greedy byte step"] if enabled and fused_llama_supported(self.lm.config) else []
 
     @property
     def generation_config(self) -> Any:
@@ -459,13 +464,6 @@ class HFCausalBytesEncoder(HFWrapper):
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-def _fewer_passes(model: nn.Module) -> nn.Module:
-    """On CPU float32, Llama-style RMSNorm and rotary embeddings in fewer passes (fast_norm.py, fast_rope.py)."""
-    swap_rms_norms(model)
-    swap_rotary_attention(model)
-    return model
-
-
 @component(
     "causal-lm",
     roles=("latent_transformer", "bytes_decoder", "bytes_encoder"),
@@ -493,7 +491,7 @@ def build_causal_lm(
             # the token table is removed right after building: don't allocate a hub-sized one first
             cfg.vocab_size = 1
             cfg.pad_token_id = cfg.bos_token_id = cfg.eos_token_id = None
-        return HFLatentTransformer(_fewer_passes(hf.build(AutoModel, cfg)))
+        return HFLatentTransformer(hf.build(AutoModel, cfg))
     if role not in ("bytes_decoder", "bytes_encoder"):
         raise ILTError(f"{where}: hf:causal-lm cannot be a {role}")
     if not hf.pretrained:
@@ -504,7 +502,6 @@ def build_causal_lm(
     if hf.pretrained:
         model.resize_token_embeddings(context.vocab_size)
         set_special_tokens(model.config, context)
-    _fewer_passes(model)
     if role == "bytes_encoder":
         return HFCausalBytesEncoder(model, pooling)
     generation = model.generation_config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Unpack
 
 import torch
@@ -13,6 +14,8 @@ from ilt_hf.backbone import HFWrapper
 from ilt_hf.fast_bert import FusedBertWeights, fused_bert_forward, fused_bert_supported
 from ilt_hf.fused_weights import switch_fused
 from ilt_hf.loading import Source, SourceArgs, accepts_kwarg, set_special_tokens
+
+logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls")
 #: model types whose forward takes a prepared 4-D additive mask as it is (transformers' masking utilities)
@@ -52,27 +55,26 @@ class HFTextEncoder(HFWrapper):
     """Bytes encoder: ``forward(input_ids (N, T), attention_mask (N, T))`` -> ``(N, hidden_size)``.
 
     ``pooling="mean"`` averages the last hidden states over the real bytes (mask 1); ``"cls"`` takes position 0.
-    A large right-padded batch runs in groups of similar length (:func:`length_groups`): the same vectors, less
-    padding.
+    On a CPU in eager mode a large right-padded batch runs in groups of similar length (:func:`length_groups`, one
+    of the fast paths): the same vectors, less padding.
     """
 
-    def __init__(self, model: nn.Module, pooling: str, group_lengths: bool = True) -> None:
+    def __init__(self, model: nn.Module, pooling: str) -> None:
         super().__init__()
         self.model = model
         self.pooling = pooling
-        self.group_lengths = group_lengths
+        self.group_lengths = True  # set_fast_paths switches it
         self.hidden_size: int = int(model.config.hidden_size)
         self.vocab_size: int = int(model.get_input_embeddings().weight.shape[0])
         # eval with gradients off (generation, evaluation): BERT takes the fused forward of ilt_hf.fast_bert
         self._fused = FusedBertWeights() if fused_bert_supported(model) else None
 
-    def set_fused_inference(self, enabled: bool) -> bool:
-        """Let inference (eval mode, gradients off) take the fused BERT forward of :mod:`ilt_hf.fast_bert`.
-
-        On by default for a BERT the forward reproduces; ``False`` sends every call through the transformers forward
-        (the fused weights are kept for when it is switched back on). Returns whether the fused forward is in use.
-        """
-        return switch_fused(self, "_fused", enabled, fused_bert_supported, FusedBertWeights)
+    def _set_fused(self, enabled: bool) -> list[str]:
+        """Inference (eval mode, gradients off) through the fused BERT forward of :mod:`ilt_hf.fast_bert`, for a BERT
+        the forward reproduces; off sends every call through the transformers forward (the fused weights kept aside)."""
+        self.group_lengths = enabled
+        on = switch_fused(self, "_fused", enabled, fused_bert_supported, FusedBertWeights)
+        return ["length groups"] * enabled + ["fused BERT inference forward"] * on
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # grouping reads lengths back from the device and changes shapes per batch: a CPU-only, eager-only layer
@@ -119,13 +121,13 @@ def build_encoder(
     context: BuildContext,
     *,
     pooling: str = "mean",
-    length_groups: bool = True,
+    length_groups: bool | None = None,
     **source: Unpack[SourceArgs],
 ) -> HFTextEncoder:
     """A bidirectional transformers text encoder (BERT, ModernBERT, DeBERTa), mean or CLS pooled.
 
-    ``AutoModel`` with the byte vocabulary (``context.vocab_size``); ``pooling``: ``mean`` or ``cls``;
-    ``length_groups``: on the CPU in eager mode, run a large batch in groups of similar length (no effect elsewhere).
+    ``AutoModel`` with the byte vocabulary (``context.vocab_size``); ``pooling``: ``mean`` or ``cls``.
+    ``length_groups``: read from older specs and ignored (length groups are a fast path: ``ILTModel.set_fast_paths``).
     """
     from transformers import AutoModel  # heavy: imported when a component is built
 
@@ -143,4 +145,10 @@ def build_encoder(
     if hf.pretrained:
         model.resize_token_embeddings(context.vocab_size)
         set_special_tokens(model.config, context)
-    return HFTextEncoder(model, pooling, length_groups)
+    if length_groups is not None:
+        logger.warning(
+            "%s: length_groups is ignored: no longer a model property; length groups are one of the fast paths, on "
+            "by default (ILTModel.set_fast_paths(False), ilt train --no_fast_paths)",
+            where,
+        )
+    return HFTextEncoder(model, pooling)

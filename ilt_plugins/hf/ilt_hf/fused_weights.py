@@ -48,7 +48,8 @@ class FusedWeights:
 def switch_fused(
     owner: Any, attr: str, enabled: bool, supported: Callable[[nn.Module], bool], make: Callable[[], FusedWeights]
 ) -> bool:
-    """A component's ``set_fused_inference``: its fused weights, held in ``owner.<attr>``, switched on or off.
+    """A component's fused inference step (its part of ``set_fast_paths``) on or off: its fused weights, held in
+    ``owner.<attr>``.
 
     Off keeps them aside (``owner._fused_off``) for when the fused path is switched back on; on makes them
     (``make()``) only for a ``owner.model`` that ``supported`` says the fused path reproduces. Returns whether the

@@ -90,13 +90,11 @@ class HFVisionEncoder(HFWrapper):
         pooled = getattr(out, "pooler_output", None)
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
 
-    def set_fused_inference(self, enabled: bool) -> bool:
-        """Let inference (eval mode, gradients off) take the fused ViT step of :mod:`ilt_hf.fast_vit`.
-
-        On by default for a ViT the step reproduces; ``False`` sends every call through the transformers forward
-        (the fused weights are kept for when it is switched back on). Returns whether the fused step is in use.
-        """
-        return switch_fused(self, "_fused", enabled, fused_vit_supported, FusedViTWeights)
+    def _set_fused(self, enabled: bool) -> list[str]:
+        """Inference (eval mode, gradients off) through the fused ViT step of :mod:`ilt_hf.fast_vit`, for a ViT the
+        step reproduces; off sends every call through the transformers forward (the fused weights kept aside)."""
+        on = switch_fused(self, "_fused", enabled, fused_vit_supported, FusedViTWeights)
+        return ["fused ViT inference step"] if on else []
 
     def supports_packed(self) -> bool:
         """Whether :meth:`encode_packed` can run this model (a plain ViT: class token, one grid of patches)."""

@@ -264,3 +264,25 @@ def test_pool_rounds_pairs_each_round_and_pools_the_runs(tmp_path):
     # rounds pair within a run: 1.6, 1.1 and 1.4; medians of sides 200 / 220
     assert "3 rounds; medians reference 200.0, project 220.0, ratio 1.100" in out
     assert "per-round ratios 1.100, 1.400, 1.600 (median 1.400); 1 of 3 rounds >= 1.5" in out
+
+
+def test_bench_memory_quick(tmp_path):
+    data = run_script("bench_memory", tmp_path, "--checkpointing", "image_encoder", "--scale-to", "4x16")
+    assert data["preset"] == "micro" and data["checkpointing"] == ["image_encoder"]
+    big, half = data["runs"]["2x8"], data["runs"]["1x8"]
+    for run in (big, half):
+        parts = run["components"]
+        assert set(parts) >= {"image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder", "model"}
+        assert all(positive(parts[role]["param"]) for role in parts)
+        assert all(positive(parts[role]["kept"]) for role in ("bytes_encoder", "bytes_decoder", "model"))
+        assert run["step_peak"] >= run["step_peak_parts"]["Parameter"] > 0
+        assert positive(run["optimizer_states"]) and run["steady_peak"] >= run["step_peak"]
+    # more words keep more: the larger batch's activations exceed the smaller's, and the fit passes through both
+    assert big["components"]["model"]["kept"] > half["components"]["model"]["kept"]
+    scaled = data["scaled"]
+    assert scaled["weights_grads_adamw"] == 16 * data["parameters"]
+    assert scaled["total"] == scaled["weights_grads_adamw"] + scaled["kept"] + scaled["largest_bw_peak"]
+    for role, row in scaled["components"].items():
+        n_half, n_big = row["measured_n"]
+        assert abs(row["kept_fixed"] + row["kept_per"] * n_big - big["components"][role]["kept"]) < 1e-6 * 2**30
+        assert row["target_n"] >= n_big >= n_half

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import VARIANTS, micro_spec, saved_bytes, tiny_spec
 
+from ilt_core.errors import ILTError
 from ilt_core.modeling.model import build_model
 from ilt_core.text.collator import TextUnits
 
@@ -227,3 +228,73 @@ def test_activation_checkpointing_same_gradients_far_less_kept():
     # off again: the same activations are kept as without it
     checkpointed.activation_checkpointing_disable()
     assert _saved_bytes_and_grads(checkpointed, batch)[0] == kept_plain
+
+
+CHECKPOINTED = ("image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder")
+
+
+def _kept_bytes_per_role(model, batch):
+    """Bytes autograd keeps for backward during each role's forward, ``{role: bytes}``, and the gradients."""
+    model.zero_grad(set_to_none=True)
+    kept = dict.fromkeys(CHECKPOINTED, 0)
+    running = []
+    handles = []
+    for role in CHECKPOINTED:
+        module = getattr(model, role)
+        handles.append(module.register_forward_pre_hook(lambda m, a, r=role: running.append(r)))
+        handles.append(module.register_forward_hook(lambda m, a, o: running.pop() and None))  # output kept
+    seen = set()
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if running and storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            kept[running[-1]] += storage.nbytes()
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(**batch.model_inputs())
+    finally:
+        for handle in handles:
+            handle.remove()
+    out.loss.backward()
+    return kept, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_activation_checkpointing_of_one_role_checkpoints_that_role_alone():
+    spec = tiny_spec("full", labels="bytes", label_bytes=16)
+    spec["bytes_encoder"]["config"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    plain = build_model(spec, seed=5).train()
+    checkpointed = build_model({**spec, "activation_checkpointing": ["image_encoder"]}, seed=5).train()
+    assert checkpointed.spec.checkpointed_roles == ("image_encoder",)
+    batch = plain.processor(["שלום עולם, מה שלומך היום? " * 3, "a second text with other words in it"])
+    kept_plain, grads_plain = _kept_bytes_per_role(plain, batch)
+    kept_ckpt, grads_ckpt = _kept_bytes_per_role(checkpointed, batch)
+    assert all(kept_plain[role] > 0 for role in CHECKPOINTED), kept_plain
+    assert kept_ckpt["image_encoder"] < 0.5 * kept_plain["image_encoder"], (kept_ckpt, kept_plain)
+    for role in CHECKPOINTED[1:]:  # the other roles keep what the unchecked model keeps
+        assert kept_ckpt[role] == kept_plain[role], (role, kept_ckpt, kept_plain)
+    assert grads_ckpt.keys() == grads_plain.keys() and len(grads_plain) > 50
+    for name, grad in grads_plain.items():
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    # the call takes roles too (Trainer passes them inside its kwargs): exactly those roles afterwards
+    assert checkpointed.activation_checkpointing_enable({"roles": ["latent_transformer"]}) == ["latent_transformer"]
+    kept_latent, _ = _kept_bytes_per_role(checkpointed, batch)
+    assert kept_latent["image_encoder"] == kept_plain["image_encoder"]
+    assert kept_latent["latent_transformer"] < 0.5 * kept_plain["latent_transformer"], (kept_latent, kept_plain)
+
+
+@pytest.mark.parametrize("value", [["image_encoder", "bytes_decodr"], ["renderer"], "sometimes"])
+def test_activation_checkpointing_refuses_an_unknown_role(value):
+    from ilt_core.errors import SpecError
+    from ilt_core.specs.spec import load_spec
+
+    with pytest.raises(SpecError) as err:
+        load_spec({**tiny_spec("full"), "activation_checkpointing": value})
+    message = str(err.value)
+    assert "activation_checkpointing" in message and repr(value) in message
+    assert "image_encoder, bytes_encoder, latent_transformer, bytes_decoder" in message
+    model = build_model(tiny_spec("bytes-only"), seed=0)
+    with pytest.raises(ILTError, match="roles has 'bytes_decodr'; expected some of image_encoder"):
+        model.activation_checkpointing_enable(roles=["bytes_decodr"])

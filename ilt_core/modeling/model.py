@@ -12,6 +12,7 @@ Data flow (U distinct units, B rows, L units per row, M positions with labels, K
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from ilt_core.modeling.pretrained import GENERATION_DEFAULTS, PretrainedIO
 from ilt_core.modeling.products import set_cpu_products
 from ilt_core.modeling.random_state import random_state_kept
 from ilt_core.plugins.registry import BuildContext, get_registry
-from ilt_core.specs.spec import ModelSpec, check_components, load_spec
+from ilt_core.specs.spec import CHECKPOINTING_ROLES, ModelSpec, check_components, load_spec
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 from ilt_core.text.collator import IGNORE_INDEX
 from ilt_core.text.label_packing import LabelPacking
@@ -143,8 +144,8 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
         self.disabled: set[str] = set()
         for modality in list(config.disabled):
             self.disable(modality)
-        if spec.activation_checkpointing:
-            self.activation_checkpointing_enable()
+        if spec.checkpointed_roles:
+            self.activation_checkpointing_enable(roles=spec.checkpointed_roles)
         self.fast_paths: list[str] = self.set_fast_paths(True)
         self.post_init()
 
@@ -157,35 +158,59 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
 
     # ---- memory ------------------------------------------------------------------------
     def activation_checkpointing_enable(
-        self, activation_checkpointing_kwargs: dict | None = None, every_n_layers: int = 1, offload: bool = False
+        self,
+        activation_checkpointing_kwargs: dict | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+        roles: Iterable[str] | None = None,
     ) -> list[str]:
-        """Recompute each component's layers in the backward pass instead of keeping their activations.
+        """Recompute the layers of ``roles`` (None: every role) in the backward pass instead of keeping them.
 
-        The roles whose component has ``set_activation_checkpointing`` (``protocols.ActivationCheckpointing``;
-        the hf, timm and clip plugins' encoders and transformers) switch it on; returns them. transformers'
-        ``Trainer`` calls this for ``--activation_checkpointing`` (or the older
-        ``--gradient_checkpointing``); the spec field ``activation_checkpointing: true`` does it at build time.
-        Only active in training mode. ``every_n_layers`` and ``offload`` are hints a component may ignore.
-        For the freed activations to leave the process on glibc, ``ilt train --cpu_malloc return``.
+        Exactly the named roles are checkpointed afterwards: the others are switched off. ``roles`` may also come
+        as ``activation_checkpointing_kwargs["roles"]`` (``--activation_checkpointing_kwargs
+        '{"roles": ["image_encoder"]}'`` reaches here through transformers' ``Trainer``, which calls this for
+        ``--activation_checkpointing`` or the older ``--gradient_checkpointing``); the spec field
+        ``activation_checkpointing`` (true or a list of roles) does it at build time. A role that is off (no
+        component) is skipped. The roles whose component has ``set_activation_checkpointing``
+        (``protocols.ActivationCheckpointing``; the hf, timm and clip plugins' encoders and transformers) switch
+        it on; returns them. Only active in training mode. ``every_n_layers`` and ``offload`` are hints a
+        component may ignore. For the freed activations to leave the process on glibc,
+        ``ilt train --cpu_malloc return``.
         """
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
-        return self._set_checkpointing(True, kwargs, every_n_layers, offload)
+        named = kwargs.pop("roles", None)
+        if roles is None:
+            roles = named
+        if roles is None:
+            wanted = set(CHECKPOINTING_ROLES)
+        else:
+            wanted = {roles} if isinstance(roles, str) else set(roles)
+            unknown = sorted(wanted - set(CHECKPOINTING_ROLES))
+            if unknown:
+                raise ILTError(
+                    f"activation_checkpointing_enable: roles has {unknown[0]!r}; expected some of "
+                    f"{', '.join(CHECKPOINTING_ROLES)}"
+                )
+        self._set_checkpointing(False, {}, 1, False, set(CHECKPOINTING_ROLES) - wanted)
+        return self._set_checkpointing(True, kwargs, every_n_layers, offload, wanted)
 
     def activation_checkpointing_disable(self) -> list[str]:
-        """Undo :meth:`activation_checkpointing_enable`."""
-        return self._set_checkpointing(False, {}, 1, False)
+        """Undo :meth:`activation_checkpointing_enable` for every role."""
+        return self._set_checkpointing(False, {}, 1, False, set(CHECKPOINTING_ROLES))
 
-    def _set_checkpointing(self, on: bool, kwargs: dict, every_n_layers: int, offload: bool) -> list[str]:
-        roles = []
-        for role in ("image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder"):
+    def _set_checkpointing(
+        self, on: bool, kwargs: dict, every_n_layers: int, offload: bool, roles: set[str]
+    ) -> list[str]:
+        switched = []
+        for role in CHECKPOINTING_ROLES:
             component = getattr(self, role)
-            if component is None:
+            if component is None or role not in roles:
                 continue
             # protocols.ActivationCheckpointing: optional; a component without it keeps its activations
             switch = getattr(component, "set_activation_checkpointing", None)
             if switch is not None and switch(on, kwargs, every_n_layers=every_n_layers, offload=offload):
-                roles.append(role)
-        return roles
+                switched.append(role)
+        return switched
 
     # ---- fast paths --------------------------------------------------------------------
     def set_fast_paths(self, enabled: bool = True) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ilt_core.errors import ILTError, SpecError
 from ilt_core.plugins.protocols import ROLES
@@ -30,6 +30,9 @@ from ilt_core.plugins.protocols import ROLES
 PRESET_DIR = Path(__file__).parent / "presets"
 
 logger = logging.getLogger(__name__)
+
+#: The roles whose layers ``activation_checkpointing`` may recompute in the backward pass (the neural ones).
+CHECKPOINTING_ROLES: tuple[str, ...] = tuple(r for r in ROLES if r != "renderer")
 
 
 class ComponentSpec(BaseModel):
@@ -68,9 +71,10 @@ class ModelSpec(BaseModel):
         "unit", description="'unit': the next unit's bytes; 'bytes': the next label_bytes bytes of text"
     )
     label_bytes: int = Field(32, ge=1, le=4096, description="how many bytes each latent predicts when labels: bytes")
-    activation_checkpointing: bool = Field(
+    activation_checkpointing: bool | list[str] = Field(
         False,
-        description="recompute each component's layers in the backward pass: far less memory, one more forward pass's time",
+        description="recompute components' layers in the backward pass: far less memory, one more forward pass's "
+        "time; true: every role, false or []: none, or a list of roles, e.g. [image_encoder]",
     )
 
     @model_validator(mode="before")
@@ -84,6 +88,29 @@ class ModelSpec(BaseModel):
                 "are one of the fast paths, on by default (ILTModel.set_fast_paths(False), ilt train --no_fast_paths)"
             )
         return data
+
+    @field_validator("activation_checkpointing", mode="before")
+    @classmethod
+    def _check_checkpointing(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return value
+        allowed = ", ".join(CHECKPOINTING_ROLES)
+        if isinstance(value, str) and value in CHECKPOINTING_ROLES:  # one role: `--set activation_checkpointing=ROLE`
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected true, false or a list of roles out of: {allowed}")
+        unknown = [r for r in value if r not in CHECKPOINTING_ROLES]
+        if unknown:
+            raise ValueError(f"unknown role {unknown[0]!r}; expected true, false or a list of roles out of: {allowed}")
+        return list(dict.fromkeys(value))
+
+    @property
+    def checkpointed_roles(self) -> tuple[str, ...]:
+        """The roles ``activation_checkpointing`` names (every neural role for true, none for false)."""
+        value = self.activation_checkpointing
+        if value is True:
+            return CHECKPOINTING_ROLES
+        return tuple(r for r in CHECKPOINTING_ROLES if value and r in value)
 
     @model_validator(mode="after")
     def _check_modalities(self) -> ModelSpec:

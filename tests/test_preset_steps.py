@@ -78,3 +78,28 @@ def test_a_narrowed_preset_takes_a_training_step_in_both_layouts(name):
         for role in NARROW[name]:
             grads = [p.grad for p in getattr(model, role).parameters() if p.requires_grad]
             assert any(g is not None and bool(g.abs().sum() > 0) for g in grads), role
+
+
+def test_small_swin_windows_are_the_word_images_patch_grid():
+    """Each SwinV2 stage of ``small`` attends in windows as high as its word images' patch grid at that stage, so no
+    stage pads its feature map (transformers sizes the windows from ``config.image_size`` when it builds the model,
+    not from the image it is given); a word image as wide as a long word still encodes."""
+    spec = narrowed("small")
+    height = spec["image_height"]
+    model = build_model(spec, seed=0).train()
+    encoder = model.image_encoder
+    swin = encoder.model
+    patch = swin.config.patch_size
+    width = 16 * encoder.patch_size  # 512 px, a long word
+    for stage, layers in enumerate(swin.encoder.layers):
+        grid_h, grid_w = height // (patch * 2**stage), width // (patch * 2**stage)
+        for layer in layers.blocks:
+            assert layer.window_size == grid_h, (stage, layer.window_size, grid_h)
+            _, pads = layer.maybe_pad(torch.zeros(1, grid_h, grid_w, layer.layernorm_before.normalized_shape[0]),
+                                      grid_h, grid_w)  # fmt: skip
+            assert pads == (0, 0, 0, 0, 0, 0), (stage, pads)
+    pixels = torch.rand(2, 3, height, width)
+    vectors = encoder(pixels)
+    assert vectors.shape == (2, encoder.hidden_size)
+    vectors.sum().backward()
+    assert torch.isfinite(vectors).all()

@@ -14,6 +14,10 @@ them), then
 - its eager training step (forward, backward, fused AdamW, fp32, the fast paths on as ``ilt bench`` runs them),
   ``--steps`` timed after one untimed, median; the mixes' steps interleaved.
 
+Two more names: ``reference-setup`` and ``reference-setup-no-images``, the reference implementation's setup at its
+protocol's batch (8 texts x 64 words, ``ilt_bench.setups.reference_spec``), for ``bench_reference.py``'s training
+goal in words/s.
+
 Printed per mix: text bytes a step, the products' GFLOP and the rate they reach alone, the step's seconds and the
 products' share of it, bytes/s measured and the products-alone ceiling. Then, for every pair of an ILT mix and a
 baseline, the bytes/s ratio measured and the largest ratio the ILT mix's products allow against the baseline's
@@ -37,7 +41,10 @@ import torch  # noqa: E402
 from ilt_bench import common  # noqa: E402
 from ilt_bench.machine import machine_info, package_versions  # noqa: E402
 from ilt_bench.matmuls import MatmulRecorder, Shape, time_shape  # noqa: E402
-from ilt_bench.setups import make_batches, train_step  # noqa: E402
+from ilt_bench.setups import make_batches, reference_spec, text_units_in, train_step  # noqa: E402
+
+#: the reference implementation's setup and protocol batch (``bench_reference.py``: 8 texts x 64 words) as mixes
+REFERENCE_SETUPS = {"reference-setup": True, "reference-setup-no-images": False}
 
 
 class MixStep:
@@ -54,6 +61,7 @@ class MixStep:
             shapes = self.model.fixed_shapes(rows, length + 1)
             self.batch = make_batches(self.model, units, rows, length, 1, shapes=shapes)[0]
             self.bytes = int(self.batch.num_bytes.sum())
+            self.words = text_units_in(self.batch)
             self.module = self.model
         else:
             from ilt_bench.baselines import TokenStream, build_baseline, parse_baseline_spec
@@ -62,6 +70,7 @@ class MixStep:
             stream = TokenStream(cycle(lines), self.model.codec, bench.block_size)
             self.batch = stream.next_batch(bench.batch_size)
             self.bytes = int(self.batch.num_bytes)
+            self.words = int(self.batch.num_units)
             self.module = self.model.model
             self.module.train()
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=1e-4, fused=True)
@@ -85,6 +94,20 @@ class MixStep:
             self.loss().backward()
         self.module.zero_grad(set_to_none=True)
         return recorder.counts
+
+
+def mixes(names: list[str]) -> list[Any]:
+    """The mixes of ``names``: ``benchmarks/mixes`` names or paths, and :data:`REFERENCE_SETUPS`."""
+    from ilt_bench.mixes import BenchSettings, Mix, resolve_mixes
+
+    found = []
+    for name in names:
+        if name in REFERENCE_SETUPS:
+            bench = BenchSettings(batch_size=8, block_units=65)
+            found.append(Mix(name, Path(__file__), "ilt", reference_spec(REFERENCE_SETUPS[name]), bench))
+        else:
+            found += resolve_mixes(name)
+    return found
 
 
 def products_time(counts: Counter[Shape], timings: dict[Shape, dict[str, float]]) -> dict[str, float]:
@@ -117,10 +140,13 @@ def profile_step(name: str, step: MixStep, top: int) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from ilt_bench.mixes import resolve_mixes
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mixes", nargs="+", required=True, help="mix names or YAML paths (benchmarks/mixes)")
+    parser.add_argument(
+        "--mixes",
+        nargs="+",
+        required=True,
+        help="mix names or YAML paths (benchmarks/mixes), or reference-setup / reference-setup-no-images",
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per mix, interleaved (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per product shape (the fastest counts)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -136,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     units = common.load_text("he", 4096, segment)  # ample for nano's shapes (a short text is cycled)
     lines = ["".join(piece) for piece in common.chunk_texts(units, 64, 64)]
-    steps = {m.name: MixStep(m, units, lines) for m in resolve_mixes(",".join(args.mixes))}
+    steps = {m.name: MixStep(m, units, lines) for m in mixes(args.mixes)}
     counts = {name: s.products() for name, s in steps.items()}
     shapes = sorted({s for c in counts.values() for s in c}, key=lambda s: -s[0] * s[1] * s[2] * s[3])
     common.log(f"timing {len(shapes)} product shapes with torch and numpy")
@@ -145,8 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     result: dict[str, Any] = {"machine": machine_info(), "versions": package_versions(), "mixes": {}}
     print("| mix | bytes a step | products | GFLOP | products alone, s | GFLOP/s alone | step, s | products' share "
-          "| bytes/s | ceiling bytes/s (products alone) |")  # fmt: skip
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| bytes/s | ceiling bytes/s (products alone) | words/s | ceiling words/s |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, s in steps.items():
         p = products_time(counts[name], timings)
         step_s = common.median(times[name])
@@ -160,11 +186,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "products_share": p["best_s"] / step_s,
             "bytes_per_s": s.bytes / step_s,
             "bytes_per_s_ceiling": s.bytes / p["best_s"],
+            "words_per_step": s.words,
+            "words_per_s": s.words / step_s,
+            "words_per_s_ceiling": s.words / p["best_s"],
         }
         result["mixes"][name] = r
         print(f"| {name} | {s.bytes:,} | {p['products']:,} | {p['gflop']:.2f} | {p['best_s']:.3f} | "
               f"{r['gflop_per_s_alone']:.1f} | {step_s:.3f} | {r['products_share']:.0%} | {r['bytes_per_s']:,.0f} | "
-              f"{r['bytes_per_s_ceiling']:,.0f} |")  # fmt: skip
+              f"{r['bytes_per_s_ceiling']:,.0f} | {r['words_per_s']:,.1f} | {r['words_per_s_ceiling']:,.1f} |")  # fmt: skip
     ilt = [n for n, r in result["mixes"].items() if r["kind"] == "ilt"]
     base = [n for n, r in result["mixes"].items() if r["kind"] == "baseline"]
     result["pairs"] = []

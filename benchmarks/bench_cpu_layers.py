@@ -7,8 +7,9 @@
 
 The layers (CPU float32 only; each steps aside elsewhere and while compiling): the linear layers' products through
 numpy (``ilt_core/modeling/products.py``), Llama-style RMSNorm and rotary embeddings in fewer passes
-(``ilt_hf/fast_norm.py``, ``fast_rope.py``), the bytes encoder's length groups (``ilt_hf/encoder.py``), and the fused inference steps of the encoders, the GPT-NeoX latent and
-the greedy byte loop (``ilt_hf/fast_vit.py``, ``fast_bert.py``, ``fast_neox.py``, ``fast_greedy.py``).
+(``ilt_hf/fast_norm.py``, ``fast_rope.py``), the bytes encoder's length groups (``ilt_hf/encoder.py``), and the
+fused inference steps of the encoders, the GPT-NeoX latent and the greedy byte loop (``ilt_hf/fast_vit.py``,
+``fast_bert.py``, ``fast_neox.py``, ``fast_greedy.py``).
 
 Training: one model of ``--preset`` (modality dropout off), ``--rows`` x ``--units`` batches cut from the text and
 collated as ``ilt train`` collates them (fixed shapes; the capacities grown over every batch first, so all arms and
@@ -16,7 +17,8 @@ the compiled step see one shape), one step (forward, backward, fused AdamW) per 
 in every round (A B C ... A B C ...): ``all on`` (the default), each layer off alone, ``all off``, and with
 ``--compiled`` the step compiled as ``ilt train --torch_compile`` compiles it (``fullgraph=True``, static shapes;
 compiled in the warm-up round; inside the graph every CPU layer steps aside). Inference: greedy generation of
-``--rows`` prompts and a scoring forward (``torch.inference_mode``), the fused steps on and off, interleaved.
+``--rows`` prompts and a scoring forward (``torch.inference_mode``), every component's fast paths on and off (the
+products through numpy on in both), interleaved.
 ``--allocator-rounds N``: the default training step in fresh processes with ``ilt train --cpu_malloc`` ``default``,
 ``reuse`` and ``return``, interleaved over N rounds, ``--rounds`` steps each after one untimed (glibc's settings
 cannot be undone inside one process).
@@ -58,18 +60,13 @@ def switch_layers(model: Any, products: bool, norm: bool, rope: bool, groups: bo
         model.bytes_encoder.group_lengths = groups
 
 
-def switch_fused(model: Any, enabled: bool, greedy: dict[str, Any]) -> None:
-    """The fused inference steps of every component on or off (the byte loop's ``greedy`` hidden for off)."""
-    for role in ("image_encoder", "bytes_encoder", "latent_transformer"):
-        component = getattr(model, role, None)
-        if hasattr(component, "set_fused_inference"):
-            component.set_fused_inference(enabled)
-    decoder = model.bytes_decoder
-    if enabled:
-        decoder.__dict__.pop("greedy", None)
-    else:
-        greedy.setdefault("method", decoder.greedy)
-        decoder.greedy = None  # decoding.py takes transformers' generate where the decoder offers no greedy
+def switch_fused(model: Any, enabled: bool) -> None:
+    """Every component's fast paths on or off (``protocols.FastPaths``: in generation, their fused inference steps;
+    the decoder's off runs the same byte loop through its own forward), the products through numpy left on."""
+    for role in ("image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder"):
+        switch = getattr(getattr(model, role, None), "set_fast_paths", None)
+        if switch is not None:
+            switch(enabled)
 
 
 ON = {"products": True, "norm": True, "rope": True, "groups": True}
@@ -125,7 +122,6 @@ def bench_inference(model: Any, batches: list[Any], units: list[str], args: argp
     switch_layers(model, **TRAIN_ARMS["all on (default)"])
     model.eval()
     prompts = ["".join(p) for p in common.chunk_texts(units, args.rows, 16)]
-    greedy: dict[str, Any] = {}
 
     def gen() -> Any:
         return generate(model, prompts, max_new_units=args.new_units)
@@ -138,11 +134,11 @@ def bench_inference(model: Any, batches: list[Any], units: list[str], args: argp
     texts: dict[bool, Any] = {}
 
     def setup(name: str) -> None:
-        switch_fused(model, name.endswith("on"), greedy)
+        switch_fused(model, name.endswith("on"))
 
     times = common.interleaved(arms, args.rounds, warmup=1, setup=setup)
     for enabled in (True, False):
-        switch_fused(model, enabled, greedy)
+        switch_fused(model, enabled)
         texts[enabled] = gen()
     return {"times": times, "same_texts": texts[True] == texts[False]}
 

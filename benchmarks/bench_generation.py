@@ -105,13 +105,13 @@ def launch_counts(model, batches: list[int], unit_bytes: int, units: int, repeat
     :class:`ilt_bench.opcount.DispatchCount` with the CPU-only numpy products off, and units/s and bytes/s timed
     without the counter (best of ``repeats`` runs of ``units`` steps after a 1-step run, whose time is taken off)."""
     from ilt_bench.opcount import DispatchCount
-    from ilt_hf import fast_greedy
+    from ilt_hf import fused_llama
 
     rows = []
     # every id but the 256 bytes barred: no unit ends early or comes out empty (which would end its row)
     specials = list(range(256, model.bytes_decoder.vocab_size))
-    saved = fast_greedy.NUMPY_PRODUCTS
-    fast_greedy.NUMPY_PRODUCTS = False  # the path a GPU runs
+    saved = fused_llama.NUMPY_PRODUCTS
+    fused_llama.NUMPY_PRODUCTS = False  # the path a GPU runs
     try:
         for batch in batches:
             prompts = [prompt_of(16, r) for r in range(batch)]
@@ -161,7 +161,7 @@ def launch_counts(model, batches: list[int], unit_bytes: int, units: int, repeat
                     flush=True,
                 )
     finally:
-        fast_greedy.NUMPY_PRODUCTS = saved
+        fused_llama.NUMPY_PRODUCTS = saved
     return rows
 
 
@@ -246,16 +246,16 @@ def transformers_path(model, run, roles=("latent_transformer", "bytes_encoder"))
 
 
 def torch_products(run):
-    """``run()`` with the fused greedy loop's numpy products off (``ilt_hf.fast_greedy.NUMPY_PRODUCTS``): every
+    """``run()`` with the fused greedy loop's numpy products off (``ilt_hf.fused_llama.NUMPY_PRODUCTS``): every
     decoder product through torch (MKL), for their A/B."""
-    from ilt_hf import fast_greedy
+    from ilt_hf import fused_llama
 
-    saved = fast_greedy.NUMPY_PRODUCTS
-    fast_greedy.NUMPY_PRODUCTS = False
+    saved = fused_llama.NUMPY_PRODUCTS
+    fused_llama.NUMPY_PRODUCTS = False
     try:
         return run()
     finally:
-        fast_greedy.NUMPY_PRODUCTS = saved
+        fused_llama.NUMPY_PRODUCTS = saved
 
 
 def best_ms(run, repeats: int) -> float:

@@ -194,7 +194,7 @@ def main() -> int:
             peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
             print(f"[{mode}]   peak GPU memory: {peak / 2**30:.2f} GiB allocated, {reserved / 2**30:.2f} GiB reserved")
 
-    from ilt_hf import fast_greedy, fast_neox
+    from ilt_hf import byte_loop, fast_neox
 
     texts = pq.read_table(sorted(glob.glob(".whl/corpus/*.parquet"))[0], columns=["text"]).column("text")
     # the first 8 words of texts of 24 words or more; every unit at least one byte, so no text ends early
@@ -208,7 +208,7 @@ def main() -> int:
         # a growing latent cache, then one of constant shapes (its steps CUDA graphs), then that without graphs
         for cache in ("dynamic", "static", "static-eager"):
             graphs = cache != "static-eager"
-            fast_greedy.CUDA_GRAPHS = fast_neox.STEP_GRAPHS = graphs
+            byte_loop.CUDA_GRAPHS = fast_neox.STEP_GRAPHS = graphs
             options = {**fixed_work, "cache_implementation": cache.split("-")[0]}
             model.generate(batch, max_new_units=4, **options)  # warm-up: kernels, caches
             if cuda:
@@ -224,7 +224,7 @@ def main() -> int:
                 f"generate batch {len(batch)} {cache} cache: {units / seconds:,.1f} units/s "
                 f"({units} units in {seconds:.2f} s, fp32)"
             )
-        fast_greedy.CUDA_GRAPHS = fast_neox.STEP_GRAPHS = True
+        byte_loop.CUDA_GRAPHS = fast_neox.STEP_GRAPHS = True
         same = written["static"] == written["dynamic"] == written["static-eager"]
         print(f"generate batch {len(batch)}: the same texts with all three: {same}")
     print(f"sample: {prompts[0]!r} -> {outputs[0].text[:80]!r}")
@@ -248,7 +248,7 @@ def main() -> int:
         same = (fused == plain).all(1).float().mean().item()
         print(f"fused greedy vs generate, {dtype}: rows equal {same:.0%}, CUDA graph {graphs}")
         for use_graphs in (True, False):  # the byte step replayed as a graph, then launched op by op
-            fast_greedy.CUDA_GRAPHS = use_graphs
+            byte_loop.CUDA_GRAPHS = use_graphs
             timed = copy.deepcopy(decoder)  # no kept loop, no graph yet
             ids = timed.greedy(prefix, 24, EOS_ID, PAD_ID, check_at=24)  # warm-up (and the capture)
             if cuda:
@@ -263,7 +263,7 @@ def main() -> int:
                 f"  byte step at batch 8, {dtype}, graphs {use_graphs}: {per_byte * 1e6:.0f} us "
                 f"(ids equal to the fused loop's: {bool(torch.equal(ids, fused))})"
             )
-        fast_greedy.CUDA_GRAPHS = True
+        byte_loop.CUDA_GRAPHS = True
 
     # training batches carry word images as uint8, made floats on the device: the loss must not change
     processor = model.processor

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import LATENT_CONFIGS, PROMPTS, small_model, swapped
-from ilt_hf import fast_greedy
+from ilt_hf import byte_loop, fast_greedy, fused_llama
 from ilt_hf.fast_greedy import fused_llama_supported
 
 from ilt_core import BuildContext, get_registry
@@ -75,7 +75,7 @@ def test_the_loop_reads_the_device_once_at_most_and_its_ids_do_not_depend_on_whe
     of whether all rows ended, and the ids are the same wherever that check falls (or when it never does)."""
     from ilt_bench.opcount import DispatchCount
 
-    monkeypatch.setattr(fast_greedy, "NUMPY_PRODUCTS", False)  # the path a GPU runs
+    monkeypatch.setattr(fused_llama, "NUMPY_PRODUCTS", False)  # the path a GPU runs
     dec = decoder(name)
     torch.manual_seed(1)
     prefix = torch.randn(8, 1, D)
@@ -114,16 +114,16 @@ def test_every_byte_step_runs_the_same_ops_on_the_same_shapes(monkeypatch):
             self.calls.append((str(func), shapes))
             return out
 
-    monkeypatch.setattr(fast_greedy, "NUMPY_PRODUCTS", False)
+    monkeypatch.setattr(fused_llama, "NUMPY_PRODUCTS", False)
     steps = []
-    step = fast_greedy._ByteLoop.step
+    step = byte_loop.ByteLoop.step
 
     def recorded(loop):
         with Shapes() as seen:
             step(loop)
         steps.append(seen.calls)
 
-    monkeypatch.setattr(fast_greedy._ByteLoop, "step", recorded)
+    monkeypatch.setattr(byte_loop.ByteLoop, "step", recorded)
     dec = decoder("llama")
     torch.manual_seed(1)
     ids = dec.greedy(torch.randn(8, 1, D), 24, EOS, PAD, check_at=24)
@@ -227,15 +227,15 @@ def test_a_small_cpu_batch_runs_on_one_thread_and_gives_the_callers_count_back(n
 
 
 def counting_numpy_products(monkeypatch) -> list[int]:
-    """Counts the fused loop's numpy products (``fast_greedy.numpy_matmul``) by their rows."""
+    """Counts the fused loop's numpy products (``fused_llama.numpy_matmul``) by their rows."""
     rows = []
-    real = fast_greedy.numpy_matmul
+    real = fused_llama.numpy_matmul
 
     def product(a, w):
         rows.append(a.shape[0])
         return real(a, w)
 
-    monkeypatch.setattr(fast_greedy, "numpy_matmul", product)
+    monkeypatch.setattr(fused_llama, "numpy_matmul", product)
     return rows
 
 
@@ -252,12 +252,12 @@ def test_small_products_go_through_numpy_with_the_same_ids_and_large_ones_throug
     layers = len(dec.lm.model.layers)
     # q/k/v, o, gate, up and down per layer over every prefix position, then the head over each row's last
     assert rows[: 5 * layers + 1] == [6] * (5 * layers) + [3]
-    monkeypatch.setattr(fast_greedy, "NUMPY_PRODUCTS", False)
+    monkeypatch.setattr(fused_llama, "NUMPY_PRODUCTS", False)
     rows.clear()
     assert torch.equal(dec.greedy(prefix, 14, EOS, PAD), expected) and rows == []
-    monkeypatch.setattr(fast_greedy, "NUMPY_PRODUCTS", True)
+    monkeypatch.setattr(fused_llama, "NUMPY_PRODUCTS", True)
     largest = max(w.size for w in dec._fused.numpy_layers[0])
-    monkeypatch.setattr(fast_greedy, "NUMPY_MAX_MULTIPLY_ADDS", 3 * largest)  # 6 rows over, 3 rows under
+    monkeypatch.setattr(fused_llama, "NUMPY_MAX_MULTIPLY_ADDS", 3 * largest)  # 6 rows over, 3 rows under
     assert torch.equal(dec.greedy(prefix, 14, EOS, PAD), expected)
     assert rows and max(rows) <= 3 and rows[0] == 3  # the first step ran in torch, the later ones in numpy
 
@@ -266,7 +266,7 @@ def test_a_decoder_too_wide_for_numpy_products_keeps_no_numpy_copies(monkeypatch
     dec = decoder("llama")
     prefix = torch.randn(2, 1, D)
     expected = reference(dec, prefix, 8)
-    monkeypatch.setattr(fast_greedy, "NUMPY_MAX_MULTIPLY_ADDS", D * D)  # below one row's MLP product
+    monkeypatch.setattr(fused_llama, "NUMPY_MAX_MULTIPLY_ADDS", D * D)  # below one row's MLP product
     rows = counting_numpy_products(monkeypatch)
     assert torch.equal(dec.greedy(prefix, 8, EOS, PAD), expected)
     assert dec._fused.numpy_layers == [] and dec._fused.numpy_head is None and rows == []
@@ -276,7 +276,7 @@ def test_the_byte_step_traces_as_one_graph_with_no_recompile(monkeypatch):
     """What a CUDA graph capture needs, checked on the CPU: dynamo traces the byte step whole (``fullgraph``: no
     break, so no host read or Python-side value inside) once, and replays it at every byte and call of one shape,
     giving the eager ids."""
-    monkeypatch.setattr(fast_greedy, "NUMPY_PRODUCTS", False)
+    monkeypatch.setattr(fused_llama, "NUMPY_PRODUCTS", False)
     dec = decoder("llama")
     torch.manual_seed(1)
     prefixes = [torch.randn(4, 1, D), torch.randn(4, 1, D)]
@@ -288,9 +288,9 @@ def test_the_byte_step_traces_as_one_graph_with_no_recompile(monkeypatch):
         return gm.forward
 
     torch._dynamo.reset()
-    eager_step = fast_greedy._ByteLoop.step
+    eager_step = byte_loop.ByteLoop.step
     compiled = torch.compile(eager_step, backend=backend, fullgraph=True, dynamic=False)
-    monkeypatch.setattr(fast_greedy._ByteLoop, "step", lambda loop: compiled(loop))
+    monkeypatch.setattr(byte_loop.ByteLoop, "step", lambda loop: compiled(loop))
     try:
         got = [dec.greedy(p, 10, EOS, PAD, check_at=10) for p in prefixes]
     finally:

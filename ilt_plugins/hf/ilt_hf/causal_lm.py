@@ -334,7 +334,7 @@ class HFBytesDecoder(HFWrapper):
         self._fused: FusedLlamaWeights | None = FusedLlamaWeights()  # greedy()'s, filled on first use (Llama only)
 
     def _set_fused(self, enabled: bool) -> list[str]:
-        """:meth:`greedy` through the fused Llama step of :mod:`ilt_hf.fast_greedy` (for a Llama decoder it
+        """:meth:`greedy` through the fused Llama step of :mod:`ilt_hf.fused_llama` (for a Llama decoder it
         reproduces); off, the same byte loop runs the model's own forward."""
         if not enabled:
             self._fused = None
@@ -413,7 +413,7 @@ class HFBytesDecoder(HFWrapper):
         """Greedy ids ``(N, max_new_tokens)`` from the prefix ``(N, T0, D)`` without ``generate``'s overhead.
 
         The same ids as ``generate(do_sample=False)``; after ``eos`` a row holds ``pad_token_id``. Llama-family
-        decoders run a fused step (see :mod:`ilt_hf.fast_greedy`), others their own forward in a loop. Every row
+        decoders run a fused step (see :mod:`ilt_hf.fused_llama`), others their own forward in a loop. Every row
         writes until ``max_new_tokens`` (``pad`` after its ``eos``) unless all have ended when the loop reads so, once,
         after ``check_at`` bytes (``protocols.FastGreedy``).
         """

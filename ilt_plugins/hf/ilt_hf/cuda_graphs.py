@@ -1,4 +1,4 @@
-"""Capturing a fused inference step as a CUDA graph: what the byte loop (``fast_greedy``) and the latent's static
+"""Capturing a fused inference step as a CUDA graph: what the byte loop (``byte_loop``) and the latent's static
 step (``fast_neox``) share."""
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def _rope() -> tuple[bool, str]:
 def _greedy() -> tuple[bool, str]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ilt_hf.fast_greedy import FusedLlamaWeights, fused_llama_supported
+    from ilt_hf.fused_llama import FusedLlamaWeights, fused_llama_supported
 
     cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=8)
     lm = LlamaForCausalLM(cfg)
@@ -117,7 +117,7 @@ def _version_counter() -> tuple[bool, str]:
 CHECKS: dict[str, Callable[[], tuple[bool, str]]] = {
     "Llama RMSNorm in one autograd function (fast_norm.py)": _norm,
     "Llama rotary embedding in one autograd function (fast_rope.py)": _rope,
-    "fused greedy byte decoding, Llama decoders (fast_greedy.py)": _greedy,
+    "fused greedy byte decoding, Llama decoders (fused_llama.py, byte_loop.py)": _greedy,
     "fused ViT image encoder (fast_vit.py)": _vit,
     "fused BERT bytes encoder (fast_bert.py)": _bert,
     "fused GPT-NeoX cached step (fast_neox.py)": _neox,

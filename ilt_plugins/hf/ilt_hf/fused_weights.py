@@ -1,6 +1,6 @@
 """Weights rearranged for a hand-written inference step, rebuilt only when a parameter of the model changes.
 
-The fast inference paths (:mod:`ilt_hf.fast_greedy`, :mod:`ilt_hf.fast_vit`) concatenate projections (q/k/v,
+The fast inference paths (:mod:`ilt_hf.fused_llama`, :mod:`ilt_hf.fast_vit`) concatenate projections (q/k/v,
 gate/up) so that one matrix product replaces several calls. Training moves the parameters in place, so the
 concatenations are keyed by every parameter's storage and version counter and rebuilt when any of them changes.
 """

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: train the tiny preset from a streamed parquet corpus (bf16, SDPA, packing, 2 DataLoader workers)
 # in each mode of DEVICE_CHECK_MODES (dynamic: --no_fixed_shapes, eager; fixed: --fixed_shapes, eager;
-# compiled: --torch_compile, one fullgraph graph of static shapes), then generate; prints words/s, model FLOPs
+# compiled: --torch_compile, one fullgraph graph of static shapes; small: the small preset with its default spec,
+# fixed shapes, eager, DEVICE_CHECK_SMALL_STEPS steps), then generate; prints words/s, model FLOPs
 # utilisation against the card's dense bf16 peak, peak GPU memory, the data pipeline's share of step time and
 # generation units/s. Within 8 minutes, the install from carried wheels included. Never part of `make test`.
 #
@@ -10,7 +11,9 @@
 #                 bash benchmarks/device_check.sh 2>&1 | tee $OUT/device_check.log
 # Dry run here: DEVICE_CHECK_CPU=1 DEVICE_CHECK_STEPS=2 bash benchmarks/device_check.sh
 #
-# Environment: DEVICE_CHECK_MODES (default "dynamic fixed compiled"), DEVICE_CHECK_PEAK_TFLOPS (the dense bf16
+# Then nano against the byte baseline matched with it in FLOPs per byte, one step of each in turn (bytes/s, ratio;
+# DEVICE_CHECK_BASELINE=0 skips it, DEVICE_CHECK_BASELINE_STEPS: default 50).
+# Environment: DEVICE_CHECK_MODES (default "dynamic fixed compiled small"), DEVICE_CHECK_SMALL_STEPS (default 30), DEVICE_CHECK_PEAK_TFLOPS (the dense bf16
 # peak MFU is measured against; default 989, NVIDIA's figure for H100 SXM and H200), DEVICE_CHECK_STEPS (per mode,
 # default 100), DEVICE_CHECK_CPU=1 (run on the CPU with this checkout's
 # .venv, no install, no bf16), DEVICE_CHECK_SECONDS (the whole check's budget, default 480),
@@ -23,7 +26,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 start=$SECONDS
 budget=${DEVICE_CHECK_SECONDS:-480}
 export DEVICE_CHECK_STEPS=${DEVICE_CHECK_STEPS:-100}
-export DEVICE_CHECK_MODES=${DEVICE_CHECK_MODES:-dynamic fixed compiled}
+export DEVICE_CHECK_MODES=${DEVICE_CHECK_MODES:-dynamic fixed compiled small}
+export DEVICE_CHECK_SMALL_STEPS=${DEVICE_CHECK_SMALL_STEPS:-30}
+export DEVICE_CHECK_BASELINE=${DEVICE_CHECK_BASELINE:-1}
+export DEVICE_CHECK_BASELINE_STEPS=${DEVICE_CHECK_BASELINE_STEPS:-50}
 export DEVICE_CHECK_PEAK_TFLOPS=${DEVICE_CHECK_PEAK_TFLOPS:-989}
 export DEVICE_CHECK_CPU=${DEVICE_CHECK_CPU:-0}
 export DEVICE_CHECK_BATCH=${DEVICE_CHECK_BATCH:-16}
@@ -69,6 +75,84 @@ import time
 from importlib.metadata import version
 
 
+def nano_against_byte_baseline(cuda: bool, steps: int) -> None:
+    """Issue 23's GPU goal: ILT ``nano`` against the byte baseline matched with it in training FLOPs per byte
+    (``benchmarks/mixes/nano.yaml``, ``nano-baseline-bytes.yaml``), each at its bench batch, trained on this device
+    from the same corpus texts, bf16 autocast (fp32 on the CPU dry run), fused AdamW, one step of each in turn:
+    UTF-8 bytes of text a second and their ratio."""
+    import pyarrow.parquet as pq
+    import torch
+    import yaml
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from ilt_core import build_model, load_spec
+    from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
+    from ilt_core.text.collator import TextUnits
+
+    if not cuda:  # the dry run: numpy's OpenBLAS on one thread, as the `ilt` command sets it (run_training undid it)
+        from ilt_core.modeling.products import set_openblas_threads
+
+        set_openblas_threads(1)
+    device = "cuda" if cuda else "cpu"
+    texts = [t for path in sorted(glob.glob(".whl/corpus/*.parquet")) for t in pq.read_table(path, columns=["text"]).column("text").to_pylist()][:4000]  # fmt: skip
+    ilt = build_model(load_spec("benchmarks/mixes/nano.yaml"), seed=0).to(device).train()
+    with open("benchmarks/mixes/nano.yaml", encoding="utf-8") as f:
+        bench = yaml.safe_load(f).get("bench") or {}
+    rows, units = int(bench.get("batch_size", 8)), int(bench.get("block_units", 64))
+    shapes = ilt.fixed_shapes(rows, units)
+    need, stream_units = 8 * rows * (units - 1), []  # rows full of text, as `ilt train --packing` fills them
+    for t in texts:
+        stream_units += ilt.processor.segment(t)
+        if len(stream_units) >= need:
+            break
+    pieces = [TextUnits(stream_units[i : i + units - 1], complete=False) for i in range(0, need, units - 1)]
+    ilt_batches = [ilt.processor.collate(pieces[i : i + rows], max_units=units, shapes=shapes) for i in range(0, 8 * rows, rows)]  # fmt: skip
+    with open("benchmarks/mixes/nano-baseline-bytes.yaml", encoding="utf-8") as f:
+        mix = yaml.safe_load(f)
+    body = {"hidden_act": "gelu", "use_parallel_residual": True, "layer_norm_eps": 1e-5, **mix["model"]}
+    cfg = GPTNeoXConfig(vocab_size=VOCAB_SIZE, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+                        tie_word_embeddings=False, max_position_embeddings=2048, **body)  # fmt: skip
+    base = GPTNeoXForCausalLM(cfg).to(device).train()
+    b_rows, block = int(mix["bench"]["batch_size"]), int(mix["bench"]["block_size"])
+    stream = [b for t in texts for b in [BOS_ID, *t.encode("utf-8"), EOS_ID]]
+    base_batches = [torch.tensor(stream[i * b_rows * block : (i + 1) * b_rows * block]).view(b_rows, block) for i in range(8)]  # fmt: skip
+    base_bytes = [int((b < 256).sum()) for b in base_batches]
+    ilt_bytes = [int(b.num_bytes.sum()) for b in ilt_batches]
+    opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True) for name, m in (("ilt", ilt), ("base", base))}
+    dtype = torch.bfloat16 if cuda else torch.float32
+
+    def step(name: str, i: int) -> None:
+        with torch.autocast(device, dtype=dtype, enabled=cuda):
+            if name == "ilt":
+                loss = ilt(**ilt_batches[i % 8].to(device).model_inputs()).loss
+            else:
+                ids = base_batches[i % 8].to(device)
+                loss = base(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opts[name].step()
+        opts[name].zero_grad(set_to_none=True)
+
+    seconds = {"ilt": 0.0, "base": 0.0}
+    done_bytes = {"ilt": 0, "base": 0}
+    for i in range(steps + 3):
+        for name in ("ilt", "base"):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step(name, i)
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= 3:  # warm-up steps not measured
+                seconds[name] += time.perf_counter() - t0
+                done_bytes[name] += (ilt_bytes if name == "ilt" else base_bytes)[i % 8]
+    rate = {name: done_bytes[name] / seconds[name] for name in seconds}
+    print(
+        f"nano against the byte baseline (matched FLOPs per byte), {steps} steps each, {dtype}: ILT "
+        f"{rate['ilt']:,.0f} bytes/s, byte baseline {rate['base']:,.0f} bytes/s: {rate['ilt'] / rate['base']:.2f}x "
+        "(issue 23's goal on a GPU: >= 1.0x)"
+    )
+
+
 def main() -> int:
     import pyarrow.parquet as pq
     import torch
@@ -87,7 +171,6 @@ def main() -> int:
     print("versions:", ", ".join(f"{n} {version(n)}" for n in names), f"python {sys.version.split()[0]}")
     if cuda:
         print("device:", torch.cuda.get_device_name(0))
-    warmup = min(10, steps // 2)  # worker start-up, a cold render cache and kernel selection: not measured
     profile_steps = int(os.environ["DEVICE_CHECK_PROFILE"])
 
     class Measure(TrainerCallback):
@@ -139,18 +222,27 @@ def main() -> int:
                 self.profiler = None
 
     peak_flops = float(os.environ["DEVICE_CHECK_PEAK_TFLOPS"]) * 1e12
+    model = None
     for mode in os.environ["DEVICE_CHECK_MODES"].split():
         measure = Measure()
-        extra = {"dynamic": ["--no_fixed_shapes"], "fixed": ["--fixed_shapes"], "compiled": ["--torch_compile"]}[mode]
+        extra = {
+            "dynamic": ["--no_fixed_shapes"],
+            "fixed": ["--fixed_shapes"],
+            "compiled": ["--torch_compile"],
+            "small": ["--fixed_shapes"],  # the small preset with its default spec (issue 23: >= 25% MFU in bf16)
+        }[mode]
+        preset = "small" if mode == "small" else "tiny"
+        mode_steps = min(steps, int(os.environ["DEVICE_CHECK_SMALL_STEPS"])) if mode == "small" else steps
+        warmup = min(10, mode_steps // 2)  # worker start-up, a cold render cache, kernel selection: not measured
         with tempfile.TemporaryDirectory(prefix="ilt-device-check-") as out:
             argv = [
-                "--model_spec", "tiny",
+                "--model_spec", preset,
                 "--set", "latent_transformer.attn_implementation=sdpa",
                 "--train_file", ".whl/corpus/*.parquet",
                 "--streaming",
                 "--do_train",
                 "--output_dir", out,
-                "--max_steps", str(steps),
+                "--max_steps", str(mode_steps),
                 "--per_device_train_batch_size", os.environ["DEVICE_CHECK_BATCH"],
                 "--packing",
                 "--dataloader_num_workers", "2",
@@ -165,7 +257,8 @@ def main() -> int:
             t0 = time.perf_counter()
             result = run_training(argv, callbacks=[measure])
             train_seconds = time.perf_counter() - t0
-            model = result.trainer.model
+            if preset == "tiny":
+                model = result.trainer.model  # what the checks below generate with
             total_flos = float(result.trainer.state.total_flos)
 
         first, last = warmup, len(measure.ends) - 1
@@ -193,6 +286,12 @@ def main() -> int:
         if cuda:
             peak, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
             print(f"[{mode}]   peak GPU memory: {peak / 2**30:.2f} GiB allocated, {reserved / 2**30:.2f} GiB reserved")
+
+    if os.environ["DEVICE_CHECK_BASELINE"] == "1":
+        nano_against_byte_baseline(cuda, int(os.environ["DEVICE_CHECK_BASELINE_STEPS"]))
+    if model is None:
+        print("device_check: no tiny mode in DEVICE_CHECK_MODES: the generation checks need one")
+        return 0
 
     from ilt_hf import byte_loop, fast_neox
 

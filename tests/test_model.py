@@ -296,5 +296,7 @@ def test_activation_checkpointing_refuses_an_unknown_role(value):
     assert "activation_checkpointing" in message and repr(value) in message
     assert "image_encoder, bytes_encoder, latent_transformer, bytes_decoder" in message
     model = build_model(tiny_spec("bytes-only"), seed=0)
-    with pytest.raises(ILTError, match="roles has 'bytes_decodr'; expected some of image_encoder"):
+    with pytest.raises(
+        ILTError, match="unknown role 'bytes_decodr'; expected true, false or a list of roles out of: image_encoder"
+    ):
         model.activation_checkpointing_enable(roles=["bytes_decodr"])

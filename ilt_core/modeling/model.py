@@ -33,7 +33,7 @@ from ilt_core.modeling.pretrained import GENERATION_DEFAULTS, PretrainedIO
 from ilt_core.modeling.products import set_cpu_products
 from ilt_core.modeling.random_state import random_state_kept
 from ilt_core.plugins.registry import BuildContext, get_registry
-from ilt_core.specs.spec import CHECKPOINTING_ROLES, ModelSpec, check_components, load_spec
+from ilt_core.specs.spec import CHECKPOINTING_ROLES, ModelSpec, check_components, checkpointing_roles, load_spec
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 from ilt_core.text.collator import IGNORE_INDEX
 from ilt_core.text.label_packing import LabelPacking
@@ -179,18 +179,10 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
         """
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
         named = kwargs.pop("roles", None)
-        if roles is None:
-            roles = named
-        if roles is None:
-            wanted = set(CHECKPOINTING_ROLES)
-        else:
-            wanted = {roles} if isinstance(roles, str) else set(roles)
-            unknown = sorted(wanted - set(CHECKPOINTING_ROLES))
-            if unknown:
-                raise ILTError(
-                    f"activation_checkpointing_enable: roles has {unknown[0]!r}; expected some of "
-                    f"{', '.join(CHECKPOINTING_ROLES)}"
-                )
+        try:
+            wanted = set(checkpointing_roles(named if roles is None else roles))
+        except ValueError as exc:
+            raise ILTError(f"activation_checkpointing_enable: roles: {exc}") from None
         self._set_checkpointing(False, {}, 1, False, set(CHECKPOINTING_ROLES) - wanted)
         return self._set_checkpointing(True, kwargs, every_n_layers, offload, wanted)
 

@@ -35,6 +35,24 @@ logger = logging.getLogger(__name__)
 CHECKPOINTING_ROLES: tuple[str, ...] = tuple(r for r in ROLES if r != "renderer")
 
 
+def checkpointing_roles(value: Any) -> tuple[str, ...]:
+    """The roles an ``activation_checkpointing`` value names: true (or None) every neural role, false none, one role
+    name or a list of them (checked; a ``ValueError`` names the bad one and the roles allowed)."""
+    if value is True or value is None:
+        return CHECKPOINTING_ROLES
+    if value is False:
+        return ()
+    allowed = ", ".join(CHECKPOINTING_ROLES)
+    if isinstance(value, str) and value in CHECKPOINTING_ROLES:  # one role: `--set activation_checkpointing=ROLE`
+        value = [value]
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise ValueError(f"expected true, false or a list of roles out of: {allowed}")
+    unknown = [r for r in value if r not in CHECKPOINTING_ROLES]
+    if unknown:
+        raise ValueError(f"unknown role {unknown[0]!r}; expected true, false or a list of roles out of: {allowed}")
+    return tuple(r for r in CHECKPOINTING_ROLES if r in value)
+
+
 class ComponentSpec(BaseModel):
     """One role's block: ``component`` plus the component's own keyword arguments."""
 
@@ -92,25 +110,12 @@ class ModelSpec(BaseModel):
     @field_validator("activation_checkpointing", mode="before")
     @classmethod
     def _check_checkpointing(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            return value
-        allowed = ", ".join(CHECKPOINTING_ROLES)
-        if isinstance(value, str) and value in CHECKPOINTING_ROLES:  # one role: `--set activation_checkpointing=ROLE`
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"expected true, false or a list of roles out of: {allowed}")
-        unknown = [r for r in value if r not in CHECKPOINTING_ROLES]
-        if unknown:
-            raise ValueError(f"unknown role {unknown[0]!r}; expected true, false or a list of roles out of: {allowed}")
-        return list(dict.fromkeys(value))
+        return value if isinstance(value, bool) else list(checkpointing_roles(value))
 
     @property
     def checkpointed_roles(self) -> tuple[str, ...]:
         """The roles ``activation_checkpointing`` names (every neural role for true, none for false)."""
-        value = self.activation_checkpointing
-        if value is True:
-            return CHECKPOINTING_ROLES
-        return tuple(r for r in CHECKPOINTING_ROLES if value and r in value)
+        return checkpointing_roles(self.activation_checkpointing)
 
     @model_validator(mode="after")
     def _check_modalities(self) -> ModelSpec:

@@ -9,7 +9,13 @@ from ilt_bench.opcount import DispatchCount
 
 from ilt_core import build_model, load_spec
 from ilt_core.text.collator import TextUnits
-from ilt_core.text.image_packing import ImagePacking, capacity_for, position_offset, position_table_size
+from ilt_core.text.image_packing import (
+    ImagePacking,
+    capacity_for,
+    first_fit,
+    position_offset,
+    position_table_size,
+)
 from ilt_core.text.render_cache import images_to_batches
 
 TEXTS = [
@@ -85,6 +91,36 @@ def test_capacities_are_ladder_steps_at_or_above_the_need():
     for n, step in enumerate(steps, start=1):
         assert n <= step <= 1.25 * n + 1
     assert len(set(steps)) < 40  # a few shapes in all
+
+
+def test_first_fit_packs_every_segment_into_the_first_row_with_room():
+    rng = np.random.default_rng(0)
+    for S in (1, 7, 40):
+        lengths = [int(n) for n in rng.integers(1, S + 1, 300)]
+        starts = first_fit(lengths, S)
+        rows = max(s // S for s in starts) + 1
+        filled = np.zeros((rows, S), dtype=int)
+        for n, start in zip(lengths, starts, strict=True):
+            row, col = divmod(start, S)
+            assert col + n <= S  # inside its row
+            filled[row, col : col + n] += 1
+        assert filled.max() <= 1  # no two segments overlap
+        # first fit in decreasing length: a segment opens a row only when no row before had room for it
+        free = np.full(rows, S)
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            row = starts[i] // S
+            assert not (free[:row] >= lengths[i]).any()
+            free[row] -= lengths[i]
+    assert first_fit([5, 50, 3], 10) == [10, 0, 15]  # too long for a row: a row of its own, never shared
+
+
+def test_label_rows_hold_one_longest_label(model):
+    label_len = model.spec.max_unit_bytes + 1
+    assert model.label_stream.row_tokens == -(-label_len // 8) * 8
+    batch, shapes = fixed_batch(model, TEXTS)
+    targets = batch.decoder_targets
+    assert targets.shape[1] == model.label_stream.row_tokens
+    assert (targets != -100).float().mean() > 0.5  # rows this short still pack densely
 
 
 def test_image_packing_takes_the_step_its_images_need_and_drops_none():

@@ -127,7 +127,9 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
         self.max_units = int(getattr(self.latent_transformer, "max_positions", 2048) or 2048)
         if getattr(self.bytes_decoder, "takes_packed_rows", False):  # protocols.BytesDecoder, optional
             label_len = spec.max_unit_bytes + 1 if spec.labels == "unit" else spec.label_bytes
-            self.label_stream = LabelPacking(row_tokens=-(-4 * label_len // 8) * 8)
+            # rows as long as the longest label (to a multiple of 8): the block-causal mask makes every score
+            # outside a label wasted work, and a row of S tokens computes S of them per token
+            self.label_stream = LabelPacking(row_tokens=-(-label_len // 8) * 8)
         self.processor = ILTProcessor(
             self.renderer,
             max_unit_bytes=spec.max_unit_bytes,

@@ -145,20 +145,20 @@ def capacity_for(needed: int) -> int:
 
 def first_fit(lengths: Sequence[int], row_tokens: int) -> list[int]:
     """Flat start (``row * row_tokens + column``) of each segment of ``lengths`` packed into rows of ``row_tokens``:
-    first fit, in order of decreasing length (few rows, deterministic)."""
+    first fit, in order of decreasing length (few rows, deterministic). A segment longer than a row gets a row of
+    its own (the callers check lengths first)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    used: list[int] = []
+    free = np.zeros(len(lengths), dtype=np.int64)  # tokens left in each opened row (at most one row a segment)
+    opened = 0
     starts = [0] * len(lengths)
     for i in order:
         n = lengths[i]
-        for row, filled in enumerate(used):
-            if filled + n <= row_tokens:
-                starts[i] = row * row_tokens + filled
-                used[row] = filled + n
-                break
-        else:
-            starts[i] = len(used) * row_tokens
-            used.append(n)
+        row = int(np.argmax(free[:opened] >= n)) if opened else 0
+        if not opened or free[row] < n:  # no opened row has room: open one
+            row, opened = opened, opened + 1
+            free[row] = row_tokens
+        starts[i] = row * row_tokens + row_tokens - int(free[row])
+        free[row] -= n
     return starts
 
 

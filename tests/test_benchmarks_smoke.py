@@ -286,3 +286,26 @@ def test_bench_memory_quick(tmp_path):
         n_half, n_big = row["measured_n"]
         assert abs(row["kept_fixed"] + row["kept_per"] * n_big - big["components"][role]["kept"]) < 1e-6 * 2**30
         assert row["target_n"] >= n_big >= n_half
+
+
+def test_bench_step_parts_quick(tmp_path):
+    lines = ["שלום עולם, זה משפט ראשון של בדיקה ועוד כמה מילים כדי למלא שורה."] * 40
+    for name in ("train.txt", "validation.txt"):
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    data = run_script(
+        "bench_step_parts",
+        tmp_path,
+        "--mixes", "nano-no-images", "nano-no-images", "nano-baseline-bytes",
+        "--label-rows", "136", "0", "0",
+        "--ladder-growth", "1.25", "0", "0",
+        "--set", "1:bytes_encoder.config.hidden_dropout_prob=0.1",
+        "--train-file", str(tmp_path / "train.txt"),
+        "--eval-file", str(tmp_path / "validation.txt"),
+    )  # fmt: skip
+    arms = data["arms"]
+    assert [a["label_rows"] for a in arms] == [136, 40, "-"]  # the knob, the model's own, a baseline's none
+    assert [a["ladder_growth"] for a in arms] == [1.25, 1.0625, 1.0625]
+    assert [a["sets"] for a in arms] == [[], ["bytes_encoder.config.hidden_dropout_prob=0.1"], []]
+    for arm in arms:
+        assert positive(arm["bytes_per_step"]) and positive(arm["bytes_per_second"])
+        assert all(positive(arm[f"{part}_ms"]) for part in ("data", "forward", "backward", "clip", "optimizer"))

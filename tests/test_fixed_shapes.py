@@ -13,6 +13,7 @@ from ilt_core.text.image_packing import (
     ImagePacking,
     capacity_for,
     first_fit,
+    ladder_growth,
     position_offset,
     position_table_size,
 )
@@ -86,10 +87,16 @@ def test_image_packing_lays_out_patches_positions_and_segments():
 
 
 def test_capacities_are_ladder_steps_at_or_above_the_need():
+    assert ladder_growth(True) == 1.25 and ladder_growth(False) == 1.0625  # coarse under compile, fine eager
     steps = [capacity_for(n) for n in range(1, 2000)]
     assert steps[:12] == [1, 2, 3, 4, 5, 7, 7, 9, 9, 12, 12, 12]
     for n, step in enumerate(steps, start=1):
         assert n <= step <= 1.25 * n + 1
+    fine = [capacity_for(n, 1.0625) for n in range(1, 2000)]
+    assert fine[15:20] == [16, 17, 19, 19, 21]
+    for n, step in enumerate(fine, start=1):
+        assert n <= step <= 1.0625 * n + 1
+    assert len(set(steps)) < len(set(fine)) < 120
     assert len(set(steps)) < 40  # a few shapes in all
 
 
@@ -129,7 +136,7 @@ def test_image_packing_takes_the_step_its_images_need_and_drops_none():
     assert pack.rows == 1
     many = [np.zeros((2, 8), np.uint8)] * 5  # 5 tokens each: one per row
     out = pack.pack(many)
-    assert pack.rows == capacity_for(5) == 5 and pack.changes == 1
+    assert pack.rows == capacity_for(5, ladder_growth(False)) == 5 and pack.changes == 1
     assert len(set(out.cls_index.tolist())) == 5  # every image placed
     again = ImagePacking(patch_size=2, row_tokens=6).pack(many)  # no history: the same shape for the same batch
     assert again.patches.shape == out.patches.shape
@@ -166,11 +173,11 @@ def test_padding_never_changes_a_texts_loss_under_fixed_shapes(model):
 def test_the_unit_capacity_follows_the_batch_and_drops_no_unit(model):
     shapes = model.fixed_shapes(rows=4, row_units=48)
     big, _ = fixed_batch(model, TEXTS[:6], shapes=shapes)
-    assert shapes.unit_capacity == capacity_for(len(big.units)) == big.unit_input_ids.shape[0]
+    assert shapes.unit_capacity == capacity_for(len(big.units), 1.0625) == big.unit_input_ids.shape[0]
     assert len(big.units) <= big.unit_input_ids.shape[0]  # every distinct unit has its row
     assert big.unit_index.max() < len(big.units)
     small, _ = fixed_batch(model, ["a a a a a"], shapes=shapes)
-    assert small.unit_input_ids.shape[0] == capacity_for(len(small.units)) < big.unit_input_ids.shape[0]
+    assert small.unit_input_ids.shape[0] == capacity_for(len(small.units), 1.0625) < big.unit_input_ids.shape[0]
     assert shapes.changes == 1
 
 

@@ -22,9 +22,10 @@ With :class:`FixedShapes` every tensor has one of a few shapes, the same for the
 the configured rows (extra rows are all padding), ``L`` the row length, ``T`` the longest unit's bytes, ``K`` the
 longest label, and ``U`` (distinct units; unused slots are padding units nothing points to) a step of a fixed
 ladder at or above what the batch needs (:func:`~ilt_core.text.image_packing.capacity_for`: never fewer, at most
-a quarter more). The word images come packed into rows of patches (``image_patches`` ``uint8 (R, S, p*p)``,
-``image_positions`` / ``image_segments`` ``(R, S)``, ``image_cls`` ``(U,)``; see :mod:`ilt_core.text.image_packing`)
-instead of ``image_groups``, when the image encoder takes them, and the label bytes as one packed stream for the
+a sixteenth more; a quarter more with ``grow_only``, whose coarser ladder meets fewer shapes). The word images come
+packed into rows of patches (``image_patches`` ``uint8 (R, S, p*p)``, ``image_positions`` / ``image_segments``
+``(R, S)``, ``image_cls`` ``(U,)``; see :mod:`ilt_core.text.image_packing`) instead of ``image_groups``, when the
+image encoder takes them, and the label bytes as one packed stream for the
 bytes decoder (``decoder_*`` ``(R', S')``; see :mod:`ilt_core.text.label_packing`), when the decoder takes packed
 rows; ``R`` and ``R'`` are ladder steps too. A capacity is a function of the batch alone, so a resumed run or a
 DataLoader worker gives a batch the shapes (and the dropout draws) the unbroken run gave it.
@@ -41,7 +42,7 @@ import torch
 
 from ilt_core.errors import ILTError
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID
-from ilt_core.text.image_packing import ImagePacking, capacity_for
+from ilt_core.text.image_packing import ImagePacking, capacity_for, ladder_growth
 from ilt_core.text.label_packing import LabelPacking
 
 IGNORE_INDEX = -100
@@ -81,7 +82,7 @@ class FixedShapes:
     def units_for(self, needed: int) -> int:
         """The unit capacity for a batch of ``needed`` distinct units (start marker included): the ladder's step, or
         with ``grow_only`` the largest step any batch so far took (fewer shapes, so fewer compilations)."""
-        capacity = capacity_for(needed)
+        capacity = capacity_for(needed, ladder_growth(self.grow_only))
         if self.grow_only:
             capacity = max(capacity, self.unit_capacity)
         self.changes += int(bool(self.unit_capacity) and capacity != self.unit_capacity)

@@ -94,7 +94,8 @@ class ImagePacking:
         if rows is not None and rows < needed:
             raise ILTError(f"ImagePacking.pack: rows={rows} is below the {needed} rows the images need")
         if rows is None:
-            rows = max(capacity_for(needed), self.rows) if self.grow_only else capacity_for(needed)
+            rows = capacity_for(needed, ladder_growth(self.grow_only))
+            rows = max(rows, self.rows) if self.grow_only else rows
         self.changes += int(bool(self.rows) and rows != self.rows)
         self.rows = rows
         S, R = self.row_tokens, self.rows
@@ -129,17 +130,30 @@ def rows_used(starts: Sequence[int], row_tokens: int) -> int:
     return max((s // row_tokens for s in starts), default=-1) + 1
 
 
-def capacity_for(needed: int) -> int:
-    """The capacity a batch that needs ``needed`` slots gets: the smallest step of a fixed ladder (1, 2, 3, 4, 5, 7,
-    9, 12, 15, 19, 24, ..., each step a quarter above the last) at or above it.
+#: the ladder's growth from step to step: fine for eager steps (a new shape costs nothing, padding costs work),
+#: coarse under ``grow_only`` (a compiled step compiles once per step it meets)
+FINE_GROWTH = 1.0625
+COARSE_GROWTH = 1.25
+
+
+def ladder_growth(grow_only: bool) -> float:
+    """The ladder :func:`capacity_for` climbs: :data:`COARSE_GROWTH` with ``grow_only`` (compiled steps), else
+    :data:`FINE_GROWTH`."""
+    return COARSE_GROWTH if grow_only else FINE_GROWTH
+
+
+def capacity_for(needed: int, growth: float = COARSE_GROWTH) -> int:
+    """The capacity a batch that needs ``needed`` slots gets: the smallest step of a fixed ladder at or above it,
+    each step ``growth`` times the last (1.25: 1, 2, 3, 4, 5, 7, 9, 12, 15, 19, 24, ...; 1.0625: 1, 2, ..., 17,
+    19, 21, 23, 25, 27, 29, 31, 33, 36, ...).
 
     A function of the batch alone, never of the batches before it: a resumed run (or a DataLoader worker) gives a
-    batch the shape the unbroken run gave it, so dropout draws the same numbers; batches of one corpus mostly land
-    on one or two steps, a compiled step compiles once per step met; at most a quarter is padding.
+    batch the shape the unbroken run gave it, so dropout draws the same numbers; batches of one corpus land on a
+    few steps, a compiled step compiles once per step met; at most ``growth - 1`` of it is padding.
     """
     step = 1
     while step < needed:
-        step = max(step + 1, math.ceil(step * 1.25))
+        step = max(step + 1, math.ceil(step * growth))
     return step
 
 
@@ -178,6 +192,7 @@ __all__ = [
     "PackedImages",
     "first_fit",
     "capacity_for",
+    "ladder_growth",
     "position_offset",
     "position_table_size",
     "rows_used",

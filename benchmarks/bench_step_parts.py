@@ -1,0 +1,191 @@
+"""Where a training step of ``make bench`` goes, mix by mix: data, forward, backward, clipping, optimizer.
+
+    .venv/bin/python benchmarks/bench_step_parts.py --mixes nano nano-no-images nano-baseline-bytes
+    .venv/bin/python benchmarks/bench_step_parts.py --mixes nano nano --label-rows 136 0   # one knob, A/B
+    .venv/bin/python benchmarks/bench_step_parts.py --mixes nano nano \\
+        --set 1:bytes_encoder.config.hidden_dropout_prob=0.1                            # a spec field, A/B
+
+Each mix gets the harness's own runner (``ilt_bench.run.ILTRunner`` / ``BaselineRunner``): the same stream of
+he-news training texts in the same order, the same collation, AdamW groups and gradient clipping as ``ilt bench``'s
+training loop, in the same order of calls. The mixes' steps are interleaved, one step of each in turn, so that a
+slower minute of the machine falls on all of them; the first ``--warmup`` steps are not counted.
+
+Printed per mix: text bytes a step, bytes/s over the counted steps, and the mean milliseconds a step in each part
+(``data``: the next batch, collated; ``forward``: the loss; ``backward``; ``clip``: the gradient norm and its
+clipping; ``optimizer``: AdamW's step and zeroing the gradients).
+
+``--label-rows``: one value per mix, in order: the ILT bytes decoder's packed label rows, in tokens (0 keeps the
+model's own). ``--ladder-growth``: one value per mix: the growth of the eager capacity ladder its batches are
+collated with (``ilt_core.text.image_packing.FINE_GROWTH`` while it collates; 0 keeps the library's). ``--set
+I:path=value``: a spec field of the I-th mix (0-based, dotted path, a YAML value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (ilt_bench imports it); see ilt_bench.common
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from ilt_bench import common  # noqa: E402
+from ilt_bench.mixes import resolve_mixes  # noqa: E402
+from ilt_bench.run import BaselineRunner, ILTRunner, read_lines, text_stream  # noqa: E402
+
+from ilt_core.errors import ILTError  # noqa: E402
+from ilt_core.text import image_packing  # noqa: E402
+
+PARTS = ("data", "forward", "backward", "clip", "optimizer")
+DATA = Path(__file__).resolve().parents[1] / "data" / "he-news"
+
+
+def set_field(spec: dict[str, Any], assignment: str) -> None:
+    """Apply ``path=value`` (dotted path, YAML value) to a spec mapping, making the blocks on the way."""
+    path, sep, value = assignment.partition("=")
+    if not sep or not path:
+        raise ILTError(f"bench_step_parts: --set expects I:path=value, got {assignment!r}")
+    *parents, leaf = path.split(".")
+    node = spec
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = yaml.safe_load(value)
+
+
+@contextlib.contextmanager
+def ladder(growth: float) -> Iterator[None]:
+    """The eager capacity ladder at ``growth`` inside (0: the library's own)."""
+    before = image_packing.FINE_GROWTH
+    image_packing.FINE_GROWTH = growth or before
+    try:
+        yield
+    finally:
+        image_packing.FINE_GROWTH = before
+
+
+class Arm:
+    """One mix's runner, optimizer and text stream, and its counted steps."""
+
+    def __init__(self, mix: Any, label_rows: int, growth: float, train_lines: list[str], eval_lines: list[str]) -> None:
+        self.growth = growth
+        job = {"name": mix.name, "kind": mix.kind, "spec": mix.spec, "bench": mix.bench.model_dump()}
+        settings = {"seed": 0}
+        cpu = torch.device("cpu")
+        if mix.kind == "ilt":
+            self.runner: Any = ILTRunner(job, settings, cpu)
+            if label_rows:
+                if self.runner.model.label_stream is None:
+                    raise ILTError(f"bench_step_parts: {mix.name}'s bytes decoder takes no packed label rows")
+                self.runner.model.label_stream.row_tokens = label_rows
+                self.runner.shapes = self.runner.model.fixed_shapes(self.runner.batch_size, self.runner.block_units)
+        else:
+            self.runner = BaselineRunner(job, settings, cpu, train_lines, eval_lines)
+        self.runner.train()
+        self.optimizer = torch.optim.AdamW(self.runner.param_groups("width", 1e-3), lr=1e-3, betas=(0.9, 0.95))
+        self.texts = text_stream(train_lines, 0)
+        self.seconds = {part: 0.0 for part in PARTS}
+        self.bytes = self.steps = 0
+
+    def step(self, counted: bool) -> None:
+        """One training step as ``ilt bench``'s loop runs it, each part timed."""
+        runner, clock = self.runner, time.perf_counter
+        t0 = clock()
+        with ladder(self.growth):
+            batch, _, nbytes = runner.next_batch(self.texts)
+        t1 = clock()
+        loss = runner.loss(batch)
+        t2 = clock()
+        loss.backward()
+        t3 = clock()
+        torch.nn.utils.clip_grad_norm_([p for p in runner.parameters() if p.grad is not None], 1.0)
+        t4 = clock()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        t5 = clock()
+        if counted:
+            for part, seconds in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+                self.seconds[part] += seconds
+            self.bytes += nbytes
+            self.steps += 1
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mixes", nargs="+", required=True, help="mix names or YAML paths (benchmarks/mixes)")
+    parser.add_argument("--steps", type=int, default=25, help="steps per mix, interleaved (default 25)")
+    parser.add_argument("--warmup", type=int, default=3, help="first steps not counted (default 3)")
+    parser.add_argument("--label-rows", type=int, nargs="+", help="per mix: label row tokens (0: the model's)")
+    parser.add_argument(
+        "--ladder-growth", type=float, nargs="+", help="per mix: eager ladder growth (0: the library's)"
+    )
+    parser.add_argument("--set", action="append", default=[], help="I:path=value, a spec field of the I-th mix")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--train-file", type=Path, default=DATA / "train.txt", help="one text per line")
+    parser.add_argument("--eval-file", type=Path, default=DATA / "validation.txt", help="the baselines' tokenizers")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 steps, 1 not counted")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup = 4, 1
+    if args.steps <= args.warmup:
+        raise ILTError(f"bench_step_parts: --steps ({args.steps}) must exceed --warmup ({args.warmup})")
+    rows = args.label_rows or [0] * len(args.mixes)
+    growths = args.ladder_growth or [0.0] * len(args.mixes)
+    for flag, values in (("--label-rows", rows), ("--ladder-growth", growths)):
+        if len(values) != len(args.mixes):
+            raise ILTError(f"bench_step_parts: {flag} has {len(values)} values for {len(args.mixes)} mixes")
+    mixes = [copy.deepcopy(resolve_mixes(name)[0]) for name in args.mixes]
+    for assignment in args.set:
+        index, sep, rest = assignment.partition(":")
+        if not sep or not index.isdigit() or int(index) >= len(mixes):
+            raise ILTError(f"bench_step_parts: --set expects I:path=value with I < {len(mixes)}, got {assignment!r}")
+        set_field(mixes[int(index)].spec, rest)
+    torch.set_num_threads(args.threads)
+    common.as_the_ilt_command()
+    train_lines, eval_lines = read_lines(args.train_file), read_lines(args.eval_file, 50)
+    arms = [Arm(mix, r, g, train_lines, eval_lines) for mix, r, g in zip(mixes, rows, growths, strict=True)]
+    common.log(f"{args.steps} steps of each of {len(arms)} mixes, interleaved; the first {args.warmup} not counted")
+    for step in range(args.steps):
+        for arm in arms:
+            arm.step(counted=step >= args.warmup)
+
+    print(
+        "| # | mix | label rows | ladder | sets | bytes a step | bytes/s | "
+        + " | ".join(f"{p}, ms" for p in PARTS)
+        + " |"
+    )
+    print("| ---: | --- | ---: | ---: | --- | ---: | ---: | " + " | ".join("---:" for _ in PARTS) + " |")
+    result: dict[str, Any] = {"arms": []}
+    for i, (arm, mix) in enumerate(zip(arms, mixes, strict=True)):
+        total = sum(arm.seconds.values())
+        sets = [a.partition(":")[2] for a in args.set if a.partition(":")[0] == str(i)]
+        stream = arm.runner.model.label_stream if mix.kind == "ilt" else None
+        row_tokens = stream.row_tokens if stream is not None else "-"
+        figures = {
+            "mix": mix.name,
+            "label_rows": row_tokens,
+            "ladder_growth": arm.growth or image_packing.FINE_GROWTH,
+            "sets": sets,
+            "bytes_per_step": arm.bytes / arm.steps,
+            "bytes_per_second": arm.bytes / total,
+            **{f"{p}_ms": 1000 * arm.seconds[p] / arm.steps for p in PARTS},
+        }
+        result["arms"].append(figures)
+        parts = " | ".join(f"{figures[f'{p}_ms']:.1f}" for p in PARTS)
+        print(
+            f"| {i} | {mix.name} | {row_tokens} | {figures['ladder_growth']:g} | {', '.join(sets) or '-'} "
+            f"| {figures['bytes_per_step']:,.0f} | {figures['bytes_per_second']:,.0f} | {parts} |"
+        )
+    if args.out:
+        common.write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -119,6 +119,8 @@ def test_first_fit_packs_every_segment_into_the_first_row_with_room():
             assert not (free[:row] >= lengths[i]).any()
             free[row] -= lengths[i]
     assert first_fit([5, 50, 3], 10) == [10, 0, 15]  # too long for a row: a row of its own, never shared
+    assert first_fit([3, 3, 3], 7) == [0, 3, 7]  # equal lengths in the order given
+    assert first_fit([2, 4, 2, 4], 6) == [4, 0, 10, 6] and first_fit([], 6) == []
 
 
 def test_label_rows_hold_one_longest_label(model):

@@ -159,21 +159,49 @@ def capacity_for(needed: int, growth: float = COARSE_GROWTH) -> int:
 
 def first_fit(lengths: Sequence[int], row_tokens: int) -> list[int]:
     """Flat start (``row * row_tokens + column``) of each segment of ``lengths`` packed into rows of ``row_tokens``:
-    first fit, in order of decreasing length (few rows, deterministic). A segment longer than a row gets a row of
-    its own (the callers check lengths first)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    free = np.zeros(len(lengths), dtype=np.int64)  # tokens left in each opened row (at most one row a segment)
-    opened = 0
-    starts = [0] * len(lengths)
-    for i in order:
-        n = lengths[i]
-        row = int(np.argmax(free[:opened] >= n)) if opened else 0
-        if not opened or free[row] < n:  # no opened row has room: open one
-            row, opened = opened, opened + 1
-            free[row] = row_tokens
-        starts[i] = row * row_tokens + row_tokens - int(free[row])
-        free[row] -= n
-    return starts
+    first fit, in order of decreasing length, ties in the order given (few rows, deterministic). A segment longer
+    than a row gets a row of its own (the callers check lengths first).
+
+    One length at a time: the segments of one length fill the opened rows in order, each row taking as many as its
+    room holds (what placing them one by one, each in the first row with room, does), and the rest open new rows.
+    """
+    S = row_tokens
+    sizes = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    if not len(sizes):
+        return []
+    order = np.argsort(-sizes, kind="stable")
+    by_size = sizes[order]
+    starts = np.zeros(len(sizes), dtype=np.int64)
+    free = np.zeros(0, dtype=np.int64)  # tokens left in each opened row, in the order opened
+    cuts = np.flatnonzero(np.diff(by_size)) + 1
+    for items, n in zip(np.split(order, cuts), by_size[np.r_[0, cuts]], strict=True):
+        n, k = int(n), len(items)
+        if n > S:  # a row of its own each, never shared
+            starts[items] = (len(free) + np.arange(k)) * S
+            free = np.concatenate([free, np.full(k, S - n)])
+            continue
+        if n == 0:  # empty segments: at the end of the first row not overfilled
+            if not (free >= 0).any():
+                free = np.concatenate([free, [S]])
+            row = int(np.flatnonzero(free >= 0)[0])
+            starts[items] = row * S + S - free[row]
+            continue
+        takes = np.maximum(free, 0) // n  # segments of this length each opened row still holds
+        ends = np.cumsum(takes)
+        placed = min(k, int(ends[-1])) if len(ends) else 0
+        if placed:
+            t = np.arange(placed)
+            rows = np.searchsorted(ends, t, side="right")
+            starts[items[:placed]] = rows * S + S - free[rows] + (t - (ends[rows] - takes[rows])) * n
+            free = free - np.clip(placed - (ends - takes), 0, takes) * n
+        if rest := k - placed:
+            per = S // n
+            t = np.arange(rest)
+            starts[items[placed:]] = (len(free) + t // per) * S + (t % per) * n
+            counts = np.full(-(-rest // per), per)
+            counts[-1] = rest - per * (len(counts) - 1)
+            free = np.concatenate([free, S - counts * n])
+    return starts.tolist()
 
 
 def segment_mask(segments: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,9 @@ he-news training texts in the same order, the same collation, AdamW groups and g
 training loop, in the same order of calls. The mixes' steps are interleaved, one step of each in turn, so that a
 slower minute of the machine falls on all of them; the first ``--warmup`` steps are not counted.
 
-Printed per mix: text bytes a step, bytes/s over the counted steps, and the mean milliseconds a step in each part
+Printed per mix: text bytes a step, bytes/s over the counted steps, the share of the packed label slots that hold
+a target (ILT mixes whose bytes decoder reads the packed label stream; the rest is padding), and the mean
+milliseconds a step in each part
 (``data``: the next batch, collated; ``forward``: the loss; ``backward``; ``clip``: the gradient norm and its
 clipping; ``optimizer``: AdamW's step and zeroing the gradients).
 
@@ -91,6 +93,7 @@ class Arm:
         self.texts = text_stream(train_lines, 0)
         self.seconds = {part: 0.0 for part in PARTS}
         self.bytes = self.steps = 0
+        self.label_slots = self.label_targets = 0
 
     def step(self, counted: bool) -> None:
         """One training step as ``ilt bench``'s loop runs it, each part timed."""
@@ -113,6 +116,10 @@ class Arm:
                 self.seconds[part] += seconds
             self.bytes += nbytes
             self.steps += 1
+            targets = getattr(batch, "decoder_targets", None)
+            if targets is not None:
+                self.label_slots += targets.numel()
+                self.label_targets += int((targets != -100).sum())
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -156,11 +163,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             arm.step(counted=step >= args.warmup)
 
     print(
-        "| # | mix | label rows | ladder | sets | bytes a step | bytes/s | "
+        "| # | mix | label rows | ladder | sets | bytes a step | bytes/s | label slots filled | "
         + " | ".join(f"{p}, ms" for p in PARTS)
         + " |"
     )
-    print("| ---: | --- | ---: | ---: | --- | ---: | ---: | " + " | ".join("---:" for _ in PARTS) + " |")
+    print("| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in PARTS) + " |")
     result: dict[str, Any] = {"arms": []}
     for i, (arm, mix) in enumerate(zip(arms, mixes, strict=True)):
         total = sum(arm.seconds.values())
@@ -174,13 +181,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "sets": sets,
             "bytes_per_step": arm.bytes / arm.steps,
             "bytes_per_second": arm.bytes / total,
+            "label_fill": arm.label_targets / arm.label_slots if arm.label_slots else None,
             **{f"{p}_ms": 1000 * arm.seconds[p] / arm.steps for p in PARTS},
         }
         result["arms"].append(figures)
         parts = " | ".join(f"{figures[f'{p}_ms']:.1f}" for p in PARTS)
         print(
             f"| {i} | {mix.name} | {row_tokens} | {figures['ladder_growth']:g} | {', '.join(sets) or '-'} "
-            f"| {figures['bytes_per_step']:,.0f} | {figures['bytes_per_second']:,.0f} | {parts} |"
+            f"| {figures['bytes_per_step']:,.0f} | {figures['bytes_per_second']:,.0f} "
+            f"| {'-' if figures['label_fill'] is None else format(figures['label_fill'], '.1%')} | {parts} |"
         )
     if args.out:
         common.write_json(args.out, result)

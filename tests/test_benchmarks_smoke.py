@@ -305,6 +305,7 @@ def test_bench_step_parts_quick(tmp_path):
     arms = data["arms"]
     assert [a["label_rows"] for a in arms] == [136, 40, "-"]  # the knob, the model's own, a baseline's none
     assert [a["ladder_growth"] for a in arms] == [1.25, 1.0625, 1.0625]
+    assert 0 < arms[0]["label_fill"] <= 1 and 0 < arms[1]["label_fill"] <= 1 and arms[2]["label_fill"] is None
     assert [a["sets"] for a in arms] == [[], ["bytes_encoder.config.hidden_dropout_prob=0.1"], []]
     for arm in arms:
         assert positive(arm["bytes_per_step"]) and positive(arm["bytes_per_second"])

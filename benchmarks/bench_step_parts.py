@@ -19,7 +19,8 @@ clipping; ``optimizer``: AdamW's step and zeroing the gradients).
 ``--label-rows``: one value per mix, in order: the ILT bytes decoder's packed label rows, in tokens (0 keeps the
 model's own). ``--ladder-growth``: one value per mix: the growth of the eager capacity ladder its batches are
 collated with (``ilt_core.text.image_packing.FINE_GROWTH`` while it collates; 0 keeps the library's). ``--set
-I:path=value``: a spec field of the I-th mix (0-based, dotted path, a YAML value).
+I:path=value``: a spec field of the I-th mix (0-based, dotted path, a YAML value). ``--attr I:role.name=value``:
+an attribute of the I-th mix's built component (a fast path's switch: ``bytes_decoder.short_rows_eager=false``).
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--ladder-growth", type=float, nargs="+", help="per mix: eager ladder growth (0: the library's)"
     )
     parser.add_argument("--set", action="append", default=[], help="I:path=value, a spec field of the I-th mix")
+    parser.add_argument(
+        "--attr", action="append", default=[], help="I:role.name=value, an attribute of the I-th mix's component"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--train-file", type=Path, default=DATA / "train.txt", help="one text per line")
     parser.add_argument("--eval-file", type=Path, default=DATA / "validation.txt", help="the baselines' tokenizers")
@@ -157,6 +161,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.as_the_ilt_command()
     train_lines, eval_lines = read_lines(args.train_file), read_lines(args.eval_file, 50)
     arms = [Arm(mix, r, g, train_lines, eval_lines) for mix, r, g in zip(mixes, rows, growths, strict=True)]
+    for assignment in args.attr:
+        index, _, rest = assignment.partition(":")
+        target, sep, value = rest.partition("=")
+        role, _, name = target.partition(".")
+        model = getattr(arms[int(index)].runner, "model", None) if index.isdigit() and int(index) < len(arms) else None
+        component = getattr(model, role, None)
+        if not sep or component is None or not hasattr(component, name):
+            raise ILTError(
+                f"bench_step_parts: --attr expects I:role.name=value naming an ILT mix's attribute, got {assignment!r}"
+            )
+        setattr(component, name, yaml.safe_load(value))
     common.log(f"{args.steps} steps of each of {len(arms)} mixes, interleaved; the first {args.warmup} not counted")
     for step in range(args.steps):
         for arm in arms:
@@ -171,13 +186,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"arms": []}
     for i, (arm, mix) in enumerate(zip(arms, mixes, strict=True)):
         total = sum(arm.seconds.values())
-        sets = [a.partition(":")[2] for a in args.set if a.partition(":")[0] == str(i)]
+        sets = [a.partition(":")[2] for a in args.set + args.attr if a.partition(":")[0] == str(i)]
         stream = arm.runner.model.label_stream if mix.kind == "ilt" else None
         row_tokens = stream.row_tokens if stream is not None else "-"
         figures = {
             "mix": mix.name,
             "label_rows": row_tokens,
-            "ladder_growth": arm.growth or image_packing.FINE_GROWTH,
+            "ladder_growth": (arm.growth or image_packing.FINE_GROWTH) if mix.kind == "ilt" else None,
             "sets": sets,
             "bytes_per_step": arm.bytes / arm.steps,
             "bytes_per_second": arm.bytes / total,
@@ -187,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["arms"].append(figures)
         parts = " | ".join(f"{figures[f'{p}_ms']:.1f}" for p in PARTS)
         print(
-            f"| {i} | {mix.name} | {row_tokens} | {figures['ladder_growth']:g} | {', '.join(sets) or '-'} "
+            f"| {i} | {mix.name} | {row_tokens} | {figures['ladder_growth'] or '-'} | {', '.join(sets) or '-'} "
             f"| {figures['bytes_per_step']:,.0f} | {figures['bytes_per_second']:,.0f} "
             f"| {'-' if figures['label_fill'] is None else format(figures['label_fill'], '.1%')} | {parts} |"
         )

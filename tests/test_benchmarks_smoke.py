@@ -299,14 +299,16 @@ def test_bench_step_parts_quick(tmp_path):
         "--label-rows", "136", "0", "0",
         "--ladder-growth", "1.25", "0", "0",
         "--set", "1:bytes_encoder.config.hidden_dropout_prob=0.1",
+        "--attr", "0:bytes_decoder.short_rows_eager=false",
         "--train-file", str(tmp_path / "train.txt"),
         "--eval-file", str(tmp_path / "validation.txt"),
     )  # fmt: skip
     arms = data["arms"]
     assert [a["label_rows"] for a in arms] == [136, 40, "-"]  # the knob, the model's own, a baseline's none
-    assert [a["ladder_growth"] for a in arms] == [1.25, 1.0625, 1.0625]
+    assert [a["ladder_growth"] for a in arms] == [1.25, 1.0625, None]
     assert 0 < arms[0]["label_fill"] <= 1 and 0 < arms[1]["label_fill"] <= 1 and arms[2]["label_fill"] is None
-    assert [a["sets"] for a in arms] == [[], ["bytes_encoder.config.hidden_dropout_prob=0.1"], []]
+    sets = [[], ["bytes_encoder.config.hidden_dropout_prob=0.1"], []]
+    assert [a["sets"] for a in arms] == [["bytes_decoder.short_rows_eager=false"], *sets[1:]]
     for arm in arms:
         assert positive(arm["bytes_per_step"]) and positive(arm["bytes_per_second"])
         assert all(positive(arm[f"{part}_ms"]) for part in ("data", "forward", "backward", "clip", "optimizer"))

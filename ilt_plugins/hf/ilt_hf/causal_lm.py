@@ -355,6 +355,7 @@ class HFBytesDecoder(HFWrapper):
         kernel costs more per score than the two products and a softmax of the eager path."""
         return (
             self.short_rows_eager
+            and not getattr(self.lm, "is_gradient_checkpointing", False)  # its recompute must run as the forward did
             and getattr(self.lm.config, "_attn_implementation", None) == "sdpa"
             and inputs_embeds.device.type == "cpu"
             and next(self.lm.parameters()).dtype == torch.float32

@@ -7,8 +7,7 @@
 
 The layers (CPU float32 only; each steps aside elsewhere and while compiling): the linear layers' products through
 numpy (``ilt_core/modeling/products.py``), Llama-style RMSNorm and rotary embeddings in fewer passes
-(``ilt_hf/fast_norm.py``, ``fast_rope.py``), the bytes encoder's length groups (``ilt_hf/encoder.py``), the
-bytes decoder's short packed rows through transformers' eager attention (``ilt_hf/causal_lm.py``), and the
+(``ilt_hf/fast_norm.py``, ``fast_rope.py``), the bytes encoder's length groups (``ilt_hf/encoder.py``), and the
 fused inference steps of the encoders, the GPT-NeoX latent and the greedy byte loop (``ilt_hf/fast_vit.py``,
 ``fast_bert.py``, ``fast_neox.py``, ``fast_greedy.py``).
 
@@ -48,7 +47,7 @@ from ilt_core.modeling.products import set_cpu_products  # noqa: E402
 NORM, ROPE = "ilt_hf.fast_norm", "ilt_hf.fast_rope"
 
 
-def switch_layers(model: Any, products: bool, norm: bool, rope: bool, groups: bool, short_rows: bool) -> None:
+def switch_layers(model: Any, products: bool, norm: bool, rope: bool, groups: bool) -> None:
     """Each CPU training layer of ``model`` on or off (the hf plugin's swapped classes put back for off)."""
     from ilt_hf.class_swap import unswap_classes
     from ilt_hf.fast_norm import swap_rms_norms
@@ -59,8 +58,6 @@ def switch_layers(model: Any, products: bool, norm: bool, rope: bool, groups: bo
     swap_rotary_attention(model) if rope else unswap_classes(model, ROPE)
     if hasattr(model.bytes_encoder, "group_lengths"):
         model.bytes_encoder.group_lengths = groups
-    if hasattr(model.bytes_decoder, "short_rows_eager"):
-        model.bytes_decoder.short_rows_eager = short_rows
 
 
 def switch_fused(model: Any, enabled: bool) -> None:
@@ -72,14 +69,13 @@ def switch_fused(model: Any, enabled: bool) -> None:
             switch(enabled)
 
 
-ON = {"products": True, "norm": True, "rope": True, "groups": True, "short_rows": True}
+ON = {"products": True, "norm": True, "rope": True, "groups": True}
 TRAIN_ARMS: dict[str, dict[str, bool]] = {
     "all on (default)": ON,
     "torch products": {**ON, "products": False},
     "transformers RMSNorm": {**ON, "norm": False},
     "transformers rotary": {**ON, "rope": False},
     "bytes encoder without length groups": {**ON, "groups": False},
-    "decoder's short rows through SDPA": {**ON, "short_rows": False},
     "all off": dict.fromkeys(ON, False),
 }
 

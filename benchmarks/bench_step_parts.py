@@ -20,7 +20,7 @@ clipping; ``optimizer``: AdamW's step and zeroing the gradients).
 model's own). ``--ladder-growth``: one value per mix: the growth of the eager capacity ladder its batches are
 collated with (``ilt_core.text.image_packing.FINE_GROWTH`` while it collates; 0 keeps the library's). ``--set
 I:path=value``: a spec field of the I-th mix (0-based, dotted path, a YAML value). ``--attr I:role.name=value``:
-an attribute of the I-th mix's built component (a fast path's switch: ``bytes_decoder.short_rows_eager=false``).
+an attribute of the I-th mix's built component (a fast path's switch: ``bytes_encoder.group_lengths=false``).
 """
 
 from __future__ import annotations

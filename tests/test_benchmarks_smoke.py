@@ -299,7 +299,7 @@ def test_bench_step_parts_quick(tmp_path):
         "--label-rows", "136", "0", "0",
         "--ladder-growth", "1.25", "0", "0",
         "--set", "1:bytes_encoder.config.hidden_dropout_prob=0.1",
-        "--attr", "0:bytes_decoder.short_rows_eager=false",
+        "--attr", "0:bytes_encoder.group_lengths=false",
         "--train-file", str(tmp_path / "train.txt"),
         "--eval-file", str(tmp_path / "validation.txt"),
     )  # fmt: skip
@@ -308,7 +308,7 @@ def test_bench_step_parts_quick(tmp_path):
     assert [a["ladder_growth"] for a in arms] == [1.25, 1.0625, None]
     assert 0 < arms[0]["label_fill"] <= 1 and 0 < arms[1]["label_fill"] <= 1 and arms[2]["label_fill"] is None
     sets = [[], ["bytes_encoder.config.hidden_dropout_prob=0.1"], []]
-    assert [a["sets"] for a in arms] == [["bytes_decoder.short_rows_eager=false"], *sets[1:]]
+    assert [a["sets"] for a in arms] == [["bytes_encoder.group_lengths=false"], *sets[1:]]
     for arm in arms:
         assert positive(arm["bytes_per_step"]) and positive(arm["bytes_per_second"])
         assert all(positive(arm[f"{part}_ms"]) for part in ("data", "forward", "backward", "clip", "optimizer"))

@@ -34,12 +34,10 @@ def test_a_built_model_has_them_on_and_off_puts_every_layer_back():
     assert "core: linear layers' products in numpy" in on
     assert "bytes_decoder: RMSNorm in fewer passes" in on and "bytes_decoder: rotary embeddings in fewer passes" in on
     assert "bytes_encoder: length groups" in on and "bytes_decoder: fused greedy byte step" in on
-    assert "bytes_decoder: eager attention over short packed rows" in on
     assert {"NumpyLinear", "FastLlamaRMSNorm", "FastLlamaAttention"} <= set(swapped_layers(model))
     assert model.set_fast_paths(False) == [] and model.fast_paths == []
     assert swapped_layers(model) == []
     assert model.bytes_encoder.group_lengths is False and model.bytes_decoder._fused is None
-    assert model.bytes_decoder.short_rows_eager is False
     assert model.set_fast_paths(True) == on
 
 
@@ -62,33 +60,6 @@ def test_on_and_off_give_the_same_loss_gradients_and_text():
     for name in grads_on:
         torch.testing.assert_close(grads_on[name], grads_off[name], rtol=1e-4, atol=1e-5, msg=name)
     assert text_on == text_off
-
-
-def test_fixed_shape_batches_give_the_same_loss_and_gradients_with_eager_short_rows():
-    seen = []  # the attention implementation each decoder attention layer ran with
-    results = []
-    for enabled in (True, False):
-        model = build_model(micro_spec(), seed=0)
-        model.set_fast_paths(enabled)
-        model.train()
-        attention = next(m for n, m in model.bytes_decoder.named_modules() if n.endswith("self_attn"))
-        hook = attention.register_forward_pre_hook(lambda m, a: seen.append(m.config._attn_implementation))
-        shapes = model.fixed_shapes(rows=3, row_units=8)
-        batch = model.processor.collate([TextUnits(t) for t in TEXTS], shapes=shapes)
-        assert batch.decoder_targets.shape[1] <= 64  # packed label rows, as short as the eager path takes
-        torch.manual_seed(1)  # the same dropout draws
-        out = model(**batch.model_inputs())
-        out.loss.backward()
-        hook.remove()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append((out.loss.detach(), grads))
-        assert model.bytes_decoder.lm.config._attn_implementation == "sdpa"  # put back after the call
-    assert seen == ["eager", "sdpa"]
-    (loss_on, grads_on), (loss_off, grads_off) = results
-    torch.testing.assert_close(loss_on, loss_off, rtol=1e-5, atol=1e-6)
-    assert grads_on.keys() == grads_off.keys() and grads_on
-    for name in grads_on:
-        torch.testing.assert_close(grads_on[name], grads_off[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_never_saved_with_the_model(tmp_path):

@@ -76,9 +76,6 @@ MASKS_FROM_POSITIONS_MODEL_TYPES = frozenset({"gpt_neox", "llama", "gemma3_text"
 _MASK_BUILDING_ATTENTION = frozenset({"sdpa", "eager"})
 # flash-attention kernels: no mask at all, one flattened row with cumulative text lengths (varlen)
 _VARLEN_ATTENTION = frozenset({"flash_attention_2", "flash_attention_3"})
-#: longest packed rows (tokens) the bytes decoder sends through eager attention on a CPU (a fast path: the label
-#: stream's rows, one longest label each, are this short)
-SHORT_ROWS = 64
 
 
 def varlen_arguments(position_ids: torch.Tensor) -> dict[str, Any]:
@@ -335,36 +332,15 @@ class HFBytesDecoder(HFWrapper):
         self.max_positions: int = max_positions(lm.config)
         self._cache_argument = cache_argument(lm)
         self._fused: FusedLlamaWeights | None = FusedLlamaWeights()  # greedy()'s, filled on first use (Llama only)
-        self.short_rows_eager = True  # set_fast_paths switches it
 
     def _set_fused(self, enabled: bool) -> list[str]:
         """:meth:`greedy` through the fused Llama step of :mod:`ilt_hf.fused_llama` (for a Llama decoder it
-        reproduces), and short packed rows through transformers' eager attention on a CPU (:meth:`forward`); off,
-        the same byte loop runs the model's own forward and every row takes the configured attention."""
+        reproduces); off, the same byte loop runs the model's own forward."""
         if not enabled:
             self._fused = None
         elif self._fused is None:
             self._fused = FusedLlamaWeights()
-        self.short_rows_eager = enabled
-        paths = ["fused greedy byte step"] if enabled and fused_llama_supported(self.lm.config) else []
-        return paths + ["eager attention over short packed rows"] * enabled
-
-    def _eager_for(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
-        """Whether this call's attention runs transformers' eager implementation instead of SDPA: packed rows of at
-        most :data:`SHORT_ROWS` tokens (a 4-D mask) on a CPU, in float32, outside compilation. There SDPA's CPU
-        kernel costs more per score than the two products and a softmax of the eager path."""
-        return (
-            self.short_rows_eager
-            and not getattr(self.lm, "is_gradient_checkpointing", False)  # its recompute must run as the forward did
-            and getattr(self.lm.config, "_attn_implementation", None) == "sdpa"
-            and inputs_embeds.device.type == "cpu"
-            and next(self.lm.parameters()).dtype == torch.float32
-            and attention_mask is not None
-            and attention_mask.ndim == 4
-            and attention_mask.shape[-1] <= SHORT_ROWS
-            and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()
-        )
+        return ["fused greedy byte step"] if enabled and fused_llama_supported(self.lm.config) else []
 
     @property
     def generation_config(self) -> Any:
@@ -401,21 +377,14 @@ class HFBytesDecoder(HFWrapper):
             attention_mask = _additive(attention_mask, param.dtype)
         if position_ids is not None:
             extra["position_ids"] = position_ids
-        eager = self._eager_for(inputs_embeds, attention_mask)
-        if eager:  # the attention layers read the implementation from the config at each call
-            self.lm.config._attn_implementation = "eager"
-        try:
-            out = self.lm(
-                inputs_embeds=inputs_embeds.to(dtype=param.dtype),
-                attention_mask=attention_mask,
-                use_cache=use_cache,
-                return_dict=True,
-                **{self._cache_argument: past_key_values},
-                **extra,
-            )
-        finally:
-            if eager:
-                self.lm.config._attn_implementation = "sdpa"
+        out = self.lm(
+            inputs_embeds=inputs_embeds.to(dtype=param.dtype),
+            attention_mask=attention_mask,
+            use_cache=use_cache,
+            return_dict=True,
+            **{self._cache_argument: past_key_values},
+            **extra,
+        )
         return out.logits, (output_cache(out) if use_cache else None)
 
     @torch.no_grad()

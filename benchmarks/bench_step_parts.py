@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from ilt_bench import common  # noqa: E402
 from ilt_bench.mixes import resolve_mixes  # noqa: E402
-from ilt_bench.run import BaselineRunner, ILTRunner, read_lines, text_stream  # noqa: E402
+from ilt_bench.run import BaselineRunner, ILTRunner, adamw, read_lines, text_stream  # noqa: E402
 
 from ilt_core.errors import ILTError  # noqa: E402
 from ilt_core.text import image_packing  # noqa: E402
@@ -90,7 +90,7 @@ class Arm:
         else:
             self.runner = BaselineRunner(job, settings, cpu, train_lines, eval_lines)
         self.runner.train()
-        self.optimizer = torch.optim.AdamW(self.runner.param_groups("width", 1e-3), lr=1e-3, betas=(0.9, 0.95))
+        self.optimizer = adamw(self.runner.param_groups("width", 1e-3), 1e-3)
         self.texts = text_stream(train_lines, 0)
         self.seconds = {part: 0.0 for part in PARTS}
         self.bytes = self.steps = 0

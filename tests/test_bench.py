@@ -27,6 +27,7 @@ from ilt_bench.run import ILTRunner, budget_share, lr_at, take_blocks, text_stre
 from ilt_core import hookimpl
 from ilt_core.errors import ILTError
 from ilt_core.modeling.flops import FlopCounter, PartWork, attention_shape
+from ilt_core.modeling.products import openblas_threads
 from ilt_core.plugins.registry import Registry
 from ilt_core.specs.spec import merge_spec
 from ilt_core.text.segmentation import segment
@@ -542,6 +543,28 @@ def test_bench_end_to_end_writes_every_figure_for_every_mix(tmp_path):
     for png in ("bpb_vs_flops.png", "bpb_vs_bytes.png", "throughput.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+@pytest.mark.slow
+def test_a_run_in_its_own_process_starts_as_the_ilt_command(tmp_path):
+    # make bench runs each mix in a fresh process: with numpy's default OpenBLAS threads there, the numpy products
+    # of a mix shared the cores with torch's threads (a baseline stepped 1.4x slower than under ``ilt train``)
+    assert openblas_threads() is not None  # numpy's OpenBLAS is loaded here, so the worker's count is read
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(TEXTS * 4) + "\n", encoding="utf-8")
+    (tmp_path / "small-bytes.yaml").write_text(SMALL_BYTES)
+    out = tmp_path / "report"
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["bench", "--mixes", "small-bytes", "--mix-dir", str(tmp_path), "--train-file", str(train)]
+        + ["--eval-file", str(train), "--eval-lines", "2", "--budget-bytes", "600", "--seeds", "1"]
+        + ["--curve-lines", "2", "--curve-points", "1", "--threads", "1", "--matmul-size", "64"]
+        + ["--gen-new-units", "1", "--gen-prompt-units", "2", "--t2b-lines", "2", "--out", str(out)]
+    )
+    assert args.func(args) == 0
+    (result,) = json.loads((out / "results.json").read_text(encoding="utf-8"))["results"]
+    assert [run["openblas_threads"] for run in result["runs"]] == [1]
 
 
 @pytest.mark.slow

@@ -3,12 +3,13 @@
     python -m ilt_bench.run JOB.json        (``ilt bench`` starts one of these per mix and seed)
 
 ``JOB.json`` holds ``{"mix": Mix.to_dict(), "settings": {...}, "result": "path/to/result.json"}``. A
-fresh process per run keeps peak-memory figures apart (``ru_maxrss`` is per process).
+fresh process per run keeps peak-memory figures apart (``ru_maxrss`` is per process); it starts as the ``ilt``
+command does (numpy's OpenBLAS on one thread), so a mix runs as under ``ilt train``.
 
 The training loop is in plain sight (:func:`train`): the seed sets the initialisation and the data order
 (one seeded permutation of the training lines, re-drawn each epoch: every mix reads the same texts in the
-same order), AdamW (betas 0.9/0.95, weight decay 0.1 except on norms and biases, as ``ilt train``; gradient
-clipping 1.0) and the same schedule for every mix: linear warm-up over the first 10 steps, then cosine decay
+same order), fused AdamW (betas 0.9/0.95, weight decay 0.1 except on norms and biases, as ``ilt train``;
+gradient clipping 1.0) and the same schedule for every mix: linear warm-up over the first 10 steps, then cosine decay
 to 10% of the peak learning rate as the budget is used up. An ILT model's encoders and decoder train at the
 peak rate times the latent's width over their own (``settings["lr_scaling"] = "width"``; ``"none"``: one
 rate for every component): the parameter groups are ``ilt train``'s,
@@ -39,8 +40,10 @@ from typing import Any
 
 import torch
 
+from ilt_bench.common import as_the_ilt_command
 from ilt_bench.machine import peak_rss_bytes
 from ilt_core.errors import ILTError
+from ilt_core.modeling.products import openblas_threads
 from ilt_core.text.lines import read_text_lines
 from ilt_core.text.segmentation import utf8_len
 
@@ -73,6 +76,12 @@ def lr_at(step: int, share: float, peak: float) -> float:
     warm = min(1.0, (step + 1) / WARMUP_STEPS)
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(max(share, 0.0), 1.0)))
     return peak * warm * (MIN_LR_SHARE + (1.0 - MIN_LR_SHARE) * cosine)
+
+
+def adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.AdamW:
+    """AdamW as ``ilt train`` builds it (Trainer's default ``--optim adamw_torch_fused``: one fused kernel over
+    every tensor, on a CPU too), betas 0.9/0.95; each group carries its own weight decay."""
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
 
 
 class Clock:
@@ -372,7 +381,7 @@ def train(runner: Any, settings: dict[str, Any], train_lines: Sequence[str], cur
     texts = text_stream(train_lines, settings["seed"])
     torch.manual_seed(settings["seed"])
     groups = runner.param_groups(settings.get("lr_scaling", "width"), settings["lr"])
-    optimizer = torch.optim.AdamW(groups, lr=settings["lr"], betas=(0.9, 0.95))  # weight decay: per group
+    optimizer = adamw(groups, settings["lr"])
 
     def share(seconds: float, nbytes: int) -> float:
         return budget_share(settings, seconds, nbytes, total_flops(runner.flops))
@@ -640,6 +649,7 @@ def run_mix(job: dict[str, Any]) -> dict[str, Any]:
         "mfu": achieved / peak_flops,
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_rss_train_bytes": peak_train,
+        "openblas_threads": openblas_threads(),
         "parameters": counts,
         "parameters_total": sum(counts.values()),
         "generation": generation,
@@ -678,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m ilt_bench.run JOB.json", file=sys.stderr)
         return 2
+    as_the_ilt_command()  # this process is a run of ``ilt train``: its process-wide settings, not numpy's defaults
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     out = Path(job["result"])
     result = run_job(job)

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_step_parts.py --mixes nano nano-no-images nano-baseline-bytes
     .venv/bin/python benchmarks/bench_step_parts.py --mixes nano nano --label-rows 136 0   # one knob, A/B
+    .venv/bin/python benchmarks/bench_step_parts.py --mixes nano nano-baseline-bytes --components 5  # and each part
     .venv/bin/python benchmarks/bench_step_parts.py --mixes nano nano \\
         --set 1:bytes_encoder.config.hidden_dropout_prob=0.1                            # a spec field, A/B
 
@@ -21,6 +22,13 @@ model's own). ``--ladder-growth``: one value per mix: the growth of the eager ca
 collated with (``ilt_core.text.image_packing.FINE_GROWTH`` while it collates; 0 keeps the library's). ``--set
 I:path=value``: a spec field of the I-th mix (0-based, dotted path, a YAML value). ``--attr I:role.name=value``:
 an attribute of the I-th mix's built component (a fast path's switch: ``bytes_encoder.group_lengths=false``).
+
+``--components N``: after the steps, each component's forward and backward alone (an ILT mix's image encoder, bytes
+encoder, latent and bytes decoder; a baseline's transformer), run again on the very inputs it got in the last
+counted step (recorded on the way into it), a gradient of ones on its outputs, median of N; then, for each ILT mix
+against each baseline, the bytes/s a step could reach if it took only its bytes decoder, only its components, or
+its components with its data and optimizer parts: what no work between the components (masks, gathers, the loss,
+clipping) could beat.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import copy
 import os
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +55,8 @@ from ilt_core.errors import ILTError  # noqa: E402
 from ilt_core.text import image_packing  # noqa: E402
 
 PARTS = ("data", "forward", "backward", "clip", "optimizer")
+#: an ILT model's components that run in a training step, in the order they run
+COMPONENTS = ("image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder")
 DATA = Path(__file__).resolve().parents[1] / "data" / "he-news"
 
 
@@ -72,6 +83,78 @@ def ladder(growth: float) -> Iterator[None]:
         image_packing.FINE_GROWTH = before
 
 
+def _detached(value: Any) -> Any:
+    """``value`` with every tensor in it detached and copied (a leaf that wants a gradient where the original had
+    one), tuples, lists and dicts followed."""
+    if isinstance(value, torch.Tensor):
+        leaf = value.detach().clone()
+        return leaf.requires_grad_(value.requires_grad and leaf.is_floating_point())
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
+
+
+def _grad_tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors of a component's output that carry a gradient (a ModelOutput, tuple or tensor)."""
+    if isinstance(value, torch.Tensor):
+        return [value] if value.requires_grad else []
+    if isinstance(value, dict):  # transformers' ModelOutput is an OrderedDict
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _grad_tensors(v)]
+    return []
+
+
+#: the methods through which an ILT model calls its components (the image encoder's packed images, the bytes
+#: decoder's byte embeddings), recorded by :meth:`Arm.component_ms`
+ENTRY_METHODS = ("forward", "encode_packed", "embed")
+
+
+@contextlib.contextmanager
+def recording(module: torch.nn.Module, method: str, calls: list[tuple[str, tuple, dict]]) -> Iterator[None]:
+    """Record every top-level call of ``module.method`` (name, arguments) into ``calls`` inside (an instance
+    attribute shadows the class's method; a call from inside another recorded call is part of that one)."""
+    original = getattr(module, method)
+
+    def record(*args: Any, **kwargs: Any) -> Any:
+        if not any(getattr(module, f"_recording_{m}", False) for m in ENTRY_METHODS):
+            calls.append((method, args, kwargs))
+        setattr(module, f"_recording_{method}", True)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            setattr(module, f"_recording_{method}", False)
+
+    setattr(module, method, record)
+    try:
+        yield
+    finally:
+        delattr(module, method)
+        for m in ENTRY_METHODS:
+            module.__dict__.pop(f"_recording_{m}", None)
+
+
+def component_seconds(module: torch.nn.Module, calls: list[tuple[str, tuple, dict]], repeats: int) -> float:
+    """Median seconds of every captured call of ``module`` run again alone, forward and backward (a gradient of
+    ones on each output that carries one; the parameters' gradients start empty, as after ``zero_grad``)."""
+    rounds = []
+    for _ in range(repeats):
+        inputs = [(method, _detached(args), _detached(kwargs)) for method, args, kwargs in calls]
+        for p in module.parameters():
+            p.grad = None
+        start = time.perf_counter()
+        for method, args, kwargs in inputs:
+            outputs = _grad_tensors(getattr(module, method)(*args, **kwargs))
+            if outputs:
+                torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
+        rounds.append(time.perf_counter() - start)
+    for p in module.parameters():
+        p.grad = None
+    return sorted(rounds)[len(rounds) // 2]
+
+
 class Arm:
     """One mix's runner, optimizer and text stream, and its counted steps."""
 
@@ -95,6 +178,27 @@ class Arm:
         self.seconds = {part: 0.0 for part in PARTS}
         self.bytes = self.steps = 0
         self.label_slots = self.label_targets = 0
+        self.last_batch: Any = None
+
+    def components(self) -> dict[str, torch.nn.Module]:
+        """The modules timed alone by :meth:`component_ms`: an ILT model's components, a baseline's transformer."""
+        model = getattr(self.runner, "model", None)
+        if model is None:
+            return {"transformer": self.runner.lm.model}
+        return {role: getattr(model, role) for role in COMPONENTS if getattr(model, role, None) is not None}
+
+    def component_ms(self, repeats: int) -> dict[str, float]:
+        """Milliseconds of each component's forward and backward alone, on the inputs it got in the forward of the
+        last counted batch (captured while that batch's loss is computed again)."""
+        modules = self.components()
+        calls: dict[str, list[tuple[str, tuple, dict]]] = {name: [] for name in modules}
+        with ExitStack() as stack:
+            for name, module in modules.items():
+                for method in ENTRY_METHODS:
+                    if callable(getattr(module, method, None)):
+                        stack.enter_context(recording(module, method, calls[name]))
+            self.runner.loss(self.last_batch)
+        return {name: 1000 * component_seconds(modules[name], calls[name], repeats) for name in modules}
 
     def step(self, counted: bool) -> None:
         """One training step as ``ilt bench``'s loop runs it, each part timed."""
@@ -117,6 +221,7 @@ class Arm:
                 self.seconds[part] += seconds
             self.bytes += nbytes
             self.steps += 1
+            self.last_batch = batch
             targets = getattr(batch, "decoder_targets", None)
             if targets is not None:
                 self.label_slots += targets.numel()
@@ -140,6 +245,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-file", type=Path, default=DATA / "train.txt", help="one text per line")
     parser.add_argument("--eval-file", type=Path, default=DATA / "validation.txt", help="the baselines' tokenizers")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 steps, 1 not counted")
+    parser.add_argument(
+        "--components", type=int, default=0, help="time each component's forward+backward alone, median of N"
+    )
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -206,9 +314,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"| {figures['bytes_per_step']:,.0f} | {figures['bytes_per_second']:,.0f} "
             f"| {'-' if figures['label_fill'] is None else format(figures['label_fill'], '.1%')} | {parts} |"
         )
+    if args.components:
+        print_components(arms, mixes, result, args.components)
     if args.out:
         common.write_json(args.out, result)
     return result
+
+
+def print_components(arms: list[Arm], mixes: list[Any], result: dict[str, Any], repeats: int) -> None:
+    """Each component's forward and backward alone (ms a step) and what they allow against each baseline."""
+    print(f"\nEach component's forward and backward alone, on the last counted batch's inputs, median of {repeats}:")
+    print("| # | mix | component | ms a step | share of the step |")
+    print("| ---: | --- | --- | ---: | ---: |")
+    for i, (arm, mix, figures) in enumerate(zip(arms, mixes, result["arms"], strict=True)):
+        step_ms = sum(figures[f"{p}_ms"] for p in PARTS)
+        figures["components_ms"] = arm.component_ms(repeats)
+        for name, ms in figures["components_ms"].items():
+            print(f"| {i} | {mix.name} | {name} | {ms:.1f} | {ms / step_ms:.0%} |")
+    baselines = [(m, f) for m, f in zip(mixes, result["arms"], strict=True) if m.kind != "ilt"]
+    for mix, figures in zip(mixes, result["arms"], strict=True):
+        if mix.kind != "ilt":
+            continue
+        parts = figures["components_ms"]
+        floors = {  # each adds the next part of the step to the time no faster step can go below
+            "its bytes decoder alone": parts.get("bytes_decoder", 0.0),
+            "its components alone": sum(parts.values()),
+            "its components, data and optimizer": sum(parts.values()) + figures["data_ms"] + figures["optimizer_ms"],
+        }
+        for name, ms in floors.items():
+            ceiling = figures["bytes_per_step"] / (ms / 1000)
+            against = ", ".join(
+                f"{ceiling / other['bytes_per_second']:.2f}x {base.name}'s measured" for base, other in baselines
+            )
+            print(
+                f"{mix.name}: if a step took only {name} ({ms:.1f} ms): {ceiling:,.0f} bytes/s"
+                + (f" ({against})" if against else "")
+            )
+            figures.setdefault("ceilings", {})[name] = ceiling
 
 
 if __name__ == "__main__":

@@ -300,6 +300,7 @@ def test_bench_step_parts_quick(tmp_path):
         "--ladder-growth", "1.25", "0", "0",
         "--set", "1:bytes_encoder.config.hidden_dropout_prob=0.1",
         "--attr", "0:bytes_encoder.group_lengths=false",
+        "--components", "1",
         "--train-file", str(tmp_path / "train.txt"),
         "--eval-file", str(tmp_path / "validation.txt"),
     )  # fmt: skip
@@ -312,3 +313,12 @@ def test_bench_step_parts_quick(tmp_path):
     for arm in arms:
         assert positive(arm["bytes_per_step"]) and positive(arm["bytes_per_second"])
         assert all(positive(arm[f"{part}_ms"]) for part in ("data", "forward", "backward", "clip", "optimizer"))
+    # each component alone, on the inputs of the last counted step
+    assert [list(a["components_ms"]) for a in arms] == [
+        ["bytes_encoder", "latent_transformer", "bytes_decoder"]
+    ] * 2 + [["transformer"]]
+    for arm in arms[:2]:
+        assert all(positive(ms) for ms in arm["components_ms"].values())
+        ceilings = list(arm["ceilings"].values())  # each adds parts of the step: each allows less than the one before
+        assert len(ceilings) == 3 and ceilings[0] > ceilings[1] > ceilings[2] > 0
+        assert ceilings[1] == arm["bytes_per_step"] / (sum(arm["components_ms"].values()) / 1000)

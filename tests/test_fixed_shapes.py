@@ -14,6 +14,7 @@ from ilt_core.text.image_packing import (
     capacity_for,
     first_fit,
     ladder_growth,
+    next_capacity,
     position_offset,
     position_table_size,
 )
@@ -98,6 +99,9 @@ def test_capacities_are_ladder_steps_at_or_above_the_need():
         assert n <= step <= 1.0625 * n + 1
     assert len(set(steps)) < len(set(fine)) < 120
     assert len(set(steps)) < 40  # a few shapes in all
+    # after a batch that got 40: grow-only keeps it, the eager ladder gives the step of the need alone
+    assert next_capacity(10, 40, grow_only=True) == 40 and next_capacity(50, 40, grow_only=True) == 60
+    assert next_capacity(10, 40, grow_only=False) == 10 and next_capacity(18, 0, grow_only=False) == 19
 
 
 def test_first_fit_packs_every_segment_into_the_first_row_with_room():

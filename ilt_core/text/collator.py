@@ -42,7 +42,7 @@ import torch
 
 from ilt_core.errors import ILTError
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID
-from ilt_core.text.image_packing import ImagePacking, capacity_for, ladder_growth
+from ilt_core.text.image_packing import ImagePacking, next_capacity
 from ilt_core.text.label_packing import LabelPacking
 
 IGNORE_INDEX = -100
@@ -82,9 +82,7 @@ class FixedShapes:
     def units_for(self, needed: int) -> int:
         """The unit capacity for a batch of ``needed`` distinct units (start marker included): the ladder's step, or
         with ``grow_only`` the largest step any batch so far took (fewer shapes, so fewer compilations)."""
-        capacity = capacity_for(needed, ladder_growth(self.grow_only))
-        if self.grow_only:
-            capacity = max(capacity, self.unit_capacity)
+        capacity = next_capacity(needed, self.unit_capacity, self.grow_only)
         self.changes += int(bool(self.unit_capacity) and capacity != self.unit_capacity)
         self.unit_capacity = capacity
         return capacity

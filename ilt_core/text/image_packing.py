@@ -94,8 +94,7 @@ class ImagePacking:
         if rows is not None and rows < needed:
             raise ILTError(f"ImagePacking.pack: rows={rows} is below the {needed} rows the images need")
         if rows is None:
-            rows = capacity_for(needed, ladder_growth(self.grow_only))
-            rows = max(rows, self.rows) if self.grow_only else rows
+            rows = next_capacity(needed, self.rows, self.grow_only)
         self.changes += int(bool(self.rows) and rows != self.rows)
         self.rows = rows
         S, R = self.row_tokens, self.rows
@@ -155,6 +154,14 @@ def capacity_for(needed: int, growth: float = COARSE_GROWTH) -> int:
     while step < needed:
         step = max(step + 1, math.ceil(step * growth))
     return step
+
+
+def next_capacity(needed: int, before: int, grow_only: bool) -> int:
+    """The capacity a batch needing ``needed`` slots gets, after one that got ``before`` (0: the first batch): the
+    ladder's step (:func:`capacity_for` on :func:`ladder_growth`), and with ``grow_only`` never below ``before``
+    (fewer shapes, so fewer compilations)."""
+    capacity = capacity_for(needed, ladder_growth(grow_only))
+    return max(capacity, before) if grow_only else capacity
 
 
 def first_fit(lengths: Sequence[int], row_tokens: int) -> list[int]:
@@ -221,6 +228,7 @@ __all__ = [
     "first_fit",
     "capacity_for",
     "ladder_growth",
+    "next_capacity",
     "position_offset",
     "position_table_size",
     "rows_used",

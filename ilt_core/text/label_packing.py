@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ilt_core.text.byte_tokenizer import PAD_ID
-from ilt_core.text.image_packing import capacity_for, first_fit, ladder_growth, rows_used
+from ilt_core.text.image_packing import first_fit, next_capacity, rows_used
 
 IGNORE = -100
 
@@ -57,9 +57,7 @@ class LabelPacking:
         """Pack ``labels``, ``(flat position, label byte ids)`` pairs, for a batch of ``positions`` positions."""
         lengths = [len(lab) for _, lab in labels]
         starts = first_fit(lengths, self.row_tokens)
-        rows = capacity_for(rows_used(starts, self.row_tokens), ladder_growth(self.grow_only))
-        if self.grow_only:  # never fewer rows than a batch before took (see FixedShapes.grow_only)
-            rows = max(rows, self.rows)
+        rows = next_capacity(rows_used(starts, self.row_tokens), self.rows, self.grow_only)
         self.changes += int(bool(self.rows) and rows != self.rows)
         self.rows = rows
         size = self.rows * self.row_tokens

@@ -94,3 +94,29 @@ def test_the_commands_switch_them_off():
     assert parser.parse_args(["generate", "--model", "m", "--prompt", "x", "--no-fast-paths"]).no_fast_paths
     assert parser.parse_args(["eval", "--model", "m", "--file", "f", "--no-fast-paths"]).no_fast_paths
     assert not parser.parse_args(["eval", "--model", "m", "--file", "f"]).no_fast_paths
+
+
+def test_the_fused_inference_steps_follow_a_fused_optimizer_step():
+    # torch's fused AdamW (Trainer's default optim, adamw_torch_fused) moves the parameters in place without bumping
+    # their version counters: the fused weights must still be rebuilt before the next inference
+    model = build_model(micro_spec(), seed=0)
+    batch = model.processor.collate([TextUnits(t) for t in TEXTS])
+    prompts = ["שלום עולם", "hello"]
+    model.eval()
+    with torch.no_grad():
+        before = model(**batch.model_inputs()).loss  # builds the fused weights
+    generate(model, prompts, max_new_units=3)  # and the byte loop's
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    model(**batch.model_inputs()).loss.backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        fast = model(**batch.model_inputs()).loss
+    fast_text = generate(model, prompts, max_new_units=3)
+    model.set_fast_paths(False)
+    with torch.no_grad():
+        reference = model(**batch.model_inputs()).loss
+    assert not torch.allclose(before, reference, rtol=1e-3, atol=0)  # the step moved the model
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-6)
+    assert fast_text == generate(model, prompts, max_new_units=3)

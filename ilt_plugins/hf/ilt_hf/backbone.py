@@ -14,12 +14,23 @@ from torch import nn
 
 from ilt_hf import fast_norm, fast_rope
 from ilt_hf.class_swap import unswap_classes
+from ilt_hf.fused_weights import FusedWeights
 
 
 class HFWrapper(nn.Module):
     """A module wrapping one transformers model, held in the attribute named by ``backbone_name``."""
 
     backbone_name = "model"
+
+    def train(self, mode: bool = True) -> HFWrapper:
+        """``nn.Module.train``; a change of mode also invalidates the wrapper's fused inference weights (held in its
+        attributes, :class:`~ilt_hf.fused_weights.FusedWeights`): a fused optimizer step moved the parameters
+        without bumping their version counters, so only the change of mode tells that they may have moved."""
+        if mode != self.training:
+            for value in vars(self).values():
+                if isinstance(value, FusedWeights):
+                    value.invalidate()
+        return super().train(mode)
 
     def set_activation_checkpointing(
         self,

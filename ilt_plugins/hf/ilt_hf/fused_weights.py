@@ -3,6 +3,9 @@
 The fast inference paths (:mod:`ilt_hf.fused_llama`, :mod:`ilt_hf.fast_vit`) concatenate projections (q/k/v,
 gate/up) so that one matrix product replaces several calls. Training moves the parameters in place, so the
 concatenations are keyed by every parameter's storage and version counter and rebuilt when any of them changes.
+A fused optimizer (torch's ``AdamW(fused=True)``, Trainer's default ``adamw_torch_fused``) moves them in place
+without bumping the version counters: so a wrapper's change of mode between training and inference (``train()`` /
+``eval()``, :meth:`ilt_hf.backbone.HFWrapper.train`) also invalidates them (:meth:`~FusedWeights.invalidate`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class FusedWeights:
     def __init__(self) -> None:
         self.key: tuple | None = None
         self.layers: list[tuple[Any, ...]] = []
+        self.epoch = 0  # bumped by invalidate(): part of the key, so a rebuild always gives a new key
 
     def build(self, model: nn.Module) -> None:
         raise NotImplementedError
@@ -30,14 +34,19 @@ class FusedWeights:
     def __getstate__(self) -> dict[str, Any]:
         # all of it derives from the model's parameters and is rebuilt at first use: a copy or a pickle of the model
         # carries none of it (kept byte loops hold locks and CUDA graphs, which cannot be copied)
-        return {"key": None, "layers": []}
+        return {"key": None, "layers": [], "epoch": 0}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
+    def invalidate(self) -> None:
+        """Rebuild at the next :meth:`refresh` even if no parameter's version counter moved (a CUDA graph captured
+        on these weights sees a new key and is captured again)."""
+        self.epoch += 1
+
     def refresh(self, model: nn.Module) -> None:
-        """Rebuild from ``model`` unless no parameter changed since the last build."""
-        key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+        """Rebuild from ``model`` unless no parameter changed since the last build (nor :meth:`invalidate`)."""
+        key = (self.epoch, tuple((p.data_ptr(), p._version) for p in model.parameters()))
         if key != self.key:
             with _BUILDING:
                 if key != self.key:  # another thread may have built them meanwhile

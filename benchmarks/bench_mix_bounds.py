@@ -41,10 +41,9 @@ import torch  # noqa: E402
 from ilt_bench import common  # noqa: E402
 from ilt_bench.machine import machine_info, package_versions  # noqa: E402
 from ilt_bench.matmuls import MatmulRecorder, Shape, time_shape  # noqa: E402
-from ilt_bench.setups import make_batches, reference_spec, text_units_in, train_step  # noqa: E402
+from ilt_bench.setups import make_batches, setup_mixes, text_units_in, train_step  # noqa: E402
 
 #: the reference implementation's setup and protocol batch (``bench_reference.py``: 8 texts x 64 words) as mixes
-REFERENCE_SETUPS = {"reference-setup": True, "reference-setup-no-images": False}
 
 
 class MixStep:
@@ -94,20 +93,6 @@ class MixStep:
             self.loss().backward()
         self.module.zero_grad(set_to_none=True)
         return recorder.counts
-
-
-def mixes(names: list[str]) -> list[Any]:
-    """The mixes of ``names``: ``benchmarks/mixes`` names or paths, and :data:`REFERENCE_SETUPS`."""
-    from ilt_bench.mixes import BenchSettings, Mix, resolve_mixes
-
-    found = []
-    for name in names:
-        if name in REFERENCE_SETUPS:
-            bench = BenchSettings(batch_size=8, block_units=65)
-            found.append(Mix(name, Path(__file__), "ilt", reference_spec(REFERENCE_SETUPS[name]), bench))
-        else:
-            found += resolve_mixes(name)
-    return found
 
 
 def products_time(counts: Counter[Shape], timings: dict[Shape, dict[str, float]]) -> dict[str, float]:
@@ -162,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     units = common.load_text("he", 4096, segment)  # ample for nano's shapes (a short text is cycled)
     lines = ["".join(piece) for piece in common.chunk_texts(units, 64, 64)]
-    steps = {m.name: MixStep(m, units, lines) for m in mixes(args.mixes)}
+    steps = {m.name: MixStep(m, units, lines) for m in setup_mixes(args.mixes)}
     counts = {name: s.products() for name, s in steps.items()}
     shapes = sorted({s for c in counts.values() for s in c}, key=lambda s: -s[0] * s[1] * s[2] * s[3])
     common.log(f"timing {len(shapes)} product shapes with torch and numpy")

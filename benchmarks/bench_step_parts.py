@@ -11,11 +11,13 @@ he-news training texts in the same order, the same collation, AdamW groups and g
 training loop, in the same order of calls. The mixes' steps are interleaved, one step of each in turn, so that a
 slower minute of the machine falls on all of them; the first ``--warmup`` steps are not counted.
 
-Printed per mix: text bytes a step, bytes/s over the counted steps, the share of the packed label slots that hold
-a target (ILT mixes whose bytes decoder reads the packed label stream; the rest is padding), and the mean
-milliseconds a step in each part
-(``data``: the next batch, collated; ``forward``: the loss; ``backward``; ``clip``: the gradient norm and its
-clipping; ``optimizer``: AdamW's step and zeroing the gradients).
+Mixes: ``benchmarks/mixes`` names or YAML paths, or ``reference-setup`` / ``reference-setup-no-images`` (the
+reference implementation's setup at its protocol's batch, ``ilt_bench.setups.setup_mixes``; words/s for
+``bench_reference.py``'s goal). Printed per mix: text bytes a step, bytes/s and words/s over the counted steps, the
+share of the packed label slots that hold a target (ILT mixes whose bytes decoder reads the packed label stream;
+the rest is padding), and the mean milliseconds a step in each part (``data``: the next batch, collated;
+``forward``: the loss; ``backward``; ``clip``: the gradient norm and its clipping; ``optimizer``: AdamW's step and
+zeroing the gradients).
 
 ``--label-rows``: one value per mix, in order: the ILT bytes decoder's packed label rows, in tokens (0 keeps the
 model's own). ``--ladder-growth``: one value per mix: the growth of the eager capacity ladder its batches are
@@ -27,8 +29,8 @@ an attribute of the I-th mix's built component (a fast path's switch: ``bytes_en
 encoder, latent and bytes decoder; a baseline's transformer), run again on the very inputs it got in the last
 counted step (recorded on the way into it), a gradient of ones on its outputs, median of N; then, for each ILT mix
 against each baseline, the bytes/s a step could reach if it took only its bytes decoder, only its components, or
-its components with its data and optimizer parts: what no work between the components (masks, gathers, the loss,
-clipping) could beat.
+its components with its data and optimizer parts (bytes/s and words/s): what no work between the components
+(masks, gathers, the loss, clipping) could beat.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (ilt_b
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from ilt_bench import common  # noqa: E402
-from ilt_bench.mixes import resolve_mixes  # noqa: E402
 from ilt_bench.run import BaselineRunner, ILTRunner, adamw, read_lines, text_stream  # noqa: E402
+from ilt_bench.setups import setup_mixes  # noqa: E402
 
 from ilt_core.errors import ILTError  # noqa: E402
 from ilt_core.text import image_packing  # noqa: E402
@@ -176,7 +178,7 @@ class Arm:
         self.optimizer = adamw(self.runner.param_groups("width", 1e-3), 1e-3)
         self.texts = text_stream(train_lines, 0)
         self.seconds = {part: 0.0 for part in PARTS}
-        self.bytes = self.steps = 0
+        self.bytes = self.units = self.steps = 0
         self.label_slots = self.label_targets = 0
         self.last_batch: Any = None
 
@@ -205,7 +207,7 @@ class Arm:
         runner, clock = self.runner, time.perf_counter
         t0 = clock()
         with ladder(self.growth):
-            batch, _, nbytes = runner.next_batch(self.texts)
+            batch, units, nbytes = runner.next_batch(self.texts)
         t1 = clock()
         loss = runner.loss(batch)
         t2 = clock()
@@ -220,6 +222,7 @@ class Arm:
             for part, seconds in zip(PARTS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                 self.seconds[part] += seconds
             self.bytes += nbytes
+            self.units += units
             self.steps += 1
             self.last_batch = batch
             targets = getattr(batch, "decoder_targets", None)
@@ -230,7 +233,12 @@ class Arm:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mixes", nargs="+", required=True, help="mix names or YAML paths (benchmarks/mixes)")
+    parser.add_argument(
+        "--mixes",
+        nargs="+",
+        required=True,
+        help="mix names or YAML paths (benchmarks/mixes), or reference-setup / reference-setup-no-images",
+    )
     parser.add_argument("--steps", type=int, default=25, help="steps per mix, interleaved (default 25)")
     parser.add_argument("--warmup", type=int, default=3, help="first steps not counted (default 3)")
     parser.add_argument("--label-rows", type=int, nargs="+", help="per mix: label row tokens (0: the model's)")
@@ -259,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for flag, values in (("--label-rows", rows), ("--ladder-growth", growths)):
         if len(values) != len(args.mixes):
             raise ILTError(f"bench_step_parts: {flag} has {len(values)} values for {len(args.mixes)} mixes")
-    mixes = [copy.deepcopy(resolve_mixes(name)[0]) for name in args.mixes]
+    mixes = [copy.deepcopy(setup_mixes([name])[0]) for name in args.mixes]
     for assignment in args.set:
         index, sep, rest = assignment.partition(":")
         if not sep or not index.isdigit() or int(index) >= len(mixes):
@@ -286,11 +294,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             arm.step(counted=step >= args.warmup)
 
     print(
-        "| # | mix | label rows | ladder | sets | bytes a step | bytes/s | label slots filled | "
+        "| # | mix | label rows | ladder | sets | bytes a step | bytes/s | words/s | label slots filled | "
         + " | ".join(f"{p}, ms" for p in PARTS)
         + " |"
     )
-    print("| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in PARTS) + " |")
+    print("| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in PARTS) + " |")
     result: dict[str, Any] = {"arms": []}
     for i, (arm, mix) in enumerate(zip(arms, mixes, strict=True)):
         total = sum(arm.seconds.values())
@@ -304,6 +312,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "sets": sets,
             "bytes_per_step": arm.bytes / arm.steps,
             "bytes_per_second": arm.bytes / total,
+            "units_per_step": arm.units / arm.steps,
+            "units_per_second": arm.units / total,
             "label_fill": arm.label_targets / arm.label_slots if arm.label_slots else None,
             **{f"{p}_ms": 1000 * arm.seconds[p] / arm.steps for p in PARTS},
         }
@@ -312,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"| {i} | {mix.name} | {row_tokens} | {figures['ladder_growth'] or '-'} | {', '.join(sets) or '-'} "
             f"| {figures['bytes_per_step']:,.0f} | {figures['bytes_per_second']:,.0f} "
+            f"| {figures['units_per_second']:,.1f} "
             f"| {'-' if figures['label_fill'] is None else format(figures['label_fill'], '.1%')} | {parts} |"
         )
     if args.components:
@@ -346,11 +357,13 @@ def print_components(arms: list[Arm], mixes: list[Any], result: dict[str, Any], 
             against = ", ".join(
                 f"{ceiling / other['bytes_per_second']:.2f}x {base.name}'s measured" for base, other in baselines
             )
+            words = figures["units_per_step"] / (ms / 1000)
             print(
-                f"{mix.name}: if a step took only {name} ({ms:.1f} ms): {ceiling:,.0f} bytes/s"
+                f"{mix.name}: if a step took only {name} ({ms:.1f} ms): {ceiling:,.0f} bytes/s, {words:,.1f} words/s"
                 + (f" ({against})" if against else "")
             )
             figures.setdefault("ceilings", {})[name] = ceiling
+            figures.setdefault("word_ceilings", {})[name] = words
 
 
 if __name__ == "__main__":

@@ -610,3 +610,17 @@ def test_a_flop_budget_stops_every_seed_at_the_first_step_past_it(tmp_path):
         per_step = run["train_flops"] / run["steps"]  # every step of this baseline does the same work
         assert 2e8 <= run["train_flops"] < 2e8 + per_step
         assert [p["train_flops"] >= 1e8 for p in run["curve"]] == [False, True, True]  # points at 0, 1/2, all
+
+
+def test_the_reference_setup_is_a_mix_beside_the_catalogue():
+    from ilt_bench.setups import REFERENCE_SETUPS, reference_spec, setup_mixes
+
+    found = setup_mixes(["nano", "reference-setup", "reference-setup-no-images"])
+    assert [m.name for m in found] == ["nano", *REFERENCE_SETUPS]
+    assert found[0].spec == resolve_mixes("nano")[0].spec
+    for mix, images in zip(found[1:], (True, False), strict=True):
+        assert mix.kind == "ilt" and mix.spec == reference_spec(images)
+        assert (mix.bench.batch_size, mix.bench.block_units) == (8, 65)  # 8 texts x 64 words and the start marker
+    assert found[1].spec["image_encoder"] and found[2].spec["image_encoder"] in (False, None)
+    with pytest.raises(ILTError, match="not a mix"):
+        setup_mixes(["reference-setup-typo"])

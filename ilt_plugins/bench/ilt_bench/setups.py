@@ -9,6 +9,7 @@ rendered 16 px high); :func:`tiny_spec` the tiny preset's variants. :func:`make_
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,6 +44,26 @@ def reference_spec(images: bool = True, **attn: str) -> dict[str, Any]:
     for role, implementation in attn.items():
         spec[role]["attn_implementation"] = implementation
     return spec
+
+
+#: Names of the reference setup as a mix (with and without word images) for the scripts that take ``--mixes``.
+REFERENCE_SETUPS = {"reference-setup": True, "reference-setup-no-images": False}
+
+
+def setup_mixes(names: list[str]) -> list[Any]:
+    """``ilt_bench.mixes.Mix`` objects for ``names``: ``benchmarks/mixes`` names or YAML paths, and the names of
+    :data:`REFERENCE_SETUPS` (:func:`reference_spec` at the reference protocol's batch: 8 texts x 64 words, one
+    more unit for the start marker)."""
+    from ilt_bench.mixes import BenchSettings, Mix, resolve_mixes
+
+    found = []
+    for name in names:
+        if name in REFERENCE_SETUPS:
+            bench = BenchSettings(batch_size=8, block_units=65)
+            found.append(Mix(name, Path(__file__), "ilt", reference_spec(REFERENCE_SETUPS[name]), bench))
+        else:
+            found += resolve_mixes(name)
+    return found
 
 
 def make_batches(model: Any, units: list[str], rows: int, length: int, count: int, shapes: Any = None) -> list[Any]:

@@ -545,43 +545,45 @@ def test_bench_end_to_end_writes_every_figure_for_every_mix(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
+def bench_one_mix(tmp_path: Path, name: str, mix_yaml: str, *options: str) -> tuple[int, Path]:
+    """``ilt bench`` on one mix file over ``TEXTS`` x 4 (the training and held-out file alike, 2 held-out lines) with
+    ``options``; returns its exit code and the report folder."""
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(TEXTS * 4) + "\n", encoding="utf-8")
+    (tmp_path / f"{name}.yaml").write_text(mix_yaml)
+    out = tmp_path / "report"
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["bench", "--mixes", name, "--mix-dir", str(tmp_path), "--train-file", str(train), "--eval-file", str(train)]
+        + ["--eval-lines", "2", *options, "--out", str(out)]
+    )
+    return args.func(args), out
+
+
 @pytest.mark.slow
 def test_a_run_in_its_own_process_starts_as_the_ilt_command(tmp_path):
     # make bench runs each mix in a fresh process: with numpy's default OpenBLAS threads there, the numpy products
     # of a mix shared the cores with torch's threads (a baseline stepped 1.4x slower than under ``ilt train``)
     assert openblas_threads() is not None  # numpy's OpenBLAS is loaded here, so the worker's count is read
-    train = tmp_path / "train.txt"
-    train.write_text("\n".join(TEXTS * 4) + "\n", encoding="utf-8")
-    (tmp_path / "small-bytes.yaml").write_text(SMALL_BYTES)
-    out = tmp_path / "report"
-    parser = argparse.ArgumentParser()
-    add_bench_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        ["bench", "--mixes", "small-bytes", "--mix-dir", str(tmp_path), "--train-file", str(train)]
-        + ["--eval-file", str(train), "--eval-lines", "2", "--budget-bytes", "600", "--seeds", "1"]
-        + ["--curve-lines", "2", "--curve-points", "1", "--threads", "1", "--matmul-size", "64"]
-        + ["--gen-new-units", "1", "--gen-prompt-units", "2", "--t2b-lines", "2", "--out", str(out)]
-    )
-    assert args.func(args) == 0
+    code, out = bench_one_mix(
+        tmp_path, "small-bytes", SMALL_BYTES,
+        "--budget-bytes", "600", "--seeds", "1", "--curve-lines", "2", "--curve-points", "1", "--threads", "1",
+        "--matmul-size", "64", "--gen-new-units", "1", "--gen-prompt-units", "2", "--t2b-lines", "2",
+    )  # fmt: skip
+    assert code == 0
     (result,) = json.loads((out / "results.json").read_text(encoding="utf-8"))["results"]
     assert [run["openblas_threads"] for run in result["runs"]] == [1]
 
 
 @pytest.mark.slow
 def test_a_mix_whose_every_swept_rate_fails_is_reported_failed(tmp_path):
-    train = tmp_path / "train.txt"
-    train.write_text("\n".join(TEXTS * 4) + "\n", encoding="utf-8")
-    (tmp_path / "small-ilt.yaml").write_text(SMALL_ILT)
-    out = tmp_path / "report"
-    parser = argparse.ArgumentParser()
-    add_bench_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        ["bench", "--mixes", "small-ilt", "--mix-dir", str(tmp_path), "--train-file", str(train)]
-        + ["--eval-file", str(train), "--eval-lines", "2", "--budget-bytes", "3000", "--seeds", "2"]
-        + ["--lr-sweep", "1e30", "--curve-lines", "2", "--threads", "1", "--in-process", "--matmul-size", "64"]
-        + ["--out", str(out)]
-    )
-    assert args.func(args) == 1  # the training loss diverges at this rate: no rate to run the seeds with
+    code, out = bench_one_mix(
+        tmp_path, "small-ilt", SMALL_ILT,
+        "--budget-bytes", "3000", "--seeds", "2", "--lr-sweep", "1e30", "--curve-lines", "2", "--threads", "1",
+        "--in-process", "--matmul-size", "64",
+    )  # fmt: skip
+    assert code == 1  # the training loss diverges at this rate: no rate to run the seeds with
     report = json.loads((out / "results.json").read_text(encoding="utf-8"))
     (result,) = report["results"]
     assert result["status"] == "error" and "every rate of the sweep failed" in result["error"]
@@ -591,20 +593,13 @@ def test_a_mix_whose_every_swept_rate_fails_is_reported_failed(tmp_path):
 
 @pytest.mark.slow
 def test_a_flop_budget_stops_every_seed_at_the_first_step_past_it(tmp_path):
-    train = tmp_path / "train.txt"
-    train.write_text("\n".join(TEXTS * 4) + "\n", encoding="utf-8")
-    (tmp_path / "small-bytes.yaml").write_text(SMALL_BYTES)
-    out = tmp_path / "report"
-    parser = argparse.ArgumentParser()
-    add_bench_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        ["bench", "--mixes", "small-bytes", "--mix-dir", str(tmp_path), "--train-file", str(train)]
-        + ["--eval-file", str(train), "--eval-lines", "2", "--budget-bytes", "0", "--budget-flops", "2e8"]
-        + ["--seeds", "2", "--curve-lines", "2", "--curve-points", "2", "--threads", "1", "--in-process"]
-        + ["--gen-new-units", "1", "--gen-prompt-units", "2", "--t2b-lines", "2", "--matmul-size", "64"]
-        + ["--out", str(out)]
-    )
-    assert args.func(args) == 0
+    code, out = bench_one_mix(
+        tmp_path, "small-bytes", SMALL_BYTES,
+        "--budget-bytes", "0", "--budget-flops", "2e8", "--seeds", "2", "--curve-lines", "2", "--curve-points", "2",
+        "--threads", "1", "--in-process", "--gen-new-units", "1", "--gen-prompt-units", "2", "--t2b-lines", "2",
+        "--matmul-size", "64",
+    )  # fmt: skip
+    assert code == 0
     (result,) = json.loads((out / "results.json").read_text(encoding="utf-8"))["results"]
     for run in result["runs"]:
         per_step = run["train_flops"] / run["steps"]  # every step of this baseline does the same work

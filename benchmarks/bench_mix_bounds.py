@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from ilt_bench import common  # noqa: E402
 from ilt_bench.machine import machine_info, package_versions  # noqa: E402
 from ilt_bench.matmuls import MatmulRecorder, Shape, time_shape  # noqa: E402
-from ilt_bench.setups import make_batches, setup_mixes, text_units_in, train_step  # noqa: E402
+from ilt_bench.setups import add_mixes_argument, make_batches, setup_mixes, text_units_in, train_step  # noqa: E402
 
 #: the reference implementation's setup and protocol batch (``bench_reference.py``: 8 texts x 64 words) as mixes
 
@@ -126,12 +126,7 @@ def profile_step(name: str, step: MixStep, top: int) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--mixes",
-        nargs="+",
-        required=True,
-        help="mix names or YAML paths (benchmarks/mixes), or reference-setup / reference-setup-no-images",
-    )
+    add_mixes_argument(parser)
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per mix, interleaved (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per product shape (the fastest counts)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")

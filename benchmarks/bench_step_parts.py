@@ -51,7 +51,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from ilt_bench import common  # noqa: E402
 from ilt_bench.run import BaselineRunner, ILTRunner, adamw, read_lines, text_stream  # noqa: E402
-from ilt_bench.setups import setup_mixes  # noqa: E402
+from ilt_bench.setups import add_mixes_argument, setup_mixes  # noqa: E402
 
 from ilt_core.errors import ILTError  # noqa: E402
 from ilt_core.text import image_packing  # noqa: E402
@@ -233,12 +233,7 @@ class Arm:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--mixes",
-        nargs="+",
-        required=True,
-        help="mix names or YAML paths (benchmarks/mixes), or reference-setup / reference-setup-no-images",
-    )
+    add_mixes_argument(parser)
     parser.add_argument("--steps", type=int, default=25, help="steps per mix, interleaved (default 25)")
     parser.add_argument("--warmup", type=int, default=3, help="first steps not counted (default 3)")
     parser.add_argument("--label-rows", type=int, nargs="+", help="per mix: label row tokens (0: the model's)")

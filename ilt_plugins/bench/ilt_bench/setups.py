@@ -66,6 +66,16 @@ def setup_mixes(names: list[str]) -> list[Any]:
     return found
 
 
+def add_mixes_argument(parser: Any) -> None:
+    """``--mixes`` (one or more) of an ``argparse`` parser, for the scripts that read them with :func:`setup_mixes`."""
+    parser.add_argument(
+        "--mixes",
+        nargs="+",
+        required=True,
+        help="mix names or YAML paths (benchmarks/mixes), or " + " / ".join(REFERENCE_SETUPS),
+    )
+
+
 def make_batches(model: Any, units: list[str], rows: int, length: int, count: int, shapes: Any = None) -> list[Any]:
     """``count`` collated batches of ``rows`` consecutive ``length``-unit pieces (cut: no end label).
 

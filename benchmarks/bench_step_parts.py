@@ -54,24 +54,13 @@ from ilt_bench.run import BaselineRunner, ILTRunner, adamw, read_lines, text_str
 from ilt_bench.setups import add_mixes_argument, setup_mixes  # noqa: E402
 
 from ilt_core.errors import ILTError  # noqa: E402
+from ilt_core.specs.spec import apply_overrides  # noqa: E402
 from ilt_core.text import image_packing  # noqa: E402
 
 PARTS = ("data", "forward", "backward", "clip", "optimizer")
 #: an ILT model's components that run in a training step, in the order they run
 COMPONENTS = ("image_encoder", "bytes_encoder", "latent_transformer", "bytes_decoder")
 DATA = Path(__file__).resolve().parents[1] / "data" / "he-news"
-
-
-def set_field(spec: dict[str, Any], assignment: str) -> None:
-    """Apply ``path=value`` (dotted path, YAML value) to a spec mapping, making the blocks on the way."""
-    path, sep, value = assignment.partition("=")
-    if not sep or not path:
-        raise ILTError(f"bench_step_parts: --set expects I:path=value, got {assignment!r}")
-    *parents, leaf = path.split(".")
-    node = spec
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = yaml.safe_load(value)
 
 
 @contextlib.contextmanager
@@ -267,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         index, sep, rest = assignment.partition(":")
         if not sep or not index.isdigit() or int(index) >= len(mixes):
             raise ILTError(f"bench_step_parts: --set expects I:path=value with I < {len(mixes)}, got {assignment!r}")
-        set_field(mixes[int(index)].spec, rest)
+        mix = mixes[int(index)]
+        mix.spec = apply_overrides(mix.spec, [rest], source="bench_step_parts --set")
     torch.set_num_threads(args.threads)
     common.as_the_ilt_command()
     train_lines, eval_lines = read_lines(args.train_file), read_lines(args.eval_file, 50)

@@ -165,6 +165,25 @@ def test_a_batch_gets_the_same_shapes_in_any_run_and_the_dynamic_loss(model):
     torch.testing.assert_close(b.loss, a.loss, atol=1e-5, rtol=1e-5)
 
 
+def test_the_packed_label_stream_gives_the_dynamic_gradients(model):
+    """Each prefix reaches its label's first token alone (and positions without a label give it nothing): the
+    gradients of every parameter, the latent and decoder mapping included, are the dynamic batch's."""
+    model.eval()
+    fixed, _ = fixed_batch(model, TEXTS[:6], rows=4, row_units=48)
+    assert int((fixed.decoder_prefix == fixed.decoder_targets.numel()).sum()) > 0  # some positions have no label
+    dynamic = model.processor.collate(units(model, TEXTS[:6]), packing=True, max_units=48)
+    grads = []
+    for batch in (dynamic, fixed):
+        model.zero_grad()
+        model(**batch.model_inputs()).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    model.zero_grad()
+    assert grads[0].keys() == grads[1].keys()
+    assert any(n.startswith("decoder_mapping") for n in grads[1])
+    for name, want in grads[0].items():
+        torch.testing.assert_close(grads[1][name], want, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_padding_never_changes_a_texts_loss_under_fixed_shapes(model):
     model.eval()
     alone, _ = fixed_batch(model, TEXTS[:1], rows=2, row_units=48)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ilt_core.modeling.outputs import ILTOutput
+from ilt_core.text.byte_tokenizer import PAD_ID
 from ilt_core.text.collator import IGNORE_INDEX, FixedShapes
 from ilt_core.text.image_packing import ImagePacking, segment_mask
 
@@ -83,12 +84,16 @@ class FixedShapesStep:
         targets: torch.Tensor,
         owner: torch.Tensor,
     ) -> ILTOutput:
-        """Loss from the latent ``(B, L, D)`` and the packed label stream (each ``(R, S)``); logits ``(R, S, V)``."""
+        """Loss from the latent ``(B, L, D)`` and the packed label stream (each ``(R, S)``, ``prefix`` ``(B * L,)``);
+        logits ``(R, S, V)``."""
         B, L, _ = hidden.shape
+        R, S = input_ids.shape
         prefixes = self.decoder_mapping(hidden.reshape(B * L, -1))  # (B*L, Dd)
-        embeds = self.bytes_decoder.embed(input_ids)  # (R, S, Dd)
-        embeds = torch.where((prefix >= 0)[..., None], prefixes[prefix.clamp(min=0)].to(embeds.dtype), embeds)
-        S = segments.shape[1]
+        # one spare token past the end takes the prefixes of positions without a label; each prefix is copied to its
+        # token alone (a select per position backward, not a scatter-add over every token)
+        ids = F.pad(input_ids.reshape(1, R * S), (0, 1), value=PAD_ID)  # (1, R*S + 1)
+        embeds = self.bytes_decoder.embed(ids)[0]  # (R*S + 1, Dd)
+        embeds = embeds.index_copy(0, prefix, prefixes.to(embeds.dtype))[: R * S].view(R, S, -1)
         causal = torch.ones(S, S, dtype=torch.bool, device=segments.device).tril()
         mask = segment_mask(segments) & causal
         logits, _ = self.bytes_decoder(embeds, attention_mask=mask, position_ids=positions)

@@ -26,7 +26,8 @@ a sixteenth more; a quarter more with ``grow_only``, whose coarser ladder meets 
 packed into rows of patches (``image_patches`` ``uint8 (R, S, p*p)``, ``image_positions`` / ``image_segments``
 ``(R, S)``, ``image_cls`` ``(U,)``; see :mod:`ilt_core.text.image_packing`) instead of ``image_groups``, when the
 image encoder takes them, and the label bytes as one packed stream for the
-bytes decoder (``decoder_*`` ``(R', S')``; see :mod:`ilt_core.text.label_packing`), when the decoder takes packed
+bytes decoder (``decoder_*`` ``(R', S')``, ``decoder_prefix`` ``(B * L,)``; see :mod:`ilt_core.text.label_packing`),
+when the decoder takes packed
 rows; ``R`` and ``R'`` are ladder steps too. A capacity is a function of the batch alone, so a resumed run or a
 DataLoader worker gives a batch the shapes (and the dropout draws) the unbroken run gave it.
 """

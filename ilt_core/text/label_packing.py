@@ -27,7 +27,8 @@ class PackedLabels:
     """Label segments packed into rows (``R`` rows of ``S`` tokens, ``N = B * L`` positions).
 
     - ``input_ids`` ``(R, S)``: the byte each token reads (``PAD_ID`` at prefixes and padding).
-    - ``prefix`` ``(R, S)``: the flat position whose prefix a token reads, -1 where it reads a byte.
+    - ``prefix`` ``(N,)``: the token (flat, ``row * S + column``) that reads each position's prefix; ``R * S`` (a
+      spare token past the end) for a position without a label.
     - ``positions`` ``(R, S)``: position inside the segment (0 at the prefix and at padding).
     - ``segments`` ``(R, S)``: which segment of its row a token belongs to, -1 at padding.
     - ``targets`` ``(R, S)``: the byte to predict, -100 at padding.
@@ -62,7 +63,7 @@ class LabelPacking:
         self.rows = rows
         size = self.rows * self.row_tokens
         input_ids = np.full(size, PAD_ID, dtype=np.int64)
-        prefix = np.full(size, -1, dtype=np.int64)
+        prefix = np.full(positions, size, dtype=np.int64)
         pos = np.zeros(size, dtype=np.int64)
         segments = np.full(size, -1, dtype=np.int64)
         targets = np.full(size, IGNORE, dtype=np.int64)
@@ -74,16 +75,15 @@ class LabelPacking:
             seg = in_row.get(row, 0)
             in_row[row] = seg + 1
             end = start + k
-            prefix[start] = flat
+            prefix[flat] = start
             input_ids[start + 1 : end] = lab[:-1]
             pos[start:end] = np.arange(k)
             segments[start:end] = seg
             targets[start:end] = lab
             owner[start:end] = flat
         shape = (self.rows, self.row_tokens)
-        return PackedLabels(
-            *(torch.from_numpy(a).view(shape) for a in (input_ids, prefix, pos, segments, targets, owner))
-        )
+        rows = [torch.from_numpy(a).view(shape) for a in (input_ids, pos, segments, targets, owner)]
+        return PackedLabels(rows[0], torch.from_numpy(prefix), *rows[1:])
 
 
 __all__ = ["LabelPacking", "PackedLabels"]

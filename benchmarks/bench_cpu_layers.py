@@ -11,7 +11,8 @@ numpy (``ilt_core/modeling/products.py``), Llama-style RMSNorm and rotary embedd
 fused inference steps of the encoders, the GPT-NeoX latent and the greedy byte loop (``ilt_hf/fast_vit.py``,
 ``fast_bert.py``, ``fast_neox.py``, ``fast_greedy.py``).
 
-Training: one model of ``--preset`` (modality dropout off), ``--rows`` x ``--units`` batches cut from the text and
+Training: one model of ``--preset`` (modality dropout off; or the reference setup, ``--preset reference-setup`` or
+``reference-setup-no-images``), ``--rows`` x ``--units`` batches cut from the text and
 collated as ``ilt train`` collates them (fixed shapes; the capacities grown over every batch first, so all arms and
 the compiled step see one shape), one step (forward, backward, fused AdamW) per arm per round, arms interleaved
 in every round (A B C ... A B C ...): ``all on`` (the default), each layer off alone, ``all off``, and with
@@ -20,8 +21,9 @@ compiled in the warm-up round; inside the graph every CPU layer steps aside). In
 ``--rows`` prompts and a scoring forward (``torch.inference_mode``), every component's fast paths on and off (the
 products through numpy on in both), interleaved.
 ``--allocator-rounds N``: the default training step in fresh processes with ``ilt train --cpu_malloc`` ``default``,
-``reuse`` and ``return``, interleaved over N rounds, ``--rounds`` steps each after one untimed (glibc's settings
-cannot be undone inside one process).
+``reuse`` (``ilt train``'s default, which the in-process arms run under) and ``return``, interleaved over N rounds,
+``--rounds`` steps each after one untimed (glibc's settings cannot be undone inside one process);
+``--no-training`` leaves out the in-process training arms.
 
 Printed: per arm the median seconds and its ratio to ``all on`` (above 1: that arm is slower, so the layer pays).
 """
@@ -40,7 +42,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (ilt_b
 import torch  # noqa: E402
 from ilt_bench import common  # noqa: E402
 from ilt_bench.machine import machine_info, package_versions  # noqa: E402
-from ilt_bench.setups import make_batches, train_step  # noqa: E402
+from ilt_bench.setups import REFERENCE_SETUPS, make_batches, reference_spec, train_step  # noqa: E402
 
 from ilt_core.modeling.products import set_cpu_products  # noqa: E402
 
@@ -85,7 +87,11 @@ def model_and_batches(args: argparse.Namespace) -> tuple[Any, list[Any], list[st
     from ilt_core.specs.spec import spec_variant
     from ilt_core.text.segmentation import segment
 
-    model = build_model(spec_variant(args.preset, "full", modality_dropout=0.0), seed=0)
+    if args.preset in REFERENCE_SETUPS:
+        spec = reference_spec(REFERENCE_SETUPS[args.preset])
+    else:
+        spec = spec_variant(args.preset, "full", modality_dropout=0.0)
+    model = build_model(spec, seed=0)
     units = segment(args.text.read_text(encoding="utf-8"))
     shapes = model.fixed_shapes(args.rows, args.units + 1, grow_only=True)
     make_batches(model, units, args.rows, args.units, args.batches, shapes=shapes)  # grows the capacities
@@ -180,7 +186,7 @@ def table(times: dict[str, list[float]], baseline: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--text", type=Path, required=True, help="plain UTF-8 text the batches are cut from")
-    p.add_argument("--preset", default="tiny", help="model preset (default tiny)")
+    p.add_argument("--preset", default="tiny", help="model preset (default tiny), or " + " / ".join(REFERENCE_SETUPS))
     p.add_argument("--rows", type=int, default=8, help="texts per batch (default 8)")
     p.add_argument("--units", type=int, default=128, help="units per text (default 128)")
     p.add_argument("--batches", type=int, default=3, help="distinct batches cycled through (default 3)")
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--compiled", action="store_true", help="add the step compiled as ilt train --torch_compile does")
     p.add_argument("--no-inference", action="store_true", help="skip the fused inference steps' arms")
+    p.add_argument("--no-training", action="store_true", help="skip the training layers' arms")
     p.add_argument("--allocator-rounds", type=int, default=0, help="rounds of the --cpu_malloc settings (default 0)")
     p.add_argument("--out", type=Path, help="write the figures here as JSON")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 x 8 units, 1 round, 1 batch, 1 new unit")
@@ -199,15 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.text.is_file():
         raise SystemExit(f"bench_cpu_layers: --text {args.text}: no such file")
     torch.set_num_threads(args.threads)
-    common.as_the_ilt_command()
+    common.as_the_ilt_command(train=not args.child_malloc)  # a child sets its own --cpu_malloc
     if args.child_malloc:
         common.print_result(child_malloc(args))
         return 0
     model, batches, units = model_and_batches(args)
     result: dict[str, Any] = {"machine": machine_info(), "packages": package_versions(), "args": vars(args)}
-    result["training"] = bench_training(model, batches, args)
-    lines = [f"## training step, {args.preset} {args.rows} x {args.units} units, eager fp32", ""]
-    lines += table(result["training"], "all on (default)")
+    lines: list[str] = []
+    if not args.no_training:
+        result["training"] = bench_training(model, batches, args)
+        lines += [f"## training step, {args.preset} {args.rows} x {args.units} units, eager fp32", ""]
+        lines += table(result["training"], "all on (default)")
     if not args.no_inference:
         inference = bench_inference(model, batches, units, args)
         result["inference"] = inference
@@ -215,7 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         lines += table(inference["times"], "generate, fused on")
     if args.allocator_rounds:
         result["allocator"] = allocator_rounds(args)
-        lines += ["", "## training step, fresh process per ilt train --cpu_malloc setting", ""]
+        lines += [
+            "",
+            f"## training step, {args.preset} {args.rows} x {args.units} units, fresh process per ilt train "
+            "--cpu_malloc setting",
+            "",
+        ]
         lines += table(result["allocator"], "default")
     print("\n".join(lines))
     common.write_json(args.out, {**result, "args": {k: str(v) for k, v in vars(args).items()}})

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.steps, args.repeats = 1, 1
     torch.set_num_threads(args.threads)
-    common.as_the_ilt_command()
+    common.as_the_ilt_command(train=True)
     from ilt_core.text.segmentation import segment
 
     units = common.load_text("he", 4096, segment)  # ample for nano's shapes (a short text is cycled)

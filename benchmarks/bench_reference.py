@@ -132,7 +132,7 @@ def child(kind: str, variant: str, text_path: Path, args: argparse.Namespace) ->
     from ilt_core.modeling.model import build_model
 
     torch.set_num_threads(args.threads)
-    common.as_the_ilt_command()
+    common.as_the_ilt_command(train=kind == "train")  # as `ilt train` (its --cpu_malloc) or `ilt generate`
     if variant == "ckpt":  # as `ilt train --cpu_malloc return`: the freed activations leave the process
         set_cpu_malloc("return")
     rows, words = (2, 8) if args.quick else (ROWS, WORDS)

@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mix = mixes[int(index)]
         mix.spec = apply_overrides(mix.spec, [rest], source="bench_step_parts --set")
     torch.set_num_threads(args.threads)
-    common.as_the_ilt_command()
+    common.as_the_ilt_command(train=True)
     train_lines, eval_lines = read_lines(args.train_file), read_lines(args.eval_file, 50)
     arms = [Arm(mix, r, g, train_lines, eval_lines) for mix, r, g in zip(mixes, rows, growths, strict=True)]
     for assignment in args.attr:

@@ -574,6 +574,8 @@ def test_a_run_in_its_own_process_starts_as_the_ilt_command(tmp_path):
     assert code == 0
     (result,) = json.loads((out / "results.json").read_text(encoding="utf-8"))["results"]
     assert [run["openblas_threads"] for run in result["runs"]] == [1]
+    # and `ilt train`'s allocator setting (glibc's defaults page-faulted the large activations in every step)
+    assert [run["process_settings"] for run in result["runs"]] == [{"openblas_threads": 1, "cpu_malloc": "reuse"}]
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 Building a model, calling it (training and inference), generating and loading one change none of torch's, numpy's
 or OpenBLAS's settings, the C library's allocator or the random states; generating from several threads at once
-gives each thread what it gets alone. (The opt-in process-wide settings of ``ilt train`` are tested in
+gives each thread what it gets alone. (The process-wide settings the ``ilt train`` command makes are tested in
 ``test_training_memory.py``.)
 """
 

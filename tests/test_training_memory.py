@@ -122,6 +122,10 @@ def test_ilt_train_sets_the_option_once_and_undoes_it_on_return(monkeypatch):
     calls = []
     monkeypatch.setattr(run, "set_cpu_malloc", lambda policy: calls.append(policy) or (lambda: calls.append("undo")))
     with pytest.raises(ILTError, match="max_train_minutes"):  # a bad argument after the start: undone all the same
-        run.run_training(["--model_spec", "micro", "--output_dir", "x", "--cpu_malloc", "reuse"]
+        run.run_training(["--model_spec", "micro", "--output_dir", "x", "--cpu_malloc", "return"]
                          + ["--max_train_minutes", "-1"])  # fmt: skip
+    assert calls == ["return", "undo"]
+    calls.clear()
+    with pytest.raises(ILTError, match="max_train_minutes"):  # by default: freed pages kept for the next step
+        run.run_training(["--model_spec", "micro", "--output_dir", "x", "--max_train_minutes", "-1"])
     assert calls == ["reuse", "undo"]

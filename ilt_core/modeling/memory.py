@@ -1,4 +1,4 @@
-"""Where the C library puts a CPU training step's large tensors: an opt-in, process-wide setting of ``ilt train``.
+"""Where the C library puts a CPU training step's large tensors: a process-wide setting of ``ilt train``.
 
 torch's CPU tensors come from the C library's ``malloc``. glibc serves a block above a threshold with its own
 ``mmap`` and unmaps it at ``free``; it raises that threshold to the size of each such block freed, up to 32 MiB.
@@ -12,10 +12,11 @@ A training step allocates and frees large activations over and over, so by defau
 
 ``ilt train --cpu_malloc`` picks one of three settings for its process, once, at start-up (results never change):
 
-- ``default``: the C library's own settings, untouched (the default: nothing in ILT changes the allocator unless
-  asked; building, calling and training a model never does);
-- ``reuse`` (:func:`keep_freed_memory`, for speed): nothing is mapped by itself and the heap is never trimmed, so a
-  step reuses the pages of the last one: no page faults after the first step, peak RSS a little higher;
+- ``reuse`` (:func:`keep_freed_memory`, for speed; ``ilt train``'s default): nothing is mapped by itself and the
+  heap is never trimmed, so a step reuses the pages of the last one: no page faults after the first step, peak RSS
+  a little higher;
+- ``default``: the C library's own settings, untouched (building, calling or training a model never changes the
+  allocator by itself: only ``ilt train``, its ``run_training``, or a call of :func:`set_cpu_malloc` does);
 - ``return`` (:func:`return_freed_memory`, for memory, e.g. with activation checkpointing): blocks above 1 MiB are
   mapped by themselves and unmapped when freed, so RSS follows the live tensors, at the price of the page faults.
 

@@ -163,13 +163,13 @@ class ILTArguments:
         },
     )
     cpu_malloc: str = field(
-        default="default",
+        default="reuse",
         metadata={
             "choices": ["default", "reuse", "return"],
             "help": "where the C library (glibc) puts this process's large CPU tensors, set once at start-up: "
-            "default = its own settings; reuse = freed pages are kept and reused (no page faults per step: faster, "
-            "peak RSS a little higher); return = blocks above 1 MiB go back to the system when freed (RSS follows "
-            "the live tensors, e.g. with --activation_checkpointing; slower)",
+            "reuse (the default) = freed pages are kept and reused (no page faults per step: faster, peak RSS a "
+            "little higher); default = the C library's own settings; return = blocks above 1 MiB go back to the "
+            "system when freed (RSS follows the live tensors, e.g. with --activation_checkpointing; slower)",
         },
     )
 

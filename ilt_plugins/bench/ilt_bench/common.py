@@ -41,12 +41,21 @@ QUIET_TRAINING_ARGS = [
 ]  # fmt: skip
 
 
-def as_the_ilt_command() -> None:
-    """Make the process-wide settings the ``ilt`` command makes at start-up (numpy's OpenBLAS on one thread), so
-    that a model run in the benchmark's own process runs as under ``ilt train`` / ``ilt generate``."""
+def as_the_ilt_command(train: bool = False) -> dict[str, Any]:
+    """Make the process-wide settings the ``ilt`` command makes at start-up (numpy's OpenBLAS on one thread; with
+    ``train``, also ``ilt train``'s default ``--cpu_malloc``), so that a model run in the benchmark's own process
+    runs as under ``ilt train`` / ``ilt generate``. Returns what it set, for the results."""
+    from ilt_core.modeling.memory import set_cpu_malloc
     from ilt_core.modeling.products import set_openblas_threads
+    from ilt_core.training.arguments import ILTArguments
 
     set_openblas_threads(1)
+    applied: dict[str, Any] = {"openblas_threads": 1}
+    if train:
+        policy = ILTArguments.__dataclass_fields__["cpu_malloc"].default
+        set_cpu_malloc(policy)
+        applied["cpu_malloc"] = policy
+    return applied
 
 
 def log(message: str) -> None:

@@ -688,10 +688,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m ilt_bench.run JOB.json", file=sys.stderr)
         return 2
-    as_the_ilt_command()  # this process is a run of ``ilt train``: its process-wide settings, not numpy's defaults
+    # this process is a run of ``ilt train``: its process-wide settings, not numpy's and glibc's defaults
+    applied = as_the_ilt_command(train=True)
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     out = Path(job["result"])
-    result = run_job(job)
+    result = {**run_job(job), "process_settings": applied}
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     return 0 if result["status"] == "ok" else 1
 

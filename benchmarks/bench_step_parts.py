@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -88,11 +89,14 @@ def _detached(value: Any) -> Any:
 
 
 def _grad_tensors(value: Any) -> list[torch.Tensor]:
-    """The tensors of a component's output that carry a gradient (a ModelOutput, tuple or tensor)."""
+    """The tensors of a component's output that carry a gradient (a ModelOutput, a dataclass such as
+    ``protocols.LatentOutput``, a tuple or a tensor)."""
     if isinstance(value, torch.Tensor):
         return [value] if value.requires_grad else []
     if isinstance(value, dict):  # transformers' ModelOutput is an OrderedDict
         value = list(value.values())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
     if isinstance(value, (tuple, list)):
         return [t for v in value for t in _grad_tensors(v)]
     return []
@@ -127,10 +131,12 @@ def recording(module: torch.nn.Module, method: str, calls: list[tuple[str, tuple
             module.__dict__.pop(f"_recording_{m}", None)
 
 
-def component_seconds(module: torch.nn.Module, calls: list[tuple[str, tuple, dict]], repeats: int) -> float:
+def component_seconds(module: torch.nn.Module, calls: list[tuple[str, tuple, dict]], repeats: int) -> tuple[float, int]:
     """Median seconds of every captured call of ``module`` run again alone, forward and backward (a gradient of
-    ones on each output that carries one; the parameters' gradients start empty, as after ``zero_grad``)."""
+    ones on each output that carries one; the parameters' gradients start empty, as after ``zero_grad``), and how
+    many of its parameters got a gradient (0: no backward ran)."""
     rounds = []
+    with_grad = 0
     for _ in range(repeats):
         inputs = [(method, _detached(args), _detached(kwargs)) for method, args, kwargs in calls]
         for p in module.parameters():
@@ -141,9 +147,10 @@ def component_seconds(module: torch.nn.Module, calls: list[tuple[str, tuple, dic
             if outputs:
                 torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
         rounds.append(time.perf_counter() - start)
+        with_grad = sum(p.grad is not None for p in module.parameters())
     for p in module.parameters():
         p.grad = None
-    return sorted(rounds)[len(rounds) // 2]
+    return sorted(rounds)[len(rounds) // 2], with_grad
 
 
 class Arm:
@@ -170,6 +177,7 @@ class Arm:
         self.bytes = self.units = self.steps = 0
         self.label_slots = self.label_targets = 0
         self.last_batch: Any = None
+        self.component_grads: dict[str, int] = {}
 
     def components(self) -> dict[str, torch.nn.Module]:
         """The modules timed alone by :meth:`component_ms`: an ILT model's components, a baseline's transformer."""
@@ -189,7 +197,9 @@ class Arm:
                     if callable(getattr(module, method, None)):
                         stack.enter_context(recording(module, method, calls[name]))
             self.runner.loss(self.last_batch)
-        return {name: 1000 * component_seconds(modules[name], calls[name], repeats) for name in modules}
+        timed = {name: component_seconds(modules[name], calls[name], repeats) for name in modules}
+        self.component_grads = {name: grads for name, (_, grads) in timed.items()}
+        return {name: 1000 * seconds for name, (seconds, _) in timed.items()}
 
     def step(self, counted: bool) -> None:
         """One training step as ``ilt bench``'s loop runs it, each part timed."""
@@ -325,6 +335,7 @@ def print_components(arms: list[Arm], mixes: list[Any], result: dict[str, Any], 
     for i, (arm, mix, figures) in enumerate(zip(arms, mixes, result["arms"], strict=True)):
         step_ms = sum(figures[f"{p}_ms"] for p in PARTS)
         figures["components_ms"] = arm.component_ms(repeats)
+        figures["components_parameters_with_grad"] = arm.component_grads
         for name, ms in figures["components_ms"].items():
             print(f"| {i} | {mix.name} | {name} | {ms:.1f} | {ms / step_ms:.0%} |")
     baselines = [(m, f) for m, f in zip(mixes, result["arms"], strict=True) if m.kind != "ilt"]

@@ -317,6 +317,8 @@ def test_bench_step_parts_quick(tmp_path):
     assert [list(a["components_ms"]) for a in arms] == [
         ["bytes_encoder", "latent_transformer", "bytes_decoder"]
     ] * 2 + [["transformer"]]
+    # forward and backward: every component's parameters got a gradient (the latent returns a dataclass)
+    assert all(n > 0 for a in arms for n in a["components_parameters_with_grad"].values())
     for arm in arms[:2]:
         assert all(positive(ms) for ms in arm["components_ms"].values())
         ceilings = list(arm["ceilings"].values())  # each adds parts of the step: each allows less than the one before

@@ -98,3 +98,51 @@ def test_other_vision_models_are_not_fused():
         "hf:vision", "image_encoder", CONTEXT, {"config": {**CONFIG, "hidden_act": "gelu_pytorch_tanh"}}
     )
     assert gelu_tanh.fused_weights is None and "fused ViT inference step" not in gelu_tanh.set_fast_paths(True)
+
+
+@pytest.mark.parametrize("products", ["numpy", "torch"])
+def test_packed_layer_with_one_qkv_product_trains_as_the_transformers_layer(products):
+    """The packed images' training layer (q/k/v as one product of the concatenated weights) gives the transformers
+    layer's output and every gradient: the input's and each of q/k/v's weights and biases."""
+    from ilt_core.modeling.products import set_cpu_products
+    from ilt_core.text.image_packing import segment_mask
+
+    enc = encoder().train()
+    set_cpu_products(enc, products)
+    layer = enc.model.layers[1]
+    torch.manual_seed(2)
+    segments = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, -1, -1], [0, 0, 1, 1, 1, 1, 1, 2, 2, -1]])
+    mask = segment_mask(segments)
+    hidden = torch.randn(2, 10, CONFIG["hidden_size"])
+    results = []
+    for run in (layer, lambda h, m: fast_vit.packed_vit_layer(layer, h, m)):
+        x = hidden.clone().requires_grad_(True)
+        layer.zero_grad()
+        out = run(x, mask)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+        results.append((out.detach(), x.grad, grads))
+    (want, want_x, want_p), (got, got_x, got_p) = results
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_x, want_x, atol=1e-5, rtol=1e-5)
+    assert got_p.keys() == want_p.keys() and any("q_proj.bias" in n for n in got_p)
+    for name in want_p:
+        torch.testing.assert_close(got_p[name], want_p[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_packed_images_take_the_one_product_layer_with_the_fast_paths_on(monkeypatch):
+    calls = []
+    real = fast_vit.packed_vit_layer
+    monkeypatch.setattr("ilt_hf.vision.packed_vit_layer", lambda *a: calls.append(1) or real(*a))
+    enc = encoder().train()
+    assert enc.prepare_packed(1, 4)
+    patches = torch.randint(0, 255, (2, 6, CONFIG["patch_size"] ** 2), dtype=torch.uint8)
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 3, 4, 5, 0, 0]])
+    segments = torch.tensor([[0, 0, 0, 1, 1, -1], [0, 0, 0, 0, -1, -1]])
+    cls = torch.tensor([0, 3, 6])
+    on = enc.encode_packed(patches, positions, segments, cls)
+    assert len(calls) == CONFIG["num_hidden_layers"]
+    enc.set_fast_paths(False)
+    off = enc.encode_packed(patches, positions, segments, cls)
+    assert len(calls) == CONFIG["num_hidden_layers"]  # off: the transformers layers
+    torch.testing.assert_close(on, off, atol=2e-5, rtol=2e-5)

@@ -181,6 +181,17 @@ class _NumpyLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+def linear(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, like: nn.Module | None = None
+) -> torch.Tensor:
+    """``F.linear(input, weight, bias)`` as the layer ``like`` computes its own (through numpy when ``like`` is a
+    :class:`NumpyLinear` and :func:`numpy_call_allowed`): for a product of weights a model concatenates or derives
+    from its layers'."""
+    if isinstance(like, NumpyLinear) and numpy_call_allowed(input, weight):
+        return _NumpyLinearFunction.apply(input, weight, bias)
+    return F.linear(input, weight, bias)
+
+
 class NumpyLinear(nn.Linear):
     """``nn.Linear`` whose products run in numpy's OpenBLAS when :func:`numpy_call_allowed` (else ``F.linear``)."""
 

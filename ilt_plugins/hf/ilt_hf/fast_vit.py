@@ -6,6 +6,10 @@ matrix product (a convolution whose stride is its kernel is a reshape and a prod
 interpolated position embeddings cached per patch grid, and reads only the CLS row through the final layer norm.
 It is used only in eval mode with gradients off; the result equals the transformers forward to float rounding
 (``tests/test_fast_vit.py``), and ``benchmarks/bench_generation.py --vit`` times both.
+
+:func:`packed_vit_layer` is one layer of the packed word images' training forward (``HFVisionEncoder.encode_packed``)
+with q/k/v as one product of the concatenated weights (autograd through the concatenation): one call where the
+transformers layer makes three narrow ones, forward and backward.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ilt_core.modeling.products import linear
 from ilt_hf.fused_weights import FusedWeights
 
-__all__ = ["FusedViTWeights", "fused_vit_forward", "fused_vit_supported"]
+__all__ = ["FusedViTWeights", "fused_vit_forward", "fused_vit_supported", "packed_vit_layer"]
 
 
 def fused_vit_supported(model: nn.Module) -> bool:
@@ -36,6 +41,8 @@ def fused_vit_supported(model: nn.Module) -> bool:
         and all(hasattr(getattr(first, "mlp", None), n) for n in ("fc1", "fc2"))
         and hasattr(first, "layernorm_before")
         and hasattr(first, "layernorm_after")
+        and hasattr(first, "dropout")
+        and all(hasattr(first.attention, n) for n in ("num_attention_heads", "attention_dropout", "scaling"))
     )
 
 
@@ -108,3 +115,23 @@ def fused_vit_forward(model: Any, fused: FusedViTWeights, pixels: torch.Tensor, 
         x = x + F.linear(att.transpose(1, 2).reshape(N, L, D), w_o, b_o)
         x = x + F.linear(F.gelu(F.linear(_norm(x, ln2), w_1, b_1)), w_2, b_2)
     return _norm(x[:, 0], model.layernorm)
+
+
+def packed_vit_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``layer(hidden, mask)`` of a transformers ``ViTLayer`` (:func:`fused_vit_supported`, SDPA or eager
+    attention) for ``hidden`` ``(R, S, D)`` and a boolean ``mask`` ``(R, 1, S, S)``, with q/k/v as one product;
+    trains (dropout and gradients as the layer's own). The layer's own linear layers decide where each product runs
+    (``ilt_core.modeling.products``)."""
+    a = layer.attention
+    R, S, D = hidden.shape
+    heads = a.num_attention_heads
+    x = layer.layernorm_before(hidden)
+    w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])  # (3D, D)
+    biases = [m.bias for m in (a.q_proj, a.k_proj, a.v_proj)]
+    b = torch.cat(biases) if all(t is not None for t in biases) else None
+    qkv = linear(x, w, b, like=a.q_proj)  # (R, S, 3D)
+    q, k, v = qkv.view(R, S, 3, heads, D // heads).permute(2, 0, 3, 1, 4)  # each (R, heads, S, D / heads)
+    dropout = a.attention_dropout if a.training else 0.0
+    att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=a.scaling)
+    hidden = layer.dropout(a.o_proj(att.transpose(1, 2).reshape(R, S, D))) + hidden
+    return layer.dropout(layer.mlp(layer.layernorm_after(hidden))) + hidden

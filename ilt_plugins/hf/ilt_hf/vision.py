@@ -25,7 +25,7 @@ from torch import nn
 from ilt_core.errors import ILTError
 from ilt_core.plugins.registry import BuildContext, component
 from ilt_hf.backbone import HFWrapper
-from ilt_hf.fast_vit import FusedViTWeights, fused_vit_forward, fused_vit_supported
+from ilt_hf.fast_vit import FusedViTWeights, fused_vit_forward, fused_vit_supported, packed_vit_layer
 from ilt_hf.fused_weights import switch_fused
 from ilt_hf.loading import Source, SourceArgs, accepts_kwarg
 
@@ -91,10 +91,11 @@ class HFVisionEncoder(HFWrapper):
         return pooled if pooled is not None else out.last_hidden_state[:, 0]
 
     def _set_fused(self, enabled: bool) -> list[str]:
-        """Inference (eval mode, gradients off) through the fused ViT step of :mod:`ilt_hf.fast_vit`, for a ViT the
-        step reproduces; off sends every call through the transformers forward (the fused weights kept aside)."""
+        """Inference (eval mode, gradients off) through the fused ViT step of :mod:`ilt_hf.fast_vit`, and packed
+        images' layers with q/k/v in one product, for a ViT they reproduce; off sends every call through the
+        transformers layers (the fused weights kept aside)."""
         on = switch_fused(self, "_fused", enabled, fused_vit_supported, FusedViTWeights)
-        return ["fused ViT inference step"] if on else []
+        return ["fused ViT inference step", "packed ViT layers with q/k/v in one product"] if on else []
 
     def supports_packed(self) -> bool:
         """Whether :meth:`encode_packed` can run this model (a plain ViT: class token, one grid of patches)."""
@@ -141,8 +142,10 @@ class HFVisionEncoder(HFWrapper):
         table = torch.cat([pos[:1], self.packed_positions.to(pos.dtype) @ pos[1:]])  # every width's grid
         hidden = emb.dropout(tokens + table[positions])
         mask = segment_mask(segments)
+        # with the fast paths on, a ViT's q/k/v in one product (ilt_hf.fast_vit.packed_vit_layer)
+        fused = self._fused is not None and getattr(m.config, "_attn_implementation", None) == "sdpa"
         for layer in _vit_layers(m):
-            hidden = layer(hidden, mask)
+            hidden = packed_vit_layer(layer, hidden, mask) if fused else layer(hidden, mask)
         hidden = m.layernorm(hidden)
         cls = hidden.reshape(R * S, -1)[cls_index]
         pooler = getattr(m, "pooler", None)

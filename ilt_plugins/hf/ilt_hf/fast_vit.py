@@ -118,8 +118,8 @@ def fused_vit_forward(model: Any, fused: FusedViTWeights, pixels: torch.Tensor, 
 
 
 def packed_vit_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``layer(hidden, mask)`` of a transformers ``ViTLayer`` (:func:`fused_vit_supported`, SDPA or eager
-    attention) for ``hidden`` ``(R, S, D)`` and a boolean ``mask`` ``(R, 1, S, S)``, with q/k/v as one product;
+    """``layer(hidden, mask)`` of a transformers ``ViTLayer`` (:func:`fused_vit_supported`, SDPA attention) for
+    ``hidden`` ``(R, S, D)`` and a boolean ``mask`` ``(R, 1, S, S)``, with q/k/v as one product;
     trains (dropout and gradients as the layer's own). The layer's own linear layers decide where each product runs
     (``ilt_core.modeling.products``)."""
     a = layer.attention
@@ -127,8 +127,10 @@ def packed_vit_layer(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor)
     heads = a.num_attention_heads
     x = layer.layernorm_before(hidden)
     w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])  # (3D, D)
-    biases = [m.bias for m in (a.q_proj, a.k_proj, a.v_proj)]
-    b = torch.cat(biases) if all(t is not None for t in biases) else None
+    projections = (a.q_proj, a.k_proj, a.v_proj)
+    b = None
+    if any(m.bias is not None for m in projections):  # a missing one is a zero bias
+        b = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.weight.shape[0]) for m in projections])
     qkv = linear(x, w, b, like=a.q_proj)  # (R, S, 3D)
     q, k, v = qkv.view(R, S, 3, heads, D // heads).permute(2, 0, 3, 1, 4)  # each (R, heads, S, D / heads)
     dropout = a.attention_dropout if a.training else 0.0

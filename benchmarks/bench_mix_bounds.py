@@ -43,8 +43,6 @@ from ilt_bench.machine import machine_info, package_versions  # noqa: E402
 from ilt_bench.matmuls import MatmulRecorder, Shape, time_shape  # noqa: E402
 from ilt_bench.setups import add_mixes_argument, make_batches, setup_mixes, text_units_in, train_step  # noqa: E402
 
-#: the reference implementation's setup and protocol batch (``bench_reference.py``: 8 texts x 64 words) as mixes
-
 
 class MixStep:
     """One mix's model, one training batch of its bench shape, and its training step."""

@@ -196,9 +196,7 @@ class NumpyLinear(nn.Linear):
     """``nn.Linear`` whose products run in numpy's OpenBLAS when :func:`numpy_call_allowed` (else ``F.linear``)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if numpy_call_allowed(input, self.weight):
-            return _NumpyLinearFunction.apply(input, self.weight, self.bias)
-        return F.linear(input, self.weight, self.bias)
+        return linear(input, self.weight, self.bias, like=self)
 
 
 def fast_path() -> FastPath:

@@ -3,8 +3,9 @@
     python -m ilt_bench.run JOB.json        (``ilt bench`` starts one of these per mix and seed)
 
 ``JOB.json`` holds ``{"mix": Mix.to_dict(), "settings": {...}, "result": "path/to/result.json"}``. A
-fresh process per run keeps peak-memory figures apart (``ru_maxrss`` is per process); it starts as the ``ilt``
-command does (numpy's OpenBLAS on one thread), so a mix runs as under ``ilt train``.
+fresh process per run keeps peak-memory figures apart (``ru_maxrss`` is per process); it starts as ``ilt train``
+does (numpy's OpenBLAS on one thread, ``--cpu_malloc``'s default: ``ilt_bench.common.as_the_ilt_command``), so a
+mix runs as under ``ilt train``; the result records what it set (``process_settings``).
 
 The training loop is in plain sight (:func:`train`): the seed sets the initialisation and the data order
 (one seeded permutation of the training lines, re-drawn each epoch: every mix reads the same texts in the

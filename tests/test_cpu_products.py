@@ -15,6 +15,7 @@ from helpers import micro_spec
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ilt_core import load_spec
 from ilt_core.modeling import products
 from ilt_core.modeling.model import ILTModel, build_model
 from ilt_core.modeling.products import NumpyLinear, numpy_call_allowed, set_cpu_products
@@ -155,3 +156,66 @@ def test_model_loss_and_gradients_equal_torch_products() -> None:
     assert grads_n.keys() == grads_t.keys() and grads_n
     for name in grads_n:
         torch.testing.assert_close(grads_n[name], grads_t[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_numpy_mm_is_an_operator_with_torch_s_values_and_gradients() -> None:
+    """``ilt::numpy_mm``, the product a compiled graph calls: torch's own checks of a custom operator (schema, fake
+    tensor, autograd registration) and the values and gradients of ``op(a) @ op(b)`` for every pair of transpose
+    flags, for stored and transposed-view operands."""
+    for ta in (False, True):
+        for tb in (False, True):
+            for view in (False, True):
+                a = torch.randn(24, 37) if ta != view else torch.randn(37, 24)
+                b = torch.randn(16, 24) if tb != view else torch.randn(24, 16)
+                a = (a.t() if view else a).detach().requires_grad_()
+                b = (b.t() if view else b).detach().requires_grad_()
+                torch.library.opcheck(products.numpy_mm, (a, b, ta, tb))
+                want_out = (a.t() if ta else a) @ (b.t() if tb else b)
+                out = products.numpy_mm(a, b, ta, tb)
+                torch.testing.assert_close(out, want_out, rtol=1e-5, atol=1e-5)
+                grad = torch.randn_like(out)
+                got = torch.autograd.grad(out, (a, b), grad)
+                want = torch.autograd.grad(want_out, (a, b), grad)
+                for g, w in zip(got, want, strict=True):
+                    assert g.shape == w.shape
+                    torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_a_compiled_step_keeps_the_numpy_products(monkeypatch) -> None:
+    """Under ``torch.compile`` the linear layers' products stay in numpy (``ilt::numpy_mm``, opaque to the
+    compiler) where the eager step has them: one graph, no break, and the loss and every gradient of the eager
+    step. Off (``cpu_products: torch``) the graph holds torch's products and numpy is never called."""
+    torch._dynamo.reset()
+    from test_fixed_shapes import TEXTS, fixed_batch
+
+    no_dropout = [
+        "modality_dropout=0.0",
+        "bytes_encoder.config.hidden_dropout_prob=0.0",
+        "bytes_encoder.config.attention_probs_dropout_prob=0.0",
+    ]
+    model = build_model(load_spec("micro", no_dropout), seed=0).train()
+    inputs = fixed_batch(model, TEXTS[:6])[0].model_inputs()
+    calls = []
+    real = products.numpy_matmul
+    monkeypatch.setattr(products, "numpy_matmul", lambda a, b: calls.append(a.shape) or real(a, b))
+    model.zero_grad()
+    eager = model(**inputs).loss
+    eager.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert calls
+    for setting in ("numpy", "torch"):
+        set_cpu_products(model, setting)
+        torch._dynamo.reset()
+        if setting == "numpy":  # the other one's graph: tests/test_fixed_shapes.py
+            explained = torch._dynamo.explain(model)(**inputs)
+            assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+        calls.clear()
+        model.zero_grad()
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False)
+        loss = compiled(**inputs).loss
+        loss.backward()
+        assert bool(calls) == (setting == "numpy"), setting
+        torch.testing.assert_close(loss, eager, atol=1e-5, rtol=1e-5)
+        for name, grad in want.items():
+            torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-4)
+    torch._dynamo.reset()

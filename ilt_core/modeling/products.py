@@ -6,7 +6,8 @@ ways; its figures are in ``benchmarks/REPORT.md``). :func:`set_cpu_products` swa
 :class:`NumpyLinear`, the same module (same parameters, state dict and ``isinstance``) whose forward and backward
 products go through ``numpy.matmul`` when the call allows it (:func:`numpy_call_allowed`): CPU float32 tensors,
 no autocast, no tensor subclass, no dispatch or function mode (``FlopCounterMode`` and the bounds' recorder count
-torch's products), not while compiling. Everything else takes ``nn.Linear``'s own path.
+torch's products). A graph being compiled calls :func:`numpy_mm` instead, a custom operator the compiler keeps
+opaque (:func:`compiled_call_allowed`). Everything else takes ``nn.Linear``'s own path.
 """
 
 from __future__ import annotations
@@ -181,14 +182,67 @@ class _NumpyLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+@torch.library.custom_op("ilt::numpy_mm", mutates_args=())
+def numpy_mm(a: torch.Tensor, b: torch.Tensor, transpose_a: bool = False, transpose_b: bool = False) -> torch.Tensor:
+    """``op(a) @ op(b)`` float32 CPU through :func:`numpy_matmul` (``op`` transposes where asked: ``a`` stored
+    ``(K, M)``, ``b`` ``(N, K)``), as one operator that ``torch.compile`` keeps opaque: a compiled graph calls it where
+    the eager layer would call numpy. The flags let BLAS read a transposed operand as stored (a transposed view
+    handed to a custom operator would be copied first); the gradient is two more calls."""
+    return numpy_matmul(a.t() if transpose_a else a, b.t() if transpose_b else b)
+
+
+@numpy_mm.register_fake
+def _(a: torch.Tensor, b: torch.Tensor, transpose_a: bool = False, transpose_b: bool = False) -> torch.Tensor:
+    return a.new_empty(a.shape[1 if transpose_a else 0], b.shape[0 if transpose_b else 1])
+
+
+def _numpy_mm_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    a, b, ctx.transpose_a, ctx.transpose_b = inputs
+    ctx.save_for_backward(a, b)
+
+
+def _numpy_mm_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    # C = op(A) op(B): dop(A) = G op(B)^T, dop(B) = op(A)^T G; each gradient is laid out as its input is stored
+    a, b = ctx.saved_tensors
+    ta, tb = ctx.transpose_a, ctx.transpose_b
+    grad_a = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_a = numpy_mm(b, grad, tb, True) if ta else numpy_mm(grad, b, False, not tb)
+    if ctx.needs_input_grad[1]:
+        grad_b = numpy_mm(grad, a, True, ta) if tb else numpy_mm(a, grad, not ta, False)
+    return grad_a, grad_b, None, None
+
+
+numpy_mm.register_autograd(_numpy_mm_backward, setup_context=_numpy_mm_setup)
+
+
+def compiled_call_allowed(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when a graph being compiled may call :func:`numpy_mm` for ``F.linear(x, weight)``: CPU float32
+    operands, no autocast (read while tracing, as the graph's other choices are)."""
+    return (
+        x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.dim() >= 2
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
 def linear(
     input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, like: nn.Module | None = None
 ) -> torch.Tensor:
     """``F.linear(input, weight, bias)`` as the layer ``like`` computes its own (through numpy when ``like`` is a
-    :class:`NumpyLinear` and :func:`numpy_call_allowed`): for a product of weights a model concatenates or derives
-    from its layers'."""
-    if isinstance(like, NumpyLinear) and numpy_call_allowed(input, weight):
-        return _NumpyLinearFunction.apply(input, weight, bias)
+    :class:`NumpyLinear` and :func:`numpy_call_allowed`, or in a graph being compiled :func:`compiled_call_allowed`):
+    for a product of weights a model concatenates or derives from its layers'."""
+    if isinstance(like, NumpyLinear):
+        if torch.compiler.is_compiling():
+            if compiled_call_allowed(input, weight):
+                out = numpy_mm(input.reshape(-1, input.shape[-1]), weight, transpose_b=True)
+                out = out.view(*input.shape[:-1], weight.shape[0])
+                return out + bias if bias is not None else out
+        elif numpy_call_allowed(input, weight):
+            return _NumpyLinearFunction.apply(input, weight, bias)
     return F.linear(input, weight, bias)
 
 

@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/bench_cpu_layers.py --text T.txt --allocator-rounds 3  # + glibc's allocator settings
     .venv/bin/python benchmarks/bench_cpu_layers.py --text T.txt --quick                # smoke run
 
-The layers (CPU float32 only; each steps aside elsewhere and while compiling): the linear layers' products through
-numpy (``ilt_core/modeling/products.py``), Llama-style RMSNorm and rotary embeddings in fewer passes
+The layers (CPU float32 only; each steps aside elsewhere, and all but the products while compiling): the linear
+layers' products through numpy (``ilt_core/modeling/products.py``; inside a compiled graph the operator
+``ilt::numpy_mm``), Llama-style RMSNorm and rotary embeddings in fewer passes
 (``ilt_hf/fast_norm.py``, ``fast_rope.py``), the bytes encoder's length groups (``ilt_hf/encoder.py``), and the
 fused inference steps of the encoders, the GPT-NeoX latent and the greedy byte loop (``ilt_hf/fast_vit.py``,
 ``fast_bert.py``, ``fast_neox.py``, ``fast_greedy.py``).
@@ -17,7 +18,8 @@ collated as ``ilt train`` collates them (fixed shapes; the capacities grown over
 the compiled step see one shape), one step (forward, backward, fused AdamW) per arm per round, arms interleaved
 in every round (A B C ... A B C ...): ``all on`` (the default), each layer off alone, ``all off``, and with
 ``--compiled`` the step compiled as ``ilt train --torch_compile`` compiles it (``fullgraph=True``, static shapes;
-compiled in the warm-up round; inside the graph every CPU layer steps aside). Inference: greedy generation of
+compiled in the warm-up rounds; inside the graph every CPU layer but the products steps aside), with the products
+through numpy (the default) and through torch. Inference: greedy generation of
 ``--rows`` prompts and a scoring forward (``torch.inference_mode``), every component's fast paths on and off (the
 products through numpy on in both), interleaved.
 ``--allocator-rounds N``: the default training step in fresh processes with ``ilt train --cpu_malloc`` ``default``,
@@ -80,6 +82,11 @@ TRAIN_ARMS: dict[str, dict[str, bool]] = {
     "bytes encoder without length groups": {**ON, "groups": False},
     "all off": dict.fromkeys(ON, False),
 }
+#: the compiled step's arms (``--compiled``): the layers as set while it runs (and while it is compiled)
+COMPILED_ARMS: dict[str, dict[str, bool]] = {
+    "compiled (numpy products)": ON,
+    "compiled, torch products": {**ON, "products": False},
+}
 
 
 def model_and_batches(args: argparse.Namespace) -> tuple[Any, list[Any], list[str]]:
@@ -111,12 +118,14 @@ def bench_training(model: Any, batches: list[Any], args: argparse.Namespace) -> 
     for name in TRAIN_ARMS:
         arms[name] = step(model)
     if args.compiled:
-        arms["compiled (all step aside)"] = step(torch.compile(model, fullgraph=True, dynamic=False))
+        compiled = torch.compile(model, fullgraph=True, dynamic=False)
+        for name in COMPILED_ARMS:
+            arms[name] = step(compiled)  # one graph per setting, each kept after its first round
 
     def setup(name: str) -> None:
         if name == next(iter(arms)):
             cycle["i"] += 1  # a new batch each round, the same for every arm of the round
-        switch_layers(model, **TRAIN_ARMS.get(name, TRAIN_ARMS["all on (default)"]))
+        switch_layers(model, **{**TRAIN_ARMS, **COMPILED_ARMS}[name])
 
     # the compiled arm compiles once per batch shape: one warm-up round per batch
     return common.interleaved(arms, args.rounds, warmup=len(batches) if args.compiled else 1, setup=setup)

@@ -186,7 +186,7 @@ def test_a_compiled_step_keeps_the_numpy_products(monkeypatch) -> None:
     compiler) where the eager step has them: one graph, no break, and the loss and every gradient of the eager
     step. Off (``cpu_products: torch``) the graph holds torch's products and numpy is never called."""
     torch._dynamo.reset()
-    from test_fixed_shapes import TEXTS, fixed_batch
+    from ilt_core.text.collator import TextUnits
 
     no_dropout = [
         "modality_dropout=0.0",
@@ -194,7 +194,10 @@ def test_a_compiled_step_keeps_the_numpy_products(monkeypatch) -> None:
         "bytes_encoder.config.attention_probs_dropout_prob=0.0",
     ]
     model = build_model(load_spec("micro", no_dropout), seed=0).train()
-    inputs = fixed_batch(model, TEXTS[:6])[0].model_inputs()
+    texts = ["שלום עולם, זה משפט ראשון של בדיקה.", "The quick brown fox jumps over the lazy dog.", "مرحبا بالعالم"]
+    units = [TextUnits(model.processor.segment(t)) for t in texts]
+    batch = model.processor.with_pixels("uint8").collate(units, packing=True, shapes=model.fixed_shapes(4, 48))
+    inputs = batch.model_inputs()
     calls = []
     real = products.numpy_matmul
     monkeypatch.setattr(products, "numpy_matmul", lambda a, b: calls.append(a.shape) or real(a, b))

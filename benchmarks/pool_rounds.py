@@ -23,7 +23,7 @@ def rounds(text: str) -> dict[str, list[tuple[float, float]]]:
     """figure -> [(reference, project)] for every round of one run's table."""
     out: dict[str, list[tuple[float, float]]] = {}
     for figure, ref, ours in ROW.findall(text):
-        if ref.strip() == "-":
+        if "-" in (ref.strip(), ours.strip()):  # a figure only one side measured (checkpointing: the reference's)
             continue
         pairs = zip(
             (float(x.replace(",", "")) for x in ref.split(", ")),

@@ -252,6 +252,7 @@ def test_pool_rounds_pairs_each_round_and_pools_the_runs(tmp_path):
     table = (
         "| figure | reference | project | ratio (>1: project better) |\n|---|---|---|---|\n"
         "| train_noimg_words_per_s | {ref} | {ours} | 1.00x |\n| generate_img_ms_per_step | - | - | - |\n"
+        "| train_ckpt_words_per_s | 90.0 | - | - |\n"  # one side only: not a round
     )
     (tmp_path / "a.log").write_text(table.format(ref="100.0, 200.0", ours="160.0, 220.0"), encoding="utf-8")
     (tmp_path / "b.log").write_text(table.format(ref="1,000.0", ours="1,400.0"), encoding="utf-8")

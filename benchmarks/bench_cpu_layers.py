@@ -8,9 +8,11 @@
 The layers (CPU float32 only; each steps aside elsewhere, and all but the products while compiling): the linear
 layers' products through numpy (``ilt_core/modeling/products.py``; inside a compiled graph the operator
 ``ilt::numpy_mm``), Llama-style RMSNorm and rotary embeddings in fewer passes
-(``ilt_hf/fast_norm.py``, ``fast_rope.py``), the bytes encoder's length groups (``ilt_hf/encoder.py``), and the
+(``ilt_hf/fast_norm.py``, ``fast_rope.py``), and the
 fused inference steps of the encoders, the GPT-NeoX latent and the greedy byte loop (``ilt_hf/fast_vit.py``,
-``fast_bert.py``, ``fast_neox.py``, ``fast_greedy.py``).
+``fast_bert.py``, ``fast_neox.py``, ``fast_greedy.py``). The bytes encoder's length groups (``ilt_hf/encoder.py``)
+serve only batches collated to their own sizes (``ilt train --no_fixed_shapes``): fixed-shape batches give it the
+units' bytes packed into rows (``ilt_core/text/byte_packing.py``), so no arm here switches them.
 
 Training: one model of ``--preset`` (modality dropout off; or the reference setup, ``--preset reference-setup`` or
 ``reference-setup-no-images``), ``--rows`` x ``--units`` batches cut from the text and
@@ -79,7 +81,6 @@ TRAIN_ARMS: dict[str, dict[str, bool]] = {
     "torch products": {**ON, "products": False},
     "transformers RMSNorm": {**ON, "norm": False},
     "transformers rotary": {**ON, "rope": False},
-    "bytes encoder without length groups": {**ON, "groups": False},
     "all off": dict.fromkeys(ON, False),
 }
 #: the compiled step's arms (``--compiled``): the layers as set while it runs (and while it is compiled)

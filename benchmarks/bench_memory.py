@@ -88,14 +88,14 @@ GROWS_WITH = {"image_encoder": "images", "bytes_encoder": "distinct_units", "enc
 
 class Called(torch.nn.Module):
     """Runs ``fn`` through ``Module.__call__``, so that the tracker's module hooks see a method other than forward
-    (``encode_packed``: an image encoder that takes packed images is not called through its forward)."""
+    (``encode_packed``: an encoder that takes packed images or bytes is not called through its forward)."""
 
     def __init__(self, fn: Any) -> None:
         super().__init__()
         self.fn = fn
 
-    def forward(self, *args: Any) -> Any:
-        return self.fn(*args)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
 
 
 def tracked_step(model: Any, batch: Any, dtype: str) -> dict[str, Any]:
@@ -107,17 +107,21 @@ def tracked_step(model: Any, batch: Any, dtype: str) -> dict[str, Any]:
     tracker = MemTracker()
     tracker.track_external(model, optimizer)
     device = next(model.parameters()).device
-    encoder = model.image_encoder
-    packed = Called(encoder.encode_packed) if encoder is not None and hasattr(encoder, "encode_packed") else None
-    if packed is not None:
-        object.__setattr__(encoder, "encode_packed", packed)  # an instance attribute, not a submodule
+    # each encoder that takes packed inputs, and its encode_packed run through a module the tracker sees
+    packed = {
+        encoder: Called(encoder.encode_packed)
+        for encoder in (model.image_encoder, model.bytes_encoder)
+        if encoder is not None and hasattr(encoder, "encode_packed")
+    }
+    for encoder, called in packed.items():
+        object.__setattr__(encoder, "encode_packed", called)  # an instance attribute, not a submodule
     with tracker:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             out = model(**batch.model_inputs())
         out.loss.backward()
         grad_bytes = sum(p.grad.nbytes for p in model.parameters() if p.grad is not None)
         optimizer.step()
-    if packed is not None:
+    for encoder in packed:
         object.__delattr__(encoder, "encode_packed")
     opt_bytes = sum(v.nbytes for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
 
@@ -125,7 +129,7 @@ def tracked_step(model: Any, batch: Any, dtype: str) -> dict[str, Any]:
         return int(snapshot.get(device, {}).get(_TOTAL_KEY, 0))
 
     def stats(module: torch.nn.Module) -> dict[str, Any]:
-        called = [m for m in (module, packed if module is encoder else None) if m in tracker.memory_tracking]
+        called = [m for m in (module, packed.get(module)) if m in tracker.memory_tracking]
         snaps = tracker.memory_tracking[called[0]].snapshots if called else {}
         pre, post = snaps.get(_ModState.PRE_FW, []), snaps.get(_ModState.POST_FW, [])
         peak_fw, pre_bw, peak_bw = (snaps.get(s, []) for s in (_ModState.PEAK_FW, _ModState.PRE_BW, _ModState.PEAK_BW))

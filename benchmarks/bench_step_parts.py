@@ -23,7 +23,9 @@ zeroing the gradients).
 model's own). ``--ladder-growth``: one value per mix: the growth of the eager capacity ladder its batches are
 collated with (``ilt_core.text.image_packing.FINE_GROWTH`` while it collates; 0 keeps the library's). ``--set
 I:path=value``: a spec field of the I-th mix (0-based, dotted path, a YAML value). ``--attr I:role.name=value``:
-an attribute of the I-th mix's built component (a fast path's switch: ``bytes_encoder.group_lengths=false``).
+an attribute of the I-th mix's built component (a fast path's switch: ``bytes_encoder.group_lengths=false``), or
+of the model itself (``model.unit_stream=null``: the bytes encoder reads the padded bytes); the mix's batch shapes
+are made again after it.
 
 ``--components N``: after the steps, each component's forward and backward alone (an ILT mix's image encoder, bytes
 encoder, latent and bytes decoder; a baseline's transformer), run again on the very inputs it got in the last
@@ -277,12 +279,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         target, sep, value = rest.partition("=")
         role, _, name = target.partition(".")
         model = getattr(arms[int(index)].runner, "model", None) if index.isdigit() and int(index) < len(arms) else None
-        component = getattr(model, role, None)
+        component = model if role == "model" else getattr(model, role, None)
         if not sep or component is None or not hasattr(component, name):
             raise ILTError(
                 f"bench_step_parts: --attr expects I:role.name=value naming an ILT mix's attribute, got {assignment!r}"
             )
         setattr(component, name, yaml.safe_load(value))
+        runner = arms[int(index)].runner
+        runner.shapes = model.fixed_shapes(runner.batch_size, runner.block_units)  # what the model's packings say now
     common.log(f"{args.steps} steps of each of {len(arms)} mixes, interleaved; the first {args.warmup} not counted")
     for step in range(args.steps):
         for arm in arms:

@@ -184,6 +184,48 @@ def test_the_packed_label_stream_gives_the_dynamic_gradients(model):
         torch.testing.assert_close(grads[1][name], want, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_packed_unit_bytes_give_the_vectors_of_the_padded_call(model):
+    """The bytes encoder reads the units' bytes packed into rows (one block-masked call, positions restarting per
+    unit): each real unit's vector is the padded ``(U, T)`` call's, in far fewer token slots."""
+    assert model.unit_stream is not None  # micro's BERT bytes encoder takes them, so the tests above cover it too
+    fixed, _ = fixed_batch(model, TEXTS[:6])
+    U, T = fixed.unit_input_ids.shape
+    assert fixed.unit_stream_ids.numel() < 0.7 * U * T
+    real = len(fixed.units)
+    assert set(fixed.unit_stream_owner.unique().tolist()) == set(range(real)) | {U}  # every unit, padding to U
+    encoder = model.bytes_encoder.eval()
+    with torch.no_grad():
+        packed = encoder.encode_packed(
+            fixed.unit_stream_ids,
+            fixed.unit_stream_positions,
+            fixed.unit_stream_segments,
+            fixed.unit_stream_owner,
+            units=U,
+        )
+        padded = encoder(fixed.unit_input_ids, fixed.unit_attention_mask)
+    assert packed.shape == padded.shape
+    torch.testing.assert_close(packed[:real], padded[:real], atol=1e-5, rtol=1e-5)
+
+
+def test_byte_packing_lays_out_units_and_drops_none():
+    from ilt_core.text.byte_packing import BytePacking
+
+    units = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [], [10, 11]]
+    packed = BytePacking(row_tokens=8).pack(units, count=7)
+    assert packed.input_ids.shape == (2, 8)
+    for i, ids in enumerate(units):
+        mine = packed.owner == i
+        assert packed.input_ids[mine].tolist() == ids  # each unit's bytes in order, once
+        assert packed.positions[mine].tolist() == list(range(len(ids)))
+        if ids:  # one segment of one row
+            rows = mine.nonzero()[:, 0]
+            assert (rows == rows[0]).all() and packed.segments[mine].unique().numel() == 1
+    padding = packed.segments == -1
+    assert (packed.owner[padding] == 7).all() and (packed.owner[~padding] < 7).all()
+    with pytest.raises(ValueError, match="more than a row"):
+        BytePacking(row_tokens=4).pack([[1, 2, 3, 4, 5]], count=1)
+
+
 def test_padding_never_changes_a_texts_loss_under_fixed_shapes(model):
     model.eval()
     alone, _ = fixed_batch(model, TEXTS[:1], rows=2, row_units=48)

@@ -40,6 +40,7 @@ class FixedShapesStep:
     decoder_mapping: Any
     image_packing: ImagePacking | None
     label_stream: Any
+    unit_stream: Any
 
     def _image_packing(self, patch: int) -> ImagePacking | None:
         """How fixed-shape batches carry word images to this model's image encoder: packed rows of patches when it
@@ -54,8 +55,11 @@ class FixedShapesStep:
     def fixed_shapes(self, rows: int, row_units: int, grow_only: bool = False) -> FixedShapes:
         """Shapes for fixed-shape batches of ``rows`` x ``row_units`` positions for this model: word images packed
         for its image encoder and label bytes for its bytes decoder where they take them
-        (``processor.collate(..., shapes=model.fixed_shapes(8, 128))``)."""
-        return self.processor.fixed_shapes(rows, row_units, self.image_packing, self.label_stream, grow_only)
+        (``processor.collate(..., shapes=model.fixed_shapes(8, 128))``), and the units' bytes packed for its bytes
+        encoder where it takes them."""
+        return self.processor.fixed_shapes(
+            rows, row_units, self.image_packing, self.label_stream, grow_only, self.unit_stream
+        )
 
     def _fixed_loss(self, hidden: torch.Tensor, labels: torch.Tensor, stream: tuple[torch.Tensor, ...] | None) -> Any:
         """The loss of a fixed-shape batch from the latent ``(B, L, D)``, with no host synchronisation.

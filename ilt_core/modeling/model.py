@@ -34,6 +34,7 @@ from ilt_core.modeling.products import set_cpu_products
 from ilt_core.modeling.random_state import random_state_kept
 from ilt_core.plugins.registry import BuildContext, get_registry
 from ilt_core.specs.spec import CHECKPOINTING_ROLES, ModelSpec, check_components, checkpointing_roles, load_spec
+from ilt_core.text.byte_packing import BytePacking
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 from ilt_core.text.collator import IGNORE_INDEX
 from ilt_core.text.label_packing import LabelPacking
@@ -117,6 +118,11 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
         self.image_packing = self._image_packing(width_multiple)
         self.label_stream: LabelPacking | None = None
         self.bytes_encoder = _build(registry, spec, "bytes_encoder", context)
+        # the units' bytes packed into rows as long as the longest unit (to a multiple of 8), where the bytes
+        # encoder takes them (protocols.BytesEncoder, optional)
+        self.unit_stream: BytePacking | None = None
+        if getattr(self.bytes_encoder, "takes_packed_bytes", False):
+            self.unit_stream = BytePacking(row_tokens=-(-max(spec.max_unit_bytes, 1) // 8) * 8)
         self.latent_transformer = _build(registry, spec, "latent_transformer", context)
         self.bytes_decoder = _build(registry, spec, "bytes_decoder", context)
 
@@ -251,6 +257,7 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
         unit_attention_mask: torch.Tensor,
         image_groups: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         packed_images: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        packed_bytes: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Embeddings ``(U, D)`` of U distinct units from their bytes ``(U, T)`` and images by width.
 
@@ -258,6 +265,9 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
         uint8 gray levels ``(G, 1, H, W)`` (the same images give the same embeddings either way).
         ``packed_images``: instead, ``(patches, positions, segments, cls)`` of
         :class:`ilt_core.text.image_packing.PackedImages` (``cls`` ``(U,)``): one call of the image encoder.
+        ``packed_bytes``: ``(input_ids, positions, segments, owner)`` of
+        :class:`ilt_core.text.byte_packing.PackedBytes`, each ``(R, S)``: the bytes encoder reads them instead of
+        the padded ``(U, T)`` bytes.
         """
         U = unit_input_ids.shape[0]
         parts = []
@@ -286,6 +296,8 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
         if self.bytes_encoder is not None:
             if "bytes" in self.disabled:
                 vec = torch.zeros(U, int(self.bytes_encoder.hidden_size), device=device)
+            elif packed_bytes is not None:
+                vec = self.bytes_encoder.encode_packed(*(t.to(device) for t in packed_bytes), units=U)
             else:
                 vec = self.bytes_encoder(unit_input_ids.to(device), unit_attention_mask.to(device))
             if drop_bytes is not None:
@@ -345,6 +357,10 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
         decoder_segments: torch.Tensor | None = None,
         decoder_targets: torch.Tensor | None = None,
         decoder_owner: torch.Tensor | None = None,
+        unit_stream_ids: torch.Tensor | None = None,
+        unit_stream_positions: torch.Tensor | None = None,
+        unit_stream_segments: torch.Tensor | None = None,
+        unit_stream_owner: torch.Tensor | None = None,
         fixed: bool = False,
         **_: Any,
     ) -> ILTOutput:
@@ -356,7 +372,12 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
         """
         device = self.encoder_mapping.weight.device
         packed = (image_patches, image_positions, image_segments, image_cls) if image_patches is not None else None
-        unit_embeds = self.encode_units(unit_input_ids, unit_attention_mask, image_groups, packed)
+        packed_bytes = (
+            (unit_stream_ids, unit_stream_positions, unit_stream_segments, unit_stream_owner)
+            if unit_stream_ids is not None
+            else None
+        )
+        unit_embeds = self.encode_units(unit_input_ids, unit_attention_mask, image_groups, packed, packed_bytes)
         inputs_embeds = unit_embeds[unit_index.to(device)]  # (B, L, D)
         stream = (
             (decoder_input_ids, decoder_prefix, decoder_positions, decoder_segments, decoder_targets, decoder_owner)

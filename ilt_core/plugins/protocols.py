@@ -133,6 +133,10 @@ class BytesEncoder(Protocol):
 
     ``forward(input_ids, attention_mask)``: both ``(N, T)`` long, padding marked by mask 0;
     returns ``(N, hidden_size)``. The vocabulary is the byte tokenizer's (``vocab_size``).
+
+    Optional, for fixed-shape batches: ``takes_packed_bytes`` (True) and ``encode_packed(input_ids, positions,
+    segments, owner, units)``, the units' bytes packed into rows (:class:`ilt_core.text.byte_packing.PackedBytes`,
+    each ``(R, S)``) -> ``(units, hidden_size)``, the vectors ``forward`` gives on the padded bytes.
     """
 
     hidden_size: int

@@ -27,8 +27,9 @@ packed into rows of patches (``image_patches`` ``uint8 (R, S, p*p)``, ``image_po
 ``(R, S)``, ``image_cls`` ``(U,)``; see :mod:`ilt_core.text.image_packing`) instead of ``image_groups``, when the
 image encoder takes them, and the label bytes as one packed stream for the
 bytes decoder (``decoder_*`` ``(R', S')``, ``decoder_prefix`` ``(B * L,)``; see :mod:`ilt_core.text.label_packing`),
-when the decoder takes packed
-rows; ``R`` and ``R'`` are ladder steps too. A capacity is a function of the batch alone, so a resumed run or a
+when the decoder takes packed rows, and the units' bytes as one packed stream for the bytes encoder
+(``unit_stream_*`` ``(R'', S'')``; see :mod:`ilt_core.text.byte_packing`) when it takes them (``unit_input_ids``
+stay as they are); ``R``, ``R'`` and ``R''`` are ladder steps too. A capacity is a function of the batch alone, so a resumed run or a
 DataLoader worker gives a batch the shapes (and the dropout draws) the unbroken run gave it.
 """
 
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 
 from ilt_core.errors import ILTError
+from ilt_core.text.byte_packing import BytePacking
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID
 from ilt_core.text.image_packing import ImagePacking, next_capacity
 from ilt_core.text.label_packing import LabelPacking
@@ -61,13 +63,14 @@ class TextUnits:
 class FixedShapes:
     """The shapes every batch of a configuration gets (see the module docstring).
 
-    ``rows`` x ``row_units``: ``(B, L)``; ``unit_bytes``: ``T``; ``label_len``: ``K``; ``unit_capacity``: the last
-    batch's ``U``; ``images``: how word images are packed (None: by width, in ``image_groups``); ``label_stream``:
-    how label bytes are packed for the bytes decoder (None: ``labels`` only). ``changes`` counts the batches whose
-    ``U`` differed from the batch before. ``grow_only`` (set on the packings too by
-    :meth:`~ilt_core.text.processor.TextProcessor.fixed_shapes`): a capacity never falls back to a smaller step,
-    so a compiled step meets each shape once and stops meeting new ones; the padding is larger and a resumed run
-    may take other shapes, but padding never changes a result.
+        ``rows`` x ``row_units``: ``(B, L)``; ``unit_bytes``: ``T``; ``label_len``: ``K``; ``unit_capacity``: the last
+        batch's ``U``; ``images``: how word images are packed (None: by width, in ``image_groups``); ``label_stream``:
+        how label bytes are packed for the bytes decoder (None: ``labels`` only); ``unit_stream``: how the units' bytes
+    are packed for the bytes encoder (None: ``unit_input_ids`` only). ``changes`` counts the batches whose
+        ``U`` differed from the batch before. ``grow_only`` (set on the packings too by
+        :meth:`~ilt_core.text.processor.TextProcessor.fixed_shapes`): a capacity never falls back to a smaller step,
+        so a compiled step meets each shape once and stops meeting new ones; the padding is larger and a resumed run
+        may take other shapes, but padding never changes a result.
     """
 
     rows: int
@@ -77,6 +80,7 @@ class FixedShapes:
     unit_capacity: int = 0
     images: ImagePacking | None = None
     label_stream: LabelPacking | None = None
+    unit_stream: BytePacking | None = None
     changes: int = 0
     grow_only: bool = False
 
@@ -112,6 +116,10 @@ class Batch:
     decoder_segments: torch.Tensor | None = None
     decoder_targets: torch.Tensor | None = None
     decoder_owner: torch.Tensor | None = None
+    unit_stream_ids: torch.Tensor | None = None
+    unit_stream_positions: torch.Tensor | None = None
+    unit_stream_segments: torch.Tensor | None = None
+    unit_stream_owner: torch.Tensor | None = None
     fixed: bool = False
     units: list[str] = field(default_factory=list)
 
@@ -312,6 +320,9 @@ def collate_units(
     unit_input_ids = torch.from_numpy(ids_array)
     unit_attention_mask = torch.from_numpy(mask_array)
 
+    unit_stream = None
+    if shapes is not None and shapes.unit_stream is not None:
+        unit_stream = shapes.unit_stream.pack(all_ids, count=U)
     stream = None
     if shapes is not None and shapes.label_stream is not None:
         flat = [(b * row_len + p, lab) for b, r in enumerate(row_labels) for p, lab in r if lab]
@@ -342,6 +353,10 @@ def collate_units(
         decoder_segments=stream.segments if stream is not None else None,
         decoder_targets=stream.targets if stream is not None else None,
         decoder_owner=stream.owner if stream is not None else None,
+        unit_stream_ids=unit_stream.input_ids if unit_stream is not None else None,
+        unit_stream_positions=unit_stream.positions if unit_stream is not None else None,
+        unit_stream_segments=unit_stream.segments if unit_stream is not None else None,
+        unit_stream_owner=unit_stream.owner if unit_stream is not None else None,
         fixed=shapes is not None,
         units=["<start>"] + distinct,
     )

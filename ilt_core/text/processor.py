@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ilt_core.errors import ILTError
+from ilt_core.text.byte_packing import BytePacking
 from ilt_core.text.byte_tokenizer import ByteTokenizer
 from ilt_core.text.collator import Batch, FixedShapes, TextUnits, collate_units
 from ilt_core.text.image_packing import ImagePacking
@@ -115,19 +116,22 @@ class ILTProcessor:
         image_packing: ImagePacking | None = None,
         label_stream: LabelPacking | None = None,
         grow_only: bool = False,
+        unit_stream: BytePacking | None = None,
     ) -> FixedShapes:
         """Shapes for batches of ``rows`` x ``row_units`` positions under this processor's settings.
 
         Units hold at most ``max_unit_bytes`` bytes; a label at most that and ``eos`` (``labels: unit``) or
         ``label_bytes`` (``labels: bytes``). ``image_packing``: how the model's image encoder takes packed images
         (``ILTModel.image_packing``), or None for images by width; ``label_stream``: how the model's bytes decoder
-        takes the label bytes packed (``ILTModel.label_stream``), or None. ``grow_only``: capacities never shrink
+        takes the label bytes packed (``ILTModel.label_stream``), or None; ``unit_stream``: how its bytes encoder
+        takes the units' bytes packed (``ILTModel.unit_stream``), or None. ``grow_only``: capacities never shrink
         (:attr:`FixedShapes.grow_only`; what ``ilt train --torch_compile`` asks for).
         """
         label_len = self.max_unit_bytes + 1 if self.labels == "unit" else self.label_bytes
         images = copy.copy(image_packing) if image_packing is not None else None
         stream = copy.copy(label_stream) if label_stream is not None else None
-        for packing in (images, stream):
+        units = copy.copy(unit_stream) if unit_stream is not None else None
+        for packing in (images, stream, units):
             if packing is not None:
                 packing.grow_only = grow_only
         return FixedShapes(
@@ -137,6 +141,7 @@ class ILTProcessor:
             label_len=max(label_len, 1),
             images=images,
             label_stream=stream,
+            unit_stream=units,
             grow_only=grow_only,
         )
 

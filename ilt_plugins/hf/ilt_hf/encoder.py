@@ -10,6 +10,7 @@ from torch import nn
 
 from ilt_core.errors import ILTError
 from ilt_core.plugins.registry import BuildContext, component
+from ilt_core.text.image_packing import segment_mask
 from ilt_hf.backbone import HFWrapper
 from ilt_hf.fast_bert import FusedBertWeights, fused_bert_forward, fused_bert_supported
 from ilt_hf.fused_weights import switch_fused
@@ -87,6 +88,36 @@ class HFTextEncoder(HFWrapper):
         back = torch.empty_like(order)
         back[order] = torch.arange(order.numel(), device=order.device)
         return torch.cat(parts)[back]
+
+    @property
+    def takes_packed_bytes(self) -> bool:
+        """``protocols.BytesEncoder``'s optional packed input (:meth:`encode_packed`): mean pooling over a model
+        whose forward takes a prepared 4-D mask and position ids (BERT)."""
+        return self.pooling == "mean" and getattr(self.model.config, "model_type", None) in PREPARED_MASK_MODEL_TYPES
+
+    def encode_packed(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        segments: torch.Tensor,
+        owner: torch.Tensor,
+        units: int,
+    ) -> torch.Tensor:
+        """Vectors ``(units, hidden_size)`` of units packed into rows (:class:`ilt_core.text.byte_packing.PackedBytes`,
+        each ``(R, S)``; padding tokens owned by slot ``units``): one call of the model with each unit's bytes kept
+        apart by a block mask and their positions restarting at 0, then each unit's mean. The vectors of
+        :meth:`forward` on the padded ``(units, T)`` bytes, to float rounding; a unit with no token gets zeros."""
+        dtype = self.model.dtype
+        allowed = segment_mask(segments)  # (R, 1, S, S)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        hidden = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, return_dict=True
+        ).last_hidden_state  # (R, S, D)
+        flat = owner.reshape(-1)
+        sums = hidden.new_zeros(units + 1, hidden.shape[-1]).index_add(0, flat, hidden.reshape(flat.numel(), -1))
+        counts = hidden.new_zeros(units + 1).index_add(0, flat, hidden.new_ones(flat.numel()))
+        return sums[:units] / counts[:units, None].clamp(min=1)
 
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``(N, T)`` ids and mask -> pooled ``(N, hidden_size)``, in one call of the model."""

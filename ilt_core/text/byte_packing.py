@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ilt_core.text.byte_tokenizer import PAD_ID
-from ilt_core.text.image_packing import first_fit, next_capacity, rows_used
+from ilt_core.text.image_packing import RowPacking
 
 
 @dataclass
@@ -36,16 +36,9 @@ class PackedBytes:
     owner: torch.Tensor
 
 
-@dataclass
-class BytePacking:
-    """How a collator packs the units' bytes: tokens per row and the rows a batch holds (the step of
-    :func:`~ilt_core.text.image_packing.capacity_for` its units need, never dropping one; ``changes`` counts the
-    batches whose rows differed from the batch before)."""
-
-    row_tokens: int
-    rows: int = 0
-    changes: int = 0
-    grow_only: bool = False
+class BytePacking(RowPacking):
+    """How a collator packs the units' bytes: tokens per row and the rows a batch holds
+    (:class:`~ilt_core.text.image_packing.RowPacking`)."""
 
     def pack(self, units: Sequence[Sequence[int]], count: int) -> PackedBytes:
         """Pack the byte ids of ``units`` (token owner ``i`` for unit ``i``) for a batch of ``count`` unit slots
@@ -53,23 +46,16 @@ class BytePacking:
         lengths = [len(u) for u in units]
         if max(lengths, default=0) > self.row_tokens:
             raise ValueError(f"BytePacking.pack: a unit of {max(lengths)} bytes, more than a row's {self.row_tokens}")
-        starts = first_fit(lengths, self.row_tokens)
-        rows = next_capacity(rows_used(starts, self.row_tokens), self.rows, self.grow_only)
-        self.changes += int(bool(self.rows) and rows != self.rows)
-        self.rows = rows
+        starts, in_row = self.place(lengths)
         size = self.rows * self.row_tokens
         input_ids = np.full(size, PAD_ID, dtype=np.int64)
         positions = np.zeros(size, dtype=np.int64)
         segments = np.full(size, -1, dtype=np.int64)
         owner = np.full(size, count, dtype=np.int64)
-        in_row: dict[int, int] = {}
-        for i, (ids, start) in enumerate(zip(units, starts, strict=True)):
+        for i, (ids, start, seg) in enumerate(zip(units, starts, in_row, strict=True)):
             k = len(ids)
             if not k:
                 continue
-            row = start // self.row_tokens
-            seg = in_row.get(row, 0)
-            in_row[row] = seg + 1
             end = start + k
             input_ids[start:end] = ids
             positions[start:end] = np.arange(k)

@@ -102,13 +102,10 @@ class ImagePacking:
         positions = np.zeros(R * S, dtype=np.int64)
         segments = np.full(R * S, -1, dtype=np.int64)
         cls_index = np.zeros(count, dtype=np.int64)
-        segment_in_row: dict[int, int] = {}
-        for i, (image, start) in enumerate(zip(images, starts, strict=True)):
+        in_row = segments_in_rows(starts, lengths, S)
+        for i, (image, start, seg) in enumerate(zip(images, starts, in_row, strict=True)):
             h, w = image.shape
             gh, gw = h // p, w // p
-            row = start // S
-            seg = segment_in_row.get(row, 0)
-            segment_in_row[row] = seg + 1
             end = start + lengths[i]
             segments[start:end] = seg
             cls_index[i] = start
@@ -211,6 +208,40 @@ def first_fit(lengths: Sequence[int], row_tokens: int) -> list[int]:
     return starts.tolist()
 
 
+def segments_in_rows(starts: Sequence[int], lengths: Sequence[int], row_tokens: int) -> list[int]:
+    """Each segment's index among the segments of its row, in the order given (-1 for an empty one: no token)."""
+    seen: dict[int, int] = {}
+    found = []
+    for start, k in zip(starts, lengths, strict=True):
+        row = start // row_tokens
+        found.append(seen.get(row, 0) if k else -1)
+        if k:
+            seen[row] = found[-1] + 1
+    return found
+
+
+@dataclass
+class RowPacking:
+    """Segments laid end to end into rows of ``row_tokens`` tokens (:func:`first_fit`), in the rows a batch needs:
+    a step of the capacity ladder (:func:`next_capacity`: never fewer, so none is dropped). ``rows``: the last
+    batch's; ``changes``: how many times they differed from the batch before (a compiled model compiles once for
+    each new one). The label stream and the unit byte stream are ones."""
+
+    row_tokens: int
+    rows: int = 0
+    changes: int = 0
+    grow_only: bool = False  # never fewer rows than a batch before took (see FixedShapes.grow_only)
+
+    def place(self, lengths: Sequence[int]) -> tuple[list[int], list[int]]:
+        """The flat start (``row * row_tokens + column``) and the index within its row of each segment of
+        ``lengths``; takes this batch's rows."""
+        starts = first_fit(lengths, self.row_tokens)
+        rows = next_capacity(rows_used(starts, self.row_tokens), self.rows, self.grow_only)
+        self.changes += int(bool(self.rows) and rows != self.rows)
+        self.rows = rows
+        return starts, segments_in_rows(starts, lengths, self.row_tokens)
+
+
 def segment_mask(segments: torch.Tensor) -> torch.Tensor:
     """Boolean ``(R, 1, S, S)`` attention mask from ``segments`` ``(R, S)``: tokens attend within their image.
 
@@ -225,12 +256,14 @@ def segment_mask(segments: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "ImagePacking",
     "PackedImages",
-    "first_fit",
+    "RowPacking",
     "capacity_for",
+    "first_fit",
     "ladder_growth",
     "next_capacity",
     "position_offset",
     "position_table_size",
     "rows_used",
     "segment_mask",
+    "segments_in_rows",
 ]

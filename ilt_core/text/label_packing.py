@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ilt_core.text.byte_tokenizer import PAD_ID
-from ilt_core.text.image_packing import first_fit, next_capacity, rows_used
+from ilt_core.text.image_packing import RowPacking
 
 IGNORE = -100
 
@@ -43,24 +43,13 @@ class PackedLabels:
     owner: torch.Tensor
 
 
-@dataclass
-class LabelPacking:
-    """How a collator packs label bytes: tokens per row and the rows a batch holds (the step of
-    :func:`~ilt_core.text.image_packing.capacity_for` its labels need, never dropping one; ``changes`` counts the
-    batches whose rows differed from the batch before)."""
-
-    row_tokens: int
-    rows: int = 0
-    changes: int = 0
-    grow_only: bool = False
+class LabelPacking(RowPacking):
+    """How a collator packs label bytes: tokens per row and the rows a batch holds
+    (:class:`~ilt_core.text.image_packing.RowPacking`)."""
 
     def pack(self, labels: Sequence[tuple[int, Sequence[int]]], positions: int) -> PackedLabels:
         """Pack ``labels``, ``(flat position, label byte ids)`` pairs, for a batch of ``positions`` positions."""
-        lengths = [len(lab) for _, lab in labels]
-        starts = first_fit(lengths, self.row_tokens)
-        rows = next_capacity(rows_used(starts, self.row_tokens), self.rows, self.grow_only)
-        self.changes += int(bool(self.rows) and rows != self.rows)
-        self.rows = rows
+        starts, in_row = self.place([len(lab) for _, lab in labels])
         size = self.rows * self.row_tokens
         input_ids = np.full(size, PAD_ID, dtype=np.int64)
         prefix = np.full(positions, size, dtype=np.int64)
@@ -68,12 +57,8 @@ class LabelPacking:
         segments = np.full(size, -1, dtype=np.int64)
         targets = np.full(size, IGNORE, dtype=np.int64)
         owner = np.full(size, positions, dtype=np.int64)
-        in_row: dict[int, int] = {}
-        for (flat, lab), start in zip(labels, starts, strict=True):
+        for (flat, lab), start, seg in zip(labels, starts, in_row, strict=True):
             k = len(lab)
-            row = start // self.row_tokens
-            seg = in_row.get(row, 0)
-            in_row[row] = seg + 1
             end = start + k
             prefix[flat] = start
             input_ids[start + 1 : end] = lab[:-1]

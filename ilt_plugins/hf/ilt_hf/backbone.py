@@ -3,18 +3,29 @@
 Every ``ilt_hf`` component wraps one transformers ``PreTrainedModel``; switching its checkpointing, and its layers in
 fewer passes over memory (``fast_norm.py``, ``fast_rope.py``), is the same call for all of them, written once here
 (see ``ilt_core.plugins.protocols.ActivationCheckpointing`` and ``FastPaths``); a wrapper with a fused inference
-step adds it in :meth:`HFWrapper._set_fused`.
+step adds it in :meth:`HFWrapper._set_fused`. And the one boolean-to-additive mask conversion they share
+(:func:`additive_mask`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ilt_hf import fast_norm, fast_rope
 from ilt_hf.class_swap import unswap_classes
 from ilt_hf.fused_weights import FusedWeights
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask (True = may attend) -> additive float mask (0 / dtype min).
+
+    A float mask works for both SDPA and eager attention, and a row with no allowed key (a padding query) gets
+    uniform weights instead of SDPA's NaNs, which would leak into later layers through 0 * NaN.
+    """
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 class HFWrapper(nn.Module):

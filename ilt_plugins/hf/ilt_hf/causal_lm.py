@@ -21,7 +21,7 @@ from torch import nn
 from ilt_core.errors import ILTError
 from ilt_core.plugins.protocols import LatentOutput
 from ilt_core.plugins.registry import BuildContext, component
-from ilt_hf.backbone import HFWrapper
+from ilt_hf.backbone import HFWrapper, additive_mask
 from ilt_hf.fast_greedy import FusedLlamaWeights, fused_llama_supported, greedy_decode
 from ilt_hf.fast_neox import FusedNeoXWeights, fused_neox_supported, neox_cached_step
 from ilt_hf.fused_weights import switch_fused
@@ -56,15 +56,6 @@ class RemovedEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise ILTError("this latent transformer has no token embeddings: pass inputs_embeds (B, L, D), not input_ids")
-
-
-def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Boolean mask (True = may attend) -> additive float mask (0 / dtype min).
-
-    A float mask works for both SDPA and eager attention, and a row with no allowed key (a padding query) gets
-    uniform weights instead of SDPA's NaNs, which would leak into later layers through 0 * NaN.
-    """
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 # Latent model types whose base model builds its causal mask with transformers' masking utilities from the position
@@ -148,7 +139,7 @@ class HFLatentTransformer(HFWrapper):
                 f"latent transformer: 4-D attention_mask has shape {tuple(mask.shape)}, expected {expected} "
                 "(batch, 1, new units, cached + new units)"
             )
-        full = _additive(mask, inputs_embeds.dtype)
+        full = additive_mask(mask, inputs_embeds.dtype)
         if self._sliding_window is None:
             return full
         total = mask.shape[-1]
@@ -159,7 +150,7 @@ class HFLatentTransformer(HFWrapper):
             # a sliding-window cache layer keeps only its last keys: cut the mask to what that layer will hold
             kv_length, _ = past_key_values.get_mask_sizes(length, self._sliding_layer)
             sliding = sliding[..., total - kv_length :]
-        return {"full_attention": full, "sliding_attention": _additive(sliding, inputs_embeds.dtype)}
+        return {"full_attention": full, "sliding_attention": additive_mask(sliding, inputs_embeds.dtype)}
 
     def masks_from_position_ids(self) -> bool:
         """``protocols.PositionMasking``: True when packed rows need no mask, only ``position_ids``.
@@ -372,9 +363,9 @@ class HFBytesDecoder(HFWrapper):
         if attention_mask is None and past_key_values is None and not use_cache:
             T = inputs_embeds.shape[1]
             causal = torch.ones(T, T, dtype=torch.bool, device=inputs_embeds.device).tril()
-            attention_mask = _additive(causal, param.dtype)[None, None]
+            attention_mask = additive_mask(causal, param.dtype)[None, None]
         elif attention_mask is not None and attention_mask.ndim == 4 and attention_mask.dtype == torch.bool:
-            attention_mask = _additive(attention_mask, param.dtype)
+            attention_mask = additive_mask(attention_mask, param.dtype)
         if position_ids is not None:
             extra["position_ids"] = position_ids
         out = self.lm(

@@ -11,7 +11,7 @@ from torch import nn
 from ilt_core.errors import ILTError
 from ilt_core.plugins.registry import BuildContext, component
 from ilt_core.text.image_packing import segment_mask
-from ilt_hf.backbone import HFWrapper
+from ilt_hf.backbone import HFWrapper, additive_mask
 from ilt_hf.fast_bert import FusedBertWeights, fused_bert_forward, fused_bert_supported
 from ilt_hf.fused_weights import switch_fused
 from ilt_hf.loading import Source, SourceArgs, accepts_kwarg, set_special_tokens
@@ -107,10 +107,7 @@ class HFTextEncoder(HFWrapper):
         each ``(R, S)``; padding tokens owned by slot ``units``): one call of the model with each unit's bytes kept
         apart by a block mask and their positions restarting at 0, then each unit's mean. The vectors of
         :meth:`forward` on the padded ``(units, T)`` bytes, to float rounding; a unit with no token gets zeros."""
-        dtype = self.model.dtype
-        allowed = segment_mask(segments)  # (R, 1, S, S)
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        mask = additive_mask(segment_mask(segments), self.model.dtype)  # (R, 1, S, S)
         hidden = self.model(
             input_ids=input_ids, attention_mask=mask, position_ids=positions, return_dict=True
         ).last_hidden_state  # (R, S, D)
@@ -132,8 +129,7 @@ class HFTextEncoder(HFWrapper):
             mask: torch.Tensor = attention_mask
             if getattr(self.model.config, "model_type", None) in PREPARED_MASK_MODEL_TYPES:
                 # a prepared (N, 1, 1, T) additive mask: transformers then asks no device value whether a byte is padding
-                mask = torch.zeros(attention_mask.shape, dtype=self.model.dtype, device=attention_mask.device)
-                mask = mask.masked_fill(attention_mask == 0, torch.finfo(mask.dtype).min)[:, None, None, :]
+                mask = additive_mask(attention_mask != 0, self.model.dtype)[:, None, None, :]
             hidden = self.model(input_ids=input_ids, attention_mask=mask, return_dict=True).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]

@@ -8,6 +8,7 @@ import torch
 from ilt_bench.opcount import DispatchCount
 
 from ilt_core import build_model, load_spec
+from ilt_core.text.byte_packing import BytePacking
 from ilt_core.text.collator import TextUnits
 from ilt_core.text.image_packing import (
     ImagePacking,
@@ -18,6 +19,7 @@ from ilt_core.text.image_packing import (
     position_offset,
     position_table_size,
 )
+from ilt_core.text.label_packing import LabelPacking
 from ilt_core.text.render_cache import images_to_batches
 
 TEXTS = [
@@ -102,6 +104,20 @@ def test_capacities_are_ladder_steps_at_or_above_the_need():
     # after a batch that got 40: grow-only keeps it, the eager ladder gives the step of the need alone
     assert next_capacity(10, 40, grow_only=True) == 40 and next_capacity(50, 40, grow_only=True) == 60
     assert next_capacity(10, 40, grow_only=False) == 10 and next_capacity(18, 0, grow_only=False) == 19
+
+
+def test_capacities_stop_at_what_a_batch_can_need():
+    """The ladder's step is cut to the most slots a batch of the configuration can need: a compiled step over
+    batches whose labels each fill a row gets one row per position, not the coarse step a quarter above."""
+    assert next_capacity(516, 0, grow_only=True) == 568  # the coarse step alone
+    assert next_capacity(516, 0, grow_only=True, most=520) == 520
+    assert next_capacity(530, 0, grow_only=True, most=520) == 530  # never fewer than needed
+    assert next_capacity(100, 520, grow_only=True, most=520) == 520  # grow-only still keeps the largest
+    labels = LabelPacking(row_tokens=4, grow_only=True)
+    packed = labels.pack([(i, [1, 2, 3, 4]) for i in range(10)], positions=11)
+    assert labels.rows == 11 < capacity_for(10) and packed.targets.shape == (11, 4)
+    units = BytePacking(row_tokens=3, grow_only=True)
+    assert units.pack([[5, 6, 7]] * 10, count=11).input_ids.shape == (11, 3) and capacity_for(10) == 12
 
 
 def test_first_fit_packs_every_segment_into_the_first_row_with_room():

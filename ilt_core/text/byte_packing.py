@@ -46,7 +46,7 @@ class BytePacking(RowPacking):
         lengths = [len(u) for u in units]
         if max(lengths, default=0) > self.row_tokens:
             raise ValueError(f"BytePacking.pack: a unit of {max(lengths)} bytes, more than a row's {self.row_tokens}")
-        starts, in_row = self.place(lengths)
+        starts, in_row = self.place(lengths, most=count)
         size = self.rows * self.row_tokens
         input_ids = np.full(size, PAD_ID, dtype=np.int64)
         positions = np.zeros(size, dtype=np.int64)

@@ -86,8 +86,9 @@ class FixedShapes:
 
     def units_for(self, needed: int) -> int:
         """The unit capacity for a batch of ``needed`` distinct units (start marker included): the ladder's step, or
-        with ``grow_only`` the largest step any batch so far took (fewer shapes, so fewer compilations)."""
-        capacity = next_capacity(needed, self.unit_capacity, self.grow_only)
+        with ``grow_only`` the largest step any batch so far took (fewer shapes, so fewer compilations); never more
+        than a batch of distinct units fills (one per position, and the start marker)."""
+        capacity = next_capacity(needed, self.unit_capacity, self.grow_only, most=self.rows * self.row_units + 1)
         self.changes += int(bool(self.unit_capacity) and capacity != self.unit_capacity)
         self.unit_capacity = capacity
         return capacity

@@ -94,7 +94,7 @@ class ImagePacking:
         if rows is not None and rows < needed:
             raise ILTError(f"ImagePacking.pack: rows={rows} is below the {needed} rows the images need")
         if rows is None:
-            rows = next_capacity(needed, self.rows, self.grow_only)
+            rows = next_capacity(needed, self.rows, self.grow_only, most=count)
         self.changes += int(bool(self.rows) and rows != self.rows)
         self.rows = rows
         S, R = self.row_tokens, self.rows
@@ -153,11 +153,18 @@ def capacity_for(needed: int, growth: float = COARSE_GROWTH) -> int:
     return step
 
 
-def next_capacity(needed: int, before: int, grow_only: bool) -> int:
+def next_capacity(needed: int, before: int, grow_only: bool, most: int | None = None) -> int:
     """The capacity a batch needing ``needed`` slots gets, after one that got ``before`` (0: the first batch): the
     ladder's step (:func:`capacity_for` on :func:`ladder_growth`), and with ``grow_only`` never below ``before``
-    (fewer shapes, so fewer compilations)."""
+    (fewer shapes, so fewer compilations).
+
+    ``most``: the most slots any batch of the configuration can need (one row per segment, one unit per position),
+    or None: the step is cut to it, so the ladder never pads past what no batch reaches (the coarse ladder's
+    step above a batch that fills nearly every slot would add up to a quarter of work that is never used).
+    """
     capacity = capacity_for(needed, ladder_growth(grow_only))
+    if most is not None:
+        capacity = min(capacity, max(most, needed))
     return max(capacity, before) if grow_only else capacity
 
 
@@ -232,11 +239,12 @@ class RowPacking:
     changes: int = 0
     grow_only: bool = False  # never fewer rows than a batch before took (see FixedShapes.grow_only)
 
-    def place(self, lengths: Sequence[int]) -> tuple[list[int], list[int]]:
+    def place(self, lengths: Sequence[int], most: int | None = None) -> tuple[list[int], list[int]]:
         """The flat start (``row * row_tokens + column``) and the index within its row of each segment of
-        ``lengths``; takes this batch's rows."""
+        ``lengths``; takes this batch's rows, never more than ``most`` (the most segments a batch of the
+        configuration holds: each takes a row at most) unless it needs them."""
         starts = first_fit(lengths, self.row_tokens)
-        rows = next_capacity(rows_used(starts, self.row_tokens), self.rows, self.grow_only)
+        rows = next_capacity(rows_used(starts, self.row_tokens), self.rows, self.grow_only, most)
         self.changes += int(bool(self.rows) and rows != self.rows)
         self.rows = rows
         return starts, segments_in_rows(starts, lengths, self.row_tokens)

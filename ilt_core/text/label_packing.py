@@ -49,7 +49,7 @@ class LabelPacking(RowPacking):
 
     def pack(self, labels: Sequence[tuple[int, Sequence[int]]], positions: int) -> PackedLabels:
         """Pack ``labels``, ``(flat position, label byte ids)`` pairs, for a batch of ``positions`` positions."""
-        starts, in_row = self.place([len(lab) for _, lab in labels])
+        starts, in_row = self.place([len(lab) for _, lab in labels], most=positions)
         size = self.rows * self.row_tokens
         input_ids = np.full(size, PAD_ID, dtype=np.int64)
         prefix = np.full(positions, size, dtype=np.int64)

@@ -19,9 +19,9 @@ Training: one model of ``--preset`` (modality dropout off; or the reference setu
 collated as ``ilt train`` collates them (fixed shapes; the capacities grown over every batch first, so all arms and
 the compiled step see one shape), one step (forward, backward, fused AdamW) per arm per round, arms interleaved
 in every round (A B C ... A B C ...): ``all on`` (the default), each layer off alone, ``all off``, and with
-``--compiled`` the step compiled as ``ilt train --torch_compile`` compiles it (``fullgraph=True``, static shapes;
-compiled in the warm-up rounds; inside the graph every CPU layer but the products steps aside), with the products
-through numpy (the default) and through torch. Inference: greedy generation of
+``--compiled`` the step compiled as ``ilt train --torch_compile`` compiles it (``compile_arguments``: one graph,
+static shapes, inductor's CPU options; compiled in the warm-up rounds; inside the graph every CPU layer but the
+products steps aside), with the products through numpy (the default) and through torch. Inference: greedy generation of
 ``--rows`` prompts and a scoring forward (``torch.inference_mode``), every component's fast paths on and off (the
 products through numpy on in both), interleaved.
 ``--allocator-rounds N``: the default training step in fresh processes with ``ilt train --cpu_malloc`` ``default``,
@@ -48,6 +48,7 @@ from ilt_bench import common  # noqa: E402
 from ilt_bench.machine import machine_info, package_versions  # noqa: E402
 from ilt_bench.setups import REFERENCE_SETUPS, make_batches, reference_spec, train_step  # noqa: E402
 
+from ilt_core.modeling.compiling import compile_arguments  # noqa: E402
 from ilt_core.modeling.products import set_cpu_products  # noqa: E402
 
 NORM, ROPE = "ilt_hf.fast_norm", "ilt_hf.fast_rope"
@@ -119,7 +120,7 @@ def bench_training(model: Any, batches: list[Any], args: argparse.Namespace) -> 
     for name in TRAIN_ARMS:
         arms[name] = step(model)
     if args.compiled:
-        compiled = torch.compile(model, fullgraph=True, dynamic=False)
+        compiled = torch.compile(model, **compile_arguments("cpu"))
         for name in COMPILED_ARMS:
             arms[name] = step(compiled)  # one graph per setting, each kept after its first round
 

@@ -128,6 +128,7 @@ def child(kind: str, variant: str, text_path: Path, args: argparse.Namespace) ->
     from ilt_bench.machine import peak_rss_bytes
     from ilt_bench.setups import make_batches, reference_spec, step_flops, text_to_batch, text_units_in, train_step
 
+    from ilt_core.modeling.compiling import compile_arguments
     from ilt_core.modeling.memory import set_cpu_malloc
     from ilt_core.modeling.model import build_model
 
@@ -146,8 +147,8 @@ def child(kind: str, variant: str, text_path: Path, args: argparse.Namespace) ->
         # the batches `ilt train` collates by default (fixed shapes; capacities that only grow under --torch_compile)
         shapes = model.fixed_shapes(rows, words + 1, grow_only=args.torch_compile)
         batches = make_batches(model, units, rows, words, 1 if args.quick else 3, shapes=shapes)
-        # as `ilt train --torch_compile`: the whole step in one graph of static shapes
-        stepped = torch.compile(model, fullgraph=True, dynamic=False) if args.torch_compile else model
+        # as `ilt train --torch_compile` compiles it: the whole step in one graph of static shapes
+        stepped = torch.compile(model, **compile_arguments("cpu")) if args.torch_compile else model
         # the reference's optimizer and rate, in the implementation `ilt train` uses (Trainer's adamw_torch_fused)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         times = []

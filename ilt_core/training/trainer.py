@@ -20,6 +20,7 @@ from transformers import __version__ as transformers_version
 
 from ilt_core.errors import ILTError
 from ilt_core.modeling.checkpoint import CARD_NAME, load_state, read_weights
+from ilt_core.modeling.compiling import compile_arguments
 from ilt_core.modeling.flops import batch_flops
 from ilt_core.modeling.parameters import LR_SCALINGS, learning_rate_groups, width_factors
 from ilt_core.plugins.registry import FastPath
@@ -188,13 +189,18 @@ class ILTTrainer(Trainer):
     OWN_GROUP_KEYS = ("params", "model", "optimizer_dict")
 
     def _build_accelerator_args(self, **kwargs: Any) -> dict[str, Any]:
-        """Trainer's accelerator arguments; ``--torch_compile`` compiles the whole step as one graph of static
-        shapes (``fullgraph=True, dynamic=False``): the batches have fixed shapes (``--fixed_shapes``)."""
+        """Trainer's accelerator arguments; ``--torch_compile`` compiles the whole step as
+        :func:`~ilt_core.modeling.compiling.compile_arguments` gives: one graph of static shapes (the batches have
+        fixed shapes, ``--fixed_shapes``), and on a CPU inductor's options unless ``--torch_compile_mode`` names a
+        mode (``torch.compile`` takes a mode or options, not both)."""
         args = super()._build_accelerator_args(**kwargs)
         plugin = args.get("dynamo_plugin")
         if plugin is not None and self.args.torch_compile:
-            plugin.fullgraph = True
-            plugin.dynamic = False
+            wanted = compile_arguments(self.args.device)
+            plugin.fullgraph = wanted["fullgraph"]
+            plugin.dynamic = wanted["dynamic"]
+            if self.args.torch_compile_mode in (None, "default") and "options" in wanted:
+                plugin.options = wanted["options"]
         return args
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:

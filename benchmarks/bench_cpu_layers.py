@@ -21,7 +21,8 @@ the compiled step see one shape), one step (forward, backward, fused AdamW) per 
 in every round (A B C ... A B C ...): ``all on`` (the default), each layer off alone, ``all off``, and with
 ``--compiled`` the step compiled as ``ilt train --torch_compile`` compiles it (``compile_arguments``: one graph,
 static shapes, inductor's CPU options; compiled in the warm-up rounds; inside the graph every CPU layer but the
-products steps aside), with the products through numpy (the default) and through torch. Inference: greedy generation of
+products steps aside), with the products through numpy (the default) and through torch, and without
+``compile_options`` (inductor's own random numbers for dropout). Inference: greedy generation of
 ``--rows`` prompts and a scoring forward (``torch.inference_mode``), every component's fast paths on and off (the
 products through numpy on in both), interleaved.
 ``--allocator-rounds N``: the default training step in fresh processes with ``ilt train --cpu_malloc`` ``default``,
@@ -88,6 +89,7 @@ TRAIN_ARMS: dict[str, dict[str, bool]] = {
 COMPILED_ARMS: dict[str, dict[str, bool]] = {
     "compiled (numpy products)": ON,
     "compiled, torch products": {**ON, "products": False},
+    "compiled, inductor's random numbers": ON,  # without compile_options: dropout's masks drawn by inductor
 }
 
 
@@ -121,8 +123,10 @@ def bench_training(model: Any, batches: list[Any], args: argparse.Namespace) -> 
         arms[name] = step(model)
     if args.compiled:
         compiled = torch.compile(model, **compile_arguments("cpu"))
+        inductor_random = torch.compile(model, **{**compile_arguments("cpu"), "options": None})
         for name in COMPILED_ARMS:
-            arms[name] = step(compiled)  # one graph per setting, each kept after its first round
+            # one graph per setting (and per compile options), each kept after its first round
+            arms[name] = step(inductor_random if "random" in name else compiled)
 
     def setup(name: str) -> None:
         if name == next(iter(arms)):

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-#: inductor's options on a CPU: dropout draws its masks with torch's own generator. Inductor's CPU kernels draw
-#: each random number alone (a scalar Philox call per element), several times slower than torch's vectorised
-#: ``bernoulli_``; with the fallback the compiled step also draws the eager step's masks from the same seed.
+#: inductor's options on a CPU: dropout draws its masks with torch's own generator, so the compiled step draws the
+#: eager step's masks from the same seed (inductor's own CPU random numbers, a Philox counter per element, differ):
+#: compiling changes the speed of a CPU run, not its random numbers.
 CPU_OPTIONS: dict[str, Any] = {"fallback_random": True}
 
 

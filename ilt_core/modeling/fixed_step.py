@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ilt_core.modeling.outputs import ILTOutput
 from ilt_core.text.byte_tokenizer import PAD_ID
 from ilt_core.text.collator import IGNORE_INDEX, FixedShapes
-from ilt_core.text.image_packing import ImagePacking, segment_mask
+from ilt_core.text.image_packing import ImagePacking, row_length, segment_mask
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,7 @@ class FixedShapesStep:
         if prepare is None or not prepare(grid_rows, widths):
             return None
         longest = 1 + grid_rows * widths  # the widest image and its class token
-        return ImagePacking(patch_size=patch, row_tokens=-(-2 * longest // 8) * 8)
+        return ImagePacking(patch_size=patch, row_tokens=row_length(2 * longest))
 
     def fixed_shapes(self, rows: int, row_units: int, grow_only: bool = False) -> FixedShapes:
         """Shapes for fixed-shape batches of ``rows`` x ``row_units`` positions for this model: word images packed

@@ -37,6 +37,7 @@ from ilt_core.specs.spec import CHECKPOINTING_ROLES, ModelSpec, check_components
 from ilt_core.text.byte_packing import BytePacking
 from ilt_core.text.byte_tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB_SIZE
 from ilt_core.text.collator import IGNORE_INDEX
+from ilt_core.text.image_packing import row_length
 from ilt_core.text.label_packing import LabelPacking
 from ilt_core.text.processor import ILTProcessor
 from ilt_core.text.render_cache import pixels_as_float
@@ -122,7 +123,7 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
         # encoder takes them (protocols.BytesEncoder, optional)
         self.unit_stream: BytePacking | None = None
         if getattr(self.bytes_encoder, "takes_packed_bytes", False):
-            self.unit_stream = BytePacking(row_tokens=-(-max(spec.max_unit_bytes, 1) // 8) * 8)
+            self.unit_stream = BytePacking(row_tokens=row_length(spec.max_unit_bytes))
         self.latent_transformer = _build(registry, spec, "latent_transformer", context)
         self.bytes_decoder = _build(registry, spec, "bytes_decoder", context)
 
@@ -135,7 +136,7 @@ class ILTModel(PretrainedIO, FixedShapesStep, PreTrainedModel):
             label_len = spec.max_unit_bytes + 1 if spec.labels == "unit" else spec.label_bytes
             # rows as long as the longest label (to a multiple of 8): the block-causal mask makes every score
             # outside a label wasted work, and a row of S tokens computes S of them per token
-            self.label_stream = LabelPacking(row_tokens=-(-label_len // 8) * 8)
+            self.label_stream = LabelPacking(row_tokens=row_length(label_len))
         self.processor = ILTProcessor(
             self.renderer,
             max_unit_bytes=spec.max_unit_bytes,

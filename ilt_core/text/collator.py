@@ -63,14 +63,14 @@ class TextUnits:
 class FixedShapes:
     """The shapes every batch of a configuration gets (see the module docstring).
 
-        ``rows`` x ``row_units``: ``(B, L)``; ``unit_bytes``: ``T``; ``label_len``: ``K``; ``unit_capacity``: the last
-        batch's ``U``; ``images``: how word images are packed (None: by width, in ``image_groups``); ``label_stream``:
-        how label bytes are packed for the bytes decoder (None: ``labels`` only); ``unit_stream``: how the units' bytes
-    are packed for the bytes encoder (None: ``unit_input_ids`` only). ``changes`` counts the batches whose
-        ``U`` differed from the batch before. ``grow_only`` (set on the packings too by
-        :meth:`~ilt_core.text.processor.TextProcessor.fixed_shapes`): a capacity never falls back to a smaller step,
-        so a compiled step meets each shape once and stops meeting new ones; the padding is larger and a resumed run
-        may take other shapes, but padding never changes a result.
+    ``rows`` x ``row_units``: ``(B, L)``; ``unit_bytes``: ``T``; ``label_len``: ``K``; ``unit_capacity``: the last
+    batch's ``U``; ``images``: how word images are packed (None: by width, in ``image_groups``); ``label_stream``:
+    how label bytes are packed for the bytes decoder (None: ``labels`` only); ``unit_stream``: how the units' bytes
+    are packed for the bytes encoder (None: ``unit_input_ids`` only). ``changes`` counts the batches whose ``U``
+    differed from the batch before. ``grow_only`` (set on the packings too by
+    :meth:`~ilt_core.text.processor.TextProcessor.fixed_shapes`): a capacity never falls back to a smaller step,
+    so a compiled step meets each shape once and stops meeting new ones; the padding is larger and a resumed run
+    may take other shapes, but padding never changes a result.
     """
 
     rows: int

@@ -215,6 +215,12 @@ def first_fit(lengths: Sequence[int], row_tokens: int) -> list[int]:
     return starts.tolist()
 
 
+def row_length(tokens: int) -> int:
+    """Tokens per packed row for segments of at most ``tokens`` tokens: rounded up to a multiple of 8, so rows
+    stay aligned for vectorised kernels."""
+    return -(-max(tokens, 1) // 8) * 8
+
+
 def segments_in_rows(starts: Sequence[int], lengths: Sequence[int], row_tokens: int) -> list[int]:
     """Each segment's index among the segments of its row, in the order given (-1 for an empty one: no token)."""
     seen: dict[int, int] = {}
@@ -271,6 +277,7 @@ __all__ = [
     "next_capacity",
     "position_offset",
     "position_table_size",
+    "row_length",
     "rows_used",
     "segment_mask",
     "segments_in_rows",
